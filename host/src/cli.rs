@@ -1,0 +1,156 @@
+//! The `pigeon` command line: argument definitions and thin handlers, one file per command.
+//!
+//! A handler parses what the user typed, calls one library function and prints the result, as text
+//! for people or, with `--json`, as JSON for scripts.
+
+mod contacts;
+mod demo;
+mod id;
+mod inbox;
+mod init;
+mod node;
+mod outbox;
+mod send;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::control::api::{Request, Response};
+use crate::control::client;
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::logging::LogFormat;
+
+/// pigeon: a peer-to-peer encrypted messenger for the terminal.
+///
+/// A pigeon node owns its keys, talks to other nodes directly over libp2p, keeps everything it
+/// stores encrypted under your passphrase, and delivers every message exactly once.
+///
+/// Start with `pigeon init`, share the address `pigeon id` prints, add your peers with
+/// `pigeon contacts add`, run `pigeon node run`, and `pigeon send`. Try it all locally with
+/// `pigeon demo local-two-peers`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pigeon",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+struct Global {
+    /// The node's home directory [default: the platform data dir, e.g. ~/.local/share/pigeon].
+    #[arg(long, global = true, env = "PIGEON_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Read the passphrase from FILE (first line) instead of PIGEON_PASSPHRASE or a prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More log detail (-v debug, -vv trace); PIGEON_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new home: keys, encrypted database and config.toml.
+    Init(init::Args),
+    /// Show this node's PeerId and the address to give to contacts.
+    Id(id::Args),
+    /// Add, list and remove contacts.
+    #[command(subcommand)]
+    Contacts(contacts::Command),
+    /// Run the node.
+    #[command(subcommand)]
+    Node(node::Command),
+    /// Queue a message to a contact; prints its id once it is durably queued.
+    Send(send::Args),
+    /// Show outgoing messages and their delivery state.
+    #[command(subcommand)]
+    Outbox(outbox::Command),
+    /// List and read received messages.
+    #[command(subcommand)]
+    Inbox(inbox::Command),
+    /// Self-contained demonstrations.
+    #[command(subcommand)]
+    Demo(demo::Command),
+}
+
+impl Cli {
+    /// The log format asked for.
+    pub fn log_format(&self) -> LogFormat {
+        self.global.log_format
+    }
+    /// The verbosity asked for.
+    pub fn verbose(&self) -> u8 {
+        self.global.verbose
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(args) => init::run(g, args),
+        Command::Id(args) => id::run(g, args).await,
+        Command::Contacts(cmd) => contacts::run(g, cmd).await,
+        Command::Node(cmd) => node::run(g, cmd).await,
+        Command::Send(args) => send::run(g, args).await,
+        Command::Outbox(cmd) => outbox::run(g, cmd).await,
+        Command::Inbox(cmd) => inbox::run(g, cmd).await,
+        Command::Demo(cmd) => demo::run(cmd).await,
+    }
+}
+
+impl Global {
+    fn home(&self) -> Result<Home> {
+        Ok(Home::resolve(self.home.clone())?)
+    }
+
+    /// Carries out a request through the running node, or in-process.
+    async fn call(&self, request: Request) -> Result<Response> {
+        client::call(&self.home()?, self.passphrase_file.as_deref(), request).await
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// An answer of the wrong type from the node: a version mismatch between CLI and node.
+fn unexpected(response: Response) -> Error {
+    Error::Invalid(format!("unexpected answer from the node: {response:?}"))
+}
+
+/// Asks before a destructive action: yes with `--yes`, a question on a terminal, refusal otherwise.
+fn confirm(question: &str, yes: bool) -> Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Invalid(format!(
+            "{question} Not on a terminal: pass --yes to confirm."
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

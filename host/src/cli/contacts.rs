@@ -1,0 +1,77 @@
+//! `pigeon contacts add|list|rm`
+
+use super::{Global, confirm, print_json, unexpected};
+use crate::control::api::{Request, Response};
+use crate::error::Result;
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum Command {
+    /// Add a contact from the address it gave you (`pigeon id` on its side).
+    ///
+    /// Example: pigeon contacts add bob pigeon1q... --addr /ip4/192.0.2.7/tcp/7717
+    Add {
+        /// A local name for the contact (letters, digits, '-', '_', '.', '@').
+        name: String,
+        /// The contact's pigeon address (starts with pigeon1).
+        address: String,
+        /// Where to reach it, as a multiaddr (with or without /p2p/<id>); repeatable.
+        #[arg(long = "addr", value_name = "MULTIADDR")]
+        addrs: Vec<String>,
+    },
+    /// List contacts.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a contact (asks first on a terminal).
+    Rm {
+        /// The contact's name.
+        name: String,
+        /// Do not ask.
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Add {
+            name,
+            address,
+            addrs,
+        } => {
+            g.call(Request::ContactsAdd {
+                name: name.clone(),
+                address,
+                addrs,
+            })
+            .await?;
+            println!("added {name}");
+        }
+        Command::List { json } => {
+            let contacts = match g.call(Request::ContactsList).await? {
+                Response::Contacts(c) => c,
+                other => return Err(unexpected(other)),
+            };
+            if json {
+                return print_json(&contacts);
+            }
+            if contacts.is_empty() {
+                println!("no contacts yet: pigeon contacts add NAME ADDRESS");
+            }
+            for c in contacts {
+                println!("{}\t{}\t{}", c.name, c.peer_id, c.addrs.join(" "));
+            }
+        }
+        Command::Rm { name, yes } => {
+            if !confirm(&format!("Remove contact {name:?}?"), yes)? {
+                println!("kept {name}");
+                return Ok(());
+            }
+            g.call(Request::ContactsRm { name: name.clone() }).await?;
+            println!("removed {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! `pigeon id`
+
+use super::{Global, print_json, unexpected};
+use crate::control::api::{IdInfo, Request, Response};
+use crate::control::client;
+use crate::error::Result;
+use crate::keys::keystore;
+
+/// Show this node's PeerId and address.
+///
+/// The address is what contacts need (`pigeon contacts add NAME ADDRESS`): it carries the PeerId and
+/// the encryption key, with a checksum that catches typos. No passphrase is needed. While the node
+/// runs, its listen addresses are shown too.
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    /// Print JSON: {"peer_id", "address", "listen"}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
+    let home = g.home()?;
+    home.require()?;
+    let info = match client::try_node(&home, &Request::Id).await? {
+        Some(Ok(Response::Id(info))) => info,
+        Some(Ok(other)) => return Err(unexpected(other)),
+        Some(Err(e)) => return Err(e),
+        None => {
+            let address = keystore::read_public(&home.keystore())?;
+            IdInfo {
+                peer_id: address.peer_id().to_string(),
+                address: address.to_string(),
+                listen: vec![],
+            }
+        }
+    };
+    if args.json {
+        return print_json(&info);
+    }
+    println!("peer id: {}", info.peer_id);
+    println!("address: {}", info.address);
+    for addr in &info.listen {
+        println!("listening: {addr}");
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `pigeon node run`
+
+use libp2p::Multiaddr;
+
+use super::Global;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keys::keystore;
+use crate::node::Node;
+use crate::passphrase::{self, Confirm};
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum Command {
+    /// Run the node in the foreground until Ctrl-C or SIGTERM.
+    ///
+    /// Unlocks the keystore, listens (TCP and QUIC), delivers queued messages and receives new ones.
+    /// While it runs, other pigeon commands for this home go through it and need no passphrase.
+    /// Prints one line `listening on MULTIADDR` per address on stdout.
+    Run {
+        /// Listen on MULTIADDR (repeatable) instead of [node] listen in config.toml.
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<String>,
+    },
+}
+
+pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
+    let Command::Run { listen } = cmd;
+    let home = g.home()?;
+    home.require()?;
+    let config = Config::load(&home.config())?;
+    let listen = if listen.is_empty() {
+        config.node.listen.clone()
+    } else {
+        listen
+    };
+    let listen = listen
+        .iter()
+        .map(|a| {
+            a.parse::<Multiaddr>()
+                .map_err(|e| Error::Invalid(format!("--listen {a:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pass = passphrase::obtain(g.passphrase_file.as_deref(), Confirm::Once)?;
+    let keys = keystore::unlock(&home.keystore(), &pass)?;
+    drop(pass);
+    let node = Node::start(&home, keys, &config, &listen).await?;
+    for addr in node.listen_addrs().await {
+        println!("listening on {addr}");
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

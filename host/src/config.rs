@@ -1,0 +1,179 @@
+//! `<home>/config.toml`: the node's settings, with defaults for everything.
+//!
+//! `init` writes the commented template below; unknown keys and wrong types are refused with the
+//! file's path and the offending key, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong, from the TOML parser.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`
+    pub node: NodeConfig,
+    /// `[delivery]`
+    pub delivery: DeliveryConfig,
+}
+
+/// `[node]`: how the node meets the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Multiaddrs to listen on when `node run` gets no `--listen`.
+    pub listen: Vec<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/7717".to_owned(),
+                "/ip4/0.0.0.0/udp/7717/quic-v1".to_owned(),
+            ],
+        }
+    }
+}
+
+/// `[delivery]`: how the send loop batches and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Most messages in one batch to one peer.
+    pub batch_max_messages: usize,
+    /// First retry delay after a failed attempt, in milliseconds.
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            batch_max_messages: 64,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+        }
+    }
+}
+
+/// The file `init` writes: every setting with its default and a comment.
+pub const TEMPLATE: &str = r#"# pigeon node configuration. Every key is optional; the values shown are the defaults.
+
+[node]
+# Addresses `pigeon node run` listens on when no --listen is given (TCP and QUIC).
+listen = ["/ip4/0.0.0.0/tcp/7717", "/ip4/0.0.0.0/udp/7717/quic-v1"]
+
+[delivery]
+# Most messages sent to one peer in one batch.
+batch_max_messages = 64
+# Retry delays grow exponentially (with full jitter) from the first to the longest, in milliseconds.
+backoff_initial_ms = 500
+backoff_max_ms = 60000
+"#;
+
+impl Config {
+    /// Parses and validates configuration text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.message().to_owned() + &location(text, e.span()),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads `path`; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        for addr in &self.node.listen {
+            addr.parse::<libp2p::Multiaddr>()
+                .map_err(|e| invalid(format!("node.listen: {addr:?} is not a multiaddr ({e})")))?;
+        }
+        let d = &self.delivery;
+        if d.batch_max_messages == 0 || d.batch_max_messages > crate::net::protocol::MAX_BATCH {
+            return Err(invalid(format!(
+                "delivery.batch_max_messages must be between 1 and {}",
+                crate::net::protocol::MAX_BATCH
+            )));
+        }
+        if d.backoff_initial_ms == 0 || d.backoff_initial_ms > d.backoff_max_ms {
+            return Err(invalid(
+                "delivery.backoff_initial_ms must be above 0 and at most backoff_max_ms".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_defaults() {
+        let parsed = Config::parse(TEMPLATE, Path::new("config.toml")).expect("template parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_and_wrong_type_are_refused() {
+        let err = Config::parse("[delivery]\nbackof_max_ms = 3\n", Path::new("c.toml"))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("backof_max_ms"), "{err}");
+        let err = Config::parse("[delivery]\nbackoff_max_ms = \"x\"\n", Path::new("c.toml"))
+            .expect_err("wrong type");
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = Config::parse("[node]\nlisten = [\"nope\"]\n", Path::new("c.toml"))
+            .expect_err("bad addr");
+        assert!(err.to_string().contains("node.listen"), "{err}");
+    }
+}

@@ -1,0 +1,313 @@
+//! The operations the CLI can ask for, and [`Ops`], which carries them out against the store (and
+//! the running node's network, when there is one).
+
+use std::sync::Arc;
+
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::Waker;
+use crate::envelope::{self, MAX_BODY, MAX_SUBJECT, MessageId, Payload};
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+use crate::keys::address::Address;
+use crate::net::Net;
+use crate::store::{InboxItem, MessageView, OutboxEntry, Store, now_ms};
+
+/// A request to a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// This node's identity (and listen addresses, if running).
+    Id,
+    /// Add a contact.
+    ContactsAdd {
+        /// Local name.
+        name: String,
+        /// The contact's pigeon address.
+        address: String,
+        /// Multiaddrs to dial it at.
+        addrs: Vec<String>,
+    },
+    /// List contacts.
+    ContactsList,
+    /// Remove a contact.
+    ContactsRm {
+        /// Local name.
+        name: String,
+    },
+    /// Queue a message.
+    Send {
+        /// Contact name.
+        to: String,
+        /// Optional subject.
+        subject: Option<String>,
+        /// The text.
+        body: String,
+    },
+    /// List the outbox.
+    OutboxList,
+    /// List the inbox.
+    InboxList {
+        /// At most this many, newest first.
+        limit: Option<u32>,
+    },
+    /// Read one message.
+    InboxRead {
+        /// Id or unique prefix.
+        id: String,
+    },
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Response {
+    /// Done; nothing to report.
+    Done,
+    /// For [`Request::Id`].
+    Id(IdInfo),
+    /// For [`Request::ContactsList`].
+    Contacts(Vec<ContactInfo>),
+    /// For [`Request::Send`]: the new message id.
+    Queued {
+        /// The message id.
+        id: String,
+    },
+    /// For [`Request::OutboxList`].
+    Outbox(Vec<OutboxEntry>),
+    /// For [`Request::InboxList`].
+    Inbox(Vec<InboxItem>),
+    /// For [`Request::InboxRead`].
+    Message(MessageView),
+}
+
+/// A node's identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdInfo {
+    /// The PeerId.
+    pub peer_id: String,
+    /// The address to give to contacts.
+    pub address: String,
+    /// Where the node listens, with `/p2p/<id>`; empty when no node runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
+}
+
+/// A contact, for listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContactInfo {
+    /// Local name.
+    pub name: String,
+    /// PeerId.
+    pub peer_id: String,
+    /// Pigeon address.
+    pub address: String,
+    /// Multiaddrs.
+    pub addrs: Vec<String>,
+}
+
+/// The running node's parts that requests may use.
+#[derive(Clone)]
+pub struct NodeLink {
+    /// The network handle.
+    pub net: Net,
+    /// Wakes the send loop.
+    pub waker: Waker,
+}
+
+/// Carries out requests.
+#[derive(Clone)]
+pub struct Ops {
+    keys: Arc<Keys>,
+    store: Store,
+    node: Option<NodeLink>,
+}
+
+impl Ops {
+    /// Operations on `store` with `keys`; `node` when a node is running in this process.
+    pub fn new(keys: Arc<Keys>, store: Store, node: Option<NodeLink>) -> Ops {
+        Ops { keys, store, node }
+    }
+
+    /// Carries out one request.
+    pub async fn handle(&self, request: Request) -> Result<Response> {
+        match request {
+            Request::Id => Ok(Response::Id(self.id().await)),
+            Request::ContactsAdd {
+                name,
+                address,
+                addrs,
+            } => self.add_contact(name, &address, &addrs).await,
+            Request::ContactsList => self.contacts().await,
+            Request::ContactsRm { name } => {
+                self.store.call(move |db| db.remove_contact(&name)).await?;
+                Ok(Response::Done)
+            }
+            Request::Send { to, subject, body } => self.send(to, subject, body).await,
+            Request::OutboxList => Ok(Response::Outbox(self.store.call(|db| db.outbox()).await?)),
+            Request::InboxList { limit } => Ok(Response::Inbox(
+                self.store.call(move |db| db.inbox(limit)).await?,
+            )),
+            Request::InboxRead { id } => Ok(Response::Message(
+                self.store.call(move |db| db.message(&id)).await?,
+            )),
+        }
+    }
+
+    async fn id(&self) -> IdInfo {
+        let peer = self.keys.peer_id();
+        let listen = match &self.node {
+            Some(node) => node
+                .net
+                .listen_addrs()
+                .await
+                .into_iter()
+                .map(|a| a.with(Protocol::P2p(peer)).to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        IdInfo {
+            peer_id: peer.to_string(),
+            address: self.keys.address().to_string(),
+            listen,
+        }
+    }
+
+    async fn add_contact(&self, name: String, address: &str, addrs: &[String]) -> Result<Response> {
+        validate_name(&name)?;
+        let address: Address = address.parse()?;
+        if address.peer_id() == self.keys.peer_id() {
+            return Err(Error::Invalid("that is this node's own address".into()));
+        }
+        let addrs = addrs
+            .iter()
+            .map(|a| parse_contact_addr(a, &address))
+            .collect::<Result<Vec<_>>>()?;
+        let (peer, dial) = (address.peer_id(), addrs.clone());
+        self.store
+            .call(move |db| db.add_contact(&name, &address, &addrs))
+            .await?;
+        if let Some(node) = &self.node
+            && !dial.is_empty()
+        {
+            node.net.dial(peer, dial).await;
+        }
+        Ok(Response::Done)
+    }
+
+    async fn contacts(&self) -> Result<Response> {
+        let contacts = self.store.call(|db| db.contacts()).await?;
+        Ok(Response::Contacts(
+            contacts
+                .into_iter()
+                .map(|c| ContactInfo {
+                    peer_id: c.address.peer_id().to_string(),
+                    address: c.address.to_string(),
+                    addrs: c.addrs.iter().map(ToString::to_string).collect(),
+                    name: c.name,
+                })
+                .collect(),
+        ))
+    }
+
+    async fn send(&self, to: String, subject: Option<String>, body: String) -> Result<Response> {
+        if body.len() > MAX_BODY {
+            return Err(Error::Invalid(format!(
+                "the body is {} bytes; the most a message takes is {MAX_BODY}",
+                body.len()
+            )));
+        }
+        if subject.as_ref().is_some_and(|s| s.len() > MAX_SUBJECT) {
+            return Err(Error::Invalid(format!(
+                "the subject is longer than {MAX_SUBJECT} bytes"
+            )));
+        }
+        let contact = self.store.call(move |db| db.contact_by_name(&to)).await?;
+        let id = MessageId::random();
+        let now = now_ms();
+        let payload = Payload {
+            id,
+            sent_at_ms: now,
+            subject,
+            body,
+        };
+        let peer = contact.address.peer_id();
+        let env = envelope::seal(&self.keys, &peer, contact.address.enc_public(), &payload);
+        self.store
+            .call(move |db| db.enqueue(&id, &peer, &env, now))
+            .await?;
+        tracing::debug!(%peer, message_id = %id, "queued");
+        if let Some(node) = &self.node {
+            node.waker.wake();
+        }
+        Ok(Response::Queued { id: id.to_string() })
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "contact name {name:?} is not allowed: use 1-64 letters, digits, '-', '_', '.' or '@'"
+        )))
+    }
+}
+
+/// Parses a multiaddr for a contact: a trailing `/p2p/<id>` must name the contact, and is dropped.
+fn parse_contact_addr(text: &str, address: &Address) -> Result<Multiaddr> {
+    let mut addr: Multiaddr = text
+        .parse()
+        .map_err(|e| Error::Invalid(format!("{text:?} is not a multiaddr: {e}")))?;
+    if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+        if peer != address.peer_id() {
+            return Err(Error::Invalid(format!(
+                "{text} belongs to peer {peer}, not to this contact ({})",
+                address.peer_id()
+            )));
+        }
+        addr.pop();
+    }
+    if addr.iter().any(|p| matches!(p, Protocol::P2p(_))) || addr.is_empty() {
+        return Err(Error::Invalid(format!("{text} is not a dialable address")));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_addrs_must_match_the_contact() {
+        let bob = Keys::generate().address();
+        let plain = parse_contact_addr("/ip4/127.0.0.1/tcp/1", &bob).expect("plain");
+        let with_id =
+            parse_contact_addr(&format!("/ip4/127.0.0.1/tcp/1/p2p/{}", bob.peer_id()), &bob)
+                .expect("with id");
+        assert_eq!(plain, with_id);
+        let other = Keys::generate().peer_id();
+        let err = parse_contact_addr(&format!("/ip4/127.0.0.1/tcp/1/p2p/{other}"), &bob)
+            .expect_err("other peer");
+        assert!(err.to_string().contains("not to this contact"), "{err}");
+        assert!(parse_contact_addr("nonsense", &bob).is_err());
+        assert!(parse_contact_addr(&format!("/p2p/{}", bob.peer_id()), &bob).is_err());
+    }
+
+    #[test]
+    fn contact_names_are_checked() {
+        assert!(validate_name("bob.smith@home").is_ok());
+        for bad in ["", "a b", "../x", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The CLI's side: send a request to the running node, or, with none running, carry it out here.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::ControlError;
+use super::api::{Ops, Request, Response};
+use super::server::{MAX_LINE, Reply};
+use crate::error::{Error, Result};
+use crate::home::{Home, HomeError};
+use crate::keys::keystore;
+use crate::passphrase::{self, Confirm};
+use crate::store::Store;
+
+/// How long to wait for a node that holds the home but has not opened its socket yet.
+const STARTING_NODE_GRACE: Duration = Duration::from_secs(15);
+
+/// Carries out `request` for `home`: through the running node if there is one, otherwise here
+/// (unlocking the keystore with the passphrase from `passphrase_file`, the environment or a prompt).
+pub async fn call(
+    home: &Home,
+    passphrase_file: Option<&Path>,
+    request: Request,
+) -> Result<Response> {
+    home.require()?;
+    if let Some(reply) = try_node(home, &request).await? {
+        return reply;
+    }
+    let deadline = tokio::time::Instant::now() + STARTING_NODE_GRACE;
+    loop {
+        match home.try_lock() {
+            Ok(_lock) => {
+                let pass = passphrase::obtain(passphrase_file, Confirm::Once)?;
+                let keys = Arc::new(keystore::unlock(&home.keystore(), &pass)?);
+                let store = Store::open(&home.database(), keys.clone())?;
+                return Ops::new(keys, store, None).handle(request).await;
+            }
+            Err(HomeError::Busy(_)) => {
+                // A node holds the home: it is starting, or its socket was just replaced.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(reply) = try_node(home, &request).await? {
+                    return reply;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(ControlError::Unresponsive(home.root().to_owned()).into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends `request` to the node listening on the home's socket; `None` if no node answers there.
+pub async fn try_node(home: &Home, request: &Request) -> Result<Option<Result<Response>>> {
+    let stream = match UnixStream::connect(home.socket()).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(ControlError::Protocol(e.to_string()).into()),
+    };
+    let protocol = |e: &dyn std::fmt::Display| Error::from(ControlError::Protocol(e.to_string()));
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).map_err(|e| protocol(&e))?;
+    line.push(b'\n');
+    write.write_all(&line).await.map_err(|e| protocol(&e))?;
+    let mut answer = String::new();
+    BufReader::new(read.take(MAX_LINE * 2))
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| protocol(&e))?;
+    if answer.is_empty() {
+        return Err(protocol(
+            &"the node closed the connection without answering",
+        ));
+    }
+    match serde_json::from_str::<Reply>(&answer).map_err(|e| protocol(&e))? {
+        Reply::Ok(response) => Ok(Some(Ok(response))),
+        Reply::Err { kind, message } => Ok(Some(Err(Error::Remote { kind, message }))),
+    }
+}

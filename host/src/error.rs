@@ -1,0 +1,107 @@
+//! The library's top-level error and the exit codes it maps to.
+//!
+//! Each room has its own typed error; this enum gathers them so that the CLI can print one line and
+//! pick an exit code, and so that an error that crossed the control socket keeps its kind.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::control::ControlError;
+use crate::home::HomeError;
+use crate::keys::KeysError;
+use crate::keys::address::AddressError;
+use crate::net::NetError;
+use crate::passphrase::PassphraseError;
+use crate::store::StoreError;
+
+/// Any error a pigeon operation can end with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The home directory is missing, already initialised or has the wrong permissions.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The configuration file could not be read, parsed or validated.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No passphrase could be obtained.
+    #[error(transparent)]
+    Passphrase(#[from] PassphraseError),
+    /// The keystore could not be opened or written.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    /// A contact address did not parse.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// The database failed or refused an operation.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The network layer failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The control socket failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A user-supplied value was not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// An error reported by a running node through the control socket.
+    #[error("{message}")]
+    Remote {
+        /// What kind of error the node reported.
+        kind: ErrorKind,
+        /// The node's one-line message.
+        message: String,
+    },
+}
+
+/// The kind of an error, which decides the process exit code (documented in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Anything not listed below: exit code 1.
+    Other,
+    /// Bad command-line input: exit code 2.
+    Usage,
+    /// No passphrase available, or a wrong one: exit code 3.
+    Passphrase,
+    /// The named home, contact or message does not exist: exit code 4.
+    NotFound,
+    /// The thing to create exists already: exit code 5.
+    Conflict,
+    /// A stored file is damaged or was tampered with: exit code 6.
+    Corrupt,
+}
+
+impl ErrorKind {
+    /// The process exit code for this kind.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Other => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Passphrase => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::Conflict => 5,
+            ErrorKind::Corrupt => 6,
+        }
+    }
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Home(e) => e.kind(),
+            Error::Config(_) => ErrorKind::Usage,
+            Error::Passphrase(_) => ErrorKind::Passphrase,
+            Error::Keys(e) => e.kind(),
+            Error::Address(_) | Error::Invalid(_) => ErrorKind::Usage,
+            Error::Store(e) => e.kind(),
+            Error::Net(_) | Error::Control(_) => ErrorKind::Other,
+            Error::Remote { kind, .. } => *kind,
+        }
+    }
+}
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

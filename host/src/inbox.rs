@@ -1,0 +1,112 @@
+//! The receive path: a batch from a peer is opened, checked and committed, and only then acked.
+//!
+//! Policy for senders that are not contacts: their envelopes are refused with
+//! [`RejectReason::NotAContact`], nothing of them is stored, and the refusal is logged with the
+//! peer id only. The sender keeps the messages queued and retries with backoff, so they arrive once
+//! the recipient adds the sender as a contact; until then nothing from strangers reaches the inbox.
+
+use libp2p::PeerId;
+
+use crate::envelope::{self, OpenError};
+use crate::keys::Keys;
+use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
+use crate::store::{ReceiveOutcome, Received, Store, now_ms};
+use std::sync::Arc;
+
+/// Opens, stores and answers one inbound batch from the authenticated `peer`.
+pub async fn receive_batch(
+    keys: &Arc<Keys>,
+    store: &Store,
+    peer: PeerId,
+    batch: Batch,
+) -> BatchResponse {
+    let n = batch.envelopes.len();
+    let reject_all = |reason| BatchResponse {
+        outcomes: vec![Outcome::Rejected(reason); n],
+    };
+    let contact = match store.call(move |db| db.contact_by_peer(&peer)).await {
+        Ok(Some(contact)) => contact,
+        Ok(None) => {
+            tracing::warn!(%peer, messages = n, "refused messages from a peer that is not a contact");
+            return reject_all(RejectReason::NotAContact);
+        }
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "cannot look up sender");
+            return reject_all(RejectReason::Unavailable);
+        }
+    };
+    // Opening is CPU work (two X25519 operations each): keep it off the async workers.
+    let keys = keys.clone();
+    let sender_key = contact.address.enc_public().clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        batch
+            .envelopes
+            .iter()
+            .map(|env| envelope::open(&keys, &peer, &sender_key, env))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let Ok(opened) = opened else {
+        return reject_all(RejectReason::Unavailable);
+    };
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(n);
+    let mut to_store = Vec::new();
+    for result in opened {
+        match result {
+            Ok(p) => {
+                outcomes.push(None);
+                to_store.push(Received {
+                    id: p.id,
+                    sender: peer,
+                    sent_at_ms: p.sent_at_ms,
+                    subject: p.subject,
+                    body: p.body,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "refused an envelope");
+                outcomes.push(Some(Outcome::Rejected(reject_reason(e))));
+            }
+        }
+    }
+    let ids: Vec<String> = to_store.iter().map(|r| r.id.to_string()).collect();
+    let stored = store
+        .call(move |db| db.store_received(&to_store, now_ms()))
+        .await;
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "cannot store received messages; not acking");
+            return reject_all(RejectReason::Unavailable);
+        }
+    };
+    let mut stored = stored.into_iter().zip(ids);
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| match stored.next() {
+                Some((ReceiveOutcome::Stored, id)) => {
+                    tracing::debug!(%peer, message_id = %id, "received");
+                    Outcome::Stored
+                }
+                Some((ReceiveOutcome::Duplicate, id)) => {
+                    tracing::debug!(%peer, message_id = %id, "duplicate, acked again");
+                    Outcome::Duplicate
+                }
+                Some((ReceiveOutcome::IdConflict, _)) => {
+                    Outcome::Rejected(RejectReason::IdConflict)
+                }
+                None => Outcome::Rejected(RejectReason::Unavailable),
+            })
+        })
+        .collect();
+    BatchResponse { outcomes }
+}
+
+fn reject_reason(e: OpenError) -> RejectReason {
+    match e {
+        OpenError::WrongSender => RejectReason::WrongSender,
+        OpenError::Decrypt => RejectReason::Undecryptable,
+        _ => RejectReason::Malformed,
+    }
+}

@@ -1,0 +1,180 @@
+//! The contact address: one copy-pasteable string that carries a node's identity key (and so its
+//! PeerId) and its X25519 encryption key.
+//!
+//! Format: bech32m (BIP-350) with the human-readable part `pigeon` over
+//! `version (1) || ed25519 public key (32) || X25519 public key (32)`. The bech32m checksum catches
+//! any single typo and most longer ones, and the string survives being read aloud (one case, no
+//! look-alike characters).
+
+use std::fmt;
+use std::str::FromStr;
+
+use bech32::primitives::decode::CheckedHrpstring;
+use bech32::{Bech32m, Hrp};
+use hpke::{Deserializable, Serializable};
+use libp2p::PeerId;
+use libp2p::identity::{PublicKey, ed25519};
+
+use super::EncPublic;
+
+const HRP: &str = "pigeon";
+const VERSION: u8 = 1;
+const PAYLOAD_LEN: usize = 1 + 32 + 32;
+
+/// Why an address string was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddressError {
+    /// Not bech32m, or the checksum does not match.
+    #[error("not a valid pigeon address (a character is wrong or missing): {0}")]
+    Checksum(String),
+    /// A bech32m string for something else.
+    #[error("not a pigeon address: it must start with `pigeon1`")]
+    WrongPrefix,
+    /// A version or length this pigeon does not know.
+    #[error("unsupported pigeon address (version {version}, {len} bytes); is this pigeon older?")]
+    Unsupported {
+        /// The version byte.
+        version: u8,
+        /// The payload length.
+        len: usize,
+    },
+    /// The keys inside do not decode.
+    #[error("pigeon address carries an invalid key")]
+    BadKey,
+}
+
+/// A parsed contact address.
+#[derive(Clone)]
+pub struct Address {
+    identity: PublicKey,
+    enc: EncPublic,
+}
+
+impl Address {
+    /// An address from its two public keys.
+    pub fn new(identity: PublicKey, enc: EncPublic) -> Address {
+        Address { identity, enc }
+    }
+    /// The PeerId this address belongs to.
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.to_peer_id()
+    }
+    /// The X25519 public key messages to this node are sealed to.
+    pub fn enc_public(&self) -> &EncPublic {
+        &self.enc
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        let ed = self
+            .identity
+            .clone()
+            .try_into_ed25519()
+            .map(|k| k.to_bytes())
+            .unwrap_or([0; 32]);
+        let mut out = Vec::with_capacity(PAYLOAD_LEN);
+        out.push(VERSION);
+        out.extend_from_slice(&ed);
+        out.extend_from_slice(&self.enc.to_bytes());
+        out
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hrp = Hrp::parse_unchecked(HRP);
+        let s = bech32::encode::<Bech32m>(hrp, &self.payload()).map_err(|_| fmt::Error)?;
+        f.write_str(&s)
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Address({self})")
+    }
+}
+
+impl FromStr for Address {
+    type Err = AddressError;
+
+    fn from_str(s: &str) -> Result<Address, AddressError> {
+        let s = s.trim();
+        let checked = CheckedHrpstring::new::<Bech32m>(s)
+            .map_err(|e| AddressError::Checksum(e.to_string()))?;
+        if checked.hrp().to_lowercase() != HRP {
+            return Err(AddressError::WrongPrefix);
+        }
+        let data: Vec<u8> = checked.byte_iter().collect();
+        let version = data.first().copied().unwrap_or(0);
+        if version != VERSION || data.len() != PAYLOAD_LEN {
+            return Err(AddressError::Unsupported {
+                version,
+                len: data.len(),
+            });
+        }
+        let ed =
+            ed25519::PublicKey::try_from_bytes(&data[1..33]).map_err(|_| AddressError::BadKey)?;
+        let enc = EncPublic::from_bytes(&data[33..65]).map_err(|_| AddressError::BadKey)?;
+        Ok(Address {
+            identity: ed.into(),
+            enc,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+
+    #[test]
+    fn round_trips_and_carries_peer_id() {
+        let keys = Keys::generate();
+        let text = keys.address().to_string();
+        assert!(text.starts_with("pigeon1"), "{text}");
+        let parsed: Address = text.parse().expect("parses");
+        assert_eq!(parsed.peer_id(), keys.peer_id());
+        assert_eq!(parsed.enc_public().to_bytes(), keys.enc_public().to_bytes());
+        let upper: Address = text.to_uppercase().parse().expect("case-insensitive");
+        assert_eq!(upper.peer_id(), keys.peer_id());
+    }
+
+    #[test]
+    fn every_single_typo_is_caught() {
+        let text = Keys::generate().address().to_string();
+        let alphabet = "qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+        for (i, c) in text.char_indices().skip(HRP.len() + 1) {
+            let other = alphabet
+                .chars()
+                .find(|&a| a != c)
+                .expect("alphabet has two letters");
+            let mut typo = text.clone();
+            typo.replace_range(i..i + 1, &other.to_string());
+            assert!(typo.parse::<Address>().is_err(), "typo at {i} accepted");
+        }
+        assert!(
+            text[..text.len() - 1].parse::<Address>().is_err(),
+            "truncation accepted"
+        );
+    }
+
+    #[test]
+    fn other_strings_are_refused_with_a_reason() {
+        assert!(matches!(
+            "hello".parse::<Address>(),
+            Err(AddressError::Checksum(_))
+        ));
+        let other = bech32::encode::<Bech32m>(Hrp::parse_unchecked("other"), &[1; PAYLOAD_LEN])
+            .expect("encodes");
+        assert!(matches!(
+            other.parse::<Address>(),
+            Err(AddressError::WrongPrefix)
+        ));
+        let short =
+            bech32::encode::<Bech32m>(Hrp::parse_unchecked(HRP), &[1; 10]).expect("encodes");
+        assert!(matches!(
+            short.parse::<Address>(),
+            Err(AddressError::Unsupported { .. })
+        ));
+    }
+}

@@ -1,0 +1,414 @@
+//! The keystore file: every secret of a node, sealed under a key derived from the passphrase.
+//!
+//! Layout (CBOR): `{magic, version, header: bytes, sealed: bytes, checksum: bytes}`.
+//! - `header` is itself CBOR: the argon2id parameters and salt, the XChaCha20-Poly1305 nonce and the
+//!   public keys (so `pigeon id` can answer without the passphrase). It is the associated data of
+//!   the seal, so changing any of it makes unlocking fail.
+//! - `sealed` holds the secrets (identity seed, X25519 secret, data-encryption keys).
+//! - `checksum` is blake2b-256 over header and sealed. It tells a damaged file ("restore from a
+//!   backup") from a wrong passphrase, which an AEAD alone cannot.
+//!
+//! KDF parameters read back from a file are capped, so a hostile file cannot make unlocking take
+//! hours or all memory. The file is written atomically (see [`crate::home::write_atomic`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use blake2::{Blake2b, Digest, digest::consts::U32};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hpke::{Deserializable, Serializable};
+use libp2p::identity::{Keypair, PublicKey, ed25519};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use super::address::Address;
+use super::at_rest::AtRest;
+use super::{EncPublic, EncSecret, Keys, KeysError};
+use crate::home::{HomeError, write_atomic};
+
+const MAGIC: &str = "pigeon-keystore";
+const VERSION: u32 = 1;
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: OWASP's argon2id floor, about 0.2 s on these machines.
+    fn default() -> Self {
+        KdfParams {
+            m_kib: 64 * 1024,
+            t: 3,
+            p: 1,
+        }
+    }
+}
+
+impl KdfParams {
+    /// The most a keystore may ask for when it is read back.
+    const MAX: KdfParams = KdfParams {
+        m_kib: 1024 * 1024,
+        t: 16,
+        p: 8,
+    };
+    /// The least: below this a stolen file is too cheap to attack.
+    const MIN: KdfParams = KdfParams {
+        m_kib: 8 * 1024,
+        t: 1,
+        p: 1,
+    };
+
+    fn check(&self) -> Result<(), String> {
+        let within = |name: &str, v: u32, lo: u32, hi: u32| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name}={v}, allowed {lo}..={hi}"))
+            }
+        };
+        within("m_kib", self.m_kib, Self::MIN.m_kib, Self::MAX.m_kib)?;
+        within("t", self.t, Self::MIN.t, Self::MAX.t)?;
+        within("p", self.p, Self::MIN.p, Self::MAX.p)
+    }
+
+    fn derive(&self, passphrase: &str, salt: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
+        let params =
+            Params::new(self.m_kib, self.t, self.p, Some(32)).map_err(|e| e.to_string())?;
+        let mut kek = Zeroizing::new([0u8; 32]);
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into(passphrase.as_bytes(), salt, kek.as_mut())
+            .map_err(|e| e.to_string())?;
+        Ok(kek)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    magic: String,
+    version: u32,
+    #[serde(with = "serde_bytes")]
+    header: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    sealed: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    checksum: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    kdf: KdfParams,
+    #[serde(with = "serde_bytes")]
+    salt: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    nonce: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    identity_public: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    enc_public: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct Secrets {
+    #[serde(with = "serde_bytes")]
+    identity_seed: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    enc_secret: Vec<u8>,
+    current_dek: u32,
+    deks: Vec<Dek>,
+}
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct Dek {
+    id: u32,
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+}
+
+/// Seals `keys` under `passphrase` and writes the keystore at `path` atomically.
+pub fn write(path: &Path, keys: &Keys, passphrase: &str, kdf: KdfParams) -> Result<(), KeysError> {
+    let mut rng = rand::rngs::OsRng;
+    let mut salt = vec![0u8; 16];
+    rng.fill_bytes(&mut salt);
+    let mut nonce = vec![0u8; 24];
+    rng.fill_bytes(&mut nonce);
+    let kek = kdf
+        .derive(passphrase, &salt)
+        .map_err(|reason| KeysError::KdfLimits {
+            path: path.to_owned(),
+            reason,
+        })?;
+    let secrets = secrets_of(keys)?;
+    let plain = Zeroizing::new(to_cbor(&secrets));
+    let address = keys.address();
+    let identity_public = keys
+        .identity()
+        .public()
+        .try_into_ed25519()
+        .map(|k| k.to_bytes().to_vec());
+    let header = to_cbor(&Header {
+        kdf,
+        salt,
+        nonce: nonce.clone(),
+        identity_public: identity_public.unwrap_or_default(),
+        enc_public: address.enc_public().to_bytes().to_vec(),
+    });
+    let sealed = XChaCha20Poly1305::new(kek.as_ref().into())
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &plain,
+                aad: &header,
+            },
+        )
+        .expect("XChaCha20-Poly1305 seals anything under 256 GiB");
+    let checksum = checksum(&header, &sealed);
+    let file = File {
+        magic: MAGIC.to_owned(),
+        version: VERSION,
+        header,
+        sealed,
+        checksum,
+    };
+    write_atomic(path, &to_cbor(&file))?;
+    Ok(())
+}
+
+/// Reads the public half of the keystore without the passphrase (for `pigeon id`).
+pub fn read_public(path: &Path) -> Result<Address, KeysError> {
+    let file = read_file(path)?;
+    let header = from_header(path, &file.header)?;
+    public_of(path, &header)
+}
+
+/// Opens the keystore with `passphrase`.
+pub fn unlock(path: &Path, passphrase: &str) -> Result<Keys, KeysError> {
+    let file = read_file(path)?;
+    let header = from_header(path, &file.header)?;
+    header.kdf.check().map_err(|reason| KeysError::KdfLimits {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let damaged = |reason: &str| KeysError::Damaged {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if header.nonce.len() != 24 {
+        return Err(damaged("bad nonce length"));
+    }
+    let kek = header
+        .kdf
+        .derive(passphrase, &header.salt)
+        .map_err(|reason| KeysError::KdfLimits {
+            path: path.to_owned(),
+            reason,
+        })?;
+    let plain = XChaCha20Poly1305::new(kek.as_ref().into())
+        .decrypt(
+            XNonce::from_slice(&header.nonce),
+            Payload {
+                msg: &file.sealed,
+                aad: &file.header,
+            },
+        )
+        .map_err(|_| KeysError::WrongPassphrase(path.to_owned()))?;
+    let plain = Zeroizing::new(plain);
+    let secrets: Secrets =
+        ciborium::from_reader(plain.as_slice()).map_err(|_| damaged("secrets"))?;
+    let keys = keys_of(&secrets).ok_or_else(|| damaged("secret keys do not decode"))?;
+    let public = public_of(path, &header)?;
+    if public.peer_id() != keys.peer_id() || public.enc_public() != keys.enc_public() {
+        return Err(damaged("public keys do not match the secret ones"));
+    }
+    Ok(keys)
+}
+
+fn read_file(path: &Path) -> Result<File, KeysError> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            HomeError::NotInitialised(path.parent().unwrap_or(path).to_owned())
+        }
+        _ => HomeError::io("reading", path, e),
+    })?;
+    let damaged = |reason: &str| KeysError::Damaged {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    // A keystore is a few hundred bytes; anything large is not one.
+    if bytes.len() > 64 * 1024 {
+        return Err(damaged("file too large"));
+    }
+    let file: File =
+        ciborium::from_reader(bytes.as_slice()).map_err(|_| damaged("not a keystore"))?;
+    if file.magic != MAGIC {
+        return Err(damaged("not a keystore"));
+    }
+    if file.version != VERSION {
+        return Err(damaged(&format!(
+            "unknown keystore version {}",
+            file.version
+        )));
+    }
+    if checksum(&file.header, &file.sealed) != file.checksum {
+        return Err(damaged("checksum mismatch"));
+    }
+    Ok(file)
+}
+
+fn from_header(path: &Path, bytes: &[u8]) -> Result<Header, KeysError> {
+    ciborium::from_reader(bytes).map_err(|_| KeysError::Damaged {
+        path: path.to_owned(),
+        reason: "header does not decode".to_owned(),
+    })
+}
+
+fn public_of(path: &Path, header: &Header) -> Result<Address, KeysError> {
+    let damaged = || KeysError::Damaged {
+        path: path.to_owned(),
+        reason: "public keys".to_owned(),
+    };
+    let ed = ed25519::PublicKey::try_from_bytes(&header.identity_public).map_err(|_| damaged())?;
+    let enc = EncPublic::from_bytes(&header.enc_public).map_err(|_| damaged())?;
+    Ok(Address::new(PublicKey::from(ed), enc))
+}
+
+fn secrets_of(keys: &Keys) -> Result<Secrets, KeysError> {
+    let ed = keys
+        .identity()
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| KeysError::Damaged {
+            path: Default::default(),
+            reason: "identity is not ed25519".to_owned(),
+        })?;
+    let (current_dek, deks) = keys.at_rest().parts();
+    Ok(Secrets {
+        identity_seed: ed.secret().as_ref().to_vec(),
+        enc_secret: keys.enc_secret().to_bytes().to_vec(),
+        current_dek,
+        deks: deks
+            .iter()
+            .map(|(id, key)| Dek {
+                id: *id,
+                key: key.to_vec(),
+            })
+            .collect(),
+    })
+}
+
+fn keys_of(secrets: &Secrets) -> Option<Keys> {
+    let mut seed = Zeroizing::new(secrets.identity_seed.clone());
+    let identity = Keypair::ed25519_from_bytes(seed.as_mut_slice()).ok()?;
+    let enc_secret = EncSecret::from_bytes(&secrets.enc_secret).ok()?;
+    let enc_public = <super::Kem as hpke::Kem>::sk_to_pk(&enc_secret);
+    let mut deks = BTreeMap::new();
+    for dek in &secrets.deks {
+        let key: [u8; 32] = dek.key.as_slice().try_into().ok()?;
+        deks.insert(dek.id, Zeroizing::new(key));
+    }
+    deks.get(&secrets.current_dek)?;
+    Some(Keys::from_parts(
+        identity,
+        enc_secret,
+        enc_public,
+        AtRest::from_parts(secrets.current_dek, deks),
+    ))
+}
+
+fn checksum(header: &[u8], sealed: &[u8]) -> Vec<u8> {
+    let mut h = Blake2b::<U32>::new();
+    h.update((header.len() as u64).to_le_bytes());
+    h.update(header);
+    h.update(sealed);
+    h.finalize().to_vec()
+}
+
+fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).expect("CBOR encoding into a Vec cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> (tempfile::TempDir, std::path::PathBuf, Keys) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keystore");
+        let keys = Keys::generate();
+        write(&path, &keys, "correct horse", KdfParams::default()).expect("write");
+        (dir, path, keys)
+    }
+
+    #[test]
+    fn unlocks_with_the_right_passphrase_only() {
+        let (_dir, path, keys) = fixture();
+        let opened = unlock(&path, "correct horse").expect("unlock");
+        assert_eq!(opened.peer_id(), keys.peer_id());
+        let (_, sealed) = opened.at_rest().seal("t", "r", b"x");
+        assert_eq!(
+            keys.at_rest().open("t", "r", 1, &sealed).expect("same DEK"),
+            b"x"
+        );
+        assert!(matches!(
+            unlock(&path, "wrong horse"),
+            Err(KeysError::WrongPassphrase(_))
+        ));
+        assert_eq!(
+            read_public(&path).expect("public").peer_id(),
+            keys.peer_id()
+        );
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let (_dir, path, _keys) = fixture();
+        let original = std::fs::read(&path).expect("read");
+        for i in 0..original.len() {
+            let mut bytes = original.clone();
+            bytes[i] ^= 0x01;
+            std::fs::write(&path, &bytes).expect("write");
+            // The checksum covers everything, so tampering reads as damage, not as a wrong passphrase.
+            match unlock(&path, "correct horse") {
+                Err(KeysError::Damaged { .. }) => {}
+                Err(other) => panic!("byte {i}: unexpected error {other}"),
+                Ok(_) => panic!("byte {i}: tampered keystore opened"),
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_kdf_parameters_are_capped() {
+        let (_dir, path, _keys) = fixture();
+        let mut file = read_file(&path).expect("file");
+        let mut header = from_header(&path, &file.header).expect("header");
+        header.kdf.m_kib = 64 * 1024 * 1024; // 64 GiB
+        file.header = to_cbor(&header);
+        file.checksum = checksum(&file.header, &file.sealed);
+        std::fs::write(&path, to_cbor(&file)).expect("write");
+        let err = unlock(&path, "correct horse").err().expect("refused");
+        assert!(matches!(err, KeysError::KdfLimits { .. }), "{err}");
+    }
+
+    #[test]
+    fn garbage_and_missing_files_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keystore");
+        assert!(matches!(
+            unlock(&path, "x"),
+            Err(KeysError::Io(HomeError::NotInitialised(_)))
+        ));
+        std::fs::write(&path, b"not cbor at all").expect("write");
+        assert!(matches!(unlock(&path, "x"), Err(KeysError::Damaged { .. })));
+    }
+}

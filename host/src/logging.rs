@@ -1,0 +1,33 @@
+//! Logs go to stderr, as text for people or as one JSON object per line for machines.
+//!
+//! Nothing secret and no message text is ever logged: only ids, peers, counts and errors.
+
+use tracing_subscriber::EnvFilter;
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global subscriber. `PIGEON_LOG` (an `EnvFilter` directive such as `debug` or
+/// `pigeon=trace`) overrides the level that `verbose` picks.
+pub fn init(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "warn,pigeon=info",
+        1 => "warn,pigeon=debug",
+        _ => "info,pigeon=trace",
+    };
+    let filter = EnvFilter::try_from_env("PIGEON_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

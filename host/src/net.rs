@@ -1,0 +1,371 @@
+//! The libp2p swarm, owned by one task.
+//!
+//! TCP and QUIC, Noise, Yamux, identify, ping and `/pigeon/msg/1`. The rest of the node holds a
+//! cloneable [`Net`] handle that sends [`Command`]s (each with a oneshot reply) and reads
+//! [`NetEvent`]s from a channel; nothing else touches the swarm.
+
+pub mod codec;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use protocol::{Batch, BatchResponse, MSG_PROTOCOL, MsgCodec};
+
+/// Errors starting or using the network.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The transport could not be built.
+    #[error("cannot set up the network: {0}")]
+    Setup(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The swarm task has stopped.
+    #[error("the network task has stopped")]
+    Closed,
+}
+
+/// Why a batch did not get an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(pub String);
+
+/// Something the swarm task reports.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// Now listening on this address.
+    Listening(Multiaddr),
+    /// A first connection to this peer is up.
+    PeerConnected(PeerId),
+    /// The last connection to this peer closed.
+    PeerDisconnected(PeerId),
+    /// A peer sent a batch; answer it with [`Net::respond`].
+    InboundBatch {
+        /// The Noise-authenticated sender.
+        peer: PeerId,
+        /// The batch.
+        batch: Batch,
+        /// Where the answer goes.
+        channel: ResponseChannel<BatchResponse>,
+    },
+}
+
+enum Command {
+    SendBatch {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        batch: Batch,
+        reply: oneshot::Sender<Result<BatchResponse, SendError>>,
+    },
+    Respond {
+        channel: ResponseChannel<BatchResponse>,
+        response: BatchResponse,
+    },
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    msg: request_response::Behaviour<MsgCodec>,
+}
+
+/// A handle to the swarm task.
+#[derive(Clone)]
+pub struct Net {
+    commands: mpsc::Sender<Command>,
+    local: PeerId,
+}
+
+impl Net {
+    /// Starts the swarm listening on `listen`; returns the handle, the event stream and the task.
+    pub fn spawn(
+        identity: Keypair,
+        listen: &[Multiaddr],
+        cancel: CancellationToken,
+    ) -> Result<(Net, mpsc::UnboundedReceiver<NetEvent>, JoinHandle<()>), NetError> {
+        let local = identity.public().to_peer_id();
+        let mut swarm = build_swarm(identity)?;
+        for addr in listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: describe(&e),
+                })?;
+        }
+        let (commands, commands_rx) = mpsc::channel(256);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(
+            EventLoop {
+                swarm,
+                events,
+                pending: HashMap::new(),
+                listening: Vec::new(),
+            }
+            .run(commands_rx, cancel),
+        );
+        Ok((Net { commands, local }, events_rx, task))
+    }
+
+    /// This node's PeerId.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Sends a batch to `peer` (dialing `addrs` if not connected) and waits for its answer.
+    pub async fn send_batch(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        batch: Batch,
+    ) -> Result<BatchResponse, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SendBatch {
+                peer,
+                addrs,
+                batch,
+                reply,
+            })
+            .await
+            .map_err(|_| SendError("the network task has stopped".into()))?;
+        rx.await
+            .map_err(|_| SendError("the network task has stopped".into()))?
+    }
+
+    /// Answers an inbound batch.
+    pub async fn respond(&self, channel: ResponseChannel<BatchResponse>, response: BatchResponse) {
+        let _ = self
+            .commands
+            .send(Command::Respond { channel, response })
+            .await;
+    }
+
+    /// Dials `peer` at `addrs` (a connected peer gets its due messages at once).
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self.commands.send(Command::Dial { peer, addrs }).await;
+    }
+
+    /// The addresses the node listens on now.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::ListenAddrs { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+fn build_swarm(identity: Keypair) -> Result<Swarm<Behaviour>, NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    Ok(libp2p::SwarmBuilder::with_existing_identity(identity)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_behaviour(|key| Behaviour {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/pigeon/id/1".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+            msg: request_response::Behaviour::new(
+                [(MSG_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            ),
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    events: mpsc::UnboundedSender<NetEvent>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<BatchResponse, SendError>>>,
+    listening: Vec<Multiaddr>,
+}
+
+impl EventLoop {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+            }
+        }
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(SendError("the node is shutting down".into())));
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::SendBatch {
+                peer,
+                addrs,
+                batch,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .msg
+                    .send_request_with_addresses(&peer, batch, addrs);
+                self.pending.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .msg
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("peer went away before its batch was answered");
+                }
+            }
+            Command::Dial { peer, addrs } => {
+                if self.swarm.is_connected(&peer) {
+                    return;
+                }
+                if let Err(e) = self
+                    .swarm
+                    .dial(DialOpts::peer_id(peer).addresses(addrs).build())
+                {
+                    tracing::debug!(%peer, error = %describe(&e), "dial failed");
+                }
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.listening.clone());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.listening.push(address.clone());
+                let _ = self.events.send(NetEvent::Listening(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listening.retain(|a| *a != address)
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if num_established.get() == 1 {
+                    let _ = self.events.send(NetEvent::PeerConnected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_msg_event(&mut self, event: request_response::Event<Batch, BatchResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self.events.send(NetEvent::InboundBatch {
+                    peer,
+                    batch: request,
+                    channel,
+                });
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "batch not answered");
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(SendError(error.to_string())));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(%peer, %error, "bad inbound batch");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! A running node: the store, the swarm, the send loop and the control socket, wired together.
+//!
+//! [`Node::start`] takes the home's lock, opens everything and returns once the node listens;
+//! [`Node::shutdown`] stops every task and waits for them. `pigeon node run` and the demo both use it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::control::api::{NodeLink, Ops};
+use crate::control::server;
+use crate::delivery::{self, Waker};
+use crate::error::Result;
+use crate::home::{Home, HomeLock};
+use crate::inbox;
+use crate::keys::Keys;
+use crate::net::{Net, NetEvent};
+use crate::store::{Store, now_ms};
+
+/// How long `start` waits for the listeners to report their addresses.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+/// Most contacts dialed at once when the node starts.
+const STARTUP_DIALS: usize = 16;
+
+/// A node running in this process.
+pub struct Node {
+    ops: Ops,
+    net: Net,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    _lock: HomeLock,
+}
+
+impl Node {
+    /// Starts a node for `home` with unlocked `keys`, listening on `listen`.
+    pub async fn start(
+        home: &Home,
+        keys: Keys,
+        config: &Config,
+        listen: &[Multiaddr],
+    ) -> Result<Node> {
+        let lock = home.try_lock()?;
+        let keys = Arc::new(keys);
+        let store = Store::open(&home.database(), keys.clone())?;
+        let cancel = CancellationToken::new();
+        let (net, events, net_task) =
+            Net::spawn(keys.identity().clone(), listen, cancel.child_token())?;
+        let (waker, delivery_task) = delivery::spawn(
+            store.clone(),
+            net.clone(),
+            &config.delivery,
+            Arc::new(SystemClock),
+            cancel.child_token(),
+        );
+        let ops = Ops::new(
+            keys.clone(),
+            store.clone(),
+            Some(NodeLink {
+                net: net.clone(),
+                waker: waker.clone(),
+            }),
+        );
+        let control_task = server::serve(&home.socket(), ops.clone(), cancel.child_token())?;
+        let events_task = tokio::spawn(pump_events(
+            events,
+            keys,
+            store.clone(),
+            net.clone(),
+            waker,
+            cancel.child_token(),
+        ));
+        let dial_task = tokio::spawn(dial_contacts(store, net.clone()));
+        let node = Node {
+            ops,
+            net,
+            cancel,
+            tasks: vec![
+                net_task,
+                delivery_task,
+                control_task,
+                events_task,
+                dial_task,
+            ],
+            _lock: lock,
+        };
+        node.wait_listening(listen.len()).await;
+        Ok(node)
+    }
+
+    /// The operations of this node, as the control socket offers them.
+    pub fn ops(&self) -> &Ops {
+        &self.ops
+    }
+
+    /// Where the node listens, each with `/p2p/<id>`.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let peer = self.net.local_peer_id();
+        self.net
+            .listen_addrs()
+            .await
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(peer)))
+            .collect()
+    }
+
+    async fn wait_listening(&self, wanted: usize) {
+        let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+        while self.net.listen_addrs().await.len() < wanted && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops every task and waits for them; the store closes when its last handle goes.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn pump_events(
+    mut events: mpsc::UnboundedReceiver<NetEvent>,
+    keys: Arc<Keys>,
+    store: Store,
+    net: Net,
+    waker: Waker,
+    cancel: CancellationToken,
+) {
+    let mut receivers = tokio::task::JoinSet::new();
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = receivers.join_next(), if !receivers.is_empty() => continue,
+            event = events.recv() => match event { Some(e) => e, None => break },
+        };
+        match event {
+            NetEvent::Listening(addr) => tracing::info!(%addr, "listening"),
+            NetEvent::PeerConnected(peer) => {
+                tracing::debug!(%peer, "peer connected");
+                // Whatever its backoff says, a peer that is here now gets its messages now.
+                if let Ok(n) = store.call(move |db| db.make_due_now(&peer, now_ms())).await
+                    && n > 0
+                {
+                    tracing::debug!(%peer, messages = n, "due now: peer connected");
+                }
+                waker.wake();
+            }
+            NetEvent::PeerDisconnected(peer) => tracing::debug!(%peer, "peer disconnected"),
+            NetEvent::InboundBatch {
+                peer,
+                batch,
+                channel,
+            } => {
+                let (keys, store, net) = (keys.clone(), store.clone(), net.clone());
+                receivers.spawn(async move {
+                    let response = inbox::receive_batch(&keys, &store, peer, batch).await;
+                    net.respond(channel, response).await;
+                });
+            }
+        }
+    }
+    receivers.shutdown().await;
+}
+
+/// Dials every contact with a known address, a few at a time, so that peers holding messages for
+/// this node see it connect and deliver at once.
+async fn dial_contacts(store: Store, net: Net) {
+    let Ok(contacts) = store.call(|db| db.contacts()).await else {
+        return;
+    };
+    let targets: Vec<_> = contacts
+        .into_iter()
+        .filter(|c| !c.addrs.is_empty())
+        .collect();
+    for chunk in targets.chunks(STARTUP_DIALS) {
+        for contact in chunk {
+            net.dial(contact.address.peer_id(), contact.addrs.clone())
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

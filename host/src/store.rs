@@ -1,0 +1,183 @@
+//! The store: one SQLite database (WAL, versioned migrations) owned by one thread.
+//!
+//! Async code never calls rusqlite directly: it sends a closure to the store thread through
+//! [`Store::call`] and awaits the reply, so the connection has exactly one owner and writes are
+//! serialised without locks. Bodies, subjects and queued envelopes are sealed at rest with the DEK
+//! (see [`crate::keys::at_rest`]); ids, peers, times, sizes and labels stay in clear so they can be
+//! queried. Every commit is durable (`synchronous=FULL`), because the receiver acks right after it
+//! and the sender reports a message as queued right after it.
+
+mod contacts;
+mod inbox;
+mod migrations;
+mod outbox;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+pub use contacts::Contact;
+pub use inbox::{InboxItem, MessageView, ReceiveOutcome, Received};
+pub use outbox::{DueBatch, DueMessage, OutboxEntry, OutboxState};
+
+use crate::error::ErrorKind;
+use crate::keys::Keys;
+use crate::keys::at_rest::AtRestError;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// A sealed value did not open.
+    #[error(transparent)]
+    Sealed(#[from] AtRestError),
+    /// The named thing does not exist.
+    #[error("no {what} {name:?}")]
+    NotFound {
+        /// What was looked for ("contact", "message").
+        what: &'static str,
+        /// The name or id given.
+        name: String,
+    },
+    /// The thing to create exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// An id prefix matches several messages.
+    #[error("id prefix {0:?} matches more than one message; give more characters")]
+    Ambiguous(String),
+    /// A stored value does not decode.
+    #[error("stored {0} is damaged")]
+    Corrupt(&'static str),
+    /// The store thread has stopped.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound { .. } => ErrorKind::NotFound,
+            StoreError::Conflict(_) => ErrorKind::Conflict,
+            StoreError::Ambiguous(_) => ErrorKind::Usage,
+            StoreError::Sealed(_) | StoreError::Corrupt(_) => ErrorKind::Corrupt,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// A cloneable handle to the store thread.
+#[derive(Clone)]
+pub struct Store {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// The connection and the keys that seal rows; only the store thread holds it.
+pub struct Db {
+    conn: Connection,
+    keys: Arc<Keys>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, migrates it and starts the store thread.
+    pub fn open(path: &Path, keys: Arc<Keys>) -> Result<Store, StoreError> {
+        let db = Db::open(path, keys)?;
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("pigeon-store".into())
+            .spawn(move || {
+                let mut db = db;
+                while let Ok(job) = rx.recv() {
+                    job(&mut db);
+                }
+            })
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Store { jobs })
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let _ = tx.send(f(db));
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Db {
+    /// Opens the database directly on this thread (the store thread, tests and tools).
+    pub fn open(path: &Path, keys: Arc<Keys>) -> Result<Db, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::MIGRATIONS.to_latest(&mut conn)?;
+        Ok(Db { conn, keys })
+    }
+
+    fn seal(&self, table: &str, row: &str, plaintext: &[u8]) -> (u32, Vec<u8>) {
+        self.keys.at_rest().seal(table, row, plaintext)
+    }
+
+    fn open_sealed(
+        &self,
+        table: &str,
+        row: &str,
+        key_id: u32,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        Ok(self.keys.at_rest().open(table, row, key_id, blob)?)
+    }
+
+    /// Runs SQLite's own consistency check; `ok` when the file is sound.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A millisecond timestamp as RFC 3339 (UTC), for people and scripts.
+pub fn format_time(ms: u64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A database in a temporary directory with fresh keys.
+    pub(crate) fn temp_db() -> (tempfile::TempDir, Db, Arc<Keys>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Arc::new(Keys::generate());
+        let db = Db::open(&dir.path().join("pigeon.db"), keys.clone()).expect("open db");
+        (dir, db, keys)
+    }
+}

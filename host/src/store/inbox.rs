@@ -1,0 +1,331 @@
+//! The inbox: received messages, their bodies and subjects sealed at rest.
+//!
+//! The message id is the sender's; receiving the same id from the same sender again is a duplicate
+//! (re-acked, never stored twice). A batch from the network commits in one durable transaction.
+
+use libp2p::PeerId;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Db, StoreError, format_time};
+use crate::envelope::MessageId;
+
+const TABLE: &str = "inbox";
+const PREVIEW_CHARS: usize = 60;
+
+/// A message that arrived and opened.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The sender's message id.
+    pub id: MessageId,
+    /// The authenticated sender.
+    pub sender: PeerId,
+    /// Sender's clock at queueing.
+    pub sent_at_ms: u64,
+    /// Optional subject.
+    pub subject: Option<String>,
+    /// The text.
+    pub body: String,
+}
+
+/// What storing one received message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveOutcome {
+    /// Newly stored.
+    Stored,
+    /// Stored before; nothing changed.
+    Duplicate,
+    /// The id is taken by another sender's message; refused.
+    IdConflict,
+}
+
+/// One row of `pigeon inbox list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxItem {
+    /// Message id.
+    pub id: String,
+    /// Contact name, or the PeerId if the sender is not a contact any more.
+    pub from: String,
+    /// Sender PeerId.
+    pub from_peer_id: String,
+    /// When it arrived (RFC 3339, UTC).
+    pub received_at: String,
+    /// Subject, if any.
+    pub subject: Option<String>,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// The start of the body, on one line.
+    pub preview: String,
+}
+
+/// A whole message, for `pigeon inbox read`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Message id.
+    pub id: String,
+    /// Contact name, or the PeerId.
+    pub from: String,
+    /// Sender PeerId.
+    pub from_peer_id: String,
+    /// Sender's clock when queued (RFC 3339).
+    pub sent_at: String,
+    /// When it arrived (RFC 3339).
+    pub received_at: String,
+    /// Subject, if any.
+    pub subject: Option<String>,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// The text.
+    pub body: String,
+}
+
+impl Db {
+    /// Stores a batch of received messages in one durable transaction.
+    pub fn store_received(
+        &mut self,
+        items: &[Received],
+        now: u64,
+    ) -> Result<Vec<ReceiveOutcome>, StoreError> {
+        let sealed: Vec<_> = items
+            .iter()
+            .map(|m| {
+                let row = m.id.to_string();
+                let (key_id, body) = self.seal(TABLE, &row, m.body.as_bytes());
+                let subject = m
+                    .subject
+                    .as_ref()
+                    .map(|s| self.seal(&format!("{TABLE}.subject"), &row, s.as_bytes()).1);
+                (row, key_id, body, subject)
+            })
+            .collect();
+        let tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        {
+            let mut find = tx.prepare_cached("SELECT sender FROM inbox WHERE id = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO inbox (id, sender, sent_at, received_at, size, subject, body, key_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (m, (row, key_id, body, subject)) in items.iter().zip(sealed) {
+                let sender = m.sender.to_string();
+                let existing: Option<String> = find.query_row([&row], |r| r.get(0)).optional()?;
+                outcomes.push(match existing {
+                    Some(s) if s == sender => ReceiveOutcome::Duplicate,
+                    Some(_) => ReceiveOutcome::IdConflict,
+                    None => {
+                        let size = m.body.len() + m.subject.as_ref().map_or(0, String::len);
+                        insert.execute(params![
+                            row,
+                            sender,
+                            m.sent_at_ms as i64,
+                            now as i64,
+                            size as i64,
+                            subject,
+                            body,
+                            key_id
+                        ])?;
+                        ReceiveOutcome::Stored
+                    }
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// The inbox, newest first, at most `limit` messages.
+    pub fn inbox(&self, limit: Option<u32>) -> Result<Vec<InboxItem>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT i.id, COALESCE(c.name, i.sender), i.sender, i.received_at, i.subject, i.body, i.key_id
+             FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender
+             ORDER BY i.received_at DESC, i.rowid DESC LIMIT ?1",
+        )?;
+        let limit = limit.map_or(-1, i64::from);
+        let mut rows = stmt.query([limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            let key_id: u32 = r.get(6)?;
+            let body = self.open_text(TABLE, &id, key_id, &r.get::<_, Vec<u8>>(5)?)?;
+            let subject = self.open_subject(&id, key_id, r.get(4)?)?;
+            out.push(InboxItem {
+                labels: self.labels_of(&id)?,
+                preview: preview(&body),
+                from: r.get(1)?,
+                from_peer_id: r.get(2)?,
+                received_at: format_time(r.get::<_, i64>(3)? as u64),
+                subject,
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The message whose id is `id` or starts with it (at least 4 hex digits).
+    pub fn message(&self, id: &str) -> Result<MessageView, StoreError> {
+        let id = self.resolve_id(id)?;
+        let (from, from_peer_id, sent_at, received_at, subject, body, key_id): (
+            String,
+            String,
+            i64,
+            i64,
+            Option<Vec<u8>>,
+            Vec<u8>,
+            u32,
+        ) = self.conn.query_row(
+            "SELECT COALESCE(c.name, i.sender), i.sender, i.sent_at, i.received_at, i.subject, i.body, i.key_id
+             FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender WHERE i.id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )?;
+        Ok(MessageView {
+            body: self.open_text(TABLE, &id, key_id, &body)?,
+            subject: self.open_subject(&id, key_id, subject)?,
+            labels: self.labels_of(&id)?,
+            from,
+            from_peer_id,
+            sent_at: format_time(sent_at as u64),
+            received_at: format_time(received_at as u64),
+            id,
+        })
+    }
+
+    /// How many messages the inbox holds.
+    pub fn inbox_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        let not_found = || StoreError::NotFound {
+            what: "message",
+            name: prefix.clone(),
+        };
+        if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM inbox WHERE id LIKE ?1 || '%' LIMIT 2")?;
+        let ids: Vec<String> = stmt
+            .query_map([&prefix], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        match ids.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(not_found()),
+            _ => Err(StoreError::Ambiguous(prefix)),
+        }
+    }
+
+    fn labels_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT label FROM labels WHERE message_id = ?1 ORDER BY label")?;
+        let labels = stmt
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(labels)
+    }
+
+    fn open_text(
+        &self,
+        table: &str,
+        id: &str,
+        key_id: u32,
+        blob: &[u8],
+    ) -> Result<String, StoreError> {
+        String::from_utf8(self.open_sealed(table, id, key_id, blob)?)
+            .map_err(|_| StoreError::Corrupt("message text"))
+    }
+
+    fn open_subject(
+        &self,
+        id: &str,
+        key_id: u32,
+        blob: Option<Vec<u8>>,
+    ) -> Result<Option<String>, StoreError> {
+        blob.map(|b| self.open_text(&format!("{TABLE}.subject"), id, key_id, &b))
+            .transpose()
+    }
+}
+
+fn preview(body: &str) -> String {
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut chars = one_line.chars();
+    let mut out: String = chars.by_ref().take(PREVIEW_CHARS).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+    use crate::store::test_support::temp_db;
+
+    fn received(sender: PeerId, body: &str) -> Received {
+        Received {
+            id: MessageId::random(),
+            sender,
+            sent_at_ms: 5,
+            subject: Some("s".into()),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_not_stored_twice_and_ids_are_per_sender() {
+        let (_dir, mut db, _keys) = temp_db();
+        let alice = Keys::generate().peer_id();
+        let mallory = Keys::generate().peer_id();
+        let m = received(alice, "hello there");
+        let out = db
+            .store_received(&[m.clone(), m.clone()], 10)
+            .expect("store");
+        assert_eq!(out, vec![ReceiveOutcome::Stored, ReceiveOutcome::Duplicate]);
+        assert_eq!(
+            db.store_received(std::slice::from_ref(&m), 11)
+                .expect("again"),
+            vec![ReceiveOutcome::Duplicate]
+        );
+        let stolen = Received {
+            sender: mallory,
+            ..m.clone()
+        };
+        assert_eq!(
+            db.store_received(&[stolen], 12).expect("conflict"),
+            vec![ReceiveOutcome::IdConflict]
+        );
+        assert_eq!(db.inbox_count().expect("count"), 1);
+        let view = db.message(&m.id.to_string()[..8]).expect("by prefix");
+        assert_eq!(view.body, "hello there");
+        assert_eq!(view.subject.as_deref(), Some("s"));
+        assert_eq!(view.from, alice.to_string());
+    }
+
+    #[test]
+    fn list_previews_and_limits() {
+        let (_dir, mut db, _keys) = temp_db();
+        let alice = Keys::generate().peer_id();
+        let long = "word ".repeat(40);
+        db.store_received(
+            &[received(alice, "first\nline"), received(alice, &long)],
+            10,
+        )
+        .expect("store");
+        let all = db.inbox(None).expect("list");
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().any(|i| i.preview == "first line"));
+        assert!(all.iter().any(|i| i.preview.ends_with('…') && i.preview.chars().count() == PREVIEW_CHARS + 1));
+        assert_eq!(db.inbox(Some(1)).expect("limited").len(), 1);
+        assert!(matches!(db.message("zz"), Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            db.message("0000"),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,68 @@
+//! The schema, as numbered migrations; a database is brought to the latest at open.
+//!
+//! Never edit a migration that has shipped: add a new one.
+
+use std::sync::LazyLock;
+
+use rusqlite_migration::{M, Migrations};
+
+pub(super) static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::new(vec![M::up(
+        r#"
+CREATE TABLE contacts (
+    name      TEXT PRIMARY KEY,
+    peer_id   TEXT NOT NULL UNIQUE,
+    address   TEXT NOT NULL,
+    added_at  INTEGER NOT NULL
+);
+CREATE TABLE contact_addrs (
+    peer_id   TEXT NOT NULL,
+    addr      TEXT NOT NULL,
+    PRIMARY KEY (peer_id, addr)
+);
+-- envelope: the HPKE-sealed message, itself sealed at rest under key_id; NULL once delivered.
+CREATE TABLE outbox (
+    id              TEXT PRIMARY KEY,
+    peer_id         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('queued', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    delivered_at    INTEGER,
+    size            INTEGER NOT NULL,
+    envelope        BLOB,
+    key_id          INTEGER
+);
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+-- subject and body are sealed at rest under key_id; the id is the sender's message id.
+CREATE TABLE inbox (
+    id          TEXT PRIMARY KEY,
+    sender      TEXT NOT NULL,
+    sent_at     INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    subject     BLOB,
+    body        BLOB NOT NULL,
+    key_id      INTEGER NOT NULL,
+    read        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX inbox_received ON inbox (received_at);
+CREATE TABLE labels (
+    message_id TEXT NOT NULL REFERENCES inbox (id) ON DELETE CASCADE,
+    label      TEXT NOT NULL,
+    PRIMARY KEY (message_id, label)
+);
+"#,
+    )])
+});
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        super::MIGRATIONS
+            .validate()
+            .expect("migrations apply to an empty database");
+    }
+}
