@@ -1,1 +1,305 @@
+//! Shared helpers for the end-to-end tests: a temporary home per node, the real `pigeon` binary,
+//! and a node process that can be started, SIGKILLed and restarted.
+//!
+//! Every wait is bounded: a helper that runs out of time panics with what it was waiting for.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The passphrase every test home uses.
+pub const PASSPHRASE: &str = "e2e test passphrase";
+
+/// The `pigeon` binary under test: `PIGEON_BIN`, or the one cargo built next to this test.
+pub fn pigeon_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("PIGEON_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/pigeon
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("pigeon"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace` (it builds the binary)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A pigeon home in a temporary directory.
+pub struct TestHome {
+    dir: tempfile::TempDir,
+    /// A label for messages.
+    pub name: String,
+}
+
+impl TestHome {
+    /// A new, initialised home.
+    pub fn init(name: &str) -> TestHome {
+        let home = TestHome::empty(name);
+        home.ok(&["init"]);
+        home
+    }
+
+    /// A directory with nothing in it yet.
+    pub fn empty(name: &str) -> TestHome {
+        TestHome {
+            dir: tempfile::Builder::new()
+                .prefix(&format!("pigeon-{name}-"))
+                .tempdir()
+                .expect("tempdir"),
+            name: name.into(),
+        }
+    }
+
+    /// The home directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `pigeon` command for this home, with the passphrase in the environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(pigeon_bin());
+        cmd.arg("--home").arg(self.path()).args(args);
+        cmd.env("PIGEON_PASSPHRASE", PASSPHRASE)
+            .env_remove("PIGEON_HOME")
+            .env_remove("PIGEON_LOG");
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a command and returns its output, whatever its exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run pigeon")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{}: pigeon {args:?} failed ({}): {}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs a `--json` command that must succeed; returns the parsed JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("pigeon {args:?} printed bad JSON ({e}): {text}"))
+    }
+
+    /// This node's address string.
+    pub fn address(&self) -> String {
+        self.json(&["id", "--json"])["address"]
+            .as_str()
+            .expect("address")
+            .to_owned()
+    }
+
+    /// Adds `other` as contact `name`, reachable at `addrs`.
+    pub fn add_contact(&self, name: &str, other: &TestHome, addrs: &[String]) {
+        let address = other.address();
+        let mut args = vec!["contacts", "add", name, address.as_str()];
+        for a in addrs {
+            args.push("--addr");
+            args.push(a);
+        }
+        self.ok(&args);
+    }
+
+    /// Sends `body` to `contact`; returns the message id.
+    pub fn send(&self, contact: &str, body: &str) -> String {
+        self.ok(&["send", contact, body]).trim().to_owned()
+    }
+
+    /// The inbox as JSON items.
+    pub fn inbox(&self) -> Vec<Value> {
+        self.json(&["inbox", "list", "--json"])
+            .as_array()
+            .expect("inbox array")
+            .clone()
+    }
+
+    /// The outbox as JSON entries.
+    pub fn outbox(&self) -> Vec<Value> {
+        self.json(&["outbox", "list", "--json"])
+            .as_array()
+            .expect("outbox array")
+            .clone()
+    }
+
+    /// Starts `pigeon node run` on `listen`; its log (debug level) goes to `<home>/node.log`.
+    pub fn start_node(&self, listen: &str) -> NodeProc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("node.log"))
+            .expect("open node log");
+        let mut child = self
+            .cmd(&["node", "run", "--listen", listen, "-v"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn node");
+        let stdout = child.stdout.take().expect("node stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(self.path().join("node.log")).unwrap_or_default();
+                panic!(
+                    "{}: node did not report a listen address; log:\n{log}",
+                    self.name
+                );
+            }
+        };
+        NodeProc { child, addr }
+    }
+}
+
+/// A running `pigeon node run` process; SIGKILLed on drop if still running.
+pub struct NodeProc {
+    child: Child,
+    /// Its first listen address, with `/p2p/<id>`.
+    pub addr: String,
+}
+
+impl NodeProc {
+    /// The listen address without `/p2p/<id>`, to listen on again after a restart.
+    pub fn listen_addr(&self) -> String {
+        match self.addr.find("/p2p/") {
+            Some(i) => self.addr[..i].to_owned(),
+            None => self.addr.clone(),
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (at most 20 s) for a clean exit; returns the exit status code.
+    pub fn stop(mut self) -> Option<i32> {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("node did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two homes that know each other, with nodes running on 127.0.0.1.
+pub struct Pair {
+    /// The sender's home.
+    pub alice: TestHome,
+    /// The receiver's home.
+    pub bob: TestHome,
+    /// Alice's node.
+    pub alice_node: Option<NodeProc>,
+    /// Bob's node.
+    pub bob_node: Option<NodeProc>,
+}
+
+impl Pair {
+    /// Both nodes started on free TCP ports of 127.0.0.1, each the other's contact.
+    pub fn start() -> Pair {
+        let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+        let alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
+        let bob_node = bob.start_node("/ip4/127.0.0.1/tcp/0");
+        alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+        bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+        Pair {
+            alice,
+            bob,
+            alice_node: Some(alice_node),
+            bob_node: Some(bob_node),
+        }
+    }
+}
+
+/// The `body` field of every message in `home`'s inbox, read one by one.
+pub fn bodies(home: &TestHome) -> Vec<String> {
+    home.inbox()
+        .iter()
+        .map(|item| {
+            let id = item["id"].as_str().expect("id");
+            home.json(&["inbox", "read", id, "--json"])["body"]
+                .as_str()
+                .expect("body")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)
+            .expect("read dir")
+            .map_while(Result::ok)
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

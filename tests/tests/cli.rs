@@ -1,0 +1,254 @@
+//! The CLI as a user meets it: homes, passphrases, contacts, errors and exit codes.
+
+use std::os::unix::fs::PermissionsExt;
+
+use pigeon_e2e::{TestHome, files_under};
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn init_creates_a_private_home_and_refuses_to_run_twice() {
+    let home = TestHome::init("init");
+    assert_eq!(mode(home.path()), 0o700);
+    for file in files_under(home.path()) {
+        assert_eq!(mode(&file), 0o600, "{} is not 0600", file.display());
+    }
+    for name in ["keystore", "config.toml", "pigeon.db"] {
+        assert!(home.path().join(name).exists(), "{name} missing");
+    }
+    let before = std::fs::read(home.path().join("keystore")).expect("keystore");
+    let out = home.run(&["init"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already a pigeon home"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(home.path().join("keystore")).expect("keystore"),
+        before
+    );
+    let config = std::fs::read_to_string(home.path().join("config.toml")).expect("config");
+    assert!(
+        config.contains("# ") && config.contains("[delivery]"),
+        "config has no comments:\n{config}"
+    );
+}
+
+#[test]
+fn wrong_or_missing_passphrase_is_a_clear_error_and_writes_nothing() {
+    let home = TestHome::init("pass");
+    let db = home.path().join("pigeon.db");
+    let before = std::fs::read(&db).expect("db");
+    let out = home
+        .cmd(&["contacts", "list"])
+        .env("PIGEON_PASSPHRASE", "not it")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("wrong passphrase for"),
+        "{}",
+        stderr(&out)
+    );
+    let out = home
+        .cmd(&["contacts", "list"])
+        .env_remove("PIGEON_PASSPHRASE")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("PIGEON_PASSPHRASE"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(&db).expect("db"),
+        before,
+        "a failed unlock changed the database"
+    );
+
+    // The same passphrase from a file works.
+    let file = home.path().join("pass.txt");
+    std::fs::write(&file, format!("{}\n", pigeon_e2e::PASSPHRASE)).expect("write");
+    let out = home
+        .cmd(&[
+            "contacts",
+            "list",
+            "--passphrase-file",
+            file.to_str().expect("path"),
+        ])
+        .env_remove("PIGEON_PASSPHRASE")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_tampered_keystore_is_reported_as_damaged() {
+    let home = TestHome::init("tamper");
+    let path = home.path().join("keystore");
+    let mut bytes = std::fs::read(&path).expect("keystore");
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x40;
+    std::fs::write(&path, bytes).expect("write");
+    let out = home.run(&["contacts", "list"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+}
+
+#[test]
+fn id_needs_no_passphrase_and_contacts_round_trip() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    let id = alice
+        .cmd(&["id", "--json"])
+        .env_remove("PIGEON_PASSPHRASE")
+        .output()
+        .expect("run");
+    assert!(id.status.success(), "{}", stderr(&id));
+    let id: serde_json::Value = serde_json::from_slice(&id.stdout).expect("json");
+    assert!(
+        id["peer_id"]
+            .as_str()
+            .expect("peer_id")
+            .starts_with("12D3KooW")
+    );
+    assert!(
+        id["address"]
+            .as_str()
+            .expect("address")
+            .starts_with("pigeon1")
+    );
+
+    let bob_id = bob.json(&["id", "--json"]);
+    let bob_peer = bob_id["peer_id"].as_str().expect("peer id");
+    let bob_addr = bob_id["address"].as_str().expect("address");
+    let with_p2p = format!("/ip4/127.0.0.1/tcp/7717/p2p/{bob_peer}");
+    alice.ok(&[
+        "contacts",
+        "add",
+        "bob",
+        bob_addr,
+        "--addr",
+        &with_p2p,
+        "--addr",
+        "/ip4/127.0.0.1/udp/7717/quic-v1",
+    ]);
+    let list = alice.json(&["contacts", "list", "--json"]);
+    assert_eq!(list[0]["name"], "bob");
+    assert_eq!(list[0]["peer_id"], bob_peer);
+    assert_eq!(list[0]["addrs"].as_array().expect("addrs").len(), 2);
+
+    // A typo in the address, a duplicate name, someone else's /p2p suffix.
+    let mut typo = bob_addr.to_owned();
+    let last = typo.pop().expect("char");
+    typo.push(if last == 'q' { 'p' } else { 'q' });
+    let out = alice.run(&["contacts", "add", "bobby", &typo]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a valid pigeon address"),
+        "{}",
+        stderr(&out)
+    );
+    let out = alice.run(&["contacts", "add", "bob", &alice.address()]);
+    assert_eq!(out.status.code(), Some(2), "own address: {}", stderr(&out));
+    let out = alice.run(&["contacts", "add", "bob", bob_addr]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
+    let carol = TestHome::init("carol").address();
+    let out = alice.run(&["contacts", "add", "carol", &carol, "--addr", &with_p2p]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not to this contact"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Removing asks first; without a terminal it needs --yes.
+    let out = alice.run(&["contacts", "rm", "bob"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    assert_eq!(
+        alice
+            .json(&["contacts", "list", "--json"])
+            .as_array()
+            .expect("list")
+            .len(),
+        1
+    );
+    alice.ok(&["contacts", "rm", "bob", "--yes"]);
+    assert!(
+        alice
+            .json(&["contacts", "list", "--json"])
+            .as_array()
+            .expect("list")
+            .is_empty()
+    );
+    let out = alice.run(&["contacts", "rm", "bob", "--yes"]);
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn missing_home_unknown_contact_and_unknown_message_exit_4() {
+    let empty = TestHome::empty("none");
+    let out = empty.run(&["inbox", "list"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("pigeon init"), "{}", stderr(&out));
+    let home = TestHome::init("lonely");
+    let out = home.run(&["send", "nobody", "hello"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("no contact \"nobody\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = home.run(&["inbox", "read", "abcdef"]);
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn bad_config_and_bad_listen_addresses_are_refused_with_the_key() {
+    let home = TestHome::init("config");
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[delivery]\nbackof_max_ms = 5\n",
+    )
+    .expect("write");
+    let out = home.run(&["node", "run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("config.toml") && stderr(&out).contains("backof_max_ms"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(home.path().join("config.toml"), "").expect("write");
+    let out = home.run(&["node", "run", "--listen", "not-a-multiaddr"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--listen"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_body_too_large_or_not_text_is_refused() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    alice.add_contact("bob", &bob, &[]);
+    let big = alice.path().join("big.txt");
+    std::fs::write(&big, vec![b'a'; 2 * 1024 * 1024]).expect("write");
+    let out = alice.run(&["send", "bob", "--body-file", big.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let binary = alice.path().join("bin.dat");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00]).expect("write");
+    let out = alice.run(&["send", "bob", "--body-file", binary.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not UTF-8"), "{}", stderr(&out));
+    assert!(alice.outbox().is_empty());
+}

@@ -1,0 +1,238 @@
+//! Real `pigeon node run` processes on 127.0.0.1 exchanging messages: exactly once, through
+//! crashes of either side, never in clear on disk.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use pigeon_e2e::{Pair, TestHome, bodies, files_under, wait_for};
+
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits until `home` holds exactly the messages `sent` (by id), and checks nothing is doubled.
+fn assert_inbox_holds_exactly(home: &TestHome, sent: &BTreeSet<String>) {
+    let items = wait_for("every message in the inbox", DELIVERY_TIMEOUT, || {
+        let items = home.inbox();
+        (items.len() >= sent.len()).then_some(items)
+    });
+    let ids: Vec<String> = items
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_owned())
+        .collect();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "a message was stored twice");
+    assert_eq!(&unique, sent, "the inbox differs from what was sent");
+}
+
+fn assert_all_delivered(home: &TestHome, count: usize) {
+    wait_for("every outbox entry delivered", DELIVERY_TIMEOUT, || {
+        let outbox = home.outbox();
+        (outbox.len() == count && outbox.iter().all(|e| e["state"] == "delivered")).then_some(())
+    });
+}
+
+#[test]
+fn a_hundred_messages_arrive_exactly_once() {
+    let pair = Pair::start();
+    let started = Instant::now();
+    let mut sent = BTreeSet::new();
+    let mut texts = BTreeSet::new();
+    for i in 0..100 {
+        let text = format!("message number {i}");
+        sent.insert(pair.alice.send("bob", &text));
+        texts.insert(text);
+    }
+    assert_inbox_holds_exactly(&pair.bob, &sent);
+    eprintln!(
+        "100 messages sent through the CLI and delivered in {:?}",
+        started.elapsed()
+    );
+    let previews: BTreeSet<String> = pair
+        .bob
+        .inbox()
+        .iter()
+        .map(|i| i["preview"].as_str().expect("preview").to_owned())
+        .collect();
+    assert_eq!(previews, texts);
+    assert!(pair.bob.inbox().iter().all(|i| i["from"] == "alice"));
+    assert_all_delivered(&pair.alice, 100);
+    // And the other way.
+    let back = pair.bob.send("alice", "got them all");
+    assert_inbox_holds_exactly(&pair.alice, &BTreeSet::from([back]));
+}
+
+#[test]
+fn receiver_killed_mid_stream_loses_nothing_and_doubles_nothing() {
+    let mut pair = Pair::start();
+    let bob_listen = pair.bob_node.as_ref().expect("bob node").listen_addr();
+    let mut sent = BTreeSet::new();
+    for i in 0..60 {
+        sent.insert(pair.alice.send("bob", &format!("before the crash {i}")));
+    }
+    pair.bob_node.take().expect("bob node").kill();
+    for i in 0..40 {
+        sent.insert(pair.alice.send("bob", &format!("while bob is down {i}")));
+    }
+    pair.bob_node = Some(pair.bob.start_node(&bob_listen));
+    for i in 0..20 {
+        sent.insert(pair.alice.send("bob", &format!("after the restart {i}")));
+    }
+    assert_inbox_holds_exactly(&pair.bob, &sent);
+    assert_all_delivered(&pair.alice, sent.len());
+    // A second crash right after everything arrived changes nothing either.
+    pair.bob_node.take().expect("bob node").kill();
+    pair.bob_node = Some(pair.bob.start_node(&bob_listen));
+    assert_inbox_holds_exactly(&pair.bob, &sent);
+}
+
+#[test]
+fn sender_killed_and_restarted_still_sends_its_queue() {
+    let mut pair = Pair::start();
+    let alice_listen = pair.alice_node.as_ref().expect("alice node").listen_addr();
+    let bob_listen = pair.bob_node.as_ref().expect("bob node").listen_addr();
+    pair.bob_node.take().expect("bob node").stop();
+    let mut sent = BTreeSet::new();
+    for i in 0..50 {
+        sent.insert(
+            pair.alice
+                .send("bob", &format!("queued while bob is away {i}")),
+        );
+    }
+    // Alice dies with 50 messages queued and never gets to say goodbye.
+    pair.alice_node.take().expect("alice node").kill();
+    let queued = pair.alice.outbox();
+    assert_eq!(queued.len(), 50);
+    assert!(queued.iter().all(|e| e["state"] == "queued"), "{queued:?}");
+    pair.bob_node = Some(pair.bob.start_node(&bob_listen));
+    pair.alice_node = Some(pair.alice.start_node(&alice_listen));
+    assert_inbox_holds_exactly(&pair.bob, &sent);
+    assert_all_delivered(&pair.alice, 50);
+}
+
+#[test]
+fn a_canary_word_is_in_no_file_of_either_home() {
+    let mut pair = Pair::start();
+    let nonce: u64 =
+        std::process::id() as u64 * 1_000_003 + Instant::now().elapsed().as_nanos() as u64;
+    let canary_body = format!("zebracanary{nonce:x}body");
+    let canary_subject = format!("zebracanary{nonce:x}subject");
+    let id = pair
+        .alice
+        .ok(&[
+            "send",
+            "bob",
+            &format!("the word is {canary_body} ok"),
+            "--subject",
+            &canary_subject,
+        ])
+        .trim()
+        .to_owned();
+    assert_inbox_holds_exactly(&pair.bob, &BTreeSet::from([id.clone()]));
+    assert_all_delivered(&pair.alice, 1);
+    // It did arrive, whole.
+    let message = pair.bob.json(&["inbox", "read", &id, "--json"]);
+    assert!(
+        message["body"]
+            .as_str()
+            .expect("body")
+            .contains(&canary_body)
+    );
+    assert_eq!(message["subject"], canary_subject.as_str());
+    assert!(bodies(&pair.bob)[0].contains(&canary_body));
+    pair.alice_node.take().expect("alice").stop();
+    pair.bob_node.take().expect("bob").stop();
+    for home in [&pair.alice, &pair.bob] {
+        let files = files_under(home.path());
+        assert!(
+            files.iter().any(|f| f.ends_with("node.log")),
+            "the node log is checked too"
+        );
+        for file in files {
+            let bytes = std::fs::read(&file).expect("read");
+            for canary in [&canary_body, &canary_subject] {
+                assert!(
+                    !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "{} holds {canary} in clear",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn strangers_are_refused_until_added_and_then_delivered() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    let alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
+    let _bob_node = bob.start_node("/ip4/127.0.0.1/tcp/0");
+    alice.add_contact("bob", &bob, std::slice::from_ref(&_bob_node.addr));
+    let id = alice.send("bob", "hello stranger");
+    let entry = wait_for("the refusal in alice's outbox", DELIVERY_TIMEOUT, || {
+        let outbox = alice.outbox();
+        outbox.into_iter().find(|e| {
+            e["last_error"]
+                .as_str()
+                .is_some_and(|s| s.contains("not added you"))
+        })
+    });
+    assert_eq!(
+        entry["state"], "queued",
+        "a refusal by a stranger must not drop the message"
+    );
+    assert!(
+        bob.inbox().is_empty(),
+        "a stranger's message reached the inbox"
+    );
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    assert_inbox_holds_exactly(&bob, &BTreeSet::from([id]));
+}
+
+#[test]
+fn a_running_node_serves_the_cli_without_a_passphrase() {
+    let pair = Pair::start();
+    let out = pair
+        .alice
+        .cmd(&["send", "bob", "no passphrase needed"])
+        .env_remove("PIGEON_PASSPHRASE")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    assert_inbox_holds_exactly(&pair.bob, &BTreeSet::from([id]));
+    let info = pair.alice.json(&["id", "--json"]);
+    assert!(
+        !info["listen"]
+            .as_array()
+            .expect("listen addrs while running")
+            .is_empty()
+    );
+    // A second node for the same home is refused.
+    let out = pair
+        .alice
+        .run(&["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+}
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let out = std::process::Command::new(pigeon_e2e::pigeon_bin())
+        .args(["demo", "local-two-peers"])
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("bob received 3 messages"), "{stdout}");
+    assert!(stdout.contains("alice received 2 messages"), "{stdout}");
+    assert!(stdout.contains("exactly once"), "{stdout}");
+}
