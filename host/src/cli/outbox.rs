@@ -32,8 +32,11 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             .unwrap_or_else(|| "-".into());
         let error = e.last_error.unwrap_or_default();
         println!(
-            "{}\t{}\t{:?}\tattempts={}\tnext={next}\t{error}",
-            e.id, e.to, e.state, e.attempts
+            "{}\t{}\t{}\tattempts={}\tnext={next}\t{error}",
+            e.id,
+            e.to,
+            e.state.as_str(),
+            e.attempts
         );
     }
     Ok(())

@@ -25,7 +25,8 @@ pub enum OutboxState {
 }
 
 impl OutboxState {
-    fn as_str(self) -> &'static str {
+    /// The state's name, as `outbox list` shows it.
+    pub fn as_str(self) -> &'static str {
         match self {
             OutboxState::Queued => "queued",
             OutboxState::Delivered => "delivered",
