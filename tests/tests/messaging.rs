@@ -239,7 +239,8 @@ fn the_demo_runs_end_to_end() {
 
 #[test]
 fn the_demo_script_runs_two_node_processes() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo-local-two-peers.sh");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo-local-two-peers.sh");
     let out = std::process::Command::new("bash")
         .arg(script)
         .env("PIGEON_BIN", pigeon_e2e::pigeon_bin())
@@ -247,7 +248,11 @@ fn the_demo_script_runs_two_node_processes() {
         .output()
         .expect("run the demo script");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Hello Bob, this is Alice."), "{stdout}");
     assert!(stdout.contains("Hi Alice! Both arrived."), "{stdout}");
     assert!(stdout.contains("every message arrived"), "{stdout}");
