@@ -2,6 +2,8 @@
 //! crashes of either side, never in clear on disk.
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use pigeon_e2e::{Pair, TestHome, bodies, files_under, wait_for};
@@ -138,14 +140,33 @@ fn a_canary_word_is_in_no_file_of_either_home() {
     );
     assert_eq!(message["subject"], canary_subject.as_str());
     assert!(bodies(&pair.bob)[0].contains(&canary_body));
-    pair.alice_node.take().expect("alice").stop();
-    pair.bob_node.take().expect("bob").stop();
+    assert_eq!(
+        pair.alice_node.take().expect("alice").stop(),
+        Some(0),
+        "clean exit on SIGTERM"
+    );
+    assert_eq!(
+        pair.bob_node.take().expect("bob").stop(),
+        Some(0),
+        "clean exit on SIGTERM"
+    );
     for home in [&pair.alice, &pair.bob] {
         let files = files_under(home.path());
         assert!(
             files.iter().any(|f| f.ends_with("node.log")),
             "the node log is checked too"
         );
+        for file in &files {
+            // node.log is the test's own redirect of the node's stderr; pigeon creates the rest.
+            if !file.ends_with("node.log") {
+                let mode = std::fs::metadata(file)
+                    .expect("metadata")
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                assert_eq!(mode, 0o600, "{} is {mode:o}, not 0600", file.display());
+            }
+        }
         for file in files {
             let bytes = std::fs::read(&file).expect("read");
             for canary in [&canary_body, &canary_subject] {
@@ -256,4 +277,46 @@ fn the_demo_script_runs_two_node_processes() {
     assert!(stdout.contains("Hello Bob, this is Alice."), "{stdout}");
     assert!(stdout.contains("Hi Alice! Both arrived."), "{stdout}");
     assert!(stdout.contains("every message arrived"), "{stdout}");
+}
+
+#[test]
+fn messages_travel_over_quic_too() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    let alice_node = alice.start_node("/ip4/127.0.0.1/udp/0/quic-v1");
+    let bob_node = bob.start_node("/ip4/127.0.0.1/udp/0/quic-v1");
+    assert!(bob_node.addr.contains("/quic-v1/"), "{}", bob_node.addr);
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    let id = alice.send("bob", "over quic");
+    assert_inbox_holds_exactly(&bob, &BTreeSet::from([id]));
+}
+
+#[test]
+fn a_body_from_stdin_with_a_subject_arrives_whole() {
+    let pair = Pair::start();
+    let body = "line one\nline two, with ünïcødé\n\n  indented line\n";
+    let mut child = pair
+        .alice
+        .cmd(&["send", "bob", "--body-file", "-", "--subject", "from stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn send");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write body");
+    let out = child.wait_with_output().expect("send");
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    assert_inbox_holds_exactly(&pair.bob, &BTreeSet::from([id.clone()]));
+    let message = pair.bob.json(&["inbox", "read", &id, "--json"]);
+    assert_eq!(message["body"], body);
+    assert_eq!(message["subject"], "from stdin");
+    assert_eq!(message["from"], "alice");
 }

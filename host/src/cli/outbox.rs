@@ -3,7 +3,6 @@
 use super::{Global, print_json, unexpected};
 use crate::control::api::{Request, Response};
 use crate::error::Result;
-use crate::store::format_time;
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
@@ -26,10 +25,7 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
         return print_json(&entries);
     }
     for e in entries {
-        let next = e
-            .next_attempt_ms
-            .map(format_time)
-            .unwrap_or_else(|| "-".into());
+        let next = e.next_attempt.unwrap_or_else(|| "-".into());
         let error = e.last_error.unwrap_or_default();
         println!(
             "{}\t{}\t{}\tattempts={}\tnext={next}\t{error}",

@@ -9,7 +9,7 @@ use libp2p::{Multiaddr, PeerId};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
-use super::{Db, StoreError};
+use super::{Db, StoreError, format_time};
 use crate::envelope::{Envelope, MessageId};
 
 /// The delivery state of an outgoing message.
@@ -56,14 +56,14 @@ pub struct OutboxEntry {
     pub state: OutboxState,
     /// Delivery attempts so far.
     pub attempts: u32,
-    /// When it was queued (ms since the epoch).
-    pub created_at_ms: u64,
-    /// When the next attempt is due, while queued.
-    pub next_attempt_ms: Option<u64>,
+    /// When it was queued (RFC 3339, UTC).
+    pub created_at: String,
+    /// When the next attempt is due, while queued (RFC 3339).
+    pub next_attempt: Option<String>,
     /// The last failure, if any.
     pub last_error: Option<String>,
-    /// When the ack arrived.
-    pub delivered_at_ms: Option<u64>,
+    /// When the ack arrived (RFC 3339).
+    pub delivered_at: Option<String>,
 }
 
 /// A message ready to go.
@@ -240,17 +240,17 @@ impl Db {
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let state = OutboxState::parse(&r.get::<_, String>(3)?)?;
+            let next_at: i64 = r.get(6)?;
             out.push(OutboxEntry {
                 id: r.get(0)?,
                 to: r.get(1)?,
                 peer_id: r.get(2)?,
                 state,
                 attempts: r.get(4)?,
-                created_at_ms: r.get::<_, i64>(5)? as u64,
-                next_attempt_ms: (state == OutboxState::Queued)
-                    .then_some(r.get::<_, i64>(6)? as u64),
+                created_at: format_time(r.get::<_, i64>(5)? as u64),
+                next_attempt: (state == OutboxState::Queued).then(|| format_time(next_at as u64)),
                 last_error: r.get(7)?,
-                delivered_at_ms: r.get::<_, Option<i64>>(8)?.map(|t| t as u64),
+                delivered_at: r.get::<_, Option<i64>>(8)?.map(|t| format_time(t as u64)),
             });
         }
         Ok(out)
