@@ -3,6 +3,7 @@
 //! A handler parses what the user typed, calls one library function and prints the result, as text
 //! for people or, with `--json`, as JSON for scripts.
 
+mod config;
 mod contacts;
 mod demo;
 mod id;
@@ -83,6 +84,9 @@ enum Command {
     /// List and read received messages.
     #[command(subcommand)]
     Inbox(inbox::Command),
+    /// Show and change config.toml.
+    #[command(subcommand)]
+    Config(config::Command),
     /// Self-contained demonstrations.
     #[command(subcommand)]
     Demo(demo::Command),
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => send::run(g, args).await,
         Command::Outbox(cmd) => outbox::run(g, cmd).await,
         Command::Inbox(cmd) => inbox::run(g, cmd).await,
+        Command::Config(cmd) => config::run(g, cmd),
         Command::Demo(cmd) => demo::run(cmd).await,
     }
 }

@@ -2,6 +2,9 @@
 //!
 //! `init` writes the commented template below; unknown keys and wrong types are refused with the
 //! file's path and the offending key, so a typo never silently falls back to a default.
+//! [`edit`] changes one key at a time for `pigeon config set`, keeping the file's comments.
+
+pub mod edit;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +41,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// `[delivery]`
     pub delivery: DeliveryConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
 }
 
 /// `[node]`: how the node meets the network.
@@ -65,35 +70,75 @@ impl Default for NodeConfig {
 pub struct DeliveryConfig {
     /// Most messages in one batch to one peer.
     pub batch_max_messages: usize,
+    /// Most bytes of envelopes in one batch.
+    pub batch_max_bytes: usize,
+    /// How long a batch that is not full waits for more messages, in milliseconds.
+    pub linger_ms: u64,
+    /// Most batches in flight to one peer at once (each on its own stream).
+    pub batches_in_flight: usize,
     /// First retry delay after a failed attempt, in milliseconds.
     pub backoff_initial_ms: u64,
-    /// Longest retry delay, in milliseconds.
+    /// Longest retry delay, for a peer that keeps failing, in milliseconds.
     pub backoff_max_ms: u64,
+    /// A message not delivered within this time becomes `failed` (e.g. "30d", "12h").
+    pub message_ttl: String,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             batch_max_messages: 64,
+            batch_max_bytes: 256 * 1024,
+            linger_ms: 5,
+            batches_in_flight: 4,
             backoff_initial_ms: 500,
-            backoff_max_ms: 60_000,
+            backoff_max_ms: 300_000,
+            message_ttl: "30d".to_owned(),
         }
     }
 }
 
+impl DeliveryConfig {
+    /// `message_ttl` in milliseconds (validated when the configuration is read).
+    pub fn message_ttl_ms(&self) -> u64 {
+        humantime::parse_duration(&self.message_ttl).map_or(u64::MAX, |d| d.as_millis() as u64)
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// HOST:PORT to serve `/metrics` and `/healthz` on; empty means off.
+    pub listen: String,
+}
+
 /// The file `init` writes: every setting with its default and a comment.
 pub const TEMPLATE: &str = r#"# pigeon node configuration. Every key is optional; the values shown are the defaults.
+# Change a value with `pigeon config set KEY VALUE`, e.g. `pigeon config set delivery.linger_ms 10`.
 
 [node]
 # Addresses `pigeon node run` listens on when no --listen is given (TCP and QUIC).
 listen = ["/ip4/0.0.0.0/tcp/7717", "/ip4/0.0.0.0/udp/7717/quic-v1"]
 
 [delivery]
-# Most messages sent to one peer in one batch.
+# A batch to one peer closes at this many messages or bytes, or after lingering this long.
 batch_max_messages = 64
-# Retry delays grow exponentially (with full jitter) from the first to the longest, in milliseconds.
+batch_max_bytes = 262144
+linger_ms = 5
+# Batches in flight to one peer at once.
+batches_in_flight = 4
+# Retry delays grow exponentially (with full jitter) from the first towards the longest, in
+# milliseconds. The longest adapts to the peer: short for one that usually answers, up to this
+# maximum for one that keeps failing.
 backoff_initial_ms = 500
-backoff_max_ms = 60000
+backoff_max_ms = 300000
+# A message not delivered within this time is marked failed ("30d", "12h", "90m").
+message_ttl = "30d"
+
+[metrics]
+# Serve Prometheus /metrics and /healthz on HOST:PORT (e.g. "127.0.0.1:9717"); empty means off.
+listen = ""
 "#;
 
 impl Config {
@@ -139,6 +184,44 @@ impl Config {
             return Err(invalid(
                 "delivery.backoff_initial_ms must be above 0 and at most backoff_max_ms".to_owned(),
             ));
+        }
+        if d.batch_max_bytes < 1024 || d.batch_max_bytes > crate::net::protocol::MAX_REQUEST / 2 {
+            return Err(invalid(format!(
+                "delivery.batch_max_bytes must be between 1024 and {}",
+                crate::net::protocol::MAX_REQUEST / 2
+            )));
+        }
+        if d.batches_in_flight == 0 || d.batches_in_flight > 64 {
+            return Err(invalid(
+                "delivery.batches_in_flight must be between 1 and 64".to_owned(),
+            ));
+        }
+        if d.linger_ms > 10_000 {
+            return Err(invalid(
+                "delivery.linger_ms must be at most 10000".to_owned(),
+            ));
+        }
+        match humantime::parse_duration(&d.message_ttl) {
+            Ok(ttl) if ttl.as_secs() >= 60 => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "delivery.message_ttl must be at least 1m".to_owned(),
+                ));
+            }
+            Err(e) => {
+                return Err(invalid(format!(
+                    "delivery.message_ttl {:?} is not a duration like \"30d\" or \"12h\" ({e})",
+                    d.message_ttl
+                )));
+            }
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(format!(
+                "metrics.listen {:?} is not HOST:PORT like \"127.0.0.1:9717\"",
+                self.metrics.listen
+            )));
         }
         Ok(())
     }
