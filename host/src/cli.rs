@@ -11,7 +11,9 @@ mod inbox;
 mod init;
 mod node;
 mod outbox;
+mod peers;
 mod send;
+mod status;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -78,12 +80,16 @@ enum Command {
     Node(node::Command),
     /// Queue a message to a contact; prints its id once it is durably queued.
     Send(send::Args),
-    /// Show outgoing messages and their delivery state.
+    /// Show outgoing messages and their delivery state; retry or cancel one.
     #[command(subcommand)]
     Outbox(outbox::Command),
     /// List and read received messages.
     #[command(subcommand)]
     Inbox(inbox::Command),
+    /// Show known peers and the health of their addresses.
+    Peers(peers::Args),
+    /// Show whether the node runs, and the outbox and inbox counts.
+    Status(status::Args),
     /// Show and change config.toml.
     #[command(subcommand)]
     Config(config::Command),
@@ -114,6 +120,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => send::run(g, args).await,
         Command::Outbox(cmd) => outbox::run(g, cmd).await,
         Command::Inbox(cmd) => inbox::run(g, cmd).await,
+        Command::Peers(args) => peers::run(g, args).await,
+        Command::Status(args) => status::run(g, args).await,
         Command::Config(cmd) => config::run(g, cmd),
         Command::Demo(cmd) => demo::run(cmd).await,
     }

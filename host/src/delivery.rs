@@ -1,50 +1,63 @@
-//! The send loop: takes due messages from the outbox, sends them to their peers in batches, and
-//! records acks and retries.
+//! The send loop: the delivery engine that moves the outbox to its recipients.
 //!
-//! One batch per peer is in flight at a time; a peer's messages go oldest first. An acked message
-//! (stored or duplicate) is marked delivered and its envelope dropped; a refused one is retried with
-//! backoff if the refusal may pass (the recipient has not added us yet) or marked failed if not; a
-//! batch that got no answer is retried with backoff. The loop wakes when a message is queued, when a
-//! peer connects, when an attempt ends, and when the earliest retry is due.
+//! Due messages are coalesced per peer into batches (up to `batch_max_messages` or
+//! `batch_max_bytes`), and up to `batches_in_flight` batches go to one peer at once, each on its
+//! own stream of the same connection. A message handed to the network is leased (its next attempt
+//! pushed past the request deadline), so it is never sent twice at once. Each answer is recorded:
+//! acked messages are delivered, a refusal that may pass and a batch without an answer are retried
+//! on the peer's adaptive schedule ([`backoff`]), a refusal for good marks the message failed.
+//! A peer that connects gets its due messages at once, whatever its backoff says. Messages older
+//! than `message_ttl` become failed.
+//!
+//! The loop is the only owner of this state; it wakes on new messages, connecting peers, finished
+//! attempts and the earliest due time.
 
 pub mod backoff;
+pub mod batch;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::PeerId;
-use tokio::sync::Notify;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::DeliveryConfig;
 use crate::envelope::MessageId;
+use crate::metrics::METRICS;
 use crate::net::Net;
 use crate::net::protocol::{Batch, Outcome};
-use crate::store::{DueBatch, Store};
-use backoff::Backoff;
+use crate::store::{DueMessage, Store, StoreError};
+use backoff::{Backoff, Schedule};
 
 /// Longest the loop sleeps without looking at the outbox again.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
+/// How long a message handed to the network stays out of `due` (past the request timeout).
+const LEASE_MS: u64 = 45_000;
+/// How often the TTL is enforced and the outbox gauges refreshed.
+const HOUSEKEEPING_MS: u64 = 1_000;
 
-/// A handle that wakes the send loop.
-#[derive(Clone, Default)]
-pub struct Waker(Arc<Notify>);
-
-impl Waker {
-    /// Makes the loop look at the outbox now.
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
+enum Wake {
+    Queued,
+    PeerConnected(PeerId),
 }
 
-struct Sender {
-    store: Store,
-    net: Net,
-    clock: Arc<dyn Clock>,
-    backoff: Backoff,
+/// A handle that wakes the send loop.
+#[derive(Clone)]
+pub struct Waker(mpsc::UnboundedSender<Wake>);
+
+impl Waker {
+    /// A message was queued: look at the outbox now.
+    pub fn wake(&self) {
+        let _ = self.0.send(Wake::Queued);
+    }
+    /// `peer` connected: its queued messages are due now.
+    pub fn peer_connected(&self, peer: PeerId) {
+        let _ = self.0.send(Wake::PeerConnected(peer));
+    }
 }
 
 /// Starts the send loop.
@@ -55,164 +68,367 @@ pub fn spawn(
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
 ) -> (Waker, JoinHandle<()>) {
-    let waker = Waker::default();
-    let sender = Arc::new(Sender {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sender = Sender {
         store,
         net,
         clock,
-        backoff: Backoff::from_config(config),
-    });
-    let task = tokio::spawn(run(
-        sender,
-        config.batch_max_messages,
-        waker.clone(),
-        cancel,
-    ));
-    (waker, task)
+        schedule: Schedule::new(Backoff::from_config(config)),
+        limits: Limits::from(config),
+        in_flight: HashMap::new(),
+        attempts: JoinSet::new(),
+        next_housekeeping: 0,
+    };
+    (Waker(tx), tokio::spawn(sender.run(rx, cancel)))
 }
 
-async fn run(sender: Arc<Sender>, batch_max: usize, waker: Waker, cancel: CancellationToken) {
-    let mut busy: HashSet<PeerId> = HashSet::new();
-    let mut attempts: JoinSet<PeerId> = JoinSet::new();
-    loop {
-        let now = sender.clock.now_ms();
-        let skip = busy.clone();
-        let due = sender
-            .store
-            .call(move |db| db.due(now, batch_max, &skip))
-            .await;
-        match due {
-            Ok(batches) => {
-                for batch in batches {
-                    busy.insert(batch.peer);
-                    attempts.spawn(sender.clone().attempt(batch));
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
-        }
-        let skip = busy.clone();
-        let next = sender
-            .store
-            .call(move |db| db.next_due(&skip))
-            .await
-            .ok()
-            .flatten();
-        let sleep = next.map_or(IDLE_RECHECK, |at| {
-            Duration::from_millis(at.saturating_sub(now)).min(IDLE_RECHECK)
-        });
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = waker.0.notified() => {}
-            Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                if let Ok(peer) = done {
-                    busy.remove(&peer);
-                }
-            }
-            _ = tokio::time::sleep(sleep) => {}
-        }
-        // Collect every other attempt that has finished meanwhile.
-        while let Some(Ok(peer)) = attempts.try_join_next() {
-            busy.remove(&peer);
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    batch_messages: usize,
+    batch_bytes: usize,
+    window: usize,
+    linger: Duration,
+    ttl_ms: u64,
+}
+
+impl From<&DeliveryConfig> for Limits {
+    fn from(c: &DeliveryConfig) -> Self {
+        Limits {
+            batch_messages: c.batch_max_messages,
+            batch_bytes: c.batch_max_bytes,
+            window: c.batches_in_flight,
+            linger: Duration::from_millis(c.linger_ms),
+            ttl_ms: c.message_ttl_ms(),
         }
     }
-    attempts.shutdown().await;
+}
+
+/// Batches in flight to one peer.
+#[derive(Default)]
+struct InFlight {
+    batches: usize,
+    ids: HashSet<MessageId>,
+}
+
+/// What an attempt brings back to the loop.
+struct Attempt {
+    peer: PeerId,
+    messages: Vec<(MessageId, u64, u32)>,
+    result: Result<Vec<Outcome>, String>,
+}
+
+struct Sender {
+    store: Store,
+    net: Net,
+    clock: Arc<dyn Clock>,
+    schedule: Schedule,
+    limits: Limits,
+    in_flight: HashMap<PeerId, InFlight>,
+    attempts: JoinSet<Attempt>,
+    next_housekeeping: u64,
 }
 
 impl Sender {
-    async fn attempt(self: Arc<Self>, batch: DueBatch) -> PeerId {
-        let peer = batch.peer;
-        let ids: Vec<MessageId> = batch.messages.iter().map(|m| m.id).collect();
-        let failures: Vec<u32> = batch.messages.iter().map(|m| m.attempts + 1).collect();
-        let request = Batch {
-            envelopes: batch.messages.into_iter().map(|m| m.envelope).collect(),
-        };
-        tracing::debug!(%peer, messages = ids.len(), "sending batch");
-        let result = self.net.send_batch(peer, batch.addrs, request).await;
+    async fn run(mut self, mut wakes: mpsc::UnboundedReceiver<Wake>, cancel: CancellationToken) {
         let now = self.clock.now_ms();
-        let outcome = match result {
-            Ok(response) if response.outcomes.len() == ids.len() => {
-                self.record(peer, &ids, &failures, &response.outcomes, now)
-                    .await
-            }
-            Ok(response) => {
-                let error = format!(
-                    "recipient answered {} outcomes for {} messages",
-                    response.outcomes.len(),
-                    ids.len()
-                );
-                self.retry_all(&ids, &failures, &error, now).await
-            }
-            Err(e) => self.retry_all(&ids, &failures, &e.0, now).await,
-        };
-        if let Err(e) = outcome {
-            tracing::error!(%peer, error = %e, "cannot record delivery results");
+        if let Err(e) = self.store.call(move |db| db.reset_schedule(now)).await {
+            tracing::error!(error = %e, "cannot read the outbox");
         }
-        peer
-    }
-
-    async fn record(
-        &self,
-        peer: PeerId,
-        ids: &[MessageId],
-        failures: &[u32],
-        outcomes: &[Outcome],
-        now: u64,
-    ) -> Result<(), crate::store::StoreError> {
-        let mut delivered = Vec::new();
-        let mut retries: Vec<(String, Vec<(MessageId, u64)>)> = Vec::new();
-        let mut failed = Vec::new();
-        let mut rng = rand::rngs::OsRng;
-        for ((id, outcome), failures) in ids.iter().zip(outcomes).zip(failures) {
-            match outcome {
-                Outcome::Stored | Outcome::Duplicate => delivered.push(*id),
-                Outcome::Rejected(reason) if reason.is_transient() => {
-                    let at = now + self.backoff.delay_ms(*failures, &mut rng);
-                    let text = reason.describe().to_owned();
-                    match retries.iter_mut().find(|(t, _)| *t == text) {
-                        Some((_, list)) => list.push((*id, at)),
-                        None => retries.push((text, vec![(*id, at)])),
+        loop {
+            if let Err(e) = self.step().await {
+                tracing::error!(error = %e, "send loop: store error");
+            }
+            let sleep = self.until_next_due().await;
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                wake = wakes.recv() => match wake {
+                    None => break,
+                    Some(wake) => {
+                        let mut linger = self.on_wake(wake).await;
+                        while let Ok(wake) = wakes.try_recv() {
+                            linger |= self.on_wake(wake).await;
+                        }
+                        if linger && !self.limits.linger.is_zero() {
+                            // Let a burst of sends fill the batch before it goes.
+                            tokio::time::sleep(self.limits.linger).await;
+                        }
+                    }
+                },
+                Some(done) = self.attempts.join_next(), if !self.attempts.is_empty() => {
+                    if let Ok(attempt) = done {
+                        self.record(attempt).await;
                     }
                 }
-                Outcome::Rejected(reason) => failed.push((*id, reason.describe())),
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            while let Some(Ok(attempt)) = self.attempts.try_join_next() {
+                self.record(attempt).await;
             }
         }
-        for id in &delivered {
+        self.attempts.shutdown().await;
+    }
+
+    /// Returns whether the wake asks for lingering.
+    async fn on_wake(&mut self, wake: Wake) -> bool {
+        match wake {
+            Wake::Queued => true,
+            Wake::PeerConnected(peer) => {
+                let now = self.clock.now_ms();
+                let busy = self
+                    .in_flight
+                    .get(&peer)
+                    .map(|f| f.ids.clone())
+                    .unwrap_or_default();
+                match self
+                    .store
+                    .call(move |db| db.make_due_now(&peer, now, &busy))
+                    .await
+                {
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(%peer, messages = n, "peer connected: due now")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot reschedule"),
+                }
+                false
+            }
+        }
+    }
+
+    /// Housekeeping, then hands every due batch that fits in a peer's window to the network.
+    async fn step(&mut self) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_MS;
+            self.housekeeping(now).await?;
+        }
+        let full: HashSet<PeerId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.batches >= self.limits.window)
+            .map(|(p, _)| *p)
+            .collect();
+        let busy: HashSet<MessageId> = self
+            .in_flight
+            .values()
+            .flat_map(|f| f.ids.iter().copied())
+            .collect();
+        let per_peer = self.limits.batch_messages * self.limits.window;
+        let due = self
+            .store
+            .call(move |db| db.due(now, per_peer, &full, &busy))
+            .await?;
+        let mut launches = Vec::new();
+        for peer_due in due {
+            let free =
+                self.limits.window - self.in_flight.get(&peer_due.peer).map_or(0, |f| f.batches);
+            let batches = batch::split(
+                peer_due.messages,
+                self.limits.batch_messages,
+                self.limits.batch_bytes,
+            );
+            for messages in batches.into_iter().take(free) {
+                launches.push((peer_due.peer, peer_due.addrs.clone(), messages));
+            }
+        }
+        if launches.is_empty() {
+            return Ok(());
+        }
+        let leased: Vec<MessageId> = launches
+            .iter()
+            .flat_map(|(_, _, m)| m.iter().map(|m| m.id))
+            .collect();
+        self.store
+            .call(move |db| db.lease(&leased, now + LEASE_MS))
+            .await?;
+        for (peer, addrs, messages) in launches {
+            let entry = self.in_flight.entry(peer).or_default();
+            entry.batches += 1;
+            entry.ids.extend(messages.iter().map(|m| m.id));
+            METRICS.batch_messages.observe(messages.len() as f64);
+            self.attempts
+                .spawn(send(self.net.clone(), peer, addrs, messages));
+        }
+        Ok(())
+    }
+
+    async fn housekeeping(&mut self, now: u64) -> Result<(), StoreError> {
+        let ttl = self.limits.ttl_ms;
+        if ttl < now {
+            let reason = format!(
+                "not delivered within the message TTL ({})",
+                humantime::format_duration(Duration::from_millis(ttl))
+            );
+            let expired = self
+                .store
+                .call(move |db| db.expire(now - ttl, &reason))
+                .await?;
+            if expired > 0 {
+                tracing::warn!(messages = expired, "messages expired undelivered");
+            }
+        }
+        let counts = self.store.call(|db| db.outbox_counts()).await?;
+        METRICS.outbox_depth.set(counts.queued as i64);
+        let age = counts
+            .oldest_queued_at
+            .map_or(0, |at| now.saturating_sub(at) / 1000);
+        METRICS.outbox_oldest_age.set(age as i64);
+        Ok(())
+    }
+
+    /// How long until something is due for a peer with room in its window.
+    async fn until_next_due(&self) -> Duration {
+        let now = self.clock.now_ms();
+        let next = self
+            .store
+            .call(|db| db.next_due_by_peer())
+            .await
+            .unwrap_or_default();
+        let earliest = next
+            .into_iter()
+            .filter(|(peer, _)| {
+                self.in_flight
+                    .get(peer)
+                    .is_none_or(|f| f.batches < self.limits.window)
+            })
+            .map(|(_, at)| at)
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(self.next_housekeeping);
+        Duration::from_millis(earliest.saturating_sub(now)).min(IDLE_RECHECK)
+    }
+
+    async fn record(&mut self, attempt: Attempt) {
+        let Attempt {
+            peer,
+            messages,
+            result,
+        } = attempt;
+        if let Some(f) = self.in_flight.get_mut(&peer) {
+            f.batches = f.batches.saturating_sub(1);
+            for (id, _, _) in &messages {
+                f.ids.remove(id);
+            }
+            if f.batches == 0 {
+                self.in_flight.remove(&peer);
+            }
+        }
+        let now = self.clock.now_ms();
+        let plan = self.plan(peer, &messages, result, now);
+        for (id, created_at, attempts) in &plan.delivered {
+            METRICS.sent.inc();
+            METRICS
+                .send_latency
+                .observe(now.saturating_sub(*created_at) as f64 / 1000.0);
+            METRICS.send_retries.observe(f64::from(*attempts + 1));
             tracing::debug!(%peer, message_id = %id, "delivered");
         }
-        for (id, reason) in &failed {
+        for (id, reason) in &plan.failed {
             tracing::warn!(%peer, message_id = %id, reason, "message refused for good");
         }
-        self.store
+        if let Some((error, at, ids)) = &plan.retry {
+            tracing::debug!(%peer, messages = ids.len(), error, retry_in_ms = at.saturating_sub(now), "will retry");
+        }
+        let result = self
+            .store
             .call(move |db| {
-                db.mark_delivered(&delivered, now)?;
-                for (error, list) in &retries {
-                    db.mark_retry(list, error)?;
+                let ids: Vec<MessageId> = plan.delivered.iter().map(|(id, _, _)| *id).collect();
+                db.mark_delivered(&ids, now)?;
+                if let Some((error, at, ids)) = &plan.retry {
+                    let retries: Vec<(MessageId, u64)> = ids.iter().map(|id| (*id, *at)).collect();
+                    db.mark_retry(&retries, error)?;
                 }
-                for (id, reason) in &failed {
+                for (id, reason) in &plan.failed {
                     db.mark_failed(id, reason)?;
                 }
                 Ok(())
             })
-            .await
+            .await;
+        if let Err(e) = result {
+            tracing::error!(%peer, error = %e, "cannot record delivery results");
+        }
     }
 
-    async fn retry_all(
-        &self,
-        ids: &[MessageId],
-        failures: &[u32],
-        error: &str,
+    /// Decides what each message of a finished attempt becomes.
+    fn plan(
+        &mut self,
+        peer: PeerId,
+        messages: &[(MessageId, u64, u32)],
+        result: Result<Vec<Outcome>, String>,
         now: u64,
-    ) -> Result<(), crate::store::StoreError> {
-        let mut rng = rand::rngs::OsRng;
-        let retries: Vec<(MessageId, u64)> = ids
-            .iter()
-            .zip(failures)
-            .map(|(id, f)| (*id, now + self.backoff.delay_ms(*f, &mut rng)))
-            .collect();
-        tracing::debug!(messages = ids.len(), error, "batch will be retried");
-        let error = error.to_owned();
-        self.store
-            .call(move |db| db.mark_retry(&retries, &error))
-            .await
+    ) -> Plan {
+        let mut plan = Plan::default();
+        let outcomes = match result {
+            Ok(outcomes) if outcomes.len() == messages.len() => outcomes,
+            Ok(outcomes) => {
+                let error = format!(
+                    "recipient answered {} outcomes for {} messages",
+                    outcomes.len(),
+                    messages.len()
+                );
+                return self.retry_all(peer, messages, error, now);
+            }
+            Err(error) => return self.retry_all(peer, messages, error, now),
+        };
+        let mut retry_ids = Vec::new();
+        let mut retry_reason = None;
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Stored | Outcome::Duplicate => plan.delivered.push(*message),
+                Outcome::Rejected(reason) if reason.is_transient() => {
+                    retry_ids.push(message.0);
+                    retry_reason.get_or_insert(reason.describe());
+                }
+                Outcome::Rejected(reason) => plan.failed.push((message.0, reason.describe())),
+            }
+        }
+        if retry_ids.is_empty() {
+            self.schedule.answered(peer);
+        } else {
+            let at = self.schedule.failed(peer, now, &mut rand::thread_rng());
+            plan.retry = Some((retry_reason.unwrap_or_default().to_owned(), at, retry_ids));
+        }
+        plan
+    }
+
+    fn retry_all(
+        &mut self,
+        peer: PeerId,
+        messages: &[(MessageId, u64, u32)],
+        error: String,
+        now: u64,
+    ) -> Plan {
+        let at = self.schedule.failed(peer, now, &mut rand::thread_rng());
+        Plan {
+            retry: Some((error, at, messages.iter().map(|m| m.0).collect())),
+            ..Plan::default()
+        }
+    }
+}
+
+#[derive(Default)]
+struct Plan {
+    delivered: Vec<(MessageId, u64, u32)>,
+    failed: Vec<(MessageId, &'static str)>,
+    retry: Option<(String, u64, Vec<MessageId>)>,
+}
+
+async fn send(net: Net, peer: PeerId, addrs: Vec<Multiaddr>, messages: Vec<DueMessage>) -> Attempt {
+    let meta = messages
+        .iter()
+        .map(|m| (m.id, m.created_at, m.attempts))
+        .collect();
+    let request = Batch {
+        envelopes: messages.into_iter().map(|m| m.envelope).collect(),
+    };
+    let result = net
+        .send_batch(peer, addrs, request)
+        .await
+        .map(|r| r.outcomes)
+        .map_err(|e| e.0);
+    Attempt {
+        peer,
+        messages: meta,
+        result,
     }
 }

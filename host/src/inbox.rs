@@ -9,6 +9,7 @@ use libp2p::PeerId;
 
 use crate::envelope::{self, OpenError};
 use crate::keys::Keys;
+use crate::metrics::METRICS;
 use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
 use crate::store::{ReceiveOutcome, Received, Store, now_ms};
 use std::sync::Arc;
@@ -20,6 +21,17 @@ pub async fn receive_batch(
     peer: PeerId,
     batch: Batch,
 ) -> BatchResponse {
+    let response = receive(keys, store, peer, batch).await;
+    let rejected = response
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Rejected(_)))
+        .count();
+    METRICS.rejected.inc_by(rejected as u64);
+    response
+}
+
+async fn receive(keys: &Arc<Keys>, store: &Store, peer: PeerId, batch: Batch) -> BatchResponse {
     let n = batch.envelopes.len();
     let reject_all = |reason| BatchResponse {
         outcomes: vec![Outcome::Rejected(reason); n],
@@ -86,10 +98,12 @@ pub async fn receive_batch(
         .map(|o| {
             o.unwrap_or_else(|| match stored.next() {
                 Some((ReceiveOutcome::Stored, id)) => {
+                    METRICS.received.inc();
                     tracing::debug!(%peer, message_id = %id, "received");
                     Outcome::Stored
                 }
                 Some((ReceiveOutcome::Duplicate, id)) => {
+                    METRICS.duplicates.inc();
                     tracing::debug!(%peer, message_id = %id, "duplicate, acked again");
                     Outcome::Duplicate
                 }

@@ -17,6 +17,7 @@ pub mod inbox;
 pub mod init;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod passphrase;

@@ -13,12 +13,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
+use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::METRICS;
 use protocol::{Batch, BatchResponse, MSG_PROTOCOL, MsgCodec};
 
 /// Errors starting or using the network.
@@ -55,6 +56,24 @@ pub enum NetEvent {
     PeerConnected(PeerId),
     /// The last connection to this peer closed.
     PeerDisconnected(PeerId),
+    /// A dial to `addr` connected (`ok`) or failed: food for the peer health cache.
+    Dialed {
+        /// The peer dialed.
+        peer: PeerId,
+        /// The address tried.
+        addr: Multiaddr,
+        /// Whether it connected.
+        ok: bool,
+    },
+    /// A ping round trip over a connection we dialed to `addr`.
+    Rtt {
+        /// The peer.
+        peer: PeerId,
+        /// The connection's address.
+        addr: Multiaddr,
+        /// The round trip.
+        rtt: Duration,
+    },
     /// A peer sent a batch; answer it with [`Net::respond`].
     InboundBatch {
         /// The Noise-authenticated sender.
@@ -83,6 +102,9 @@ enum Command {
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
     },
 }
 
@@ -125,6 +147,7 @@ impl Net {
                 events,
                 pending: HashMap::new(),
                 listening: Vec::new(),
+                dialed: HashMap::new(),
             }
             .run(commands_rx, cancel),
         );
@@ -170,6 +193,20 @@ impl Net {
         let _ = self.commands.send(Command::Dial { peer, addrs }).await;
     }
 
+    /// The peers connected now.
+    pub async fn connected_peers(&self) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::ConnectedPeers { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// The addresses the node listens on now.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         let (reply, rx) = oneshot::channel();
@@ -208,7 +245,11 @@ fn build_swarm(identity: Keypair) -> Result<Swarm<Behaviour>, NetError> {
             ),
         })
         .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .with_swarm_config(|c| {
+            // Two addresses at a time, healthiest first (the order `dial_addrs` gives).
+            c.with_idle_connection_timeout(Duration::from_secs(60))
+                .with_dial_concurrency_factor(std::num::NonZeroU8::new(2).expect("2 is not zero"))
+        })
         .build())
 }
 
@@ -228,6 +269,8 @@ struct EventLoop {
     events: mpsc::UnboundedSender<NetEvent>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<BatchResponse, SendError>>>,
     listening: Vec<Multiaddr>,
+    /// Addresses of the connections this node dialed, for attributing ping RTTs.
+    dialed: HashMap<ConnectionId, Multiaddr>,
 }
 
 impl EventLoop {
@@ -287,6 +330,9 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listening.clone());
             }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
         }
     }
 
@@ -301,21 +347,71 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 endpoint,
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address().clone();
+                    self.dialed.insert(connection_id, addr.clone());
+                    let _ = self.events.send(NetEvent::Dialed {
+                        peer: peer_id,
+                        addr,
+                        ok: true,
+                    });
+                }
                 if num_established.get() == 1 {
+                    METRICS.connected_peers.inc();
                     let _ = self.events.send(NetEvent::PeerConnected(peer_id));
                 }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
+                self.dialed.remove(&connection_id);
+                if num_established == 0 {
+                    METRICS.connected_peers.dec();
+                    let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                let failed: Vec<Multiaddr> = match &error {
+                    DialError::Transport(attempts) => {
+                        attempts.iter().map(|(a, _)| a.clone()).collect()
+                    }
+                    DialError::WrongPeerId { address, .. } => vec![address.clone()],
+                    _ => Vec::new(),
+                };
+                tracing::debug!(%peer, error = %describe(&error), "dial failed");
+                for addr in failed {
+                    let _ = self.events.send(NetEvent::Dialed {
+                        peer,
+                        addr,
+                        ok: false,
+                    });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Ok(rtt),
+            })) => {
+                if let Some(addr) = self.dialed.get(&connection) {
+                    let _ = self.events.send(NetEvent::Rtt {
+                        peer,
+                        addr: addr.clone(),
+                        rtt,
+                    });
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
             _ => {}

@@ -21,7 +21,8 @@ use crate::error::Result;
 use crate::home::{Home, HomeLock};
 use crate::inbox;
 use crate::keys::Keys;
-use crate::net::{Net, NetEvent};
+use crate::metrics::MetricsServer;
+use crate::net::{Net, NetError, NetEvent};
 use crate::store::{Store, now_ms};
 
 /// How long `start` waits for the listeners to report their addresses.
@@ -35,6 +36,7 @@ pub struct Node {
     net: Net,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    metrics: Option<MetricsServer>,
     _lock: HomeLock,
 }
 
@@ -47,6 +49,20 @@ impl Node {
         listen: &[Multiaddr],
     ) -> Result<Node> {
         let lock = home.try_lock()?;
+        let metrics = match config.metrics.listen.as_str() {
+            "" => None,
+            addr => {
+                let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+                    crate::error::Error::Invalid(format!(
+                        "metrics address {addr:?} is not HOST:PORT"
+                    ))
+                })?;
+                let server = crate::metrics::serve(addr)
+                    .map_err(|e| NetError::Setup(format!("cannot serve metrics on {addr}: {e}")))?;
+                tracing::info!(addr = %server.addr(), "serving /metrics and /healthz");
+                Some(server)
+            }
+        };
         let keys = Arc::new(keys);
         let store = Store::open(&home.database(), keys.clone())?;
         let cancel = CancellationToken::new();
@@ -88,6 +104,7 @@ impl Node {
                 events_task,
                 dial_task,
             ],
+            metrics,
             _lock: lock,
         };
         node.wait_listening(listen.len()).await;
@@ -97,6 +114,11 @@ impl Node {
     /// The operations of this node, as the control socket offers them.
     pub fn ops(&self) -> &Ops {
         &self.ops
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
     }
 
     /// Where the node listens, each with `/p2p/<id>`.
@@ -147,12 +169,18 @@ async fn pump_events(
             NetEvent::PeerConnected(peer) => {
                 tracing::debug!(%peer, "peer connected");
                 // Whatever its backoff says, a peer that is here now gets its messages now.
-                if let Ok(n) = store.call(move |db| db.make_due_now(&peer, now_ms())).await
-                    && n > 0
-                {
-                    tracing::debug!(%peer, messages = n, "due now: peer connected");
-                }
-                waker.wake();
+                waker.peer_connected(peer);
+            }
+            NetEvent::Dialed { peer, addr, ok } => {
+                let _ = store
+                    .call(move |db| db.record_dial(&peer, &addr, ok, now_ms()))
+                    .await;
+            }
+            NetEvent::Rtt { peer, addr, rtt } => {
+                let ms = rtt.as_secs_f64() * 1000.0;
+                let _ = store
+                    .call(move |db| db.record_rtt(&peer, &addr, ms, now_ms()))
+                    .await;
             }
             NetEvent::PeerDisconnected(peer) => tracing::debug!(%peer, "peer disconnected"),
             NetEvent::InboundBatch {

@@ -8,6 +8,7 @@
 //! and the sender reports a message as queued right after it.
 
 mod contacts;
+mod health;
 mod inbox;
 mod migrations;
 mod outbox;
@@ -20,8 +21,9 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 pub use contacts::Contact;
+pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{InboxItem, MessageView, ReceiveOutcome, Received};
-pub use outbox::{DueBatch, DueMessage, OutboxEntry, OutboxState};
+pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
 
 use crate::error::ErrorKind;
 use crate::keys::Keys;
@@ -153,6 +155,18 @@ impl Db {
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
+}
+
+/// Checks a message id or id prefix typed by a user: 4 to 32 hex digits, lowercased.
+fn check_id_prefix(prefix: &str) -> Result<String, StoreError> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StoreError::NotFound {
+            what: "message",
+            name: prefix,
+        });
+    }
+    Ok(prefix)
 }
 
 /// Milliseconds since the Unix epoch.

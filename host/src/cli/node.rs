@@ -15,19 +15,33 @@ pub(super) enum Command {
     ///
     /// Unlocks the keystore, listens (TCP and QUIC), delivers queued messages and receives new ones.
     /// While it runs, other pigeon commands for this home go through it and need no passphrase.
-    /// Prints one line `listening on MULTIADDR` per address on stdout.
+    /// Prints one line `listening on MULTIADDR` per address on stdout (and `metrics on URL`).
     Run {
         /// Listen on MULTIADDR (repeatable) instead of [node] listen in config.toml.
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<String>,
+        /// Serve Prometheus /metrics and /healthz on HOST:PORT (overrides [metrics] listen).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
     },
 }
 
 pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
-    let Command::Run { listen } = cmd;
+    let Command::Run {
+        listen,
+        metrics_addr,
+    } = cmd;
     let home = g.home()?;
     home.require()?;
-    let config = Config::load(&home.config())?;
+    let mut config = Config::load(&home.config())?;
+    if let Some(addr) = metrics_addr {
+        addr.parse::<std::net::SocketAddr>().map_err(|_| {
+            Error::Invalid(format!(
+                "--metrics-addr {addr:?} is not HOST:PORT like 127.0.0.1:9717"
+            ))
+        })?;
+        config.metrics.listen = addr;
+    }
     let listen = if listen.is_empty() {
         config.node.listen.clone()
     } else {
@@ -46,6 +60,9 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     let node = Node::start(&home, keys, &config, &listen).await?;
     for addr in node.listen_addrs().await {
         println!("listening on {addr}");
+    }
+    if let Some(addr) = node.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
     }
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -1,6 +1,6 @@
-//! `pigeon outbox list`
+//! `pigeon outbox list|retry|cancel`
 
-use super::{Global, print_json, unexpected};
+use super::{Global, confirm, print_json, unexpected};
 use crate::control::api::{Request, Response};
 use crate::error::Result;
 
@@ -13,10 +13,51 @@ pub(super) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Try a queued message now, whatever its backoff says; a failed one is queued again.
+    Retry {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+    },
+    /// Cancel a message that is not delivered yet (asks first on a terminal).
+    ///
+    /// It becomes failed with the reason "cancelled by the user" and its sealed copy is deleted.
+    /// A batch already on the wire may still arrive.
+    Cancel {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+        /// Do not ask.
+        #[arg(long, short)]
+        yes: bool,
+    },
 }
 
 pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
-    let Command::List { json } = cmd;
+    match cmd {
+        Command::List { json } => list(g, json).await,
+        Command::Retry { id } => match g.call(Request::OutboxRetry { id }).await? {
+            Response::Updated { id } => {
+                println!("{id} is due now");
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        Command::Cancel { id, yes } => {
+            if !confirm(&format!("Cancel message {id}?"), yes)? {
+                println!("kept {id}");
+                return Ok(());
+            }
+            match g.call(Request::OutboxCancel { id }).await? {
+                Response::Updated { id } => {
+                    println!("{id} cancelled");
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+}
+
+async fn list(g: &Global, json: bool) -> Result<()> {
     let entries = match g.call(Request::OutboxList).await? {
         Response::Outbox(entries) => entries,
         other => return Err(unexpected(other)),

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::keys::address::Address;
 use crate::net::Net;
-use crate::store::{InboxItem, MessageView, OutboxEntry, Store, now_ms};
+use crate::store::{InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, Store, now_ms};
 
 /// A request to a node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +49,20 @@ pub enum Request {
     },
     /// List the outbox.
     OutboxList,
+    /// Make a queued or failed message due now.
+    OutboxRetry {
+        /// Id or unique prefix.
+        id: String,
+    },
+    /// Cancel a message that is not delivered yet.
+    OutboxCancel {
+        /// Id or unique prefix.
+        id: String,
+    },
+    /// Known peers and the health of their addresses.
+    Peers,
+    /// Counts and whether a node runs.
+    Status,
     /// List the inbox.
     InboxList {
         /// At most this many, newest first.
@@ -83,6 +97,30 @@ pub enum Response {
     Inbox(Vec<InboxItem>),
     /// For [`Request::InboxRead`].
     Message(MessageView),
+    /// For [`Request::OutboxRetry`] and [`Request::OutboxCancel`]: the full message id.
+    Updated {
+        /// The message id.
+        id: String,
+    },
+    /// For [`Request::Peers`].
+    Peers(Vec<PeerHealth>),
+    /// For [`Request::Status`].
+    Status(StatusInfo),
+}
+
+/// What `pigeon status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Whether a node is running for this home.
+    pub node_running: bool,
+    /// This node's PeerId.
+    pub peer_id: String,
+    /// Outbox counts by state.
+    pub outbox: OutboxCounts,
+    /// Messages in the inbox.
+    pub inbox: u64,
+    /// Peers connected now (0 when no node runs).
+    pub connected_peers: usize,
 }
 
 /// A node's identity.
@@ -149,6 +187,22 @@ impl Ops {
             }
             Request::Send { to, subject, body } => self.send(to, subject, body).await,
             Request::OutboxList => Ok(Response::Outbox(self.store.call(|db| db.outbox()).await?)),
+            Request::OutboxRetry { id } => {
+                let id = self
+                    .store
+                    .call(move |db| db.retry_now(&id, now_ms()))
+                    .await?;
+                if let Some(node) = &self.node {
+                    node.waker.wake();
+                }
+                Ok(Response::Updated { id })
+            }
+            Request::OutboxCancel { id } => {
+                let id = self.store.call(move |db| db.cancel(&id)).await?;
+                Ok(Response::Updated { id })
+            }
+            Request::Peers => self.peers().await,
+            Request::Status => self.status().await,
             Request::InboxList { limit } => Ok(Response::Inbox(
                 self.store.call(move |db| db.inbox(limit)).await?,
             )),
@@ -197,6 +251,41 @@ impl Ops {
             node.net.dial(peer, dial).await;
         }
         Ok(Response::Done)
+    }
+
+    async fn connected(&self) -> Vec<libp2p::PeerId> {
+        match &self.node {
+            Some(node) => node.net.connected_peers().await,
+            None => Vec::new(),
+        }
+    }
+
+    async fn peers(&self) -> Result<Response> {
+        let mut peers = self.store.call(|db| db.peers_health(now_ms())).await?;
+        let connected: Vec<String> = self
+            .connected()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for p in &mut peers {
+            p.connected = connected.contains(&p.peer_id);
+        }
+        Ok(Response::Peers(peers))
+    }
+
+    async fn status(&self) -> Result<Response> {
+        let (outbox, inbox) = self
+            .store
+            .call(|db| Ok((db.outbox_counts()?, db.inbox_count()?)))
+            .await?;
+        Ok(Response::Status(StatusInfo {
+            node_running: self.node.is_some(),
+            peer_id: self.keys.peer_id().to_string(),
+            outbox,
+            inbox,
+            connected_peers: self.connected().await.len(),
+        }))
     }
 
     async fn contacts(&self) -> Result<Response> {

@@ -198,14 +198,7 @@ impl Db {
     }
 
     fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
-        let prefix = prefix.trim().to_ascii_lowercase();
-        let not_found = || StoreError::NotFound {
-            what: "message",
-            name: prefix.clone(),
-        };
-        if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(not_found());
-        }
+        let prefix = super::check_id_prefix(prefix)?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT id FROM inbox WHERE id LIKE ?1 || '%' LIMIT 2")?;
@@ -214,7 +207,10 @@ impl Db {
             .collect::<Result<_, _>>()?;
         match ids.as_slice() {
             [one] => Ok(one.clone()),
-            [] => Err(not_found()),
+            [] => Err(StoreError::NotFound {
+                what: "message",
+                name: prefix,
+            }),
             _ => Err(StoreError::Ambiguous(prefix)),
         }
     }

@@ -7,8 +7,9 @@ use std::sync::LazyLock;
 use rusqlite_migration::{M, Migrations};
 
 pub(super) static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
-    Migrations::new(vec![M::up(
-        r#"
+    Migrations::new(vec![
+        M::up(
+            r#"
 CREATE TABLE contacts (
     name      TEXT PRIMARY KEY,
     peer_id   TEXT NOT NULL UNIQUE,
@@ -54,7 +55,22 @@ CREATE TABLE labels (
     PRIMARY KEY (message_id, label)
 );
 "#,
-    )])
+        ),
+        M::up(
+            r#"
+-- The peer health cache: decaying dial counts and ping RTT per address.
+CREATE TABLE addr_health (
+    peer_id    TEXT NOT NULL,
+    addr       TEXT NOT NULL,
+    successes  REAL NOT NULL,
+    failures   REAL NOT NULL,
+    rtt_ms     REAL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (peer_id, addr)
+);
+"#,
+        ),
+    ])
 });
 
 #[cfg(test)]

@@ -66,6 +66,19 @@ pub struct OutboxEntry {
     pub delivered_at: Option<String>,
 }
 
+/// Outbox totals, for `pigeon status` and the gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxCounts {
+    /// Waiting to be delivered.
+    pub queued: u64,
+    /// Acked.
+    pub delivered: u64,
+    /// Refused, expired or cancelled.
+    pub failed: u64,
+    /// When the oldest queued message was queued (ms since the epoch).
+    pub oldest_queued_at: Option<u64>,
+}
+
 /// A message ready to go.
 #[derive(Debug, Clone)]
 pub struct DueMessage {
@@ -75,6 +88,10 @@ pub struct DueMessage {
     pub envelope: Envelope,
     /// Attempts so far.
     pub attempts: u32,
+    /// When it was queued (ms since the epoch).
+    pub created_at: u64,
+    /// Size of the encoded envelope, for batch limits.
+    pub size: usize,
 }
 
 /// Due messages for one peer, oldest first, with the addresses to dial.
@@ -82,7 +99,7 @@ pub struct DueMessage {
 pub struct DueBatch {
     /// The recipient.
     pub peer: PeerId,
-    /// Its known addresses.
+    /// Its known addresses, healthiest first.
     pub addrs: Vec<Multiaddr>,
     /// The messages.
     pub messages: Vec<DueMessage>,
@@ -99,50 +116,83 @@ impl Db {
         envelope: &Envelope,
         now: u64,
     ) -> Result<(), StoreError> {
-        let row = id.to_string();
-        let mut plain = Vec::new();
-        ciborium::into_writer(envelope, &mut plain).expect("CBOR encoding into a Vec cannot fail");
-        let (key_id, sealed) = self.seal(TABLE, &row, &plain);
-        self.conn.execute(
-            "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope, key_id)
-             VALUES (?1, ?2, ?3, 'queued', ?3, ?4, ?5, ?6)",
-            params![row, peer.to_string(), now as i64, plain.len() as i64, sealed, key_id],
-        )?;
+        self.enqueue_many(&[(*id, *peer, envelope.clone())], now)
+    }
+
+    /// Queues several envelopes in one durable transaction.
+    pub fn enqueue_many(
+        &mut self,
+        items: &[(MessageId, PeerId, Envelope)],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope, key_id)
+                 VALUES (?1, ?2, ?3, 'queued', ?3, ?4, ?5, ?6)",
+            )?;
+            for (id, peer, envelope) in items {
+                let row = id.to_string();
+                let mut plain = Vec::new();
+                ciborium::into_writer(envelope, &mut plain)
+                    .expect("CBOR encoding into a Vec cannot fail");
+                let (key_id, sealed) = self.keys.at_rest().seal(TABLE, &row, &plain);
+                stmt.execute(params![
+                    row,
+                    peer.to_string(),
+                    now as i64,
+                    plain.len() as i64,
+                    sealed,
+                    key_id
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
-    /// Due messages (queued, next attempt at or before `now`), at most `per_peer` for each peer,
-    /// skipping peers in `busy`.
+    /// Due messages (queued, next attempt at or before `now`), oldest first, at most `per_peer`
+    /// for each peer, leaving out peers in `skip_peers` and messages in `in_flight`.
     pub fn due(
         &self,
         now: u64,
         per_peer: usize,
-        busy: &HashSet<PeerId>,
+        skip_peers: &HashSet<PeerId>,
+        in_flight: &HashSet<MessageId>,
     ) -> Result<Vec<DueBatch>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, peer_id, envelope, key_id, attempts FROM outbox
-             WHERE state = 'queued' AND next_attempt_at <= ?1 ORDER BY created_at, rowid LIMIT 4096",
+            "SELECT id, peer_id, envelope, key_id, attempts, created_at FROM outbox
+             WHERE state = 'queued' AND next_attempt_at <= ?1 ORDER BY created_at, rowid LIMIT ?2",
         )?;
-        let mut rows = stmt.query([now as i64])?;
+        let limit = (per_peer + in_flight.len()).max(4096) as i64;
+        let mut rows = stmt.query(params![now as i64, limit])?;
         let mut batches: BTreeMap<PeerId, Vec<DueMessage>> = BTreeMap::new();
         while let Some(r) = rows.next()? {
             let peer: PeerId = r
                 .get::<_, String>(1)?
                 .parse()
                 .map_err(|_| StoreError::Corrupt("outbox peer id"))?;
-            if busy.contains(&peer) || batches.get(&peer).is_some_and(|b| b.len() >= per_peer) {
+            if skip_peers.contains(&peer) || batches.get(&peer).is_some_and(|b| b.len() >= per_peer)
+            {
                 continue;
             }
             let row: String = r.get(0)?;
-            let blob: Vec<u8> = r.get(2)?;
+            let id = parse_id(&row)?;
+            if in_flight.contains(&id) {
+                continue;
+            }
+            let Some(blob) = r.get::<_, Option<Vec<u8>>>(2)? else {
+                return Err(StoreError::Corrupt("queued message without envelope"));
+            };
             let plain = self.open_sealed(TABLE, &row, r.get(3)?, &blob)?;
             let envelope: Envelope = ciborium::from_reader(plain.as_slice())
                 .map_err(|_| StoreError::Corrupt("outbox envelope"))?;
-            let id = parse_id(&row)?;
             batches.entry(peer).or_default().push(DueMessage {
                 id,
                 envelope,
                 attempts: r.get(4)?,
+                created_at: r.get::<_, i64>(5)? as u64,
+                size: plain.len(),
             });
         }
         batches
@@ -150,38 +200,61 @@ impl Db {
             .map(|(peer, messages)| {
                 Ok(DueBatch {
                     peer,
-                    addrs: self.addrs_of(&peer)?,
+                    addrs: self.dial_addrs(&peer, now)?,
                     messages,
                 })
             })
             .collect()
     }
 
-    /// When the earliest queued message not for a `busy` peer is due.
-    pub fn next_due(&self, busy: &HashSet<PeerId>) -> Result<Option<u64>, StoreError> {
+    /// For each peer with queued messages, when its earliest one is due.
+    pub fn next_due_by_peer(&self) -> Result<Vec<(PeerId, u64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT peer_id, MIN(next_attempt_at) FROM outbox WHERE state = 'queued' GROUP BY peer_id",
         )?;
         let mut rows = stmt.query([])?;
-        let mut earliest: Option<u64> = None;
+        let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            let peer: Option<PeerId> = r.get::<_, String>(0)?.parse().ok();
-            if peer.is_some_and(|p| busy.contains(&p)) {
-                continue;
+            if let Ok(peer) = r.get::<_, String>(0)?.parse() {
+                out.push((peer, r.get::<_, i64>(1)? as u64));
             }
-            let at = r.get::<_, i64>(1)? as u64;
-            earliest = Some(earliest.map_or(at, |e| e.min(at)));
         }
-        Ok(earliest)
+        Ok(out)
+    }
+
+    /// Puts messages handed to the network out of reach of `due` until `until` (the attempt's
+    /// deadline); the attempt's outcome replaces this with delivered or a retry time.
+    pub fn lease(&mut self, ids: &[MessageId], until: u64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1 AND state = 'queued'",
+            )?;
+            for id in ids {
+                stmt.execute(params![id.to_string(), until as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes every queued message due now: after a restart, nothing is in flight and every peer
+    /// deserves a fresh try.
+    pub fn reset_schedule(&mut self, now: u64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET next_attempt_at = ?1 WHERE state = 'queued' AND next_attempt_at > ?1",
+            [now as i64],
+        )?)
     }
 
     /// Records acks: the messages are delivered and their envelopes dropped, in one transaction.
+    /// An ack wins over an expiry or a cancel that raced with it: the recipient has the message.
     pub fn mark_delivered(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE outbox SET state = 'delivered', delivered_at = ?2, attempts = attempts + 1,
-                 envelope = NULL, key_id = NULL, last_error = NULL WHERE id = ?1 AND state = 'queued'",
+                 envelope = NULL, key_id = NULL, last_error = NULL WHERE id = ?1 AND state != 'delivered'",
             )?;
             for id in ids {
                 stmt.execute(params![id.to_string(), now as i64])?;
@@ -211,22 +284,42 @@ impl Db {
         Ok(())
     }
 
-    /// Marks a message as refused for good.
+    /// Marks a message as refused for good; its envelope stays, so `outbox retry` can requeue it.
     pub fn mark_failed(&mut self, id: &MessageId, error: &str) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2,
-             envelope = NULL, key_id = NULL WHERE id = ?1 AND state = 'queued'",
+            "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2
+             WHERE id = ?1 AND state = 'queued'",
             params![id.to_string(), error],
         )?;
         Ok(())
     }
 
-    /// Makes every queued message for `peer` due now (it just connected).
-    pub fn make_due_now(&mut self, peer: &PeerId, now: u64) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE outbox SET next_attempt_at = ?2 WHERE peer_id = ?1 AND state = 'queued' AND next_attempt_at > ?2",
-            params![peer.to_string(), now as i64],
-        )?)
+    /// Makes every queued message for `peer` due now (it just connected), except those in flight.
+    pub fn make_due_now(
+        &mut self,
+        peer: &PeerId,
+        now: u64,
+        in_flight: &HashSet<MessageId>,
+    ) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut changed = 0;
+        {
+            let mut select = tx.prepare_cached(
+                "SELECT id FROM outbox WHERE peer_id = ?1 AND state = 'queued' AND next_attempt_at > ?2",
+            )?;
+            let ids: Vec<String> = select
+                .query_map(params![peer.to_string(), now as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut update =
+                tx.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?;
+            for id in ids {
+                if !in_flight.contains(&parse_id(&id)?) {
+                    changed += update.execute(params![id, now as i64])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
     }
 
     /// The whole outbox, oldest first.
@@ -254,6 +347,92 @@ impl Db {
             });
         }
         Ok(out)
+    }
+
+    /// Marks queued messages older than `cutoff` as failed; returns how many.
+    pub fn expire(&mut self, cutoff: u64, reason: &str) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET state = 'failed', last_error = ?2 WHERE state = 'queued' AND created_at < ?1",
+            params![cutoff as i64, reason],
+        )?)
+    }
+
+    /// Makes a queued or failed message due now (a failed one is queued again); returns its id.
+    pub fn retry_now(&mut self, prefix: &str, now: u64) -> Result<String, StoreError> {
+        let (id, state) = self.resolve_outbox_id(prefix)?;
+        match state {
+            OutboxState::Delivered => Err(StoreError::Conflict(format!(
+                "message {id} was delivered already"
+            ))),
+            _ => {
+                let changed = self.conn.execute(
+                    "UPDATE outbox SET state = 'queued', next_attempt_at = ?2, last_error = NULL
+                     WHERE id = ?1 AND envelope IS NOT NULL",
+                    params![id, now as i64],
+                )?;
+                if changed == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "message {id} was cancelled; it cannot be sent again"
+                    )));
+                }
+                Ok(id)
+            }
+        }
+    }
+
+    /// Cancels a message that is not delivered yet: it becomes failed and its envelope is dropped.
+    pub fn cancel(&mut self, prefix: &str) -> Result<String, StoreError> {
+        let (id, state) = self.resolve_outbox_id(prefix)?;
+        if state == OutboxState::Delivered {
+            return Err(StoreError::Conflict(format!(
+                "message {id} was delivered already"
+            )));
+        }
+        self.conn.execute(
+            "UPDATE outbox SET state = 'failed', last_error = 'cancelled by the user', envelope = NULL,
+             key_id = NULL WHERE id = ?1",
+            [&id],
+        )?;
+        Ok(id)
+    }
+
+    /// Counts by state, and when the oldest queued message was queued.
+    pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let mut counts = OutboxCounts::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*), MIN(created_at) FROM outbox GROUP BY state")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let n = r.get::<_, i64>(1)? as u64;
+            match OutboxState::parse(&r.get::<_, String>(0)?)? {
+                OutboxState::Queued => {
+                    counts.queued = n;
+                    counts.oldest_queued_at = r.get::<_, Option<i64>>(2)?.map(|t| t as u64);
+                }
+                OutboxState::Delivered => counts.delivered = n,
+                OutboxState::Failed => counts.failed = n,
+            }
+        }
+        Ok(counts)
+    }
+
+    fn resolve_outbox_id(&self, prefix: &str) -> Result<(String, OutboxState), StoreError> {
+        let prefix = super::check_id_prefix(prefix)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, state FROM outbox WHERE id LIKE ?1 || '%' LIMIT 2")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([&prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        match rows.as_slice() {
+            [(id, state)] => Ok((id.clone(), OutboxState::parse(state)?)),
+            [] => Err(StoreError::NotFound {
+                what: "message",
+                name: prefix,
+            }),
+            _ => Err(StoreError::Ambiguous(prefix)),
+        }
     }
 
     /// How many messages are queued.
@@ -298,7 +477,9 @@ mod tests {
         let (a, b) = (MessageId::random(), MessageId::random());
         db.enqueue(&a, &peer, &envelope(), 100).expect("enqueue a");
         db.enqueue(&b, &peer, &envelope(), 101).expect("enqueue b");
-        let due = db.due(200, 64, &HashSet::new()).expect("due");
+        let due = db
+            .due(200, 64, &HashSet::new(), &HashSet::new())
+            .expect("due");
         assert_eq!(due.len(), 1);
         assert_eq!(
             due[0].messages.iter().map(|m| m.id).collect::<Vec<_>>(),
@@ -306,24 +487,39 @@ mod tests {
         );
         assert_eq!(due[0].messages[0].envelope, envelope());
         assert_eq!(
-            db.due(200, 1, &HashSet::new()).expect("due")[0]
+            db.due(200, 1, &HashSet::new(), &HashSet::new())
+                .expect("due")[0]
                 .messages
                 .len(),
             1
         );
         assert!(
-            db.due(200, 64, &HashSet::from([peer]))
+            db.due(200, 64, &HashSet::from([peer]), &HashSet::new())
                 .expect("due")
                 .is_empty()
         );
 
         db.mark_retry(&[(a, 1000), (b, 2000)], "dial failed")
             .expect("retry");
-        assert!(db.due(500, 64, &HashSet::new()).expect("due").is_empty());
-        assert_eq!(db.next_due(&HashSet::new()).expect("next"), Some(1000));
-        assert_eq!(db.make_due_now(&peer, 600).expect("due now"), 2);
+        assert!(
+            db.due(500, 64, &HashSet::new(), &HashSet::new())
+                .expect("due")
+                .is_empty()
+        );
+        assert_eq!(db.next_due_by_peer().expect("next"), vec![(peer, 1000)]);
         assert_eq!(
-            db.due(600, 64, &HashSet::new()).expect("due")[0]
+            db.make_due_now(&peer, 600, &HashSet::from([b]))
+                .expect("due now"),
+            1
+        );
+        assert_eq!(
+            db.make_due_now(&peer, 600, &HashSet::new())
+                .expect("due now"),
+            1
+        );
+        assert_eq!(
+            db.due(600, 64, &HashSet::new(), &HashSet::new())
+                .expect("due")[0]
                 .messages
                 .len(),
             2
@@ -337,6 +533,84 @@ mod tests {
         assert_eq!(list[1].state, OutboxState::Failed);
         assert_eq!(list[1].last_error.as_deref(), Some("refused"));
         assert_eq!(db.queued_count().expect("count"), 0);
-        assert_eq!(db.next_due(&HashSet::new()).expect("next"), None);
+        assert_eq!(db.next_due_by_peer().expect("next"), vec![]);
+    }
+
+    #[test]
+    fn leases_expiry_retry_and_cancel() {
+        let (_dir, mut db, _keys) = temp_db();
+        let peer = Keys::generate().peer_id();
+        let (a, b, c) = (
+            MessageId::random(),
+            MessageId::random(),
+            MessageId::random(),
+        );
+        db.enqueue_many(&[(a, peer, envelope()), (b, peer, envelope())], 100)
+            .expect("enqueue");
+        db.enqueue(&c, &peer, &envelope(), 5_000)
+            .expect("enqueue c");
+        // A leased message is out of `due` until the lease ends; a restart ends every lease.
+        db.lease(&[a], 60_000).expect("lease");
+        let due = db
+            .due(6_000, 64, &HashSet::new(), &HashSet::new())
+            .expect("due");
+        assert_eq!(
+            due[0].messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![b, c]
+        );
+        assert_eq!(db.reset_schedule(6_000).expect("reset"), 1);
+        assert_eq!(
+            db.due(6_000, 64, &HashSet::new(), &HashSet::new())
+                .expect("due")[0]
+                .messages
+                .len(),
+            3
+        );
+        // a and b are older than the cutoff: they expire; c does not.
+        assert_eq!(db.expire(1_000, "too old").expect("expire"), 2);
+        let counts = db.outbox_counts().expect("counts");
+        assert_eq!(
+            (counts.queued, counts.failed, counts.oldest_queued_at),
+            (1, 2, Some(5_000))
+        );
+        // An ack that raced with the expiry wins.
+        db.mark_delivered(&[a], 7_000).expect("late ack");
+        // A failed message can be queued again; a delivered one cannot.
+        let b_text = b.to_string();
+        assert_eq!(db.retry_now(&b_text[..6], 8_000).expect("retry"), b_text);
+        assert!(matches!(
+            db.retry_now(&a.to_string(), 8_000),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            db.cancel(&a.to_string()),
+            Err(StoreError::Conflict(_))
+        ));
+        // Cancel drops the sealed copy, so it cannot be retried.
+        db.cancel(&c.to_string()).expect("cancel");
+        assert!(matches!(
+            db.retry_now(&c.to_string(), 9_000),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            db.retry_now("ffff", 9_000),
+            Err(StoreError::NotFound { .. })
+        ));
+        let list = db.outbox().expect("list");
+        let state = |id: &MessageId| {
+            list.iter()
+                .find(|e| e.id == id.to_string())
+                .map(|e| e.state)
+        };
+        assert_eq!(state(&a), Some(OutboxState::Delivered));
+        assert_eq!(state(&b), Some(OutboxState::Queued));
+        assert_eq!(state(&c), Some(OutboxState::Failed));
+        assert_eq!(
+            list.iter()
+                .find(|e| e.id == c.to_string())
+                .and_then(|e| e.last_error.clone())
+                .as_deref(),
+            Some("cancelled by the user")
+        );
     }
 }

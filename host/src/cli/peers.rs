@@ -1,0 +1,41 @@
+//! `pigeon peers`
+
+use super::{Global, print_json, unexpected};
+use crate::control::api::{Request, Response};
+use crate::error::Result;
+
+/// Show known peers and the health of their addresses.
+///
+/// For each address: decaying counts of successful and failed dials, the ping round trip and a
+/// score; dialing tries the best addresses first. `connected` is known only while the node runs.
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
+    let peers = match g.call(Request::Peers).await? {
+        Response::Peers(peers) => peers,
+        other => return Err(unexpected(other)),
+    };
+    if args.json {
+        return print_json(&peers);
+    }
+    for p in peers {
+        let name = p.name.as_deref().unwrap_or("-");
+        let state = if p.connected { "connected" } else { "" };
+        println!("{name}\t{}\t{state}", p.peer_id);
+        for a in p.addrs {
+            let rtt = a
+                .rtt_ms
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}ms"));
+            println!(
+                "  {}\tscore={:.2}\tok={:.1}\tfailed={:.1}\trtt={rtt}",
+                a.addr, a.score, a.successes, a.failures
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! `pigeon status`
+
+use super::{Global, print_json, unexpected};
+use crate::control::api::{Request, Response};
+use crate::error::Result;
+
+/// Show whether the node runs, the outbox and inbox counts and connected peers.
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
+    let status = match g.call(Request::Status).await? {
+        Response::Status(status) => status,
+        other => return Err(unexpected(other)),
+    };
+    if args.json {
+        return print_json(&status);
+    }
+    println!(
+        "node:     {}",
+        if status.node_running {
+            "running"
+        } else {
+            "not running"
+        }
+    );
+    println!("peer id:  {}", status.peer_id);
+    println!(
+        "outbox:   {} queued, {} delivered, {} failed",
+        status.outbox.queued, status.outbox.delivered, status.outbox.failed
+    );
+    println!("inbox:    {} messages", status.inbox);
+    println!("peers:    {} connected", status.connected_peers);
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Prometheus metrics: one registry for the process, served as text on `/metrics` (with `/healthz`)
+//! by [`serve`] when the node is given a metrics address.
+//!
+//! Every room records into [`METRICS`]; nothing here carries message content or key material.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Every metric pigeon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Seconds from queueing to the recipient's ack.
+    pub send_latency: Histogram,
+    /// Attempts a message took until it was acked.
+    pub send_retries: Histogram,
+    /// Messages per batch sent.
+    pub batch_messages: Histogram,
+    /// Messages waiting in the outbox.
+    pub outbox_depth: IntGauge,
+    /// Age of the oldest queued message, in seconds.
+    pub outbox_oldest_age: IntGauge,
+    /// Messages acked by their recipients.
+    pub sent: IntCounter,
+    /// Messages received and stored.
+    pub received: IntCounter,
+    /// Messages received again and re-acked.
+    pub duplicates: IntCounter,
+    /// Envelopes refused (not a contact, undecryptable, malformed, ...).
+    pub rejected: IntCounter,
+    /// Peers with at least one connection.
+    pub connected_peers: IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric name");
+            h
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
+        };
+        Metrics {
+            send_latency: histogram(
+                "pigeon_send_latency_seconds",
+                "Seconds from queueing a message to its recipient's ack",
+                prometheus::exponential_buckets(0.001, 4.0, 12).expect("buckets"),
+            ),
+            send_retries: histogram(
+                "pigeon_send_retries",
+                "Delivery attempts per acked message",
+                vec![1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0],
+            ),
+            batch_messages: histogram(
+                "pigeon_batch_messages",
+                "Messages per batch sent",
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+            outbox_depth: gauge("pigeon_outbox_depth", "Messages waiting in the outbox"),
+            outbox_oldest_age: gauge(
+                "pigeon_outbox_oldest_age_seconds",
+                "Age of the oldest queued message in seconds",
+            ),
+            sent: counter(
+                "pigeon_messages_sent_total",
+                "Messages acked by their recipients",
+            ),
+            received: counter(
+                "pigeon_messages_received_total",
+                "Messages received and stored",
+            ),
+            duplicates: counter(
+                "pigeon_messages_duplicate_total",
+                "Messages received again and re-acked",
+            ),
+            rejected: counter("pigeon_messages_rejected_total", "Envelopes refused"),
+            connected_peers: gauge(
+                "pigeon_connected_peers",
+                "Peers with at least one connection",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A running metrics endpoint; stops when dropped.
+pub struct MetricsServer {
+    server: std::sync::Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// The address it listens on (with the real port if 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own.
+pub fn serve(addr: SocketAddr) -> Result<MetricsServer, std::io::Error> {
+    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+    let addr = server.server_addr().to_ip().unwrap_or(addr);
+    let server = std::sync::Arc::new(server);
+    let worker = server.clone();
+    let thread = std::thread::Builder::new()
+        .name("pigeon-metrics".into())
+        .spawn(move || {
+            for request in worker.incoming_requests() {
+                let (status, body, content_type) = match request.url() {
+                    "/metrics" => (200, METRICS.render(), "text/plain; version=0.0.4"),
+                    "/healthz" => (200, "ok\n".to_owned(), "text/plain"),
+                    _ => (
+                        404,
+                        "not found: try /metrics or /healthz\n".to_owned(),
+                        "text/plain",
+                    ),
+                };
+                let header = tiny_http::Header::from_bytes("Content-Type", content_type)
+                    .expect("valid header");
+                let _ = request.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_status_code(status)
+                        .with_header(header),
+                );
+            }
+        })?;
+    Ok(MetricsServer {
+        server,
+        thread: Some(thread),
+        addr,
+    })
+}
