@@ -3,6 +3,7 @@
 //! A handler parses what the user typed, calls one library function and prints the result, as text
 //! for people or, with `--json`, as JSON for scripts.
 
+mod bench;
 mod config;
 mod contacts;
 mod demo;
@@ -93,6 +94,9 @@ enum Command {
     /// Show and change config.toml.
     #[command(subcommand)]
     Config(config::Command),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(bench::Command),
     /// Self-contained demonstrations.
     #[command(subcommand)]
     Demo(demo::Command),
@@ -123,6 +127,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Peers(args) => peers::run(g, args).await,
         Command::Status(args) => status::run(g, args).await,
         Command::Config(cmd) => config::run(g, cmd),
+        Command::Bench(cmd) => bench::run(cmd).await,
         Command::Demo(cmd) => demo::run(cmd).await,
     }
 }

@@ -276,25 +276,17 @@ impl Sender {
         Ok(())
     }
 
-    /// How long until something is due for a peer with room in its window.
+    /// How long until the next queued message becomes due (or housekeeping is due). Messages due
+    /// already but waiting for a full window are picked up when an attempt ends.
     async fn until_next_due(&self) -> Duration {
         let now = self.clock.now_ms();
         let next = self
             .store
-            .call(|db| db.next_due_by_peer())
+            .call(move |db| db.next_due_after(now))
             .await
-            .unwrap_or_default();
-        let earliest = next
-            .into_iter()
-            .filter(|(peer, _)| {
-                self.in_flight
-                    .get(peer)
-                    .is_none_or(|f| f.batches < self.limits.window)
-            })
-            .map(|(_, at)| at)
-            .min()
-            .unwrap_or(u64::MAX)
-            .min(self.next_housekeeping);
+            .ok()
+            .flatten();
+        let earliest = next.unwrap_or(u64::MAX).min(self.next_housekeeping);
         Duration::from_millis(earliest.saturating_sub(now)).min(IDLE_RECHECK)
     }
 

@@ -304,18 +304,45 @@ impl Ops {
     }
 
     async fn send(&self, to: String, subject: Option<String>, body: String) -> Result<Response> {
-        if body.len() > MAX_BODY {
-            return Err(Error::Invalid(format!(
-                "the body is {} bytes; the most a message takes is {MAX_BODY}",
-                body.len()
-            )));
-        }
-        if subject.as_ref().is_some_and(|s| s.len() > MAX_SUBJECT) {
-            return Err(Error::Invalid(format!(
-                "the subject is longer than {MAX_SUBJECT} bytes"
-            )));
-        }
+        check_size(subject.as_deref(), &body)?;
         let contact = self.store.call(move |db| db.contact_by_name(&to)).await?;
+        let (id, peer, env, now) = self.seal_for(&contact, subject, body);
+        self.store
+            .call(move |db| db.enqueue(&id, &peer, &env, now))
+            .await?;
+        tracing::debug!(%peer, message_id = %id, "queued");
+        self.wake();
+        Ok(Response::Queued { id: id.to_string() })
+    }
+
+    /// Queues many messages to one contact in a single durable transaction (benchmarks, imports).
+    pub async fn queue_bulk(&self, to: &str, bodies: Vec<String>) -> Result<Vec<MessageId>> {
+        for body in &bodies {
+            check_size(None, body)?;
+        }
+        let name = to.to_owned();
+        let contact = self.store.call(move |db| db.contact_by_name(&name)).await?;
+        let items: Vec<_> = bodies
+            .into_iter()
+            .map(|body| {
+                let (id, peer, env, _) = self.seal_for(&contact, None, body);
+                (id, peer, env)
+            })
+            .collect();
+        let ids = items.iter().map(|(id, _, _)| *id).collect();
+        self.store
+            .call(move |db| db.enqueue_many(&items, now_ms()))
+            .await?;
+        self.wake();
+        Ok(ids)
+    }
+
+    fn seal_for(
+        &self,
+        contact: &crate::store::Contact,
+        subject: Option<String>,
+        body: String,
+    ) -> (MessageId, libp2p::PeerId, envelope::Envelope, u64) {
         let id = MessageId::random();
         let now = now_ms();
         let payload = Payload {
@@ -326,15 +353,29 @@ impl Ops {
         };
         let peer = contact.address.peer_id();
         let env = envelope::seal(&self.keys, &peer, contact.address.enc_public(), &payload);
-        self.store
-            .call(move |db| db.enqueue(&id, &peer, &env, now))
-            .await?;
-        tracing::debug!(%peer, message_id = %id, "queued");
+        (id, peer, env, now)
+    }
+
+    fn wake(&self) {
         if let Some(node) = &self.node {
             node.waker.wake();
         }
-        Ok(Response::Queued { id: id.to_string() })
     }
+}
+
+fn check_size(subject: Option<&str>, body: &str) -> Result<()> {
+    if body.len() > MAX_BODY {
+        return Err(Error::Invalid(format!(
+            "the body is {} bytes; the most a message takes is {MAX_BODY}",
+            body.len()
+        )));
+    }
+    if subject.is_some_and(|s| s.len() > MAX_SUBJECT) {
+        return Err(Error::Invalid(format!(
+            "the subject is longer than {MAX_SUBJECT} bytes"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<()> {

@@ -175,11 +175,7 @@ impl Db {
         Ok(out)
     }
 
-    fn health_row(
-        &self,
-        peer: &PeerId,
-        addr: &Multiaddr,
-    ) -> Result<Option<HealthRow>, StoreError> {
+    fn health_row(&self, peer: &PeerId, addr: &Multiaddr) -> Result<Option<HealthRow>, StoreError> {
         Ok(self
             .conn
             .query_row(

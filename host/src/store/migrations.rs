@@ -68,6 +68,8 @@ CREATE TABLE addr_health (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (peer_id, addr)
 );
+-- The TTL sweep finds old queued messages without a scan.
+CREATE INDEX outbox_age ON outbox (state, created_at);
 "#,
         ),
     ])

@@ -151,7 +151,7 @@ impl Db {
         Ok(())
     }
 
-    /// Due messages (queued, next attempt at or before `now`), oldest first, at most `per_peer`
+    /// Due messages (queued, next attempt at or before `now`), earliest due first, at most `per_peer`
     /// for each peer, leaving out peers in `skip_peers` and messages in `in_flight`.
     pub fn due(
         &self,
@@ -162,9 +162,10 @@ impl Db {
     ) -> Result<Vec<DueBatch>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, peer_id, envelope, key_id, attempts, created_at FROM outbox
-             WHERE state = 'queued' AND next_attempt_at <= ?1 ORDER BY created_at, rowid LIMIT ?2",
+             WHERE state = 'queued' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, rowid LIMIT ?2",
         )?;
-        let limit = (per_peer + in_flight.len()).max(4096) as i64;
+        // Walks the (state, next_attempt_at) index: no sort, however long the queue.
+        let limit = (per_peer + in_flight.len() + 1024) as i64;
         let mut rows = stmt.query(params![now as i64, limit])?;
         let mut batches: BTreeMap<PeerId, Vec<DueMessage>> = BTreeMap::new();
         while let Some(r) = rows.next()? {
@@ -207,19 +208,14 @@ impl Db {
             .collect()
     }
 
-    /// For each peer with queued messages, when its earliest one is due.
-    pub fn next_due_by_peer(&self) -> Result<Vec<(PeerId, u64)>, StoreError> {
+    /// The earliest time after `now` at which a queued message becomes due.
+    pub fn next_due_after(&self, now: u64) -> Result<Option<u64>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT peer_id, MIN(next_attempt_at) FROM outbox WHERE state = 'queued' GROUP BY peer_id",
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'queued' AND next_attempt_at > ?1",
         )?;
-        let mut rows = stmt.query([])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            if let Ok(peer) = r.get::<_, String>(0)?.parse() {
-                out.push((peer, r.get::<_, i64>(1)? as u64));
-            }
-        }
-        Ok(out)
+        Ok(stmt
+            .query_row([now as i64], |r| r.get::<_, Option<i64>>(0))?
+            .map(|t| t as u64))
     }
 
     /// Puts messages handed to the network out of reach of `due` until `until` (the attempt's
@@ -506,7 +502,8 @@ mod tests {
                 .expect("due")
                 .is_empty()
         );
-        assert_eq!(db.next_due_by_peer().expect("next"), vec![(peer, 1000)]);
+        assert_eq!(db.next_due_after(500).expect("next"), Some(1000));
+        assert_eq!(db.next_due_after(1500).expect("next"), Some(2000));
         assert_eq!(
             db.make_due_now(&peer, 600, &HashSet::from([b]))
                 .expect("due now"),
@@ -533,7 +530,7 @@ mod tests {
         assert_eq!(list[1].state, OutboxState::Failed);
         assert_eq!(list[1].last_error.as_deref(), Some("refused"));
         assert_eq!(db.queued_count().expect("count"), 0);
-        assert_eq!(db.next_due_by_peer().expect("next"), vec![]);
+        assert_eq!(db.next_due_after(0).expect("next"), None);
     }
 
     #[test]

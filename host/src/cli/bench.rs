@@ -1,0 +1,85 @@
+//! `pigeon bench delivery`
+
+use super::print_json;
+use crate::error::{Error, Result};
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum Command {
+    /// Time the delivery of queued messages to a peer that comes online.
+    ///
+    /// Two nodes on 127.0.0.1 in temporary homes: the sender queues MESSAGES messages of SIZE bytes
+    /// while the receiver is offline, then the receiver starts and the time to the last ack is
+    /// measured, once per --batch value. Build with --release for meaningful figures.
+    Delivery {
+        /// Messages to queue.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// batch_max_messages for a run (repeatable).
+        #[arg(long = "batch", default_values_t = [64, 1])]
+        batches: Vec<usize>,
+        /// batches_in_flight for every run.
+        #[arg(long, default_value_t = crate::config::DeliveryConfig::default().batches_in_flight)]
+        in_flight: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) async fn run(cmd: Command) -> Result<()> {
+    let Command::Delivery {
+        messages,
+        size,
+        batches,
+        in_flight,
+        json,
+    } = cmd;
+    if messages == 0 || size > crate::envelope::MAX_BODY {
+        return Err(Error::Invalid(format!(
+            "--messages must be above 0 and --size at most {}",
+            crate::envelope::MAX_BODY
+        )));
+    }
+    if batches
+        .iter()
+        .any(|&b| b == 0 || b > crate::net::protocol::MAX_BATCH)
+    {
+        return Err(Error::Invalid(format!(
+            "--batch must be between 1 and {}",
+            crate::net::protocol::MAX_BATCH
+        )));
+    }
+    let mut runs = Vec::new();
+    for batch in batches {
+        let run = crate::bench::delivery(messages, size, batch, in_flight).await?;
+        if !json {
+            println!(
+                "{} messages of {} B, batch_max_messages={:>4}, batches_in_flight={}: {:>8.3} s  {:>9.0} msg/s",
+                run.messages,
+                run.size,
+                run.batch_max_messages,
+                run.batches_in_flight,
+                run.seconds,
+                run.messages_per_second
+            );
+        }
+        runs.push(run);
+    }
+    if json {
+        return print_json(&runs);
+    }
+    if let (Some(first), Some(last)) = (runs.first(), runs.last())
+        && runs.len() > 1
+    {
+        println!(
+            "batch_max_messages={} is {:.1}x faster than batch_max_messages={}",
+            first.batch_max_messages,
+            last.seconds / first.seconds,
+            last.batch_max_messages
+        );
+    }
+    Ok(())
+}
