@@ -202,10 +202,10 @@ impl Config {
             ));
         }
         match humantime::parse_duration(&d.message_ttl) {
-            Ok(ttl) if ttl.as_secs() >= 60 => {}
+            Ok(ttl) if ttl.as_secs() >= 1 => {}
             Ok(_) => {
                 return Err(invalid(
-                    "delivery.message_ttl must be at least 1m".to_owned(),
+                    "delivery.message_ttl must be at least 1s".to_owned(),
                 ));
             }
             Err(e) => {

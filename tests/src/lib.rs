@@ -157,13 +157,21 @@ impl TestHome {
 
     /// Starts `pigeon node run` on `listen`; its log (debug level) goes to `<home>/node.log`.
     pub fn start_node(&self, listen: &str) -> NodeProc {
+        self.start_node_with(listen, &[])
+    }
+
+    /// Like [`TestHome::start_node`], with more arguments for `node run` (e.g. `--metrics-addr`)
+    /// or global ones (e.g. `--log-format json`).
+    pub fn start_node_with(&self, listen: &str, extra: &[&str]) -> NodeProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path().join("node.log"))
             .expect("open node log");
+        let mut args = vec!["node", "run", "--listen", listen, "-v"];
+        args.extend_from_slice(extra);
         let mut child = self
-            .cmd(&["node", "run", "--listen", listen, "-v"])
+            .cmd(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -172,24 +180,70 @@ impl TestHome {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
+                let _ = tx.send(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(self.path().join("node.log")).unwrap_or_default();
-                panic!(
-                    "{}: node did not report a listen address; log:\n{log}",
-                    self.name
-                );
+        let wants_metrics = extra.contains(&"--metrics-addr");
+        let (mut addr, mut metrics) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while addr.is_none() || (wants_metrics && metrics.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("listening on ") {
+                        addr.get_or_insert_with(|| a.to_owned());
+                    } else if let Some(m) = line.strip_prefix("metrics on ") {
+                        metrics = Some(m.to_owned());
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log =
+                        std::fs::read_to_string(self.path().join("node.log")).unwrap_or_default();
+                    panic!(
+                        "{}: node did not report its addresses; log:\n{log}",
+                        self.name
+                    );
+                }
             }
-        };
-        NodeProc { child, addr }
+        }
+        NodeProc {
+            child,
+            addr: addr.expect("listen address"),
+            metrics,
+        }
     }
+}
+
+/// `GET url` (plain `http://host:port/path`) with std only; returns the status code and body.
+pub fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// The value of a Prometheus sample line `name value` in `text`.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A running `pigeon node run` process; SIGKILLed on drop if still running.
@@ -197,6 +251,8 @@ pub struct NodeProc {
     child: Child,
     /// Its first listen address, with `/p2p/<id>`.
     pub addr: String,
+    /// Its metrics URL, when started with `--metrics-addr`.
+    pub metrics: Option<String>,
 }
 
 impl NodeProc {

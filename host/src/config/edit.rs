@@ -45,7 +45,7 @@ pub fn set(path: &Path, key: &str, raw: &str) -> Result<Config, ConfigError> {
     insert(doc.as_table_mut(), key, value).map_err(|m| invalid(path, m))?;
     let new_text = doc.to_string();
     let config = Config::parse(&new_text, path).map_err(|e| match e {
-        ConfigError::Invalid { path, message } => ConfigError::Invalid {
+        ConfigError::Invalid { path, message } if !message.contains(key) => ConfigError::Invalid {
             path,
             message: format!("{key}: {message}"),
         },
