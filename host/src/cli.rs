@@ -107,9 +107,11 @@ impl Cli {
     pub fn log_format(&self) -> LogFormat {
         self.global.log_format
     }
-    /// The verbosity asked for.
+    /// The verbosity asked for: `-v` count, plus one for `node run`, whose lifecycle (listening,
+    /// shutting down) is worth telling; other commands speak only of warnings.
     pub fn verbose(&self) -> u8 {
-        self.global.verbose
+        let node = u8::from(matches!(self.command, Command::Node(_)));
+        self.global.verbose.saturating_add(node)
     }
 }
 

@@ -14,12 +14,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `PIGEON_LOG` (an `EnvFilter` directive such as `debug` or
-/// `pigeon=trace`) overrides the level that `verbose` picks.
+/// Installs the global subscriber: `verbose` 0 logs warnings, 1 adds pigeon's info, 2 its debug,
+/// 3 and more everything. `PIGEON_LOG` (an `EnvFilter` directive such as `debug` or `pigeon=trace`)
+/// overrides it.
 pub fn init(format: LogFormat, verbose: u8) {
     let default = match verbose {
-        0 => "warn,pigeon=info",
-        1 => "warn,pigeon=debug",
+        0 => "warn",
+        1 => "warn,pigeon=info",
+        2 => "warn,pigeon=debug",
         _ => "info,pigeon=trace",
     };
     let filter = EnvFilter::try_from_env("PIGEON_LOG").unwrap_or_else(|_| EnvFilter::new(default));
