@@ -202,11 +202,16 @@ impl Sender {
             self.next_housekeeping = now + HOUSEKEEPING_MS;
             self.housekeeping(now).await?;
         }
-        let full: HashSet<PeerId> = self
+        // Each peer gets as many messages as its free batch slots hold.
+        let room: HashMap<PeerId, usize> = self
             .in_flight
             .iter()
-            .filter(|(_, f)| f.batches >= self.limits.window)
-            .map(|(p, _)| *p)
+            .map(|(p, f)| {
+                (
+                    *p,
+                    self.limits.window.saturating_sub(f.batches) * self.limits.batch_messages,
+                )
+            })
             .collect();
         let busy: HashSet<MessageId> = self
             .in_flight
@@ -216,7 +221,7 @@ impl Sender {
         let per_peer = self.limits.batch_messages * self.limits.window;
         let due = self
             .store
-            .call(move |db| db.due(now, per_peer, &full, &busy))
+            .call(move |db| db.due(now, per_peer, &room, &busy))
             .await?;
         let mut launches = Vec::new();
         for peer_due in due {

@@ -3,7 +3,7 @@
 //! A message is `queued` until the recipient acks it (`delivered`, and its envelope is dropped) or
 //! it is refused for good (`failed`, with the reason). Each attempt records when the next one is due.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use libp2p::{Multiaddr, PeerId};
 use rusqlite::params;
@@ -151,13 +151,13 @@ impl Db {
         Ok(())
     }
 
-    /// Due messages (queued, next attempt at or before `now`), earliest due first, at most `per_peer`
-    /// for each peer, leaving out peers in `skip_peers` and messages in `in_flight`.
+    /// Due messages (queued, next attempt at or before `now`), earliest due first: for each peer at
+    /// most `room[peer]` (`per_peer` if absent; 0 skips the peer), leaving out `in_flight`.
     pub fn due(
         &self,
         now: u64,
         per_peer: usize,
-        skip_peers: &HashSet<PeerId>,
+        room: &HashMap<PeerId, usize>,
         in_flight: &HashSet<MessageId>,
     ) -> Result<Vec<DueBatch>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -168,13 +168,25 @@ impl Db {
         let limit = (per_peer + in_flight.len() + 1024) as i64;
         let mut rows = stmt.query(params![now as i64, limit])?;
         let mut batches: BTreeMap<PeerId, Vec<DueMessage>> = BTreeMap::new();
+        // Peer ids repeat row after row; parse each text once.
+        let mut parsed: Vec<(String, PeerId)> = Vec::new();
         while let Some(r) = rows.next()? {
-            let peer: PeerId = r
-                .get::<_, String>(1)?
-                .parse()
+            let text = r
+                .get_ref(1)?
+                .as_str()
                 .map_err(|_| StoreError::Corrupt("outbox peer id"))?;
-            if skip_peers.contains(&peer) || batches.get(&peer).is_some_and(|b| b.len() >= per_peer)
-            {
+            let peer = match parsed.iter().find(|(t, _)| t == text) {
+                Some((_, peer)) => *peer,
+                None => {
+                    let peer: PeerId = text
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt("outbox peer id"))?;
+                    parsed.push((text.to_owned(), peer));
+                    peer
+                }
+            };
+            let limit = room.get(&peer).copied().unwrap_or(per_peer);
+            if batches.get(&peer).map_or(0, Vec::len) >= limit {
                 continue;
             }
             let row: String = r.get(0)?;
@@ -474,7 +486,7 @@ mod tests {
         db.enqueue(&a, &peer, &envelope(), 100).expect("enqueue a");
         db.enqueue(&b, &peer, &envelope(), 101).expect("enqueue b");
         let due = db
-            .due(200, 64, &HashSet::new(), &HashSet::new())
+            .due(200, 64, &HashMap::new(), &HashSet::new())
             .expect("due");
         assert_eq!(due.len(), 1);
         assert_eq!(
@@ -483,14 +495,14 @@ mod tests {
         );
         assert_eq!(due[0].messages[0].envelope, envelope());
         assert_eq!(
-            db.due(200, 1, &HashSet::new(), &HashSet::new())
+            db.due(200, 1, &HashMap::new(), &HashSet::new())
                 .expect("due")[0]
                 .messages
                 .len(),
             1
         );
         assert!(
-            db.due(200, 64, &HashSet::from([peer]), &HashSet::new())
+            db.due(200, 64, &HashMap::from([(peer, 0)]), &HashSet::new())
                 .expect("due")
                 .is_empty()
         );
@@ -498,7 +510,7 @@ mod tests {
         db.mark_retry(&[(a, 1000), (b, 2000)], "dial failed")
             .expect("retry");
         assert!(
-            db.due(500, 64, &HashSet::new(), &HashSet::new())
+            db.due(500, 64, &HashMap::new(), &HashSet::new())
                 .expect("due")
                 .is_empty()
         );
@@ -515,7 +527,7 @@ mod tests {
             1
         );
         assert_eq!(
-            db.due(600, 64, &HashSet::new(), &HashSet::new())
+            db.due(600, 64, &HashMap::new(), &HashSet::new())
                 .expect("due")[0]
                 .messages
                 .len(),
@@ -549,7 +561,7 @@ mod tests {
         // A leased message is out of `due` until the lease ends; a restart ends every lease.
         db.lease(&[a], 60_000).expect("lease");
         let due = db
-            .due(6_000, 64, &HashSet::new(), &HashSet::new())
+            .due(6_000, 64, &HashMap::new(), &HashSet::new())
             .expect("due");
         assert_eq!(
             due[0].messages.iter().map(|m| m.id).collect::<Vec<_>>(),
@@ -557,7 +569,7 @@ mod tests {
         );
         assert_eq!(db.reset_schedule(6_000).expect("reset"), 1);
         assert_eq!(
-            db.due(6_000, 64, &HashSet::new(), &HashSet::new())
+            db.due(6_000, 64, &HashMap::new(), &HashSet::new())
                 .expect("due")[0]
                 .messages
                 .len(),
