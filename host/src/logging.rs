@@ -33,3 +33,16 @@ pub fn init(format: LogFormat, verbose: u8) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Prints the error a command ended with on stderr: `error: ...` as text, or one JSON object
+/// (`level`, `message`, `exit_code`) with `--log-format json`, so every stderr line stays parseable.
+pub fn report_error(format: LogFormat, error: &crate::Error) {
+    let code = error.kind().exit_code();
+    match format {
+        LogFormat::Text => eprintln!("error: {error}"),
+        LogFormat::Json => {
+            let line = serde_json::json!({ "level": "ERROR", "message": error.to_string(), "exit_code": code });
+            eprintln!("{line}");
+        }
+    }
+}

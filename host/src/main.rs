@@ -6,7 +6,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pigeon::cli::Cli::parse();
-    pigeon::logging::init(cli.log_format(), cli.verbose());
+    let format = cli.log_format();
+    pigeon::logging::init(format, cli.verbose());
     pigeon::home::restrict_umask();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
     match runtime.block_on(pigeon::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            pigeon::logging::report_error(format, &e);
             ExitCode::from(e.kind().exit_code() as u8)
         }
     }

@@ -252,3 +252,39 @@ fn a_body_too_large_or_not_text_is_refused() {
     assert!(stderr(&out).contains("not UTF-8"), "{}", stderr(&out));
     assert!(alice.outbox().is_empty());
 }
+
+#[test]
+fn errors_are_json_too_with_json_logs() {
+    let home = TestHome::init("jsonerr");
+    let out = home.run(&["--log-format", "json", "inbox", "read", "abcdef"]);
+    assert_eq!(out.status.code(), Some(4));
+    let line = stderr(&out);
+    let value: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON object");
+    assert_eq!(value["level"], "ERROR");
+    assert_eq!(value["exit_code"], 4);
+    assert!(
+        value["message"]
+            .as_str()
+            .expect("message")
+            .contains("abcdef")
+    );
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let home = TestHome::init("port");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let out = home.run(&[
+        "node",
+        "run",
+        "--listen",
+        &format!("/ip4/127.0.0.1/tcp/{port}"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot listen on"),
+        "{}",
+        stderr(&out)
+    );
+}
