@@ -152,6 +152,22 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
+/// A progress bar on stderr when it is a terminal; `None` (quiet) otherwise.
+fn progress_bar(len: u64, label: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(label.to_owned());
+    Some(bar)
+}
+
 /// An answer of the wrong type from the node: a version mismatch between CLI and node.
 fn unexpected(response: Response) -> Error {
     Error::Invalid(format!("unexpected answer from the node: {response:?}"))

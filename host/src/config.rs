@@ -43,6 +43,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// `[metrics]`
     pub metrics: MetricsConfig,
+    /// `[attachments]`
+    pub attachments: AttachmentsConfig,
 }
 
 /// `[node]`: how the node meets the network.
@@ -105,6 +107,25 @@ impl DeliveryConfig {
     }
 }
 
+/// `[attachments]`: files sent with messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// Largest attachment sent or accepted, in bytes.
+    pub max_size: u64,
+    /// Chunks in flight while fetching.
+    pub window: usize,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        AttachmentsConfig {
+            max_size: 1024 * 1024 * 1024,
+            window: 8,
+        }
+    }
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -139,6 +160,12 @@ message_ttl = "30d"
 [metrics]
 # Serve Prometheus /metrics and /healthz on HOST:PORT (e.g. "127.0.0.1:9717"); empty means off.
 listen = ""
+
+[attachments]
+# Largest file sent or accepted, in bytes (1 GiB).
+max_size = 1073741824
+# Chunks (1 MiB each) in flight while fetching; memory use follows it, not the file size.
+window = 8
 "#;
 
 impl Config {
@@ -214,6 +241,18 @@ impl Config {
                     d.message_ttl
                 )));
             }
+        }
+        let a = &self.attachments;
+        if a.max_size == 0 || a.max_size > crate::attachments::HARD_MAX_SIZE {
+            return Err(invalid(format!(
+                "attachments.max_size must be between 1 and {}",
+                crate::attachments::HARD_MAX_SIZE
+            )));
+        }
+        if a.window == 0 || a.window > 64 {
+            return Err(invalid(
+                "attachments.window must be between 1 and 64".to_owned(),
+            ));
         }
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()

@@ -104,6 +104,7 @@ async fn send(ops: &Ops, to: &str, body: &str) -> Result<()> {
         to: to.into(),
         subject: None,
         body: body.into(),
+        attachments: vec![],
     })
     .await?;
     Ok(())

@@ -54,6 +54,9 @@ pub struct Payload {
     pub subject: Option<String>,
     /// The text.
     pub body: String,
+    /// Files sent with the message: manifests and content keys (the chunks travel separately).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::attachments::AttachmentRef>,
 }
 
 /// A sealed message on the wire.
@@ -177,6 +180,7 @@ mod tests {
             sent_at_ms: 1,
             subject: Some("hi".into()),
             body: body.into(),
+            attachments: vec![],
         }
     }
 

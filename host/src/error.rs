@@ -42,6 +42,9 @@ pub enum Error {
     /// The control socket failed.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// An attachment could not be staged, fetched or saved.
+    #[error(transparent)]
+    Attachment(#[from] crate::attachments::AttachmentError),
     /// A user-supplied value was not acceptable.
     #[error("{0}")]
     Invalid(String),
@@ -98,6 +101,7 @@ impl Error {
             Error::Address(_) | Error::Invalid(_) => ErrorKind::Usage,
             Error::Store(e) => e.kind(),
             Error::Net(_) | Error::Control(_) => ErrorKind::Other,
+            Error::Attachment(e) => e.kind(),
             Error::Remote { kind, .. } => *kind,
         }
     }

@@ -15,13 +15,15 @@ use crate::store::{ReceiveOutcome, Received, Store, now_ms};
 use std::sync::Arc;
 
 /// Opens, stores and answers one inbound batch from the authenticated `peer`.
+/// Attachments larger than `max_attachment` bytes make their message refused as too large.
 pub async fn receive_batch(
     keys: &Arc<Keys>,
     store: &Store,
     peer: PeerId,
     batch: Batch,
+    max_attachment: u64,
 ) -> BatchResponse {
-    let response = receive(keys, store, peer, batch).await;
+    let response = receive(keys, store, peer, batch, max_attachment).await;
     let rejected = response
         .outcomes
         .iter()
@@ -31,7 +33,13 @@ pub async fn receive_batch(
     response
 }
 
-async fn receive(keys: &Arc<Keys>, store: &Store, peer: PeerId, batch: Batch) -> BatchResponse {
+async fn receive(
+    keys: &Arc<Keys>,
+    store: &Store,
+    peer: PeerId,
+    batch: Batch,
+    max_attachment: u64,
+) -> BatchResponse {
     let n = batch.envelopes.len();
     let reject_all = |reason| BatchResponse {
         outcomes: vec![Outcome::Rejected(reason); n],
@@ -65,6 +73,14 @@ async fn receive(keys: &Arc<Keys>, store: &Store, peer: PeerId, batch: Batch) ->
     let mut to_store = Vec::new();
     for result in opened {
         match result {
+            Ok(p)
+                if p.attachments
+                    .iter()
+                    .any(|a| !a.is_well_formed() || a.size > max_attachment) =>
+            {
+                tracing::warn!(%peer, message_id = %p.id, "refused a message: attachment too large or malformed");
+                outcomes.push(Some(Outcome::Rejected(RejectReason::TooLarge)));
+            }
             Ok(p) => {
                 outcomes.push(None);
                 to_store.push(Received {
@@ -73,6 +89,7 @@ async fn receive(keys: &Arc<Keys>, store: &Store, peer: PeerId, batch: Batch) ->
                     sent_at_ms: p.sent_at_ms,
                     subject: p.subject,
                     body: p.body,
+                    attachments: p.attachments,
                 });
             }
             Err(e) => {

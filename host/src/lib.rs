@@ -4,6 +4,7 @@
 //! [`cli`] → [`control`] → [`node`] → [`delivery`] → [`net`], with [`inbox`] on the receiving side,
 //! [`store`] under everything and [`keys`] sealing what it keeps.
 
+pub mod attachments;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -34,6 +34,16 @@ pub struct Metrics {
     pub rejected: IntCounter,
     /// Peers with at least one connection.
     pub connected_peers: IntGauge,
+    /// Attachment bytes received and verified.
+    pub attachment_bytes: IntCounter,
+    /// Attachment chunks received and verified.
+    pub attachment_chunks: IntCounter,
+    /// Attachment chunks refused for failing their hash.
+    pub attachment_chunk_failures: IntCounter,
+    /// Attachment chunks served to peers.
+    pub attachment_chunks_served: IntCounter,
+    /// Bytes per second of each completed attachment transfer.
+    pub attachment_throughput: Histogram,
 }
 
 impl Metrics {
@@ -100,6 +110,27 @@ impl Metrics {
             connected_peers: gauge(
                 "pigeon_connected_peers",
                 "Peers with at least one connection",
+            ),
+            attachment_bytes: counter(
+                "pigeon_attachment_bytes_total",
+                "Attachment bytes received and verified",
+            ),
+            attachment_chunks: counter(
+                "pigeon_attachment_chunks_total",
+                "Attachment chunks received and verified",
+            ),
+            attachment_chunk_failures: counter(
+                "pigeon_attachment_chunk_failures_total",
+                "Attachment chunks refused for failing their hash",
+            ),
+            attachment_chunks_served: counter(
+                "pigeon_attachment_chunks_served_total",
+                "Attachment chunks served to peers",
+            ),
+            attachment_throughput: histogram(
+                "pigeon_attachment_throughput_bytes_per_second",
+                "Bytes per second of each completed attachment transfer",
+                prometheus::exponential_buckets(64.0 * 1024.0, 2.0, 14).expect("buckets"),
             ),
             registry,
         }

@@ -20,7 +20,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::METRICS;
-use protocol::{Batch, BatchResponse, MSG_PROTOCOL, MsgCodec};
+use protocol::{
+    Batch, BatchResponse, CHUNK_PROTOCOL, ChunkCodec, ChunkRequest, ChunkResponse, MSG_PROTOCOL,
+    MsgCodec,
+};
 
 /// Errors starting or using the network.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,17 @@ pub enum NetEvent {
         /// Whether it connected.
         ok: bool,
     },
+    /// A peer asks for an attachment chunk; answer it with [`Net::respond_chunk`].
+    InboundChunk {
+        /// The Noise-authenticated peer.
+        peer: PeerId,
+        /// What it asks for.
+        request: ChunkRequest,
+        /// Whether the request came over a relayed connection (chunks never travel over one).
+        relayed: bool,
+        /// Where the answer goes.
+        channel: ResponseChannel<ChunkResponse>,
+    },
     /// A ping round trip over a connection we dialed to `addr`.
     Rtt {
         /// The peer.
@@ -86,6 +100,16 @@ pub enum NetEvent {
 }
 
 enum Command {
+    FetchChunk {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: ChunkRequest,
+        reply: oneshot::Sender<Result<ChunkResponse, SendError>>,
+    },
+    RespondChunk {
+        channel: ResponseChannel<ChunkResponse>,
+        response: ChunkResponse,
+    },
     SendBatch {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
@@ -113,6 +137,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     msg: request_response::Behaviour<MsgCodec>,
+    chunk: request_response::Behaviour<ChunkCodec>,
 }
 
 /// A handle to the swarm task.
@@ -148,6 +173,8 @@ impl Net {
                 pending: HashMap::new(),
                 listening: Vec::new(),
                 dialed: HashMap::new(),
+                remotes: HashMap::new(),
+                pending_chunks: HashMap::new(),
             }
             .run(commands_rx, cancel),
         );
@@ -178,6 +205,40 @@ impl Net {
             .map_err(|_| SendError("the network task has stopped".into()))?;
         rx.await
             .map_err(|_| SendError("the network task has stopped".into()))?
+    }
+
+    /// Asks `peer` for an attachment chunk (dialing `addrs` if not connected).
+    pub async fn fetch_chunk(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: ChunkRequest,
+    ) -> Result<ChunkResponse, SendError> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::FetchChunk {
+            peer,
+            addrs,
+            request,
+            reply,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| SendError("the network task has stopped".into()))?;
+        rx.await
+            .map_err(|_| SendError("the network task has stopped".into()))?
+    }
+
+    /// Answers a chunk request.
+    pub async fn respond_chunk(
+        &self,
+        channel: ResponseChannel<ChunkResponse>,
+        response: ChunkResponse,
+    ) {
+        let _ = self
+            .commands
+            .send(Command::RespondChunk { channel, response })
+            .await;
     }
 
     /// Answers an inbound batch.
@@ -243,6 +304,12 @@ fn build_swarm(identity: Keypair) -> Result<Swarm<Behaviour>, NetError> {
                 [(MSG_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
             ),
+            chunk: request_response::Behaviour::new(
+                [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(60))
+                    .with_max_concurrent_streams(64),
+            ),
         })
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| {
@@ -271,6 +338,9 @@ struct EventLoop {
     listening: Vec<Multiaddr>,
     /// Addresses of the connections this node dialed, for attributing ping RTTs.
     dialed: HashMap<ConnectionId, Multiaddr>,
+    /// Remote addresses of every connection, to tell relayed ones.
+    remotes: HashMap<ConnectionId, Multiaddr>,
+    pending_chunks: HashMap<OutboundRequestId, oneshot::Sender<Result<ChunkResponse, SendError>>>,
 }
 
 impl EventLoop {
@@ -288,10 +358,37 @@ impl EventLoop {
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(SendError("the node is shutting down".into())));
         }
+        for (_, reply) in self.pending_chunks.drain() {
+            let _ = reply.send(Err(SendError("the node is shutting down".into())));
+        }
     }
 
     fn on_command(&mut self, command: Command) {
         match command {
+            Command::FetchChunk {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .chunk
+                    .send_request_with_addresses(&peer, request, addrs);
+                self.pending_chunks.insert(id, reply);
+            }
+            Command::RespondChunk { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .chunk
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("peer went away before its chunk was sent");
+                }
+            }
             Command::SendBatch {
                 peer,
                 addrs,
@@ -353,6 +450,8 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.remotes
+                    .insert(connection_id, endpoint.get_remote_address().clone());
                 if endpoint.is_dialer() {
                     let addr = endpoint.get_remote_address().clone();
                     self.dialed.insert(connection_id, addr.clone());
@@ -374,6 +473,7 @@ impl EventLoop {
                 ..
             } => {
                 self.dialed.remove(&connection_id);
+                self.remotes.remove(&connection_id);
                 if num_established == 0 {
                     METRICS.connected_peers.dec();
                     let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
@@ -414,7 +514,56 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Chunk(event)) => self.on_chunk_event(event),
             _ => {}
+        }
+    }
+
+    fn on_chunk_event(&mut self, event: request_response::Event<ChunkRequest, ChunkResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                connection_id,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+            } => {
+                let relayed = self.remotes.get(&connection_id).is_none_or(|a| {
+                    a.iter()
+                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+                });
+                let _ = self.events.send(NetEvent::InboundChunk {
+                    peer,
+                    request,
+                    relayed,
+                    channel,
+                });
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_chunks.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.pending_chunks.remove(&request_id) {
+                    let _ = reply.send(Err(SendError(error.to_string())));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "bad chunk request")
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 

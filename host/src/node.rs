@@ -12,6 +12,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use std::path::PathBuf;
+
+use libp2p::PeerId;
+
+use crate::attachments::{
+    self,
+    fetch::{self, FetchWaker},
+};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::control::api::{NodeLink, Ops};
@@ -21,7 +29,9 @@ use crate::error::Result;
 use crate::home::{Home, HomeLock};
 use crate::inbox;
 use crate::keys::Keys;
+use crate::metrics::METRICS;
 use crate::metrics::MetricsServer;
+use crate::net::protocol::{ChunkRequest, ChunkResponse};
 use crate::net::{Net, NetError, NetEvent};
 use crate::store::{Store, now_ms};
 
@@ -84,14 +94,23 @@ impl Node {
             }),
         );
         let control_task = server::serve(&home.socket(), ops.clone(), cancel.child_token())?;
-        let events_task = tokio::spawn(pump_events(
-            events,
-            keys,
+        let (fetcher, fetch_task) = fetch::spawn(
+            home.root().to_owned(),
             store.clone(),
             net.clone(),
-            waker,
+            config.attachments.window,
             cancel.child_token(),
-        ));
+        );
+        let pump = Pump {
+            keys,
+            store: store.clone(),
+            net: net.clone(),
+            waker,
+            fetcher,
+            home_root: home.root().to_owned(),
+            max_attachment: config.attachments.max_size,
+        };
+        let events_task = tokio::spawn(pump.run(events, cancel.child_token()));
         let dial_task = tokio::spawn(dial_contacts(store, net.clone()));
         let node = Node {
             ops,
@@ -103,6 +122,7 @@ impl Node {
                 control_task,
                 events_task,
                 dial_task,
+                fetch_task,
             ],
             metrics,
             _lock: lock,
@@ -149,27 +169,40 @@ impl Node {
     }
 }
 
-async fn pump_events(
-    mut events: mpsc::UnboundedReceiver<NetEvent>,
+/// Hands the swarm's events to the rooms they concern.
+struct Pump {
     keys: Arc<Keys>,
     store: Store,
     net: Net,
     waker: Waker,
-    cancel: CancellationToken,
-) {
-    let mut receivers = tokio::task::JoinSet::new();
-    loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(_) = receivers.join_next(), if !receivers.is_empty() => continue,
-            event = events.recv() => match event { Some(e) => e, None => break },
-        };
+    fetcher: FetchWaker,
+    home_root: PathBuf,
+    max_attachment: u64,
+}
+
+impl Pump {
+    async fn run(self, mut events: mpsc::UnboundedReceiver<NetEvent>, cancel: CancellationToken) {
+        let mut handlers = tokio::task::JoinSet::new();
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
+                event = events.recv() => match event { Some(e) => e, None => break },
+            };
+            self.on_event(event, &mut handlers).await;
+        }
+        handlers.shutdown().await;
+    }
+
+    async fn on_event(&self, event: NetEvent, handlers: &mut tokio::task::JoinSet<()>) {
+        let store = &self.store;
         match event {
             NetEvent::Listening(addr) => tracing::info!(%addr, "listening"),
             NetEvent::PeerConnected(peer) => {
                 tracing::debug!(%peer, "peer connected");
                 // Whatever its backoff says, a peer that is here now gets its messages now.
-                waker.peer_connected(peer);
+                self.waker.peer_connected(peer);
+                self.fetcher.wake();
             }
             NetEvent::Dialed { peer, addr, ok } => {
                 let _ = store
@@ -188,15 +221,65 @@ async fn pump_events(
                 batch,
                 channel,
             } => {
-                let (keys, store, net) = (keys.clone(), store.clone(), net.clone());
-                receivers.spawn(async move {
-                    let response = inbox::receive_batch(&keys, &store, peer, batch).await;
+                let (keys, store, net) = (self.keys.clone(), store.clone(), self.net.clone());
+                let (fetcher, max) = (self.fetcher.clone(), self.max_attachment);
+                handlers.spawn(async move {
+                    let response = inbox::receive_batch(&keys, &store, peer, batch, max).await;
                     net.respond(channel, response).await;
+                    fetcher.wake();
+                });
+            }
+            NetEvent::InboundChunk {
+                peer,
+                request,
+                relayed,
+                channel,
+            } => {
+                let (store, net, root) = (store.clone(), self.net.clone(), self.home_root.clone());
+                handlers.spawn(async move {
+                    let response = serve_chunk(&store, &root, peer, request, relayed).await;
+                    net.respond_chunk(channel, response).await;
                 });
             }
         }
     }
-    receivers.shutdown().await;
+}
+
+/// Answers a chunk request: only the peer an attachment was sent to gets its chunks, and never over
+/// a relayed connection.
+async fn serve_chunk(
+    store: &Store,
+    root: &std::path::Path,
+    peer: PeerId,
+    request: ChunkRequest,
+    relayed: bool,
+) -> ChunkResponse {
+    if relayed {
+        return ChunkResponse::Refused;
+    }
+    let id = hex::encode(request.attachment);
+    let key = id.clone();
+    let Ok(Some(attachment)) = store
+        .call(move |db| db.outgoing_attachment(&key, &peer))
+        .await
+    else {
+        return ChunkResponse::NotFound;
+    };
+    if request.index >= attachment.chunk_count() {
+        return ChunkResponse::NotFound;
+    }
+    let path = attachments::file_path(root, &id);
+    let read = tokio::task::spawn_blocking(move || {
+        attachments::read_chunk(&path, &attachment, request.index)
+    })
+    .await;
+    match read {
+        Ok(Ok(data)) => {
+            METRICS.attachment_chunks_served.inc();
+            ChunkResponse::Data(data)
+        }
+        _ => ChunkResponse::NotFound,
+    }
 }
 
 /// Dials every contact with a known address, a few at a time, so that peers holding messages for

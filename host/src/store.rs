@@ -7,6 +7,7 @@
 //! queried. Every commit is durable (`synchronous=FULL`), because the receiver acks right after it
 //! and the sender reports a message as queued right after it.
 
+mod attachments;
 mod contacts;
 mod health;
 mod inbox;
@@ -20,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+pub use attachments::{AttachmentView, Download, MAX_BAD_CHUNKS, SaveInfo};
 pub use contacts::Contact;
 pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{InboxItem, MessageView, ReceiveOutcome, Received};

@@ -178,6 +178,7 @@ fn payload(text: &str) -> Payload {
         sent_at_ms: 1,
         subject: None,
         body: text.into(),
+        attachments: vec![],
     }
 }
 
@@ -325,6 +326,7 @@ async fn hostile_frames_are_refused_and_the_node_goes_on() {
             to: "victim".into(),
             subject: None,
             body: "still here?".into(),
+            attachments: vec![],
         })
         .await
         .expect("send");

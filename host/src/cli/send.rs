@@ -3,7 +3,9 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use super::{Global, unexpected};
+use super::{Global, progress_bar, unexpected};
+use crate::attachments::{self, AttachmentRef};
+use crate::config::Config;
 use crate::control::api::{Request, Response};
 use crate::error::{Error, Result};
 
@@ -11,6 +13,8 @@ use crate::error::{Error, Result};
 ///
 /// Prints the message id once the message is durably queued. While the node runs, the message is on
 /// the wire at once; otherwise it leaves when the node next runs. `pigeon outbox list` shows its state.
+/// Attached files are sealed into the home right away, so changing or deleting them afterwards does
+/// not change what is sent; the recipient pulls them in chunks and can resume after a crash.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     /// The contact's name.
@@ -24,6 +28,9 @@ pub(super) struct Args {
     /// A subject line.
     #[arg(long)]
     subject: Option<String>,
+    /// Attach FILE (repeatable); at most attachments.max_size bytes each.
+    #[arg(long = "attach", value_name = "FILE")]
+    attach: Vec<PathBuf>,
 }
 
 pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
@@ -32,20 +39,61 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
         (None, Some(path)) => read_body(&path)?,
         (None, None) => return Err(Error::Invalid("give the text, or --body-file PATH".into())),
     };
-    match g
-        .call(Request::Send {
-            to: args.contact,
-            subject: args.subject,
-            body,
-        })
-        .await?
-    {
+    let home = g.home()?;
+    home.require()?;
+    let staged = stage_all(home.root(), &args.attach)?;
+    let request = Request::Send {
+        to: args.contact,
+        subject: args.subject,
+        body,
+        attachments: staged.clone(),
+    };
+    let result = g.call(request).await;
+    if result.is_err() {
+        // Nothing references the sealed copies: do not leave them behind.
+        for a in &staged {
+            let _ = std::fs::remove_file(attachments::file_path(home.root(), &a.id_hex()));
+        }
+    }
+    match result? {
         Response::Queued { id } => {
             println!("{id}");
             Ok(())
         }
         other => Err(unexpected(other)),
     }
+}
+
+fn stage_all(root: &std::path::Path, files: &[PathBuf]) -> Result<Vec<AttachmentRef>> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let max = Config::load(&root.join("config.toml"))?
+        .attachments
+        .max_size;
+    let mut staged = Vec::new();
+    for file in files {
+        let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let bar = progress_bar(len, &format!("sealing {}", file.display()));
+        let result = attachments::stage(root, file, max, |done| {
+            if let Some(bar) = &bar {
+                bar.set_position(done);
+            }
+        });
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        match result {
+            Ok(a) => staged.push(a),
+            Err(e) => {
+                for a in &staged {
+                    let _ = std::fs::remove_file(attachments::file_path(root, &a.id_hex()));
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(staged)
 }
 
 fn read_body(path: &std::path::Path) -> Result<String> {

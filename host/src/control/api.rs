@@ -7,13 +7,16 @@ use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use serde::{Deserialize, Serialize};
 
+use crate::attachments::AttachmentRef;
 use crate::delivery::Waker;
 use crate::envelope::{self, MAX_BODY, MAX_SUBJECT, MessageId, Payload};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::keys::address::Address;
 use crate::net::Net;
-use crate::store::{InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, Store, now_ms};
+use crate::store::{
+    InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, SaveInfo, Store, now_ms,
+};
 
 /// A request to a node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +49,14 @@ pub enum Request {
         subject: Option<String>,
         /// The text.
         body: String,
+        /// Attachments already staged (sealed) under the home by the caller.
+        #[serde(default)]
+        attachments: Vec<AttachmentRef>,
+    },
+    /// The attachments of a received message, with their keys, for saving.
+    InboxAttachments {
+        /// Message id or unique prefix.
+        id: String,
     },
     /// List the outbox.
     OutboxList,
@@ -97,6 +108,8 @@ pub enum Response {
     Inbox(Vec<InboxItem>),
     /// For [`Request::InboxRead`].
     Message(MessageView),
+    /// For [`Request::InboxAttachments`].
+    Attachments(Vec<SaveInfo>),
     /// For [`Request::OutboxRetry`] and [`Request::OutboxCancel`]: the full message id.
     Updated {
         /// The message id.
@@ -185,7 +198,12 @@ impl Ops {
                 self.store.call(move |db| db.remove_contact(&name)).await?;
                 Ok(Response::Done)
             }
-            Request::Send { to, subject, body } => self.send(to, subject, body).await,
+            Request::Send {
+                to,
+                subject,
+                body,
+                attachments,
+            } => self.send(to, subject, body, attachments).await,
             Request::OutboxList => Ok(Response::Outbox(self.store.call(|db| db.outbox()).await?)),
             Request::OutboxRetry { id } => {
                 let id = self
@@ -209,6 +227,16 @@ impl Ops {
             Request::InboxRead { id } => Ok(Response::Message(
                 self.store.call(move |db| db.message(&id)).await?,
             )),
+            Request::InboxAttachments { id } => {
+                let list = self
+                    .store
+                    .call(move |db| {
+                        let message = db.message(&id)?;
+                        db.attachments_for_save(&message.id)
+                    })
+                    .await?;
+                Ok(Response::Attachments(list))
+            }
         }
     }
 
@@ -303,12 +331,24 @@ impl Ops {
         ))
     }
 
-    async fn send(&self, to: String, subject: Option<String>, body: String) -> Result<Response> {
+    async fn send(
+        &self,
+        to: String,
+        subject: Option<String>,
+        body: String,
+        attachments: Vec<AttachmentRef>,
+    ) -> Result<Response> {
         check_size(subject.as_deref(), &body)?;
+        if attachments.iter().any(|a| !a.is_well_formed()) {
+            return Err(Error::Invalid(
+                "an attachment's manifest is inconsistent".into(),
+            ));
+        }
         let contact = self.store.call(move |db| db.contact_by_name(&to)).await?;
-        let (id, peer, env, now) = self.seal_for(&contact, subject, body);
+        let refs = attachments.clone();
+        let (id, peer, env, now) = self.seal_for(&contact, subject, body, attachments);
         self.store
-            .call(move |db| db.enqueue(&id, &peer, &env, now))
+            .call(move |db| db.enqueue(&id, &peer, &env, &refs, now))
             .await?;
         tracing::debug!(%peer, message_id = %id, "queued");
         self.wake();
@@ -325,7 +365,7 @@ impl Ops {
         let items: Vec<_> = bodies
             .into_iter()
             .map(|body| {
-                let (id, peer, env, _) = self.seal_for(&contact, None, body);
+                let (id, peer, env, _) = self.seal_for(&contact, None, body, vec![]);
                 (id, peer, env)
             })
             .collect();
@@ -342,6 +382,7 @@ impl Ops {
         contact: &crate::store::Contact,
         subject: Option<String>,
         body: String,
+        attachments: Vec<AttachmentRef>,
     ) -> (MessageId, libp2p::PeerId, envelope::Envelope, u64) {
         let id = MessageId::random();
         let now = now_ms();
@@ -350,6 +391,7 @@ impl Ops {
             sent_at_ms: now,
             subject,
             body,
+            attachments,
         };
         let peer = contact.address.peer_id();
         let env = envelope::seal(&self.keys, &peer, contact.address.enc_public(), &payload);

@@ -1,4 +1,5 @@
 //! `/pigeon/msg/1`: a batch of sealed envelopes, answered with one outcome per envelope, in order.
+//! `/pigeon/chunk/1`: one sealed attachment chunk per request, pulled by the receiver.
 //!
 //! The receiver answers only after the batch's durable commit; `Stored` and `Duplicate` both mean
 //! "acked: forget it". A refused envelope says why, and whether trying again may help.
@@ -65,6 +66,8 @@ pub enum RejectReason {
     IdConflict,
     /// The receiver failed to store it (retry later).
     Unavailable,
+    /// An attachment is over the receiver's size limit, or its manifest is inconsistent.
+    TooLarge,
 }
 
 impl RejectReason {
@@ -84,66 +87,129 @@ impl RejectReason {
             RejectReason::Malformed => "the recipient found the message malformed",
             RejectReason::IdConflict => "the recipient holds another message with this id",
             RejectReason::Unavailable => "the recipient could not store the message",
+            RejectReason::TooLarge => "an attachment is over the recipient's size limit",
         }
     }
 }
 
-/// The request-response codec for `/pigeon/msg/1`.
-#[derive(Debug, Clone, Default)]
-pub struct MsgCodec;
+/// `/pigeon/chunk/1`: the receiver of an attachment pulls one sealed chunk per request.
+pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/pigeon/chunk/1");
+/// Largest chunk answer: a sealed chunk of the largest chunk size with room for the framing.
+pub const MAX_CHUNK_RESPONSE: usize = crate::attachments::CHUNK_SIZE as usize + 4096;
 
-#[async_trait]
-impl libp2p::request_response::Codec for MsgCodec {
-    type Protocol = StreamProtocol;
-    type Request = Batch;
-    type Response = BatchResponse;
+/// A request for sealed chunk `index` of attachment `attachment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    /// The attachment id.
+    #[serde(with = "serde_bytes")]
+    pub attachment: [u8; 16],
+    /// The chunk index.
+    pub index: u32,
+}
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Batch>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let batch: Batch = codec::read(io, MAX_REQUEST).await?;
-        if batch.envelopes.len() > MAX_BATCH {
+/// The answer to a [`ChunkRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkResponse {
+    /// The sealed chunk.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// No such attachment for this peer, or no such chunk.
+    NotFound,
+    /// Refused (for example over a relayed connection).
+    Refused,
+}
+
+/// A frame type: its size limit and any check beyond decoding.
+pub trait Frame: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// Largest encoded frame.
+    const MAX: usize;
+    /// Checks a decoded frame.
+    fn validate(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Frame for Batch {
+    const MAX: usize = MAX_REQUEST;
+    fn validate(&self) -> io::Result<()> {
+        if self.envelopes.len() > MAX_BATCH {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "batch has too many envelopes",
             ));
         }
-        Ok(batch)
+        Ok(())
     }
+}
+impl Frame for BatchResponse {
+    const MAX: usize = MAX_RESPONSE;
+}
+impl Frame for ChunkRequest {
+    const MAX: usize = 1024;
+}
+impl Frame for ChunkResponse {
+    const MAX: usize = MAX_CHUNK_RESPONSE;
+}
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<BatchResponse>
+/// A request-response codec of framed CBOR messages.
+pub struct FrameCodec<Req, Resp>(std::marker::PhantomData<fn() -> (Req, Resp)>);
+
+impl<Req, Resp> Default for FrameCodec<Req, Resp> {
+    fn default() -> Self {
+        FrameCodec(std::marker::PhantomData)
+    }
+}
+impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        FrameCodec::default()
+    }
+}
+
+/// The codec of `/pigeon/msg/1`.
+pub type MsgCodec = FrameCodec<Batch, BatchResponse>;
+/// The codec of `/pigeon/chunk/1`.
+pub type ChunkCodec = FrameCodec<ChunkRequest, ChunkResponse>;
+
+#[async_trait]
+impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req, Resp> {
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
     where
         T: AsyncRead + Unpin + Send,
     {
-        codec::read(io, MAX_RESPONSE).await
+        let frame: Req = codec::read(io, Req::MAX).await?;
+        frame.validate()?;
+        Ok(frame)
     }
 
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Batch,
-    ) -> io::Result<()>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let frame: Resp = codec::read(io, Resp::MAX).await?;
+        frame.validate()?;
+        Ok(frame)
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        codec::write(io, &req, MAX_REQUEST).await
+        codec::write(io, &req, Req::MAX).await
     }
 
     async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: BatchResponse,
+        res: Resp,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        codec::write(io, &res, MAX_RESPONSE).await
+        codec::write(io, &res, Resp::MAX).await
     }
 }

@@ -26,6 +26,8 @@ pub struct Received {
     pub subject: Option<String>,
     /// The text.
     pub body: String,
+    /// Its attachments (to be fetched).
+    pub attachments: Vec<crate::attachments::AttachmentRef>,
 }
 
 /// What storing one received message did.
@@ -77,6 +79,8 @@ pub struct MessageView {
     pub labels: Vec<String>,
     /// The text.
     pub body: String,
+    /// Attachments, with how much of each has arrived.
+    pub attachments: Vec<super::AttachmentView>,
 }
 
 impl Db {
@@ -98,6 +102,7 @@ impl Db {
                 (row, key_id, body, subject)
             })
             .collect();
+        let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(items.len());
         {
@@ -124,6 +129,14 @@ impl Db {
                             body,
                             key_id
                         ])?;
+                        super::attachments::insert_attachments(
+                            &tx,
+                            keys.at_rest(),
+                            &row,
+                            "in",
+                            &m.sender,
+                            &m.attachments,
+                        )?;
                         ReceiveOutcome::Stored
                     }
                 });
@@ -182,6 +195,7 @@ impl Db {
             body: self.open_text(TABLE, &id, key_id, &body)?,
             subject: self.open_subject(&id, key_id, subject)?,
             labels: self.labels_of(&id)?,
+            attachments: self.attachment_views(&id)?,
             from,
             from_peer_id,
             sent_at: format_time(sent_at as u64),
@@ -270,6 +284,7 @@ mod tests {
             sent_at_ms: 5,
             subject: Some("s".into()),
             body: body.into(),
+            attachments: vec![],
         }
     }
 

@@ -70,6 +70,28 @@ CREATE TABLE addr_health (
 );
 -- The TTL sweep finds old queued messages without a scan.
 CREATE INDEX outbox_age ON outbox (state, created_at);
+-- Attachments: ref is the CBOR manifest with the content key, sealed under key_id. For the sender
+-- (direction 'out') peer_id is the recipient; for the receiver ('in') the sender.
+CREATE TABLE attachments (
+    id          TEXT PRIMARY KEY,
+    message_id  TEXT NOT NULL,
+    direction   TEXT NOT NULL CHECK (direction IN ('out', 'in')),
+    peer_id     TEXT NOT NULL,
+    ref         BLOB NOT NULL,
+    key_id      INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL,
+    held        INTEGER NOT NULL DEFAULT 0,
+    bad_chunks  INTEGER NOT NULL DEFAULT 0,
+    error       TEXT
+);
+CREATE INDEX attachments_message ON attachments (message_id);
+-- Chunks the receiver has written to its file and verified.
+CREATE TABLE attachment_chunks (
+    attachment_id TEXT NOT NULL,
+    idx           INTEGER NOT NULL,
+    PRIMARY KEY (attachment_id, idx)
+);
 "#,
         ),
     ])

@@ -10,6 +10,7 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::{Db, StoreError, format_time};
+use crate::attachments::AttachmentRef;
 use crate::envelope::{Envelope, MessageId};
 
 /// The delivery state of an outgoing message.
@@ -108,45 +109,40 @@ pub struct DueBatch {
 const TABLE: &str = "outbox";
 
 impl Db {
-    /// Queues a sealed envelope for `peer`, durably.
+    /// Queues a sealed envelope for `peer`, with the attachments it carries, in one durable
+    /// transaction.
     pub fn enqueue(
         &mut self,
         id: &MessageId,
         peer: &PeerId,
         envelope: &Envelope,
+        attachments: &[AttachmentRef],
         now: u64,
     ) -> Result<(), StoreError> {
-        self.enqueue_many(&[(*id, *peer, envelope.clone())], now)
+        let keys = self.keys.clone();
+        let tx = self.conn.transaction()?;
+        insert_outbox(&tx, keys.at_rest(), &[(*id, *peer, envelope.clone())], now)?;
+        super::attachments::insert_attachments(
+            &tx,
+            keys.at_rest(),
+            &id.to_string(),
+            "out",
+            peer,
+            attachments,
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
-    /// Queues several envelopes in one durable transaction.
+    /// Queues several envelopes (without attachments) in one durable transaction.
     pub fn enqueue_many(
         &mut self,
         items: &[(MessageId, PeerId, Envelope)],
         now: u64,
     ) -> Result<(), StoreError> {
+        let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope, key_id)
-                 VALUES (?1, ?2, ?3, 'queued', ?3, ?4, ?5, ?6)",
-            )?;
-            for (id, peer, envelope) in items {
-                let row = id.to_string();
-                let mut plain = Vec::new();
-                ciborium::into_writer(envelope, &mut plain)
-                    .expect("CBOR encoding into a Vec cannot fail");
-                let (key_id, sealed) = self.keys.at_rest().seal(TABLE, &row, &plain);
-                stmt.execute(params![
-                    row,
-                    peer.to_string(),
-                    now as i64,
-                    plain.len() as i64,
-                    sealed,
-                    key_id
-                ])?;
-            }
-        }
+        insert_outbox(&tx, keys.at_rest(), items, now)?;
         tx.commit()?;
         Ok(())
     }
@@ -454,6 +450,33 @@ impl Db {
     }
 }
 
+fn insert_outbox(
+    tx: &rusqlite::Transaction<'_>,
+    at_rest: &crate::keys::at_rest::AtRest,
+    items: &[(MessageId, PeerId, Envelope)],
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope, key_id)
+         VALUES (?1, ?2, ?3, 'queued', ?3, ?4, ?5, ?6)",
+    )?;
+    for (id, peer, envelope) in items {
+        let row = id.to_string();
+        let mut plain = Vec::new();
+        ciborium::into_writer(envelope, &mut plain).expect("CBOR encoding into a Vec cannot fail");
+        let (key_id, sealed) = at_rest.seal(TABLE, &row, &plain);
+        stmt.execute(params![
+            row,
+            peer.to_string(),
+            now as i64,
+            plain.len() as i64,
+            sealed,
+            key_id
+        ])?;
+    }
+    Ok(())
+}
+
 pub(super) fn parse_id(s: &str) -> Result<MessageId, StoreError> {
     let bytes = hex::decode(s).map_err(|_| StoreError::Corrupt("message id"))?;
     Ok(MessageId(
@@ -483,8 +506,10 @@ mod tests {
         let (_dir, mut db, _keys) = temp_db();
         let peer = Keys::generate().peer_id();
         let (a, b) = (MessageId::random(), MessageId::random());
-        db.enqueue(&a, &peer, &envelope(), 100).expect("enqueue a");
-        db.enqueue(&b, &peer, &envelope(), 101).expect("enqueue b");
+        db.enqueue(&a, &peer, &envelope(), &[], 100)
+            .expect("enqueue a");
+        db.enqueue(&b, &peer, &envelope(), &[], 101)
+            .expect("enqueue b");
         let due = db
             .due(200, 64, &HashMap::new(), &HashSet::new())
             .expect("due");
@@ -556,7 +581,7 @@ mod tests {
         );
         db.enqueue_many(&[(a, peer, envelope()), (b, peer, envelope())], 100)
             .expect("enqueue");
-        db.enqueue(&c, &peer, &envelope(), 5_000)
+        db.enqueue(&c, &peer, &envelope(), &[], 5_000)
             .expect("enqueue c");
         // A leased message is out of `due` until the lease ends; a restart ends every lease.
         db.lease(&[a], 60_000).expect("lease");

@@ -1,0 +1,496 @@
+//! Attachments: files cut into fixed-size chunks, each sealed under a per-attachment content key.
+//!
+//! The sender seals its own copy when the message is queued (so a file edited or deleted after
+//! `send` still goes out as it was sent) into `<home>/attachments/<id>.sealed`, where sealed chunk
+//! `i` sits at offset `i * (chunk_size + 16)`. The content key and a manifest (name, size, chunk
+//! size, blake2b of every sealed chunk and of the whole plaintext) travel inside the HPKE-sealed
+//! message ([`AttachmentRef`]). The receiver pulls chunks over `/pigeon/chunk/1` ([`fetch`]),
+//! checks each against the manifest before writing it to its own file at the same offset, records
+//! which it holds, and resumes after a crash from there. Nothing in either file is plaintext; the
+//! content key rests sealed under the DEK. [`save`] decrypts on request, streaming, and checks the
+//! whole-file hash. Memory stays bounded by the chunk window whatever the file size.
+
+pub mod fetch;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use blake2::{Blake2b, Digest, digest::consts::U32};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Plaintext bytes per chunk.
+pub const CHUNK_SIZE: u32 = 1024 * 1024;
+/// AEAD tag added to each chunk.
+pub const TAG: u64 = 16;
+/// Largest attachment the protocol can describe (a manifest of 32-byte hashes must fit a frame).
+pub const HARD_MAX_SIZE: u64 = 64 * 1024 * 1024 * 1024;
+
+/// What a message says about one of its attachments. Secret: it travels inside the sealed payload.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    /// Random id, shared by sender and receiver.
+    #[serde(with = "serde_bytes")]
+    pub id: [u8; 16],
+    /// The file's name as the sender gave it (sanitised before use).
+    pub name: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u32,
+    /// The content key.
+    #[serde(with = "serde_bytes")]
+    pub key: [u8; 32],
+    /// blake2b-256 of every sealed chunk, concatenated.
+    #[serde(with = "serde_bytes")]
+    pub chunk_hashes: Vec<u8>,
+    /// blake2b-256 of the whole plaintext.
+    #[serde(with = "serde_bytes")]
+    pub file_hash: [u8; 32],
+}
+
+impl std::fmt::Debug for AttachmentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentRef")
+            .field("id", &hex::encode(self.id))
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AttachmentRef {
+    /// The id as hex.
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+    /// How many chunks.
+    pub fn chunk_count(&self) -> u32 {
+        chunk_count(self.size, self.chunk_size)
+    }
+    /// The expected hash of sealed chunk `index`.
+    pub fn chunk_hash(&self, index: u32) -> Option<&[u8]> {
+        let start = index as usize * 32;
+        self.chunk_hashes.get(start..start + 32)
+    }
+    /// Whether the manifest is consistent (sizes, hash count); checked on receipt.
+    pub fn is_well_formed(&self) -> bool {
+        self.chunk_size > 0
+            && self.chunk_size <= 16 * 1024 * 1024
+            && self.size <= HARD_MAX_SIZE
+            && self.chunk_hashes.len() == self.chunk_count() as usize * 32
+    }
+}
+
+/// Chunks needed for `size` bytes.
+pub fn chunk_count(size: u64, chunk_size: u32) -> u32 {
+    size.div_ceil(u64::from(chunk_size)) as u32
+}
+
+/// Where sealed chunk `index` sits in an attachment file.
+pub fn chunk_offset(index: u32, chunk_size: u32) -> u64 {
+    u64::from(index) * (u64::from(chunk_size) + TAG)
+}
+
+/// Length of sealed chunk `index` of an attachment of `size` bytes.
+pub fn sealed_len(index: u32, size: u64, chunk_size: u32) -> u64 {
+    let start = u64::from(index) * u64::from(chunk_size);
+    size.saturating_sub(start).min(u64::from(chunk_size)) + TAG
+}
+
+/// The file holding attachment `id` under `home_root`.
+pub fn file_path(home_root: &Path, id_hex: &str) -> PathBuf {
+    home_root
+        .join("attachments")
+        .join(format!("{id_hex}.sealed"))
+}
+
+/// Errors handling attachment files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachmentError {
+    /// Reading or writing a file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than allowed.
+    #[error(
+        "{path} is {size} bytes; attachments may be at most {max} bytes (attachments.max_size)"
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A chunk or the whole file does not match the manifest.
+    #[error("attachment {name:?} does not match its manifest ({what}); it was not written")]
+    Corrupt {
+        /// The attachment's name.
+        name: String,
+        /// What failed.
+        what: String,
+    },
+    /// Not every chunk has arrived.
+    #[error("attachment {name:?} is incomplete: {held} of {total} chunks")]
+    Incomplete {
+        /// The attachment's name.
+        name: String,
+        /// Chunks held.
+        held: u32,
+        /// Chunks in all.
+        total: u32,
+    },
+    /// The target exists.
+    #[error("{0} exists; pass --yes to overwrite it")]
+    Exists(PathBuf),
+}
+
+impl AttachmentError {
+    pub(crate) fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            AttachmentError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            AttachmentError::Io { .. } | AttachmentError::Incomplete { .. } => ErrorKind::Other,
+            AttachmentError::TooLarge { .. } => ErrorKind::Usage,
+            AttachmentError::Corrupt { .. } => ErrorKind::Corrupt,
+            AttachmentError::Exists(_) => ErrorKind::Conflict,
+        }
+    }
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> AttachmentError + 'a {
+    move |source| AttachmentError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// blake2b-256.
+pub fn hash(bytes: &[u8]) -> [u8; 32] {
+    Blake2b::<U32>::digest(bytes).into()
+}
+
+fn nonce(id: &[u8; 16], index: u32) -> XNonce {
+    // One key per attachment and one nonce per chunk index: never reused.
+    let mut n = [0u8; 24];
+    n[..16].copy_from_slice(id);
+    n[16..20].copy_from_slice(&index.to_le_bytes());
+    XNonce::from(n)
+}
+
+fn aad(id: &[u8; 16], index: u32) -> Vec<u8> {
+    let mut a = b"pigeon/chunk/1\0".to_vec();
+    a.extend_from_slice(id);
+    a.extend_from_slice(&index.to_le_bytes());
+    a
+}
+
+/// Seals chunk `index` of attachment `id` under `key`.
+pub fn seal_chunk(key: &[u8; 32], id: &[u8; 16], index: u32, plain: &[u8]) -> Vec<u8> {
+    XChaCha20Poly1305::new(key.into())
+        .encrypt(
+            &nonce(id, index),
+            Payload {
+                msg: plain,
+                aad: &aad(id, index),
+            },
+        )
+        .expect("XChaCha20-Poly1305 seals any chunk")
+}
+
+/// Opens chunk `index`; `None` if it was tampered with.
+pub fn open_chunk(
+    key: &[u8; 32],
+    id: &[u8; 16],
+    index: u32,
+    sealed: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    XChaCha20Poly1305::new(key.into())
+        .decrypt(
+            &nonce(id, index),
+            Payload {
+                msg: sealed,
+                aad: &aad(id, index),
+            },
+        )
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// Seals the file at `path` into `<home_root>/attachments/<id>.sealed`, reading it chunk by chunk;
+/// `progress` is told the plaintext bytes done. Returns the reference to put in the message.
+pub fn stage(
+    home_root: &Path,
+    path: &Path,
+    max_size: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<AttachmentRef, AttachmentError> {
+    let mut input = File::open(path).map_err(io("opening", path))?;
+    let size = input.metadata().map_err(io("reading", path))?.len();
+    if size > max_size.min(HARD_MAX_SIZE) {
+        return Err(AttachmentError::TooLarge {
+            path: path.to_owned(),
+            size,
+            max: max_size,
+        });
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "attachment".into());
+    let mut id = [0u8; 16];
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let dir = home_root.join("attachments");
+    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let out_path = file_path(home_root, &hex::encode(id));
+    let mut out = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&out_path)
+        .map_err(io("creating", &out_path))?;
+    let mut whole = Blake2b::<U32>::new();
+    let mut chunk_hashes = Vec::new();
+    let mut buf = Zeroizing::new(vec![0u8; CHUNK_SIZE as usize]);
+    let (mut index, mut done) = (0u32, 0u64);
+    // The file may change while it is read: what was read is what is sent, and the size with it.
+    loop {
+        let n = read_full(&mut input, &mut buf).map_err(io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        let sealed = seal_chunk(&key, &id, index, &buf[..n]);
+        chunk_hashes.extend_from_slice(&hash(&sealed));
+        out.write_all(&sealed).map_err(io("writing", &out_path))?;
+        done += n as u64;
+        index += 1;
+        progress(done);
+        if done > max_size.min(HARD_MAX_SIZE) {
+            let _ = std::fs::remove_file(&out_path);
+            return Err(AttachmentError::TooLarge {
+                path: path.to_owned(),
+                size: done,
+                max: max_size,
+            });
+        }
+    }
+    out.sync_all().map_err(io("syncing", &out_path))?;
+    Ok(AttachmentRef {
+        id,
+        name,
+        size: done,
+        chunk_size: CHUNK_SIZE,
+        key,
+        chunk_hashes,
+        file_hash: whole.finalize().into(),
+    })
+}
+
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads sealed chunk `index` from an attachment file.
+pub fn read_chunk(file: &Path, attachment: &AttachmentRef, index: u32) -> std::io::Result<Vec<u8>> {
+    let len = sealed_len(index, attachment.size, attachment.chunk_size) as usize;
+    let mut buf = vec![0u8; len];
+    File::open(file)?.read_exact_at(&mut buf, chunk_offset(index, attachment.chunk_size))?;
+    Ok(buf)
+}
+
+/// A file name from a peer, made safe to create in a directory: no path, no control characters,
+/// no leading dot, never empty.
+pub fn sanitize_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_owned();
+    let cleaned = cleaned.trim_start_matches('.').to_owned();
+    let mut out: String = cleaned.chars().take(200).collect();
+    if out.is_empty() {
+        out = "attachment".to_owned();
+    }
+    out
+}
+
+/// Decrypts a complete attachment from `file` into `dir/<sanitised name>`, checking every chunk
+/// and the whole-file hash before the file appears under its name. `progress` gets bytes done.
+pub fn save(
+    file: &Path,
+    attachment: &AttachmentRef,
+    dir: &Path,
+    overwrite: bool,
+    mut progress: impl FnMut(u64),
+) -> Result<PathBuf, AttachmentError> {
+    let target = dir.join(sanitize_name(&attachment.name));
+    if target.exists() && !overwrite {
+        return Err(AttachmentError::Exists(target));
+    }
+    let corrupt = |what: String| AttachmentError::Corrupt {
+        name: attachment.name.clone(),
+        what,
+    };
+    let tmp = dir.join(format!(".{}.pigeon-partial", attachment.id_hex()));
+    let mut out = File::create(&tmp).map_err(io("creating", &tmp))?;
+    let mut whole = Blake2b::<U32>::new();
+    let mut done = 0u64;
+    let result = (|| {
+        for index in 0..attachment.chunk_count() {
+            let sealed = read_chunk(file, attachment, index).map_err(io("reading", file))?;
+            if attachment.chunk_hash(index) != Some(&hash(&sealed)[..]) {
+                return Err(corrupt(format!("chunk {index} hash")));
+            }
+            let plain = open_chunk(&attachment.key, &attachment.id, index, &sealed)
+                .ok_or_else(|| corrupt(format!("chunk {index} does not decrypt")))?;
+            whole.update(&plain[..]);
+            out.write_all(&plain).map_err(io("writing", &tmp))?;
+            done += plain.len() as u64;
+            progress(done);
+        }
+        if <[u8; 32]>::from(whole.finalize()) != attachment.file_hash || done != attachment.size {
+            return Err(corrupt("whole-file hash".into()));
+        }
+        out.sync_all().map_err(io("syncing", &tmp))?;
+        std::fs::rename(&tmp, &target).map_err(io("renaming into", &target))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path, len: usize) -> PathBuf {
+        let mut bytes = vec![0u8; len];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let path = dir.join("report.pdf");
+        std::fs::write(&path, &bytes).expect("write");
+        path
+    }
+
+    #[test]
+    fn stage_and_save_round_trip_across_chunk_boundaries() {
+        for len in [
+            0,
+            1,
+            CHUNK_SIZE as usize,
+            CHUNK_SIZE as usize + 1,
+            2 * CHUNK_SIZE as usize + 7,
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let source = sample(dir.path(), len);
+            let mut seen = 0;
+            let r = stage(dir.path(), &source, u64::MAX, |n| seen = n).expect("stage");
+            assert_eq!((r.size, seen), (len as u64, len as u64));
+            assert!(r.is_well_formed());
+            let file = file_path(dir.path(), &r.id_hex());
+            let expected: u64 = (0..r.chunk_count())
+                .map(|i| sealed_len(i, r.size, r.chunk_size))
+                .sum();
+            assert_eq!(std::fs::metadata(&file).expect("meta").len(), expected);
+            let out = dir.path().join("out");
+            std::fs::create_dir(&out).expect("mkdir");
+            let saved = save(&file, &r, &out, false, |_| {}).expect("save");
+            assert_eq!(
+                std::fs::read(&saved).expect("read"),
+                std::fs::read(&source).expect("read")
+            );
+            assert!(matches!(
+                save(&file, &r, &out, false, |_| {}),
+                Err(AttachmentError::Exists(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_or_a_wrong_key_is_caught_and_nothing_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = sample(dir.path(), CHUNK_SIZE as usize + 100);
+        let r = stage(dir.path(), &source, u64::MAX, |_| {}).expect("stage");
+        let file = file_path(dir.path(), &r.id_hex());
+        let mut bytes = std::fs::read(&file).expect("read");
+        bytes[CHUNK_SIZE as usize + 20] ^= 1;
+        std::fs::write(&file, &bytes).expect("write");
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("mkdir");
+        let err = save(&file, &r, &out, false, |_| {}).expect_err("corrupt");
+        assert!(err.to_string().contains("chunk 1"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&out).expect("ls").count(),
+            0,
+            "a partial file was left"
+        );
+        let sealed = seal_chunk(&r.key, &r.id, 0, b"abc");
+        assert!(
+            open_chunk(&r.key, &r.id, 1, &sealed).is_none(),
+            "a chunk moved to another index opens"
+        );
+        assert!(open_chunk(&[9; 32], &r.id, 0, &sealed).is_none());
+    }
+
+    #[test]
+    fn oversized_files_are_refused_before_staging() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = sample(dir.path(), 5000);
+        assert!(matches!(
+            stage(dir.path(), &source, 4096, |_| {}),
+            Err(AttachmentError::TooLarge { .. })
+        ));
+        assert!(
+            !dir.path().join("attachments").exists()
+                || std::fs::read_dir(dir.path().join("attachments"))
+                    .expect("ls")
+                    .count()
+                    == 0
+        );
+    }
+
+    #[test]
+    fn names_from_peers_are_made_safe() {
+        assert_eq!(sanitize_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_name("C:\\Windows\\evil.dll"), "evil.dll");
+        assert_eq!(sanitize_name(".bashrc"), "bashrc");
+        assert_eq!(sanitize_name("a\u{7}b\nc.txt"), "abc.txt");
+        assert_eq!(sanitize_name(""), "attachment");
+        assert_eq!(sanitize_name("/"), "attachment");
+        assert_eq!(sanitize_name(".."), "attachment");
+        assert_eq!(sanitize_name(&"x".repeat(300)).len(), 200);
+    }
+}

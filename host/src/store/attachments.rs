@@ -1,0 +1,251 @@
+//! Attachment records: which attachment belongs to which message and peer, its sealed reference
+//! (manifest and content key, under the DEK), and which chunks the receiver holds.
+
+use libp2p::PeerId;
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Db, StoreError};
+use crate::attachments::AttachmentRef;
+use crate::keys::at_rest::AtRest;
+
+const TABLE: &str = "attachments";
+/// Bad chunks from a peer before an attachment is given up on.
+pub const MAX_BAD_CHUNKS: u32 = 3;
+
+/// An attachment as `inbox read` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    /// Attachment id.
+    pub id: String,
+    /// File name (as the sender gave it).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `complete` or `partial`.
+    pub state: String,
+    /// Chunks held.
+    pub chunks_held: u32,
+    /// Chunks in all.
+    pub chunks_total: u32,
+    /// Why fetching stopped, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An incoming attachment that still misses chunks.
+#[derive(Debug, Clone)]
+pub struct Download {
+    /// Its reference.
+    pub attachment: AttachmentRef,
+    /// The sender.
+    pub peer: PeerId,
+    /// Chunk indices not held yet.
+    pub missing: Vec<u32>,
+}
+
+/// An attachment with its key, for `inbox save`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveInfo {
+    /// Its reference (with the content key).
+    pub attachment: AttachmentRef,
+    /// Chunks held.
+    pub chunks_held: u32,
+}
+
+/// Inserts attachment rows inside the caller's transaction.
+pub(super) fn insert_attachments(
+    tx: &Transaction<'_>,
+    at_rest: &AtRest,
+    message_id: &str,
+    direction: &str,
+    peer: &PeerId,
+    refs: &[AttachmentRef],
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO attachments (id, message_id, direction, peer_id, ref, key_id, size, chunk_count, held)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for r in refs {
+        let id = r.id_hex();
+        let mut plain = zeroize::Zeroizing::new(Vec::new());
+        ciborium::into_writer(r, &mut *plain).expect("CBOR encoding into a Vec cannot fail");
+        let (key_id, sealed) = at_rest.seal(TABLE, &id, &plain);
+        // The sender holds every chunk from the start; the receiver none.
+        let held = if direction == "out" {
+            r.chunk_count()
+        } else {
+            0
+        };
+        stmt.execute(params![
+            id,
+            message_id,
+            direction,
+            peer.to_string(),
+            sealed,
+            key_id,
+            r.size as i64,
+            r.chunk_count(),
+            held
+        ])?;
+    }
+    Ok(())
+}
+
+impl Db {
+    fn attachment_ref(
+        &self,
+        id: &str,
+        sealed: &[u8],
+        key_id: u32,
+    ) -> Result<AttachmentRef, StoreError> {
+        let plain = zeroize::Zeroizing::new(self.open_sealed(TABLE, id, key_id, sealed)?);
+        ciborium::from_reader(plain.as_slice())
+            .map_err(|_| StoreError::Corrupt("attachment reference"))
+    }
+
+    /// The outgoing attachment `id` if it was sent to `peer` (for serving its chunks).
+    pub fn outgoing_attachment(
+        &self,
+        id: &str,
+        peer: &PeerId,
+    ) -> Result<Option<AttachmentRef>, StoreError> {
+        let row: Option<(Vec<u8>, u32)> = self
+            .conn
+            .query_row(
+                "SELECT ref, key_id FROM attachments WHERE id = ?1 AND direction = 'out' AND peer_id = ?2",
+                params![id, peer.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(sealed, key_id)| self.attachment_ref(id, &sealed, key_id))
+            .transpose()
+    }
+
+    /// Incoming attachments still missing chunks (and not given up on).
+    pub fn downloads(&self) -> Result<Vec<Download>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, ref, key_id, peer_id FROM attachments
+             WHERE direction = 'in' AND held < chunk_count AND error IS NULL ORDER BY rowid",
+        )?;
+        let rows: Vec<(String, Vec<u8>, u32, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for (id, sealed, key_id, peer) in rows {
+            let attachment = self.attachment_ref(&id, &sealed, key_id)?;
+            let mut held_stmt = self
+                .conn
+                .prepare_cached("SELECT idx FROM attachment_chunks WHERE attachment_id = ?1")?;
+            let held: std::collections::HashSet<u32> = held_stmt
+                .query_map([&id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let missing = (0..attachment.chunk_count())
+                .filter(|i| !held.contains(i))
+                .collect();
+            let peer = peer
+                .parse()
+                .map_err(|_| StoreError::Corrupt("attachment peer"))?;
+            out.push(Download {
+                attachment,
+                peer,
+                missing,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records that chunk `index` of `id` is written and verified; returns whether all are held.
+    pub fn record_chunk(&mut self, id: &str, index: u32) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let added = tx.execute(
+            "INSERT OR IGNORE INTO attachment_chunks (attachment_id, idx) VALUES (?1, ?2)",
+            params![id, index],
+        )?;
+        if added > 0 {
+            tx.execute("UPDATE attachments SET held = held + 1 WHERE id = ?1", [id])?;
+        }
+        let (held, total): (u32, u32) = tx.query_row(
+            "SELECT held, chunk_count FROM attachments WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.commit()?;
+        Ok(held >= total)
+    }
+
+    /// Records a chunk that failed its hash; after [`MAX_BAD_CHUNKS`] the attachment is given up on
+    /// with `reason`. Returns whether it was given up on.
+    pub fn record_bad_chunk(&mut self, id: &str, reason: &str) -> Result<bool, StoreError> {
+        self.conn.execute(
+            "UPDATE attachments SET bad_chunks = bad_chunks + 1 WHERE id = ?1",
+            [id],
+        )?;
+        let bad: u32 = self.conn.query_row(
+            "SELECT bad_chunks FROM attachments WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if bad >= MAX_BAD_CHUNKS {
+            self.conn.execute(
+                "UPDATE attachments SET error = ?2 WHERE id = ?1",
+                params![id, reason],
+            )?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The attachments of message `message_id`, for display.
+    pub fn attachment_views(&self, message_id: &str) -> Result<Vec<AttachmentView>, StoreError> {
+        Ok(self
+            .attachment_rows(message_id)?
+            .into_iter()
+            .map(|(r, held, error)| AttachmentView {
+                id: r.id_hex(),
+                name: r.name.clone(),
+                size: r.size,
+                state: if held >= r.chunk_count() {
+                    "complete"
+                } else {
+                    "partial"
+                }
+                .to_owned(),
+                chunks_held: held,
+                chunks_total: r.chunk_count(),
+                error,
+            })
+            .collect())
+    }
+
+    /// The attachments of message `message_id` with their keys, for `inbox save`.
+    pub fn attachments_for_save(&self, message_id: &str) -> Result<Vec<SaveInfo>, StoreError> {
+        Ok(self
+            .attachment_rows(message_id)?
+            .into_iter()
+            .map(|(attachment, chunks_held, _)| SaveInfo {
+                attachment,
+                chunks_held,
+            })
+            .collect())
+    }
+
+    fn attachment_rows(
+        &self,
+        message_id: &str,
+    ) -> Result<Vec<(AttachmentRef, u32, Option<String>)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, ref, key_id, held, error FROM attachments WHERE message_id = ?1 AND direction = 'in' ORDER BY rowid",
+        )?;
+        let rows: Vec<(String, Vec<u8>, u32, u32, Option<String>)> = stmt
+            .query_map([message_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, sealed, key_id, held, error)| {
+                Ok((self.attachment_ref(&id, &sealed, key_id)?, held, error))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,328 @@
+//! Attachments between real processes: identical bytes, nothing in clear on disk, resumption after
+//! a crash without refetching, corrupted chunks refused, bounded memory, size limits.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use pigeon_e2e::{Pair, TestHome, files_under, http_get, metric, wait_for};
+
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A file of `len` pseudo-random bytes with `marker` written in the middle.
+fn random_file(dir: &Path, name: &str, len: usize, marker: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).expect("create");
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ len as u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < len {
+        for b in block.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+        let n = block.len().min(len - written);
+        if written <= len / 2 && len / 2 < written + n {
+            let at = len / 2 - written;
+            let end = (at + marker.len()).min(n);
+            block[at..end].copy_from_slice(&marker[..end - at]);
+        }
+        file.write_all(&block[..n]).expect("write");
+        written += n;
+    }
+    path
+}
+
+/// The first attachment of message `id`, or null while the message has not arrived.
+fn attachment(home: &TestHome, id: &str) -> serde_json::Value {
+    let out = home.run(&["inbox", "read", id, "--json"]);
+    if !out.status.success() {
+        return serde_json::Value::Null;
+    }
+    let message: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    message["attachments"][0].clone()
+}
+
+fn wait_complete(home: &TestHome, id: &str) -> serde_json::Value {
+    wait_for("the attachment to complete", TRANSFER_TIMEOUT, || {
+        let a = attachment(home, id);
+        (a["state"] == "complete").then_some(a)
+    })
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).expect("open"),
+        std::fs::File::open(b).expect("open"),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = fa.read(&mut ba).expect("read");
+        let mut filled = 0;
+        while filled < na {
+            let nb = fb.read(&mut bb[filled..na]).expect("read");
+            if nb == 0 {
+                return false;
+            }
+            filled += nb;
+        }
+        if ba[..na] != bb[..na] {
+            return false;
+        }
+        if na == 0 {
+            return fb.read(&mut bb).expect("read") == 0;
+        }
+    }
+}
+
+#[test]
+fn ten_megabytes_arrive_identical_and_never_in_clear() {
+    let mut pair = Pair::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let marker = format!("attachmentcanary{}", std::process::id());
+    let source = random_file(work.path(), "photo.raw", 10_000_000, marker.as_bytes());
+    let id = pair
+        .alice
+        .ok(&[
+            "send",
+            "bob",
+            "a photo",
+            "--attach",
+            source.to_str().expect("path"),
+        ])
+        .trim()
+        .to_owned();
+    let a = wait_complete(&pair.bob, &id);
+    assert_eq!(a["name"], "photo.raw");
+    assert_eq!(a["size"], 10_000_000);
+    assert_eq!(a["chunks_held"], a["chunks_total"]);
+
+    // Saved where asked, identical; not overwritten without --yes.
+    let out = work.path().join("saved");
+    std::fs::create_dir(&out).expect("mkdir");
+    let printed = pair
+        .bob
+        .ok(&["inbox", "save", &id, "--out", out.to_str().expect("path")]);
+    let saved = out.join("photo.raw");
+    assert_eq!(printed.trim(), saved.to_str().expect("path"));
+    assert!(same_bytes(&source, &saved), "the saved file differs");
+    let again = pair
+        .bob
+        .run(&["inbox", "save", &id, "--out", out.to_str().expect("path")]);
+    assert_eq!(
+        again.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    pair.bob.ok(&[
+        "inbox",
+        "save",
+        &id,
+        "--out",
+        out.to_str().expect("path"),
+        "--yes",
+    ]);
+
+    // The sender's copy was sealed at send time: deleting the original changes nothing.
+    std::fs::remove_file(&source).expect("rm");
+    pair.alice_node.take().expect("alice").stop();
+    pair.bob_node.take().expect("bob").stop();
+    for home in [&pair.alice, &pair.bob] {
+        for file in files_under(home.path()) {
+            let bytes = std::fs::read(&file).expect("read");
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{} holds the attachment's bytes in clear",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn two_hundred_megabytes_resume_after_a_crash_with_bounded_memory() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    let alice_node =
+        alice.start_node_with("/ip4/127.0.0.1/tcp/0", &["--metrics-addr", "127.0.0.1:0"]);
+    let mut bob_node = bob.start_node("/ip4/127.0.0.1/tcp/0");
+    let bob_listen = bob_node.listen_addr();
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = random_file(work.path(), "disk.img", 200 * 1024 * 1024, b"");
+    let id = alice
+        .ok(&[
+            "send",
+            "bob",
+            "an image",
+            "--attach",
+            source.to_str().expect("path"),
+        ])
+        .trim()
+        .to_owned();
+
+    let held_at_crash = wait_for("part of the transfer", TRANSFER_TIMEOUT, || {
+        let a = attachment(&bob, &id);
+        let held = a["chunks_held"].as_u64().unwrap_or(0);
+        (held >= 40).then_some(held)
+    });
+    bob_node.kill();
+    bob_node = bob.start_node(&bob_listen);
+    let a = wait_complete(&bob, &id);
+    let total = a["chunks_total"].as_u64().expect("total");
+    assert!(held_at_crash < total, "the crash came after the transfer");
+    // Only chunks not yet recorded at the crash were fetched again: at most the window in flight.
+    let metrics = http_get(alice_node.metrics.as_deref().expect("metrics")).1;
+    let served = metric(&metrics, "pigeon_attachment_chunks_served_total").expect("served");
+    assert!(
+        served as u64 <= total + 8,
+        "served {served} chunks for {total}: verified chunks were fetched again"
+    );
+    let (alice_rss, bob_rss) = (alice_node.peak_rss(), bob_node.peak_rss());
+    eprintln!(
+        "peak RSS: sender {} MiB, receiver {} MiB",
+        alice_rss >> 20,
+        bob_rss >> 20
+    );
+    assert!(alice_rss < 100 << 20, "sender peak RSS {alice_rss}");
+    assert!(bob_rss < 100 << 20, "receiver peak RSS {bob_rss}");
+    let out = work.path().join("saved");
+    std::fs::create_dir(&out).expect("mkdir");
+    bob.ok(&["inbox", "save", &id, "--out", out.to_str().expect("path")]);
+    assert!(
+        same_bytes(&source, &out.join("disk.img")),
+        "the saved file differs"
+    );
+}
+
+#[test]
+fn a_corrupted_chunk_is_refused_and_the_sender_reported() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    let _alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
+    let bob_node = bob.start_node_with("/ip4/127.0.0.1/tcp/0", &["--metrics-addr", "127.0.0.1:0"]);
+    let bob_listen = bob_node.listen_addr();
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, &[]);
+    bob_node.stop();
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = random_file(work.path(), "notes.bin", 3 * 1024 * 1024 + 10, b"");
+    let id = alice
+        .ok(&[
+            "send",
+            "bob",
+            "notes",
+            "--attach",
+            source.to_str().expect("path"),
+        ])
+        .trim()
+        .to_owned();
+    // Damage chunk 1 of the sender's sealed copy.
+    let dir = alice.path().join("attachments");
+    let sealed = std::fs::read_dir(&dir)
+        .expect("ls")
+        .next()
+        .expect("one file")
+        .expect("entry")
+        .path();
+    let mut bytes = std::fs::read(&sealed).expect("read");
+    bytes[1024 * 1024 + 16 + 100] ^= 0xff;
+    std::fs::write(&sealed, bytes).expect("write");
+
+    let bob_node = bob.start_node_with(&bob_listen, &["--metrics-addr", "127.0.0.1:0"]);
+    let a = wait_for("the sender reported", TRANSFER_TIMEOUT, || {
+        let a = attachment(&bob, &id);
+        a["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bad data"))
+            .then_some(a)
+    });
+    assert_eq!(a["state"], "partial");
+    assert!(
+        a["chunks_held"].as_u64() < a["chunks_total"].as_u64(),
+        "{a}"
+    );
+    let metrics = http_get(bob_node.metrics.as_deref().expect("metrics")).1;
+    assert!(
+        metric(&metrics, "pigeon_attachment_chunk_failures_total") >= Some(3.0),
+        "{metrics}"
+    );
+    let out = work.path().join("saved");
+    std::fs::create_dir(&out).expect("mkdir");
+    let save = bob.run(&["inbox", "save", &id, "--out", out.to_str().expect("path")]);
+    assert_ne!(save.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&save.stderr).contains("incomplete"));
+    assert_eq!(
+        std::fs::read_dir(&out).expect("ls").count(),
+        0,
+        "a partial file was written"
+    );
+}
+
+#[test]
+fn size_limits_hold_on_both_sides() {
+    let pair = Pair::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = random_file(work.path(), "big.bin", 3 * 1024 * 1024, b"");
+    // The sender refuses to stage a file over its own limit.
+    pair.alice
+        .ok(&["config", "set", "attachments.max_size", "1048576"]);
+    let out = pair.alice.run(&[
+        "send",
+        "bob",
+        "too big",
+        "--attach",
+        source.to_str().expect("path"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most"));
+    assert!(pair.alice.outbox().is_empty());
+    assert_eq!(
+        std::fs::read_dir(pair.alice.path().join("attachments"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+    // The receiver refuses a message whose attachment is over its limit, and says why.
+    pair.alice
+        .ok(&["config", "set", "attachments.max_size", "1073741824"]);
+    pair.bob
+        .ok(&["config", "set", "attachments.max_size", "1048576"]);
+    let mut pair = pair;
+    let bob_listen = pair.bob_node.as_ref().expect("bob").listen_addr();
+    pair.bob_node.take().expect("bob").stop();
+    pair.bob_node = Some(pair.bob.start_node(&bob_listen));
+    let id = pair
+        .alice
+        .ok(&[
+            "send",
+            "bob",
+            "too big for bob",
+            "--attach",
+            source.to_str().expect("path"),
+        ])
+        .trim()
+        .to_owned();
+    let entry = wait_for("the refusal", TRANSFER_TIMEOUT, || {
+        pair.alice
+            .outbox()
+            .into_iter()
+            .find(|e| e["id"] == id.as_str() && e["state"] == "failed")
+    });
+    assert!(
+        entry["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("size limit"),
+        "{entry}"
+    );
+    assert!(pair.bob.inbox().is_empty());
+}
