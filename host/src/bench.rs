@@ -144,3 +144,128 @@ fn free_tcp_addr() -> Result<Multiaddr> {
         .port();
     Ok(Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(port)))
 }
+
+/// One measured attachment transfer, beside a raw TCP copy of the same bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachmentRun {
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Seconds from the message being queued to the last chunk verified and written.
+    pub seconds: f64,
+    /// Megabytes (10^6) per second through pigeon.
+    pub mb_per_second: f64,
+    /// Seconds for a plain TCP copy of the same file on 127.0.0.1, file to file.
+    pub tcp_seconds: f64,
+    /// Megabytes per second for the plain copy.
+    pub tcp_mb_per_second: f64,
+}
+
+/// Sends a file of `bytes` random bytes from one node to another on 127.0.0.1 and times it until
+/// the receiver holds every chunk; then copies the same file over a plain TCP socket.
+pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
+    let io = |e: std::io::Error| Error::Invalid(format!("bench: {e}"));
+    let dir = tempfile::tempdir().map_err(io)?;
+    let source = dir.path().join("payload.bin");
+    write_random(&source, bytes).map_err(io)?;
+    let alice_home = new_home(dir.path(), "alice")?;
+    let bob_home = new_home(dir.path(), "bob")?;
+    let alice = start(&alice_home).await?;
+    let bob = start(&bob_home).await?;
+    introduce(&alice, &bob, "bob").await?;
+    introduce(&bob, &alice, "alice").await?;
+    let staged = crate::attachments::stage(alice_home.root(), &source, u64::MAX, |_| {})?;
+
+    let started = Instant::now();
+    let request = Request::Send {
+        to: "bob".into(),
+        subject: None,
+        body: "bench".into(),
+        attachments: vec![staged],
+    };
+    let Response::Queued { id } = alice.ops().handle(request).await? else {
+        return Err(Error::Invalid("bench: not queued".into()));
+    };
+    loop {
+        if let Ok(Response::Message(m)) = bob
+            .ops()
+            .handle(Request::InboxRead { id: id.clone() })
+            .await
+            && m.attachments.iter().all(|a| a.state == "complete")
+        {
+            break;
+        }
+        if started.elapsed() > RUN_LIMIT {
+            return Err(Error::Invalid(
+                "bench: the attachment did not arrive in time".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    alice.shutdown().await;
+    bob.shutdown().await;
+    let tcp_seconds = tcp_copy(&source, &dir.path().join("copy.bin")).map_err(io)?;
+    let mb = bytes as f64 / 1e6;
+    Ok(AttachmentRun {
+        bytes,
+        seconds,
+        mb_per_second: mb / seconds,
+        tcp_seconds,
+        tcp_mb_per_second: mb / tcp_seconds,
+    })
+}
+
+async fn start(home: &Home) -> Result<Node> {
+    let keys = keystore::unlock(&home.keystore(), PASSPHRASE)?;
+    Node::start(home, keys, &Config::default(), &[loopback()]).await
+}
+
+async fn introduce(who: &Node, whom: &Node, name: &str) -> Result<()> {
+    let Response::Id(info) = whom.ops().handle(Request::Id).await? else {
+        return Err(Error::Invalid("bench: no id".into()));
+    };
+    who.ops()
+        .handle(Request::ContactsAdd {
+            name: name.into(),
+            address: info.address,
+            addrs: info.listen,
+        })
+        .await?;
+    Ok(())
+}
+
+fn write_random(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
+    use rand::RngCore;
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        rand::thread_rng().fill_bytes(&mut block[..n]);
+        file.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    file.flush()
+}
+
+/// Copies `source` to `target` through a TCP connection on 127.0.0.1; returns the seconds taken.
+fn tcp_copy(source: &std::path::Path, target: &std::path::Path) -> std::io::Result<f64> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let target = target.to_owned();
+    let started = Instant::now();
+    let receiver = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        let mut out = std::fs::File::create(&target)?;
+        std::io::copy(&mut stream, &mut out)?;
+        out.sync_all()
+    });
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    std::io::copy(&mut std::fs::File::open(source)?, &mut stream)?;
+    drop(stream);
+    receiver
+        .join()
+        .map_err(|_| std::io::Error::other("copy thread panicked"))??;
+    Ok(started.elapsed().as_secs_f64())
+}

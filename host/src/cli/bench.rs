@@ -5,6 +5,15 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
+    /// Time attachments between two nodes on 127.0.0.1, beside a plain TCP copy of the same file.
+    Attachment {
+        /// File sizes in megabytes (repeatable).
+        #[arg(long = "mb", default_values_t = [10, 200])]
+        sizes: Vec<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the delivery of queued messages to a peer that comes online.
     ///
     /// Two nodes on 127.0.0.1 in temporary homes: the sender queues MESSAGES messages of SIZE bytes
@@ -30,13 +39,44 @@ pub(super) enum Command {
 }
 
 pub(super) async fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Attachment { sizes, json } => attachment(sizes, json).await,
+        delivery @ Command::Delivery { .. } => run_delivery(delivery).await,
+    }
+}
+
+async fn attachment(sizes: Vec<u64>, json: bool) -> Result<()> {
+    let mut runs = Vec::new();
+    for mb in sizes {
+        if mb == 0 || mb > 4096 {
+            return Err(Error::Invalid("--mb must be between 1 and 4096".into()));
+        }
+        let run = crate::bench::attachment(mb * 1_000_000).await?;
+        if !json {
+            println!(
+                "{:>5} MB attachment: {:>7.3} s {:>7.1} MB/s   (plain TCP copy: {:>6.3} s {:>7.1} MB/s)",
+                mb, run.seconds, run.mb_per_second, run.tcp_seconds, run.tcp_mb_per_second
+            );
+        }
+        runs.push(run);
+    }
+    if json {
+        return print_json(&runs);
+    }
+    Ok(())
+}
+
+async fn run_delivery(cmd: Command) -> Result<()> {
     let Command::Delivery {
         messages,
         size,
         batches,
         in_flight,
         json,
-    } = cmd;
+    } = cmd
+    else {
+        return Ok(());
+    };
     if messages == 0 || size > crate::envelope::MAX_BODY {
         return Err(Error::Invalid(format!(
             "--messages must be above 0 and --size at most {}",

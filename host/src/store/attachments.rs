@@ -237,15 +237,17 @@ impl Db {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, ref, key_id, held, error FROM attachments WHERE message_id = ?1 AND direction = 'in' ORDER BY rowid",
         )?;
-        let rows: Vec<(String, Vec<u8>, u32, u32, Option<String>)> = stmt
-            .query_map([message_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(id, sealed, key_id, held, error)| {
-                Ok((self.attachment_ref(&id, &sealed, key_id)?, held, error))
-            })
-            .collect()
+        let mut rows = stmt.query([message_id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            let sealed: Vec<u8> = r.get(1)?;
+            out.push((
+                self.attachment_ref(&id, &sealed, r.get(2)?)?,
+                r.get(3)?,
+                r.get(4)?,
+            ));
+        }
+        Ok(out)
     }
 }
