@@ -331,16 +331,25 @@ fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
+type Pending<T> = HashMap<OutboundRequestId, oneshot::Sender<Result<T, SendError>>>;
+
+/// Hands the outcome of request `id` to whoever waits for it.
+fn answer<T>(pending: &mut Pending<T>, id: OutboundRequestId, result: Result<T, SendError>) {
+    if let Some(reply) = pending.remove(&id) {
+        let _ = reply.send(result);
+    }
+}
+
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     events: mpsc::UnboundedSender<NetEvent>,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<BatchResponse, SendError>>>,
+    pending: Pending<BatchResponse>,
     listening: Vec<Multiaddr>,
     /// Addresses of the connections this node dialed, for attributing ping RTTs.
     dialed: HashMap<ConnectionId, Multiaddr>,
     /// Remote addresses of every connection, to tell relayed ones.
     remotes: HashMap<ConnectionId, Multiaddr>,
-    pending_chunks: HashMap<OutboundRequestId, oneshot::Sender<Result<ChunkResponse, SendError>>>,
+    pending_chunks: Pending<ChunkResponse>,
 }
 
 impl EventLoop {
@@ -548,18 +557,14 @@ impl EventLoop {
                         response,
                     },
                 ..
-            } => {
-                if let Some(reply) = self.pending_chunks.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
+            } => answer(&mut self.pending_chunks, request_id, Ok(response)),
             Event::OutboundFailure {
                 request_id, error, ..
-            } => {
-                if let Some(reply) = self.pending_chunks.remove(&request_id) {
-                    let _ = reply.send(Err(SendError(error.to_string())));
-                }
-            }
+            } => answer(
+                &mut self.pending_chunks,
+                request_id,
+                Err(SendError(error.to_string())),
+            ),
             Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "bad chunk request")
             }
@@ -591,11 +596,7 @@ impl EventLoop {
                         response,
                     },
                 ..
-            } => {
-                if let Some(reply) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
+            } => answer(&mut self.pending, request_id, Ok(response)),
             Event::OutboundFailure {
                 peer,
                 request_id,
@@ -603,9 +604,11 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "batch not answered");
-                if let Some(reply) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(SendError(error.to_string())));
-                }
+                answer(
+                    &mut self.pending,
+                    request_id,
+                    Err(SendError(error.to_string())),
+                );
             }
             Event::InboundFailure { peer, error, .. } => {
                 tracing::warn!(%peer, %error, "bad inbound batch");

@@ -253,6 +253,16 @@ fn a_message_not_delivered_within_the_ttl_fails_with_the_reason() {
     );
 }
 
+/// The entry for contact `name` in `pigeon peers --json`.
+fn peer_named(home: &TestHome, name: &str) -> serde_json::Value {
+    let peers = home.json(&["peers", "--json"]);
+    let list = peers.as_array().expect("peers");
+    list.iter()
+        .find(|p| p["name"] == name)
+        .expect("the contact in peers")
+        .clone()
+}
+
 #[test]
 fn peers_shows_address_health_and_keeps_it_across_restarts() {
     let mut pair = Pair::start();
@@ -264,28 +274,14 @@ fn peers_shows_address_health_and_keeps_it_across_restarts() {
             .any(|i| i["id"] == id.as_str())
             .then_some(())
     });
-    let peers = pair.alice.json(&["peers", "--json"]);
-    let bob = peers
-        .as_array()
-        .expect("peers")
-        .iter()
-        .find(|p| p["name"] == "bob")
-        .expect("bob")
-        .clone();
+    let bob = peer_named(&pair.alice, "bob");
     assert_eq!(bob["connected"], true);
     let addr = &bob["addrs"][0];
     assert!(addr["successes"].as_f64() > Some(0.0), "{bob}");
     assert!(addr["score"].as_f64() > Some(0.5), "{bob}");
     pair.alice_node.take().expect("alice").stop();
     // The node is down: the CLI reads the same record from the store.
-    let peers = pair.alice.json(&["peers", "--json"]);
-    let bob = peers
-        .as_array()
-        .expect("peers")
-        .iter()
-        .find(|p| p["name"] == "bob")
-        .expect("bob")
-        .clone();
+    let bob = peer_named(&pair.alice, "bob");
     assert_eq!(bob["connected"], false);
     assert!(bob["addrs"][0]["successes"].as_f64() > Some(0.0), "{bob}");
 }
