@@ -113,7 +113,13 @@ async fn send(ops: &Ops, to: &str, body: &str) -> Result<()> {
 async fn wait_for(ops: &Ops, count: usize) -> Result<Vec<String>> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let Response::Inbox(items) = ops.handle(Request::InboxList { limit: None }).await? else {
+        let Response::Inbox(items) = ops
+            .handle(Request::InboxList {
+                limit: None,
+                label: None,
+            })
+            .await?
+        else {
             return Err(Error::Invalid("demo: unexpected answer".into()));
         };
         if items.len() >= count || tokio::time::Instant::now() > deadline {

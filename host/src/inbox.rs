@@ -1,9 +1,12 @@
-//! The receive path: a batch from a peer is opened, checked and committed, and only then acked.
+//! The receive path: a batch from a peer is opened, checked, run through the rules pipeline
+//! ([`rules`]) and committed with the rules' labels, and only then acked.
 //!
 //! Policy for senders that are not contacts: their envelopes are refused with
 //! [`RejectReason::NotAContact`], nothing of them is stored, and the refusal is logged with the
 //! peer id only. The sender keeps the messages queued and retries with backoff, so they arrive once
 //! the recipient adds the sender as a contact; until then nothing from strangers reaches the inbox.
+
+pub mod rules;
 
 use libp2p::PeerId;
 
@@ -12,6 +15,7 @@ use crate::keys::Keys;
 use crate::metrics::METRICS;
 use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
 use crate::store::{ReceiveOutcome, Received, Store, now_ms};
+use rules::RuleInput;
 use std::sync::Arc;
 
 /// Opens, stores and answers one inbound batch from the authenticated `peer`.
@@ -44,9 +48,12 @@ async fn receive(
     let reject_all = |reason| BatchResponse {
         outcomes: vec![Outcome::Rejected(reason); n],
     };
-    let contact = match store.call(move |db| db.contact_by_peer(&peer)).await {
-        Ok(Some(contact)) => contact,
-        Ok(None) => {
+    let found = store
+        .call(move |db| Ok((db.contact_by_peer(&peer)?, db.pipeline()?)))
+        .await;
+    let (contact, pipeline) = match found {
+        Ok((Some(contact), pipeline)) => (contact, pipeline),
+        Ok((None, _)) => {
             tracing::warn!(%peer, messages = n, "refused messages from a peer that is not a contact");
             return reject_all(RejectReason::NotAContact);
         }
@@ -83,6 +90,12 @@ async fn receive(
             }
             Ok(p) => {
                 outcomes.push(None);
+                let sender = peer.to_string();
+                let input = RuleInput {
+                    sender: &sender,
+                    contact: Some(&contact.name),
+                    labels: &[],
+                };
                 to_store.push(Received {
                     id: p.id,
                     sender: peer,
@@ -90,6 +103,7 @@ async fn receive(
                     subject: p.subject,
                     body: p.body,
                     attachments: p.attachments,
+                    actions: pipeline.run(&input),
                 });
             }
             Err(e) => {

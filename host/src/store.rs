@@ -13,6 +13,7 @@ mod health;
 mod inbox;
 mod migrations;
 mod outbox;
+mod rules;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub use contacts::Contact;
 pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{InboxItem, MessageView, ReceiveOutcome, Received};
 pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
+pub use rules::{RuleChange, RuleView};
 
 use crate::error::ErrorKind;
 use crate::keys::Keys;

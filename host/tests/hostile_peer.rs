@@ -163,7 +163,10 @@ async fn add_contact(node: &Node, name: &str, address: String, addrs: Vec<String
 async fn inbox_len(node: &Node) -> usize {
     match node
         .ops()
-        .handle(Request::InboxList { limit: None })
+        .handle(Request::InboxList {
+            limit: None,
+            label: None,
+        })
         .await
         .expect("inbox")
     {

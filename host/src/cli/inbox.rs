@@ -12,6 +12,9 @@ pub(super) enum Command {
         /// Show at most N messages.
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
+        /// Only messages with this label.
+        #[arg(long)]
+        label: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -30,6 +33,12 @@ pub(super) enum Command {
         #[arg(long, short)]
         yes: bool,
     },
+    /// Add or remove a message's labels.
+    #[command(subcommand)]
+    Label(LabelCommand),
+    /// Built-in rules that label messages as they arrive.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Show one whole message.
     Read {
         /// The message id, or a unique prefix of at least 4 characters.
@@ -42,8 +51,10 @@ pub(super) enum Command {
 
 pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     match cmd {
-        Command::List { limit, json } => {
-            let items = match g.call(Request::InboxList { limit }).await? {
+        Command::Label(cmd) => label(g, cmd).await?,
+        Command::Rules(cmd) => rules(g, cmd).await?,
+        Command::List { limit, label, json } => {
+            let items = match g.call(Request::InboxList { limit, label }).await? {
                 Response::Inbox(items) => items,
                 other => return Err(unexpected(other)),
             };
@@ -139,4 +150,131 @@ async fn save(g: &Global, id: String, out: Option<std::path::PathBuf>, yes: bool
         println!("{}", path.display());
     }
     Ok(())
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum LabelCommand {
+    /// Add LABEL to message ID.
+    Add {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+        /// The label (letters, digits, '-', '_', '.', '/', ':').
+        label: String,
+    },
+    /// Remove LABEL from message ID.
+    Rm {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+        /// The label.
+        label: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum RulesCommand {
+    /// Label every message from CONTACT with LABEL as it arrives.
+    Add {
+        /// The contact's name.
+        #[arg(long)]
+        from: String,
+        /// The label to add.
+        #[arg(long)]
+        label: String,
+    },
+    /// List the rules, in the order they run.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove rule ID.
+    Rm {
+        /// The rule id (from `rules list`).
+        id: i64,
+    },
+    /// Run every rule over the messages already in the inbox and apply the changes.
+    Apply {
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn label(g: &Global, cmd: LabelCommand) -> Result<()> {
+    let (request, verb) = match cmd {
+        LabelCommand::Add { id, label } => (
+            Request::LabelAdd {
+                id,
+                label: label.clone(),
+            },
+            format!("+{label}"),
+        ),
+        LabelCommand::Rm { id, label } => (
+            Request::LabelRm {
+                id,
+                label: label.clone(),
+            },
+            format!("-{label}"),
+        ),
+    };
+    match g.call(request).await? {
+        Response::Updated { id } => println!("{id} {verb}"),
+        other => return Err(unexpected(other)),
+    }
+    Ok(())
+}
+
+async fn rules(g: &Global, cmd: RulesCommand) -> Result<()> {
+    match cmd {
+        RulesCommand::Add { from, label } => match g.call(Request::RulesAdd { from, label }).await?
+        {
+            Response::RuleAdded { id } => println!("rule {id} added"),
+            other => return Err(unexpected(other)),
+        },
+        RulesCommand::List { json } => {
+            let rules = match g.call(Request::RulesList).await? {
+                Response::Rules(rules) => rules,
+                other => return Err(unexpected(other)),
+            };
+            if json {
+                return print_json(&rules);
+            }
+            for r in rules {
+                println!("{}\tfrom {}\t+{}", r.id, r.from, r.label);
+            }
+        }
+        RulesCommand::Rm { id } => {
+            g.call(Request::RulesRm { id }).await?;
+            println!("rule {id} removed");
+        }
+        RulesCommand::Apply { dry_run, json } => {
+            let changes = match g.call(Request::RulesApply { dry_run }).await? {
+                Response::RuleChanges(changes) => changes,
+                other => return Err(unexpected(other)),
+            };
+            if json {
+                return print_json(&changes);
+            }
+            for c in &changes {
+                let actions: Vec<String> = c.actions.iter().map(describe).collect();
+                println!("{}\t{}\t{}", c.id, c.from, actions.join(" "));
+            }
+            let verb = if dry_run { "would change" } else { "changed" };
+            println!("{verb} {} messages", changes.len());
+        }
+    }
+    Ok(())
+}
+
+fn describe(action: &crate::inbox::rules::Action) -> String {
+    use crate::inbox::rules::Action;
+    match action {
+        Action::AddLabel(l) => format!("+{l}"),
+        Action::RemoveLabel(l) => format!("-{l}"),
+        Action::MarkRead => "read".into(),
+        Action::Archive => "archive".into(),
+    }
 }

@@ -11,11 +11,13 @@ use crate::attachments::AttachmentRef;
 use crate::delivery::Waker;
 use crate::envelope::{self, MAX_BODY, MAX_SUBJECT, MessageId, Payload};
 use crate::error::{Error, Result};
+use crate::inbox::rules::validate_label;
 use crate::keys::Keys;
 use crate::keys::address::Address;
 use crate::net::Net;
 use crate::store::{
-    InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, SaveInfo, Store, now_ms,
+    InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleChange, RuleView, SaveInfo,
+    Store, now_ms,
 };
 
 /// A request to a node.
@@ -78,6 +80,42 @@ pub enum Request {
     InboxList {
         /// At most this many, newest first.
         limit: Option<u32>,
+        /// Only messages with this label.
+        #[serde(default)]
+        label: Option<String>,
+    },
+    /// Add a built-in rule: messages from a contact get a label.
+    RulesAdd {
+        /// Contact name.
+        from: String,
+        /// Label.
+        label: String,
+    },
+    /// List the built-in rules.
+    RulesList,
+    /// Remove a rule.
+    RulesRm {
+        /// Rule id.
+        id: i64,
+    },
+    /// Run every rule over the inbox; show, or apply, the changes.
+    RulesApply {
+        /// Only show what would change.
+        dry_run: bool,
+    },
+    /// Add a label to a message.
+    LabelAdd {
+        /// Message id or unique prefix.
+        id: String,
+        /// Label.
+        label: String,
+    },
+    /// Remove a label from a message.
+    LabelRm {
+        /// Message id or unique prefix.
+        id: String,
+        /// Label.
+        label: String,
     },
     /// Read one message.
     InboxRead {
@@ -117,6 +155,15 @@ pub enum Response {
     },
     /// For [`Request::Peers`].
     Peers(Vec<PeerHealth>),
+    /// For [`Request::RulesAdd`].
+    RuleAdded {
+        /// The new rule's id.
+        id: i64,
+    },
+    /// For [`Request::RulesList`].
+    Rules(Vec<RuleView>),
+    /// For [`Request::RulesApply`].
+    RuleChanges(Vec<RuleChange>),
     /// For [`Request::Status`].
     Status(StatusInfo),
 }
@@ -221,9 +268,42 @@ impl Ops {
             }
             Request::Peers => self.peers().await,
             Request::Status => self.status().await,
-            Request::InboxList { limit } => Ok(Response::Inbox(
-                self.store.call(move |db| db.inbox(limit)).await?,
+            Request::InboxList { limit, label } => Ok(Response::Inbox(
+                self.store
+                    .call(move |db| db.inbox(limit, label.as_deref()))
+                    .await?,
             )),
+            Request::RulesAdd { from, label } => {
+                validate_label(&label).map_err(Error::Invalid)?;
+                let id = self
+                    .store
+                    .call(move |db| {
+                        let contact = db.contact_by_name(&from)?;
+                        db.add_rule(&contact.address.peer_id().to_string(), &label)
+                    })
+                    .await?;
+                Ok(Response::RuleAdded { id })
+            }
+            Request::RulesList => Ok(Response::Rules(self.store.call(|db| db.rules()).await?)),
+            Request::RulesRm { id } => {
+                self.store.call(move |db| db.remove_rule(id)).await?;
+                Ok(Response::Done)
+            }
+            Request::RulesApply { dry_run } => Ok(Response::RuleChanges(
+                self.store.call(move |db| db.apply_rules(dry_run)).await?,
+            )),
+            Request::LabelAdd { id, label } => {
+                validate_label(&label).map_err(Error::Invalid)?;
+                let id = self.store.call(move |db| db.add_label(&id, &label)).await?;
+                Ok(Response::Updated { id })
+            }
+            Request::LabelRm { id, label } => {
+                let id = self
+                    .store
+                    .call(move |db| db.remove_label(&id, &label))
+                    .await?;
+                Ok(Response::Updated { id })
+            }
             Request::InboxRead { id } => Ok(Response::Message(
                 self.store.call(move |db| db.message(&id)).await?,
             )),

@@ -28,6 +28,8 @@ pub struct Received {
     pub body: String,
     /// Its attachments (to be fetched).
     pub attachments: Vec<crate::attachments::AttachmentRef>,
+    /// What the rules pipeline decided for it, applied with the insert.
+    pub actions: Vec<crate::inbox::rules::Action>,
 }
 
 /// What storing one received message did.
@@ -137,6 +139,7 @@ impl Db {
                             &m.sender,
                             &m.attachments,
                         )?;
+                        super::rules::apply_actions(&tx, &row, &m.actions)?;
                         ReceiveOutcome::Stored
                     }
                 });
@@ -146,15 +149,20 @@ impl Db {
         Ok(outcomes)
     }
 
-    /// The inbox, newest first, at most `limit` messages.
-    pub fn inbox(&self, limit: Option<u32>) -> Result<Vec<InboxItem>, StoreError> {
+    /// The inbox, newest first, at most `limit` messages, only those labelled `label` if given.
+    pub fn inbox(
+        &self,
+        limit: Option<u32>,
+        label: Option<&str>,
+    ) -> Result<Vec<InboxItem>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT i.id, COALESCE(c.name, i.sender), i.sender, i.received_at, i.subject, i.body, i.key_id
              FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender
+             WHERE ?2 IS NULL OR EXISTS (SELECT 1 FROM labels l WHERE l.message_id = i.id AND l.label = ?2)
              ORDER BY i.received_at DESC, i.rowid DESC LIMIT ?1",
         )?;
         let limit = limit.map_or(-1, i64::from);
-        let mut rows = stmt.query([limit])?;
+        let mut rows = stmt.query(params![limit, label])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let id: String = r.get(0)?;
@@ -211,7 +219,7 @@ impl Db {
             .query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
-    fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
+    pub(super) fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
         let prefix = super::check_id_prefix(prefix)?;
         let mut stmt = self
             .conn
@@ -229,7 +237,7 @@ impl Db {
         }
     }
 
-    fn labels_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+    pub(super) fn labels_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT label FROM labels WHERE message_id = ?1 ORDER BY label")?;
@@ -285,6 +293,7 @@ mod tests {
             subject: Some("s".into()),
             body: body.into(),
             attachments: vec![],
+            actions: vec![],
         }
     }
 
@@ -328,11 +337,11 @@ mod tests {
             10,
         )
         .expect("store");
-        let all = db.inbox(None).expect("list");
+        let all = db.inbox(None, None).expect("list");
         assert_eq!(all.len(), 2);
         assert!(all.iter().any(|i| i.preview == "first line"));
         assert!(all.iter().any(|i| i.preview.ends_with('…') && i.preview.chars().count() == PREVIEW_CHARS + 1));
-        assert_eq!(db.inbox(Some(1)).expect("limited").len(), 1);
+        assert_eq!(db.inbox(Some(1), None).expect("limited").len(), 1);
         assert!(matches!(db.message("zz"), Err(StoreError::NotFound { .. })));
         assert!(matches!(
             db.message("0000"),

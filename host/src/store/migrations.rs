@@ -94,6 +94,19 @@ CREATE TABLE attachment_chunks (
 );
 "#,
         ),
+        M::up(
+            r#"
+-- Built-in rules: messages from one sender get one label.
+CREATE TABLE rules (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    from_peer TEXT NOT NULL,
+    label     TEXT NOT NULL,
+    UNIQUE (from_peer, label)
+);
+ALTER TABLE inbox ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX labels_label ON labels (label);
+"#,
+        ),
     ])
 });
 

@@ -1,0 +1,116 @@
+//! Labels and built-in rules with real deliveries.
+
+use std::time::Duration;
+
+use pigeon_e2e::{Pair, TestHome, wait_for};
+
+fn labels(home: &TestHome, id: &str) -> Vec<String> {
+    let m = home.json(&["inbox", "read", id, "--json"]);
+    m["labels"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|l| l.as_str().expect("label").to_owned())
+        .collect()
+}
+
+fn arrive(home: &TestHome, id: &str) {
+    wait_for("delivery", Duration::from_secs(60), || {
+        home.inbox().iter().any(|i| i["id"] == id).then_some(())
+    });
+}
+
+fn ids_with_label(home: &TestHome, label: &str) -> Vec<String> {
+    let list = home.json(&["inbox", "list", "--label", label, "--json"]);
+    list.as_array()
+        .expect("list")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_sender_rule_labels_deliveries_and_apply_catches_up() {
+    let pair = Pair::start();
+    let before = pair.alice.send("bob", "sent before the rule");
+    arrive(&pair.bob, &before);
+    assert!(labels(&pair.bob, &before).is_empty());
+
+    pair.bob.ok(&[
+        "inbox", "rules", "add", "--from", "alice", "--label", "friends",
+    ]);
+    let rules = pair.bob.json(&["inbox", "rules", "list", "--json"]);
+    assert_eq!(rules[0]["from"], "alice");
+    assert_eq!(rules[0]["label"], "friends");
+
+    // A new delivery is labelled as it arrives.
+    let after = pair.alice.send("bob", "sent after the rule");
+    arrive(&pair.bob, &after);
+    assert_eq!(labels(&pair.bob, &after), vec!["friends"]);
+    assert_eq!(ids_with_label(&pair.bob, "friends"), vec![after.clone()]);
+
+    // The dry run shows the older message would change, and changes nothing.
+    let planned = pair
+        .bob
+        .json(&["inbox", "rules", "apply", "--dry-run", "--json"]);
+    let planned = planned.as_array().expect("changes");
+    assert_eq!(planned.len(), 1, "{planned:?}");
+    assert_eq!(planned[0]["id"], before.as_str());
+    assert!(
+        labels(&pair.bob, &before).is_empty(),
+        "--dry-run changed a label"
+    );
+    let out = pair.bob.ok(&["inbox", "rules", "apply"]);
+    assert!(out.contains("changed 1 messages"), "{out}");
+    assert_eq!(labels(&pair.bob, &before), vec!["friends"]);
+    let mut both = ids_with_label(&pair.bob, "friends");
+    both.sort();
+    let mut expected = vec![before.clone(), after.clone()];
+    expected.sort();
+    assert_eq!(both, expected);
+
+    // Labels by hand.
+    pair.bob
+        .ok(&["inbox", "label", "add", &before[..8], "later"]);
+    assert_eq!(ids_with_label(&pair.bob, "later"), vec![before.clone()]);
+    pair.bob.ok(&["inbox", "label", "rm", &before, "later"]);
+    assert!(ids_with_label(&pair.bob, "later").is_empty());
+
+    // Mistakes are clear errors.
+    assert_eq!(
+        pair.bob
+            .run(&["inbox", "label", "add", &before, "not ok"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        pair.bob
+            .run(&["inbox", "rules", "add", "--from", "nobody", "--label", "x"])
+            .status
+            .code(),
+        Some(4)
+    );
+    assert_eq!(
+        pair.bob
+            .run(&[
+                "inbox", "rules", "add", "--from", "alice", "--label", "friends"
+            ])
+            .status
+            .code(),
+        Some(5)
+    );
+    assert_eq!(
+        pair.bob.run(&["inbox", "rules", "rm", "999"]).status.code(),
+        Some(4)
+    );
+    let id = rules[0]["id"].as_i64().expect("rule id").to_string();
+    pair.bob.ok(&["inbox", "rules", "rm", &id]);
+    assert!(
+        pair.bob
+            .json(&["inbox", "rules", "list", "--json"])
+            .as_array()
+            .expect("rules")
+            .is_empty()
+    );
+}
