@@ -28,8 +28,8 @@ use zeroize::Zeroizing;
 pub const CHUNK_SIZE: u32 = 1024 * 1024;
 /// AEAD tag added to each chunk.
 pub const TAG: u64 = 16;
-/// Largest attachment the protocol can describe (a manifest of 32-byte hashes must fit a frame).
-pub const HARD_MAX_SIZE: u64 = 64 * 1024 * 1024 * 1024;
+/// Largest attachment pigeon handles: its manifest (32 bytes per MiB) must fit a frame and a request.
+pub const HARD_MAX_SIZE: u64 = 16 * 1024 * 1024 * 1024;
 
 /// What a message says about one of its attachments. Secret: it travels inside the sealed payload.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
