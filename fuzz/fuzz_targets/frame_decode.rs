@@ -1,4 +1,5 @@
-//! Arbitrary bytes as a peer frame (u32 big-endian length + CBOR body).
+//! Arbitrary bytes as a peer frame (u32 big-endian length + CBOR body) of every protocol type:
+//! `/pigeon/msg/1` batches and answers, `/pigeon/chunk/1` requests and answers.
 //!
 //! Checks: decoding never panics (in memory or streamed); a frame that decodes in memory also
 //! decodes, equal, through the streaming reader; whatever decodes re-encodes and decodes back equal.
@@ -9,13 +10,17 @@ use futures::executor::block_on;
 use futures::io::Cursor;
 use libfuzzer_sys::fuzz_target;
 use pigeon::net::codec::{self, FrameError};
-use pigeon::net::protocol::{Batch, BatchResponse, MAX_REQUEST, MAX_RESPONSE};
+use pigeon::net::protocol::{
+    Batch, BatchResponse, ChunkRequest, ChunkResponse, Frame, MAX_REQUEST, MAX_RESPONSE,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 fuzz_target!(|data: &[u8]| {
     check::<Batch>(data, MAX_REQUEST);
     check::<BatchResponse>(data, MAX_RESPONSE);
+    check::<ChunkRequest>(data, ChunkRequest::MAX);
+    check::<ChunkResponse>(data, ChunkResponse::MAX);
 });
 
 fn check<T>(data: &[u8], max: usize)
