@@ -326,3 +326,44 @@ fn size_limits_hold_on_both_sides() {
     );
     assert!(pair.bob.inbox().is_empty());
 }
+
+#[test]
+fn a_transfer_survives_the_sender_crashing_mid_way() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    let mut alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
+    let bob_node = bob.start_node("/ip4/127.0.0.1/tcp/0");
+    let alice_listen = alice_node.listen_addr();
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = random_file(work.path(), "video.mp4", 120 * 1024 * 1024, b"");
+    let id = alice
+        .ok(&[
+            "send",
+            "bob",
+            "a video",
+            "--attach",
+            source.to_str().expect("path"),
+        ])
+        .trim()
+        .to_owned();
+    let held_at_crash = wait_for("part of the transfer", TRANSFER_TIMEOUT, || {
+        let held = attachment(&bob, &id)["chunks_held"].as_u64().unwrap_or(0);
+        (held >= 20).then_some(held)
+    });
+    alice_node.kill();
+    alice_node = alice.start_node(&alice_listen);
+    let a = wait_complete(&bob, &id);
+    assert!(
+        held_at_crash < a["chunks_total"].as_u64().expect("total"),
+        "the crash came after the transfer"
+    );
+    let out = work.path().join("saved");
+    std::fs::create_dir(&out).expect("mkdir");
+    bob.ok(&["inbox", "save", &id, "--out", out.to_str().expect("path")]);
+    assert!(
+        same_bytes(&source, &out.join("video.mp4")),
+        "the saved file differs"
+    );
+    drop(alice_node);
+}
