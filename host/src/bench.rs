@@ -12,13 +12,12 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::control::api::{Request, Response};
+use crate::demo::{PASSPHRASE, introduce, loopback, new_home, start_node};
 use crate::error::{Error, Result};
-use crate::home::Home;
 use crate::keys::keystore;
 use crate::node::Node;
 use crate::store::Db;
 
-const PASSPHRASE: &str = "bench passphrase, not a secret";
 /// Longest a run may take before it is reported as failed.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
 
@@ -56,8 +55,7 @@ pub async fn delivery(
     let mut config = Config::default();
     config.delivery.batch_max_messages = batch_max_messages;
     config.delivery.batches_in_flight = batches_in_flight;
-    let alice_keys = keystore::unlock(&alice_home.keystore(), PASSPHRASE)?;
-    let alice = Node::start(&alice_home, alice_keys, &config, &[loopback()]).await?;
+    let alice = start_node(&alice_home, &config).await?;
     let alice_addrs: Vec<String> = alice
         .listen_addrs()
         .await
@@ -124,16 +122,6 @@ pub async fn delivery(
     })
 }
 
-fn new_home(dir: &std::path::Path, name: &str) -> Result<Home> {
-    let home = Home::resolve(Some(dir.join(name)))?;
-    crate::init::create_home(&home, PASSPHRASE)?;
-    Ok(home)
-}
-
-fn loopback() -> Multiaddr {
-    Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(0))
-}
-
 /// A TCP address on 127.0.0.1 that is free now, for a node that starts later.
 fn free_tcp_addr() -> Result<Multiaddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
@@ -142,7 +130,7 @@ fn free_tcp_addr() -> Result<Multiaddr> {
         .local_addr()
         .map_err(|e| Error::Invalid(format!("bench: {e}")))?
         .port();
-    Ok(Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(port)))
+    Ok(loopback(port))
 }
 
 /// One measured attachment transfer, beside a raw TCP copy of the same bytes.
@@ -169,8 +157,8 @@ pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
     write_random(&source, bytes).map_err(io)?;
     let alice_home = new_home(dir.path(), "alice")?;
     let bob_home = new_home(dir.path(), "bob")?;
-    let alice = start(&alice_home).await?;
-    let bob = start(&bob_home).await?;
+    let alice = start_node(&alice_home, &Config::default()).await?;
+    let bob = start_node(&bob_home, &Config::default()).await?;
     introduce(&alice, &bob, "bob").await?;
     introduce(&bob, &alice, "alice").await?;
     let staged = crate::attachments::stage(alice_home.root(), &source, u64::MAX, |_| {})?;
@@ -213,25 +201,6 @@ pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
         tcp_seconds,
         tcp_mb_per_second: mb / tcp_seconds,
     })
-}
-
-async fn start(home: &Home) -> Result<Node> {
-    let keys = keystore::unlock(&home.keystore(), PASSPHRASE)?;
-    Node::start(home, keys, &Config::default(), &[loopback()]).await
-}
-
-async fn introduce(who: &Node, whom: &Node, name: &str) -> Result<()> {
-    let Response::Id(info) = whom.ops().handle(Request::Id).await? else {
-        return Err(Error::Invalid("bench: no id".into()));
-    };
-    who.ops()
-        .handle(Request::ContactsAdd {
-            name: name.into(),
-            address: info.address,
-            addrs: info.listen,
-        })
-        .await?;
-    Ok(())
 }
 
 fn write_random(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {

@@ -13,7 +13,7 @@ use crate::home::Home;
 use crate::keys::keystore;
 use crate::node::Node;
 
-const PASSPHRASE: &str = "demo passphrase, not a secret";
+pub(crate) const PASSPHRASE: &str = "demo passphrase, not a secret";
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs the demo, reporting to `out`; `Ok` only if every message arrived exactly once.
@@ -75,20 +75,33 @@ pub async fn local_two_peers(out: &mut dyn Write) -> Result<()> {
 }
 
 async fn start(dir: &std::path::Path, name: &str) -> Result<(Node, Home)> {
-    let home = Home::resolve(Some(dir.join(name)))?;
-    crate::init::create_home(&home, PASSPHRASE)?;
-    let keys = keystore::unlock(&home.keystore(), PASSPHRASE)?;
-    let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0"
-        .parse()
-        .map_err(|_| Error::Invalid("listen address".into()))?;
-    let node = Node::start(&home, keys, &Config::default(), &[listen]).await?;
+    let home = new_home(dir, name)?;
+    let node = start_node(&home, &Config::default()).await?;
     Ok((node, home))
 }
 
+/// A new home `dir/name` under the demo passphrase (the benchmarks use it too).
+pub(crate) fn new_home(dir: &std::path::Path, name: &str) -> Result<Home> {
+    let home = Home::resolve(Some(dir.join(name)))?;
+    crate::init::create_home(&home, PASSPHRASE)?;
+    Ok(home)
+}
+
+/// Starts the node of a home made by [`new_home`] on a free TCP port of 127.0.0.1.
+pub(crate) async fn start_node(home: &Home, config: &Config) -> Result<Node> {
+    let keys = keystore::unlock(&home.keystore(), PASSPHRASE)?;
+    Node::start(home, keys, config, &[loopback(0)]).await
+}
+
+/// `/ip4/127.0.0.1/tcp/PORT`.
+pub(crate) fn loopback(port: u16) -> Multiaddr {
+    Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(port))
+}
+
 /// Adds `whom` as a contact of `who`, under `name`, with its listen addresses.
-async fn introduce(who: &Node, whom: &Node, name: &str) -> Result<()> {
+pub(crate) async fn introduce(who: &Node, whom: &Node, name: &str) -> Result<()> {
     let Response::Id(info) = whom.ops().handle(Request::Id).await? else {
-        return Err(Error::Invalid("demo: the node did not tell its id".into()));
+        return Err(Error::Invalid("the node did not tell its id".into()));
     };
     let request = Request::ContactsAdd {
         name: name.into(),

@@ -163,11 +163,6 @@ pub fn open(
     Ok(payload)
 }
 
-/// The sender PeerId an envelope claims, if it parses.
-pub fn claimed_sender(env: &Envelope) -> Option<PeerId> {
-    PeerId::from_bytes(&env.sender).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

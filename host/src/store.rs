@@ -152,13 +152,6 @@ impl Db {
     ) -> Result<Vec<u8>, StoreError> {
         Ok(self.keys.at_rest().open(table, row, key_id, blob)?)
     }
-
-    /// Runs SQLite's own consistency check; `ok` when the file is sound.
-    pub fn integrity_check(&self) -> Result<String, StoreError> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
-    }
 }
 
 /// Checks a message id or id prefix typed by a user: 4 to 32 hex digits, lowercased.

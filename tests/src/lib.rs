@@ -155,6 +155,15 @@ impl TestHome {
             .clone()
     }
 
+    /// The outbox entry of message `id`, once it is in `state`; waits at most `timeout`.
+    pub fn wait_outbox_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        wait_for(&format!("message {id} to be {state}"), timeout, || {
+            self.outbox()
+                .into_iter()
+                .find(|e| e["id"] == id && e["state"] == state)
+        })
+    }
+
     /// Starts `pigeon node run` on `listen`; its log (debug level) goes to `<home>/node.log`.
     pub fn start_node(&self, listen: &str) -> NodeProc {
         self.start_node_with(listen, &[])

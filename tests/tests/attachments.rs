@@ -311,12 +311,9 @@ fn size_limits_hold_on_both_sides() {
         ])
         .trim()
         .to_owned();
-    let entry = wait_for("the refusal", TRANSFER_TIMEOUT, || {
-        pair.alice
-            .outbox()
-            .into_iter()
-            .find(|e| e["id"] == id.as_str() && e["state"] == "failed")
-    });
+    let entry = pair
+        .alice
+        .wait_outbox_state(&id, "failed", TRANSFER_TIMEOUT);
     assert!(
         entry["last_error"]
             .as_str()

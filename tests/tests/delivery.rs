@@ -238,12 +238,7 @@ fn a_message_not_delivered_within_the_ttl_fails_with_the_reason() {
     alice.add_contact("bob", &bob, &["/ip4/127.0.0.1/tcp/9".to_owned()]);
     let id = alice.send("bob", "nobody home");
     let _alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
-    let entry = wait_for("the message to expire", Duration::from_secs(30), || {
-        alice
-            .outbox()
-            .into_iter()
-            .find(|e| e["id"] == id.as_str() && e["state"] == "failed")
-    });
+    let entry = alice.wait_outbox_state(&id, "failed", Duration::from_secs(30));
     assert!(
         entry["last_error"]
             .as_str()

@@ -148,7 +148,8 @@ pub enum Response {
     Message(MessageView),
     /// For [`Request::InboxAttachments`].
     Attachments(Vec<SaveInfo>),
-    /// For [`Request::OutboxRetry`] and [`Request::OutboxCancel`]: the full message id.
+    /// For [`Request::OutboxRetry`], [`Request::OutboxCancel`], [`Request::LabelAdd`] and
+    /// [`Request::LabelRm`]: the full message id.
     Updated {
         /// The message id.
         id: String,

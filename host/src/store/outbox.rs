@@ -438,16 +438,6 @@ impl Db {
             _ => Err(StoreError::Ambiguous(prefix)),
         }
     }
-
-    /// How many messages are queued.
-    pub fn queued_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE state = ?1",
-            [OutboxState::Queued.as_str()],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
 }
 
 fn insert_outbox(
@@ -566,7 +556,7 @@ mod tests {
         assert_eq!(list[0].attempts, 2);
         assert_eq!(list[1].state, OutboxState::Failed);
         assert_eq!(list[1].last_error.as_deref(), Some("refused"));
-        assert_eq!(db.queued_count().expect("count"), 0);
+        assert_eq!(db.outbox_counts().expect("counts").queued, 0);
         assert_eq!(db.next_due_after(0).expect("next"), None);
     }
 
