@@ -13,6 +13,7 @@ mod init;
 mod node;
 mod outbox;
 mod peers;
+mod plugins;
 mod send;
 mod status;
 
@@ -91,6 +92,9 @@ enum Command {
     Peers(peers::Args),
     /// Show whether the node runs, and the outbox and inbox counts.
     Status(status::Args),
+    /// List, check and create WASM plugins (inbox rules, labelers, discovery strategies).
+    #[command(subcommand)]
+    Plugins(plugins::Command),
     /// Show and change config.toml.
     #[command(subcommand)]
     Config(config::Command),
@@ -128,6 +132,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Inbox(cmd) => inbox::run(g, cmd).await,
         Command::Peers(args) => peers::run(g, args).await,
         Command::Status(args) => status::run(g, args).await,
+        Command::Plugins(cmd) => plugins::run(g, cmd).await,
         Command::Config(cmd) => config::run(g, cmd),
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Demo(cmd) => demo::run(cmd).await,

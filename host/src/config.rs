@@ -8,6 +8,7 @@ pub mod edit;
 
 use std::path::{Path, PathBuf};
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 /// Errors reading the configuration.
@@ -45,6 +46,28 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[attachments]`
     pub attachments: AttachmentsConfig,
+    /// `[plugins.NAME]`, in the file's order (rule plugins run in this order).
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub plugins: IndexMap<String, PluginConfig>,
+}
+
+/// `[plugins.NAME]`: one WASM plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Its `.wasm` file (relative to the home); built-in plugins need none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Per-call deadline in milliseconds (default 50 for rules, 250 for discovery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Memory limit in MiB (default 16).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Handed to the plugin as its configuration.
+    pub config: toml::Table,
 }
 
 /// `[node]`: how the node meets the network.
@@ -166,6 +189,25 @@ listen = ""
 max_size = 1073741824
 # Chunks (1 MiB each) in flight while fetching; memory use follows it, not the file size.
 window = 8
+
+# WASM plugins, one table each; rule plugins run in the order they appear here, after the
+# built-in rules. `pigeon plugins list` shows them all. Built-in ones need no path:
+#
+# [plugins.keyword-labeler]      # labels messages that mention a word
+# enabled = true
+# [plugins.keyword-labeler.config]
+# invoice = "finance"
+#
+# [plugins.bootstrap]            # dials these peers at start and redials them
+# enabled = true
+# [plugins.bootstrap.config]
+# peers = ["/ip4/192.0.2.7/tcp/7717/p2p/12D3KooW..."]
+#
+# [plugins.my-rule]              # your own, built with `pigeon plugins new`
+# enabled = true
+# path = "plugins/my_rule.wasm"  # relative to this home
+# timeout_ms = 50                # per call (default 50 for rules, 250 for discovery)
+# memory_mib = 16
 "#;
 
 impl Config {
@@ -254,6 +296,9 @@ impl Config {
                 "attachments.window must be between 1 and 64".to_owned(),
             ));
         }
+        for (name, pc) in &self.plugins {
+            crate::plugins::validate_config(name, pc).map_err(invalid)?;
+        }
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -297,5 +342,28 @@ mod tests {
         let err = Config::parse("[node]\nlisten = [\"nope\"]\n", Path::new("c.toml"))
             .expect_err("bad addr");
         assert!(err.to_string().contains("node.listen"), "{err}");
+    }
+
+    #[test]
+    fn plugins_keep_their_order_and_bad_entries_are_refused() {
+        let text = "[plugins.zeta]\nenabled = true\npath = \"z.wasm\"\n\
+                    [plugins.alpha]\npath = \"a.wasm\"\n[plugins.alpha.config]\nx = [1, 2]\n";
+        let c = Config::parse(text, Path::new("c.toml")).expect("valid");
+        let names: Vec<&String> = c.plugins.keys().collect();
+        assert_eq!(names, ["zeta", "alpha"], "file order, not sorted");
+        assert!(c.plugins["zeta"].enabled && !c.plugins["alpha"].enabled);
+        for (bad, says) in [
+            ("[plugins.mine]\nenabled = true\n", "needs a path"),
+            ("[plugins.keyword-labeler]\ntimeout_ms = 0\n", "timeout_ms"),
+            (
+                "[plugins.keyword-labeler]\nmemory_mib = 100000\n",
+                "memory_mib",
+            ),
+            ("[plugins.keyword-labeler]\nenable = true\n", "enable"),
+            ("[plugins.\"Bad Name\"]\npath = \"x\"\n", "plugin name"),
+        ] {
+            let err = Config::parse(bad, Path::new("c.toml")).expect_err(bad);
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 }

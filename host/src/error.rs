@@ -46,6 +46,10 @@ pub enum Error {
     #[error(transparent)]
     Attachment(#[from] crate::attachments::AttachmentError),
     /// A user-supplied value was not acceptable.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
+    #[error(transparent)]
+    Scaffold(#[from] crate::plugins::scaffold::ScaffoldError),
     #[error("{0}")]
     Invalid(String),
     /// An error reported by a running node through the control socket.
@@ -102,6 +106,12 @@ impl Error {
             Error::Store(e) => e.kind(),
             Error::Net(_) | Error::Control(_) => ErrorKind::Other,
             Error::Attachment(e) => e.kind(),
+            Error::Plugin(e) => e.kind(),
+            Error::Scaffold(e) => match e {
+                crate::plugins::scaffold::ScaffoldError::BadName(_) => ErrorKind::Usage,
+                crate::plugins::scaffold::ScaffoldError::Exists(_) => ErrorKind::Conflict,
+                _ => ErrorKind::Other,
+            },
             Error::Remote { kind, .. } => *kind,
         }
     }

@@ -91,6 +91,10 @@ impl Home {
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")
     }
+    /// Compiled plugins (0700), authenticated under the owner's keys.
+    pub fn plugin_cache(&self) -> PathBuf {
+        self.root.join("plugin-cache")
+    }
     /// The control socket of a running node.
     pub fn socket(&self) -> PathBuf {
         self.root.join("pigeon.sock")

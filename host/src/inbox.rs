@@ -14,20 +14,27 @@ use crate::envelope::{self, OpenError};
 use crate::keys::Keys;
 use crate::metrics::METRICS;
 use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
+use crate::plugins::{Plugins, RuleMessage};
 use crate::store::{ReceiveOutcome, Received, Store, now_ms};
 use rules::RuleInput;
 use std::sync::Arc;
 
+/// What the receive path needs of the node.
+#[derive(Clone)]
+pub struct Receiver {
+    /// The node's keys.
+    pub keys: Arc<Keys>,
+    /// The store.
+    pub store: Store,
+    /// The rule plugins.
+    pub plugins: Plugins,
+    /// Attachments larger than this many bytes make their message refused as too large.
+    pub max_attachment: u64,
+}
+
 /// Opens, stores and answers one inbound batch from the authenticated `peer`.
-/// Attachments larger than `max_attachment` bytes make their message refused as too large.
-pub async fn receive_batch(
-    keys: &Arc<Keys>,
-    store: &Store,
-    peer: PeerId,
-    batch: Batch,
-    max_attachment: u64,
-) -> BatchResponse {
-    let response = receive(keys, store, peer, batch, max_attachment).await;
+pub async fn receive_batch(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchResponse {
+    let response = receive(receiver, peer, batch).await;
     let rejected = response
         .outcomes
         .iter()
@@ -37,13 +44,8 @@ pub async fn receive_batch(
     response
 }
 
-async fn receive(
-    keys: &Arc<Keys>,
-    store: &Store,
-    peer: PeerId,
-    batch: Batch,
-    max_attachment: u64,
-) -> BatchResponse {
+async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchResponse {
+    let (store, max_attachment) = (&receiver.store, receiver.max_attachment);
     let n = batch.envelopes.len();
     let reject_all = |reason| BatchResponse {
         outcomes: vec![Outcome::Rejected(reason); n],
@@ -63,7 +65,7 @@ async fn receive(
         }
     };
     // Opening is CPU work (two X25519 operations each): keep it off the async workers.
-    let keys = keys.clone();
+    let keys = receiver.keys.clone();
     let sender_key = contact.address.enc_public().clone();
     let opened = tokio::task::spawn_blocking(move || {
         batch
@@ -112,6 +114,7 @@ async fn receive(
             }
         }
     }
+    run_plugins(&receiver.plugins, &contact.name, &mut to_store).await;
     let ids: Vec<String> = to_store.iter().map(|r| r.id.to_string()).collect();
     let stored = store
         .call(move |db| db.store_received(&to_store, now_ms()))
@@ -146,6 +149,30 @@ async fn receive(
         })
         .collect();
     BatchResponse { outcomes }
+}
+
+/// Runs the rule plugins after the built-in rules, each message with the labels those gave it.
+async fn run_plugins(plugins: &Plugins, contact: &str, received: &mut [Received]) {
+    if !plugins.has_rules() || received.is_empty() {
+        return;
+    }
+    let messages = received
+        .iter()
+        .map(|r| RuleMessage {
+            id: r.id.to_string(),
+            sender: r.sender.to_string(),
+            contact: Some(contact.to_owned()),
+            subject: r.subject.clone().unwrap_or_default(),
+            body: r.body.clone(),
+            sent_at_ms: r.sent_at_ms,
+            attachments: r.attachments.iter().map(|a| a.name.clone()).collect(),
+            labels: rules::labels_after(&[], &r.actions),
+        })
+        .collect();
+    let from_plugins = plugins.run_rules(messages).await;
+    for (r, actions) in received.iter_mut().zip(from_plugins) {
+        r.actions.extend(actions);
+    }
 }
 
 fn reject_reason(e: OpenError) -> RejectReason {

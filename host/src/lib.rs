@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod passphrase;
+pub mod plugins;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};

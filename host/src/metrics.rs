@@ -6,7 +6,10 @@
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -44,6 +47,12 @@ pub struct Metrics {
     pub attachment_chunks_served: IntCounter,
     /// Bytes per second of each completed attachment transfer.
     pub attachment_throughput: Histogram,
+    /// Seconds per plugin call, by plugin and hook.
+    pub plugin_call_seconds: HistogramVec,
+    /// Plugin calls that failed, by plugin and reason (trap, timeout, memory, init).
+    pub plugin_failures: IntCounterVec,
+    /// 1 while a plugin's circuit breaker has it disabled, by plugin.
+    pub plugin_disabled: IntGaugeVec,
 }
 
 impl Metrics {
@@ -71,7 +80,36 @@ impl Metrics {
                 .expect("unique metric name");
             g
         };
+        let plugin_call_seconds = HistogramVec::new(
+            HistogramOpts::new("pigeon_plugin_call_seconds", "Seconds per plugin call")
+                .buckets(prometheus::exponential_buckets(1e-6, 4.0, 12).expect("buckets")),
+            &["plugin", "hook"],
+        )
+        .expect("valid histogram");
+        let plugin_failures = IntCounterVec::new(
+            Opts::new("pigeon_plugin_failures_total", "Plugin calls that failed"),
+            &["plugin", "reason"],
+        )
+        .expect("valid counter");
+        let plugin_disabled = IntGaugeVec::new(
+            Opts::new(
+                "pigeon_plugin_disabled",
+                "1 while a plugin's circuit breaker has it disabled",
+            ),
+            &["plugin"],
+        )
+        .expect("valid gauge");
+        for m in [
+            Box::new(plugin_call_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(plugin_failures.clone()),
+            Box::new(plugin_disabled.clone()),
+        ] {
+            registry.register(m).expect("unique metric name");
+        }
         Metrics {
+            plugin_call_seconds,
+            plugin_failures,
+            plugin_disabled,
             send_latency: histogram(
                 "pigeon_send_latency_seconds",
                 "Seconds from queueing a message to its recipient's ack",

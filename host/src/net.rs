@@ -56,7 +56,12 @@ pub enum NetEvent {
     /// Now listening on this address.
     Listening(Multiaddr),
     /// A first connection to this peer is up.
-    PeerConnected(PeerId),
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+        /// Its address on that connection.
+        addr: Multiaddr,
+    },
     /// The last connection to this peer closed.
     PeerDisconnected(PeerId),
     /// A dial to `addr` connected (`ok`) or failed: food for the peer health cache.
@@ -123,6 +128,10 @@ enum Command {
     Dial {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+    },
+    AddAddress {
+        peer: PeerId,
+        addr: Multiaddr,
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
@@ -252,6 +261,11 @@ impl Net {
     /// Dials `peer` at `addrs` (a connected peer gets its due messages at once).
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let _ = self.commands.send(Command::Dial { peer, addrs }).await;
+    }
+
+    /// Remembers `addr` for `peer`, for later dials and requests.
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) {
+        let _ = self.commands.send(Command::AddAddress { peer, addr }).await;
     }
 
     /// The peers connected now.
@@ -433,6 +447,9 @@ impl EventLoop {
                     tracing::debug!(%peer, error = %describe(&e), "dial failed");
                 }
             }
+            Command::AddAddress { peer, addr } => {
+                self.swarm.add_peer_address(peer, addr);
+            }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listening.clone());
             }
@@ -472,7 +489,10 @@ impl EventLoop {
                 }
                 if num_established.get() == 1 {
                     METRICS.connected_peers.inc();
-                    let _ = self.events.send(NetEvent::PeerConnected(peer_id));
+                    let _ = self.events.send(NetEvent::PeerConnected {
+                        peer: peer_id,
+                        addr: endpoint.get_remote_address().clone(),
+                    });
                 }
             }
             SwarmEvent::ConnectionClosed {

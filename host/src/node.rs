@@ -33,6 +33,7 @@ use crate::metrics::METRICS;
 use crate::metrics::MetricsServer;
 use crate::net::protocol::{ChunkRequest, ChunkResponse};
 use crate::net::{Net, NetError, NetEvent};
+use crate::plugins::{DiscoveryAction, LazyPlugins, NodeEvent};
 use crate::store::{Store, now_ms};
 
 /// How long `start` waits for the listeners to report their addresses.
@@ -85,6 +86,8 @@ impl Node {
             Arc::new(SystemClock),
             cancel.child_token(),
         );
+        let (discovery_tx, discovery_rx) = mpsc::unbounded_channel();
+        let plugins = crate::plugins::start(home, config, &keys, Some(discovery_tx));
         let ops = Ops::new(
             keys.clone(),
             store.clone(),
@@ -92,6 +95,7 @@ impl Node {
                 net: net.clone(),
                 waker: waker.clone(),
             }),
+            LazyPlugins::running(plugins.clone()),
         );
         let control_task = server::serve(&home.socket(), ops.clone(), cancel.child_token())?;
         let (fetcher, fetch_task) = fetch::spawn(
@@ -102,15 +106,23 @@ impl Node {
             cancel.child_token(),
         );
         let pump = Pump {
-            keys,
-            store: store.clone(),
+            receiver: inbox::Receiver {
+                keys,
+                store: store.clone(),
+                plugins: plugins.clone(),
+                max_attachment: config.attachments.max_size,
+            },
             net: net.clone(),
             waker,
             fetcher,
             home_root: home.root().to_owned(),
-            max_attachment: config.attachments.max_size,
         };
         let events_task = tokio::spawn(pump.run(events, cancel.child_token()));
+        let discovery_task = tokio::spawn(run_discovery_actions(
+            discovery_rx,
+            net.clone(),
+            cancel.child_token(),
+        ));
         let dial_task = tokio::spawn(dial_contacts(store, net.clone()));
         let node = Node {
             ops,
@@ -123,11 +135,13 @@ impl Node {
                 events_task,
                 dial_task,
                 fetch_task,
+                discovery_task,
             ],
             metrics,
             _lock: lock,
         };
         node.wait_listening(listen.len()).await;
+        plugins.event(NodeEvent::Started);
         Ok(node)
     }
 
@@ -171,13 +185,11 @@ impl Node {
 
 /// Hands the swarm's events to the rooms they concern.
 struct Pump {
-    keys: Arc<Keys>,
-    store: Store,
+    receiver: inbox::Receiver,
     net: Net,
     waker: Waker,
     fetcher: FetchWaker,
     home_root: PathBuf,
-    max_attachment: u64,
 }
 
 impl Pump {
@@ -195,16 +207,30 @@ impl Pump {
     }
 
     async fn on_event(&self, event: NetEvent, handlers: &mut tokio::task::JoinSet<()>) {
-        let store = &self.store;
+        let store = &self.receiver.store;
+        let plugins = &self.receiver.plugins;
         match event {
-            NetEvent::Listening(addr) => tracing::info!(%addr, "listening"),
-            NetEvent::PeerConnected(peer) => {
+            NetEvent::Listening(addr) => {
+                tracing::info!(%addr, "listening");
+                plugins.event(NodeEvent::NewListenAddress(addr));
+            }
+            NetEvent::PeerConnected { peer, addr } => {
                 tracing::debug!(%peer, "peer connected");
+                plugins.event(NodeEvent::PeerConnected {
+                    peer,
+                    address: addr,
+                });
                 // Whatever its backoff says, a peer that is here now gets its messages now.
                 self.waker.peer_connected(peer);
                 self.fetcher.wake();
             }
             NetEvent::Dialed { peer, addr, ok } => {
+                if !ok {
+                    plugins.event(NodeEvent::DialFailed {
+                        peer,
+                        address: addr.clone(),
+                    });
+                }
                 let _ = store
                     .call(move |db| db.record_dial(&peer, &addr, ok, now_ms()))
                     .await;
@@ -215,16 +241,19 @@ impl Pump {
                     .call(move |db| db.record_rtt(&peer, &addr, ms, now_ms()))
                     .await;
             }
-            NetEvent::PeerDisconnected(peer) => tracing::debug!(%peer, "peer disconnected"),
+            NetEvent::PeerDisconnected(peer) => {
+                tracing::debug!(%peer, "peer disconnected");
+                plugins.event(NodeEvent::PeerDisconnected(peer));
+            }
             NetEvent::InboundBatch {
                 peer,
                 batch,
                 channel,
             } => {
-                let (keys, store, net) = (self.keys.clone(), store.clone(), self.net.clone());
-                let (fetcher, max) = (self.fetcher.clone(), self.max_attachment);
+                let (receiver, net) = (self.receiver.clone(), self.net.clone());
+                let fetcher = self.fetcher.clone();
                 handlers.spawn(async move {
-                    let response = inbox::receive_batch(&keys, &store, peer, batch, max).await;
+                    let response = inbox::receive_batch(&receiver, peer, batch).await;
                     net.respond(channel, response).await;
                     fetcher.wake();
                 });
@@ -279,6 +308,31 @@ async fn serve_chunk(
             ChunkResponse::Data(data)
         }
         _ => ChunkResponse::NotFound,
+    }
+}
+
+/// Carries out what discovery plugins ask for.
+async fn run_discovery_actions(
+    mut actions: mpsc::UnboundedReceiver<DiscoveryAction>,
+    net: Net,
+    cancel: CancellationToken,
+) {
+    let mut relay_warned = false;
+    loop {
+        let action = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = actions.recv() => match a { Some(a) => a, None => break },
+        };
+        match action {
+            DiscoveryAction::Dial { peer, address } => net.dial(peer, vec![address]).await,
+            DiscoveryAction::AddAddress { peer, address } => net.add_address(peer, address).await,
+            DiscoveryAction::ListenViaRelay(relay) => {
+                if !relay_warned {
+                    tracing::warn!(%relay, "a plugin asked to listen through a relay; this build has no relay client yet, so the request is ignored");
+                    relay_warned = true;
+                }
+            }
+        }
     }
 }
 

@@ -386,3 +386,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Test-only plugin that misbehaves as its `config.mode` says (see `tests/plugins/misbehave`).
+pub const MISBEHAVE_WASM: &str = env!("PIGEON_TEST_PLUGIN_MISBEHAVE");
+/// Test-only plugin built against `pigeon:plugin@2.0.0`.
+pub const FUTURE_API_WASM: &str = env!("PIGEON_TEST_PLUGIN_FUTURE_API");

@@ -26,8 +26,10 @@ pub fn get(config: &Config, key: &str, path: &Path) -> Result<toml::Value, Confi
 /// Sets `key` to `raw` in the file at `path`. `raw` is read as a TOML value (`1`, `true`,
 /// `["a", "b"]`, `"text"`); anything that is not one is taken as a plain string.
 pub fn set(path: &Path, key: &str, raw: &str) -> Result<Config, ConfigError> {
-    let defaults = Config::default();
-    get(&defaults, key, path)?;
+    // Plugin tables are open-ended (`plugins.NAME.config.*`); the full parse below checks them.
+    if !key.starts_with("plugins.") {
+        get(&Config::default(), key, path)?;
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -83,9 +85,12 @@ fn insert(root: &mut Table, key: &str, value: Value) -> Result<(), String> {
     let (last, tables) = parts.split_last().ok_or_else(|| "empty key".to_owned())?;
     let mut table = root;
     for part in tables {
-        let item = table
-            .entry(part)
-            .or_insert_with(|| Item::Table(Table::new()));
+        let item = table.entry(part).or_insert_with(|| {
+            // `[plugins.x.config]` is written without empty `[plugins]` headers above it.
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
         table = item
             .as_table_mut()
             .ok_or_else(|| format!("{part} is not a table in the file"))?;
@@ -151,6 +156,35 @@ mod tests {
             get(&config, "delivery.linger_ms", &path).expect("get"),
             toml::Value::Integer(25)
         );
+    }
+
+    #[test]
+    fn set_reaches_plugin_tables_and_checks_them() {
+        let (_dir, path) = template_file();
+        set(&path, "plugins.keyword-labeler.enabled", "true").expect("enable");
+        set(&path, "plugins.keyword-labeler.config.invoice", "finance").expect("config");
+        let config = Config::load(&path).expect("load");
+        let pc = &config.plugins["keyword-labeler"];
+        assert!(pc.enabled);
+        assert_eq!(pc.config["invoice"].as_str(), Some("finance"));
+        assert_eq!(
+            get(&config, "plugins.keyword-labeler.config.invoice", &path).expect("get"),
+            toml::Value::String("finance".into())
+        );
+        let before = std::fs::read_to_string(&path).expect("read");
+        for (key, value) in [
+            ("plugins.keyword-labeler.timeout_ms", "999999"),
+            ("plugins.keyword-labeler.enabld", "true"),
+            ("plugins.mine.enabled", "true"),
+        ] {
+            let err = set(&path, key, value).expect_err(key);
+            assert!(err.to_string().contains("plugins."), "{key}: {err}");
+            assert_eq!(
+                std::fs::read_to_string(&path).expect("read"),
+                before,
+                "{key}"
+            );
+        }
     }
 
     #[test]

@@ -11,10 +11,11 @@ use crate::attachments::AttachmentRef;
 use crate::delivery::Waker;
 use crate::envelope::{self, MAX_BODY, MAX_SUBJECT, MessageId, Payload};
 use crate::error::{Error, Result};
-use crate::inbox::rules::validate_label;
+use crate::inbox::rules::{Action, RuleInput, labels_after, validate_label};
 use crate::keys::Keys;
 use crate::keys::address::Address;
 use crate::net::Net;
+use crate::plugins::{LazyPlugins, PluginStatus};
 use crate::store::{
     InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleChange, RuleView, SaveInfo,
     Store, now_ms,
@@ -103,6 +104,8 @@ pub enum Request {
         /// Only show what would change.
         dry_run: bool,
     },
+    /// Every plugin with its state.
+    PluginsList,
     /// Add a label to a message.
     LabelAdd {
         /// Message id or unique prefix.
@@ -163,6 +166,8 @@ pub enum Response {
     },
     /// For [`Request::RulesList`].
     Rules(Vec<RuleView>),
+    /// For [`Request::PluginsList`].
+    Plugins(Vec<PluginStatus>),
     /// For [`Request::RulesApply`].
     RuleChanges(Vec<RuleChange>),
     /// For [`Request::Status`].
@@ -224,12 +229,21 @@ pub struct Ops {
     keys: Arc<Keys>,
     store: Store,
     node: Option<NodeLink>,
+    plugins: LazyPlugins,
 }
+
+/// Messages `rules apply` runs through the pipeline at a time.
+const APPLY_PAGE: u32 = 256;
 
 impl Ops {
     /// Operations on `store` with `keys`; `node` when a node is running in this process.
-    pub fn new(keys: Arc<Keys>, store: Store, node: Option<NodeLink>) -> Ops {
-        Ops { keys, store, node }
+    pub fn new(keys: Arc<Keys>, store: Store, node: Option<NodeLink>, plugins: LazyPlugins) -> Ops {
+        Ops {
+            keys,
+            store,
+            node,
+            plugins,
+        }
     }
 
     /// Carries out one request.
@@ -290,9 +304,8 @@ impl Ops {
                 self.store.call(move |db| db.remove_rule(id)).await?;
                 Ok(Response::Done)
             }
-            Request::RulesApply { dry_run } => Ok(Response::RuleChanges(
-                self.store.call(move |db| db.apply_rules(dry_run)).await?,
-            )),
+            Request::RulesApply { dry_run } => self.apply_rules(dry_run).await,
+            Request::PluginsList => Ok(Response::Plugins(self.plugins.get().status().await)),
             Request::LabelAdd { id, label } => {
                 validate_label(&label).map_err(Error::Invalid)?;
                 let id = self.store.call(move |db| db.add_label(&id, &label)).await?;
@@ -319,6 +332,56 @@ impl Ops {
                 Ok(Response::Attachments(list))
             }
         }
+    }
+
+    /// Runs the built-in rules, then the rule plugins, over every inbox message, a page at a
+    /// time; applies the changes unless `dry_run`.
+    async fn apply_rules(&self, dry_run: bool) -> Result<Response> {
+        let pipeline = self.store.call(|db| db.pipeline()).await?;
+        let plugins = self.plugins.get();
+        let (mut changes, mut after) = (Vec::new(), 0);
+        loop {
+            let page = self
+                .store
+                .call(move |db| db.rule_candidates(after, APPLY_PAGE))
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.rowid;
+            let mut actions: Vec<Vec<Action>> = Vec::with_capacity(page.len());
+            let mut messages = Vec::with_capacity(page.len());
+            for c in &page {
+                let m = &c.message;
+                let builtin = pipeline.run(&RuleInput {
+                    sender: &m.sender,
+                    contact: m.contact.as_deref(),
+                    labels: &m.labels,
+                });
+                let mut m = m.clone();
+                m.labels = labels_after(&m.labels, &builtin);
+                actions.push(builtin);
+                messages.push(m);
+            }
+            if plugins.has_rules() {
+                for (a, more) in actions.iter_mut().zip(plugins.run_rules(messages).await) {
+                    a.extend(more);
+                }
+            }
+            changes.extend(
+                page.into_iter()
+                    .zip(actions)
+                    .filter(|(_, a)| !a.is_empty())
+                    .map(|(c, actions)| RuleChange {
+                        id: c.message.id,
+                        from: c.from,
+                        actions,
+                    }),
+            );
+        }
+        if !dry_run && !changes.is_empty() {
+            let apply = changes.clone();
+            self.store.call(move |db| db.apply_changes(&apply)).await?;
+        }
+        Ok(Response::RuleChanges(changes))
     }
 
     async fn id(&self) -> IdInfo {

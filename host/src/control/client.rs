@@ -10,10 +10,12 @@ use tokio::net::UnixStream;
 use super::ControlError;
 use super::api::{Ops, Request, Response};
 use super::server::{MAX_LINE, Reply};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::home::{Home, HomeError};
 use crate::keys::keystore;
 use crate::passphrase::{self, Confirm};
+use crate::plugins::LazyPlugins;
 use crate::store::Store;
 
 /// How long to wait for a node that holds the home but has not opened its socket yet.
@@ -37,7 +39,12 @@ pub async fn call(
                 let pass = passphrase::obtain(passphrase_file, Confirm::Once)?;
                 let keys = Arc::new(keystore::unlock(&home.keystore(), &pass)?);
                 let store = Store::open(&home.database(), keys.clone())?;
-                return Ops::new(keys, store, None).handle(request).await;
+                let config = Config::load(&home.config())?;
+                let (home2, keys2) = (home.clone(), keys.clone());
+                let plugins = LazyPlugins::on_demand(move || {
+                    crate::plugins::start(&home2, &config, &keys2, None)
+                });
+                return Ops::new(keys, store, None, plugins).handle(request).await;
             }
             Err(HomeError::Busy(_)) => {
                 // A node holds the home: it is starting, or its socket was just replaced.

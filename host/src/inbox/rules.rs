@@ -1,8 +1,8 @@
 //! The rules pipeline: what happens to a message as it arrives (and on `rules apply`).
 //!
-//! Built-in simple rules (sender → label, kept in SQLite) run first, then, once the plugin
-//! platform lands, the enabled rule plugins in config order. Both speak the same [`Action`]
-//! vocabulary. Everything here is pure: it takes a message's facts and returns actions.
+//! Built-in simple rules (sender → label, kept in SQLite) run first, then the enabled rule plugins
+//! in config order (see [`crate::plugins`]). Both speak the same [`Action`] vocabulary and feed
+//! one [`Effects`]. Everything here is pure: it takes a message's facts and returns actions.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,27 +62,70 @@ impl Pipeline {
 
     /// Runs every rule over one message; returns the actions that change something, in order.
     pub fn run(&self, input: &RuleInput<'_>) -> Vec<Action> {
-        let mut labels: Vec<String> = input.labels.to_vec();
-        let mut out = Vec::new();
+        let mut effects = Effects::new(input.labels);
         for action in self.simple.iter().filter_map(|r| r.evaluate(input)) {
-            let changes = match &action {
-                Action::AddLabel(l) if !labels.contains(l) => {
-                    labels.push(l.clone());
-                    true
-                }
-                Action::RemoveLabel(l) if labels.contains(l) => {
-                    labels.retain(|x| x != l);
-                    true
-                }
-                Action::MarkRead | Action::Archive => !out.contains(&action),
-                _ => false,
-            };
-            if changes {
-                out.push(action);
-            }
+            effects.apply(action);
         }
-        out
+        effects.into_actions()
     }
+}
+
+/// The actions taken on one message so far, and the labels they leave it with. Built-in rules
+/// and plugins feed it in turn, so each sees the labels the ones before it left, and an action
+/// that changes nothing is dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    labels: Vec<String>,
+    actions: Vec<Action>,
+}
+
+impl Effects {
+    /// Nothing done yet to a message that has `labels`.
+    pub fn new(labels: &[String]) -> Effects {
+        Effects {
+            labels: labels.to_vec(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Takes `action` if it changes something; returns whether it did.
+    pub fn apply(&mut self, action: Action) -> bool {
+        let changes = match &action {
+            Action::AddLabel(l) if !self.labels.contains(l) => {
+                self.labels.push(l.clone());
+                true
+            }
+            Action::RemoveLabel(l) if self.labels.contains(l) => {
+                self.labels.retain(|x| x != l);
+                true
+            }
+            Action::MarkRead | Action::Archive => !self.actions.contains(&action),
+            _ => false,
+        };
+        if changes {
+            self.actions.push(action);
+        }
+        changes
+    }
+
+    /// The labels the message has now.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The actions taken, in order.
+    pub fn into_actions(self) -> Vec<Action> {
+        self.actions
+    }
+}
+
+/// The labels a message that had `labels` has after `actions`.
+pub fn labels_after(labels: &[String], actions: &[Action]) -> Vec<String> {
+    let mut effects = Effects::new(labels);
+    for a in actions {
+        effects.apply(a.clone());
+    }
+    effects.labels
 }
 
 /// Checks a label typed by a user or returned by a rule.

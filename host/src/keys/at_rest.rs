@@ -63,6 +63,18 @@ impl AtRest {
         (self.current, &self.keys)
     }
 
+    /// A 32-byte key for `purpose`, derived from the current data key with keyed BLAKE2b used as
+    /// a PRF. Different purposes get independent keys.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        use blake2::digest::{FixedOutput, KeyInit, Update};
+        type Prf = blake2::Blake2bMac<blake2::digest::consts::U32>;
+        let mut prf = <Prf as KeyInit>::new_from_slice(self.keys[&self.current].as_ref())
+            .expect("32 bytes is a valid BLAKE2b key");
+        prf.update(b"pigeon key derivation v1\0");
+        prf.update(purpose.as_bytes());
+        prf.finalize_fixed().into()
+    }
+
     /// Seals `plaintext` for `table`/`row` under the current key; returns the key id and the blob.
     pub fn seal(&self, table: &str, row: &str, plaintext: &[u8]) -> (u32, Vec<u8>) {
         let key_id = self.current;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{Db, StoreError, format_time};
 use crate::envelope::MessageId;
 
-const TABLE: &str = "inbox";
+pub(super) const TABLE: &str = "inbox";
 const PREVIEW_CHARS: usize = 60;
 
 /// A message that arrived and opened.
@@ -247,7 +247,7 @@ impl Db {
         Ok(labels)
     }
 
-    fn open_text(
+    pub(super) fn open_text(
         &self,
         table: &str,
         id: &str,
@@ -258,7 +258,7 @@ impl Db {
             .map_err(|_| StoreError::Corrupt("message text"))
     }
 
-    fn open_subject(
+    pub(super) fn open_subject(
         &self,
         id: &str,
         key_id: u32,

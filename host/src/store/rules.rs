@@ -4,7 +4,8 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Db, StoreError};
-use crate::inbox::rules::{Action, Pipeline, RuleInput, SimpleRule};
+use crate::inbox::rules::{Action, Pipeline, SimpleRule};
+use crate::plugins::RuleMessage;
 
 /// A rule, for `pigeon inbox rules list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,103 +134,68 @@ impl Db {
     }
 
     /// Runs every rule over every message in the inbox; applies the changes unless `dry_run`.
-    pub fn apply_rules(&mut self, dry_run: bool) -> Result<Vec<RuleChange>, StoreError> {
-        let pipeline = self.pipeline()?;
+    /// Up to `limit` inbox messages after `after` (a rowid, 0 to start), oldest first, with what
+    /// the rules pipeline needs to see of them. `rules apply` walks the inbox with it page by page,
+    /// so memory stays bounded whatever the inbox holds.
+    pub fn rule_candidates(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<RuleCandidate>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT i.id, COALESCE(c.name, i.sender), i.sender, c.name FROM inbox i
-             LEFT JOIN contacts c ON c.peer_id = i.sender ORDER BY i.received_at, i.rowid",
+            "SELECT i.rowid, i.id, COALESCE(c.name, i.sender), i.sender, c.name, i.sent_at,
+                    i.subject, i.body, i.key_id
+             FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender
+             WHERE i.rowid > ?1 ORDER BY i.rowid LIMIT ?2",
         )?;
-        let rows: Vec<(String, String, String, Option<String>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        drop(stmt);
-        let mut changes = Vec::new();
-        for (id, from, sender, contact) in rows {
-            let labels = self.labels_of(&id)?;
-            let input = RuleInput {
-                sender: &sender,
-                contact: contact.as_deref(),
-                labels: &labels,
-            };
-            let actions = pipeline.run(&input);
-            if !actions.is_empty() {
-                changes.push(RuleChange { id, from, actions });
-            }
+        let mut rows = stmt.query(params![after, limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(1)?;
+            let key_id: u32 = r.get(8)?;
+            let body =
+                self.open_text(super::inbox::TABLE, &id, key_id, &r.get::<_, Vec<u8>>(7)?)?;
+            let subject = self.open_subject(&id, key_id, r.get(6)?)?;
+            out.push(RuleCandidate {
+                rowid: r.get(0)?,
+                from: r.get(2)?,
+                message: RuleMessage {
+                    labels: self.labels_of(&id)?,
+                    attachments: self
+                        .attachment_views(&id)?
+                        .into_iter()
+                        .map(|a| a.name)
+                        .collect(),
+                    sender: r.get(3)?,
+                    contact: r.get(4)?,
+                    sent_at_ms: r.get::<_, i64>(5)? as u64,
+                    subject: subject.unwrap_or_default(),
+                    body,
+                    id,
+                },
+            });
         }
-        if !dry_run {
-            let tx = self.conn.transaction()?;
-            for change in &changes {
-                apply_actions(&tx, &change.id, &change.actions)?;
-            }
-            tx.commit()?;
+        Ok(out)
+    }
+
+    /// Applies `changes` in one transaction.
+    pub fn apply_changes(&mut self, changes: &[RuleChange]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for change in changes {
+            apply_actions(&tx, &change.id, &change.actions)?;
         }
-        Ok(changes)
+        tx.commit()?;
+        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envelope::MessageId;
-    use crate::keys::Keys;
-    use crate::store::Received;
-    use crate::store::test_support::temp_db;
-
-    #[test]
-    fn rules_apply_dry_run_changes_nothing_and_apply_does() {
-        let (_dir, mut db, _keys) = temp_db();
-        let alice = Keys::generate();
-        db.add_contact("alice", &alice.address(), &[])
-            .expect("contact");
-        let peer = alice.peer_id();
-        let m = Received {
-            id: MessageId::random(),
-            sender: peer,
-            sent_at_ms: 1,
-            subject: None,
-            body: "hi".into(),
-            attachments: vec![],
-            actions: vec![],
-        };
-        db.store_received(std::slice::from_ref(&m), 2)
-            .expect("store");
-        let rule = db.add_rule(&peer.to_string(), "friends").expect("rule");
-        assert!(matches!(
-            db.add_rule(&peer.to_string(), "friends"),
-            Err(StoreError::Conflict(_))
-        ));
-        assert_eq!(db.rules().expect("rules")[0].from, "alice");
-        let planned = db.apply_rules(true).expect("dry run");
-        assert_eq!(planned.len(), 1);
-        assert_eq!(planned[0].actions, vec![Action::AddLabel("friends".into())]);
-        assert!(
-            db.message(&m.id.to_string())
-                .expect("message")
-                .labels
-                .is_empty(),
-            "dry run changed a label"
-        );
-        db.apply_rules(false).expect("apply");
-        assert_eq!(
-            db.message(&m.id.to_string()).expect("message").labels,
-            vec!["friends"]
-        );
-        assert!(
-            db.apply_rules(true).expect("again").is_empty(),
-            "nothing left to change"
-        );
-        db.remove_label(&m.id.to_string(), "friends")
-            .expect("rm label");
-        db.add_label(&m.id.to_string()[..6], "later")
-            .expect("add label by prefix");
-        assert_eq!(
-            db.message(&m.id.to_string()).expect("message").labels,
-            vec!["later"]
-        );
-        db.remove_rule(rule).expect("rm rule");
-        assert!(matches!(
-            db.remove_rule(rule),
-            Err(StoreError::NotFound { .. })
-        ));
-    }
+/// An inbox message as `rules apply` gives it to the pipeline.
+#[derive(Debug, Clone)]
+pub struct RuleCandidate {
+    /// Where the next page starts.
+    pub rowid: i64,
+    /// The sender's contact name, or PeerId.
+    pub from: String,
+    /// What the rules see.
+    pub message: RuleMessage,
 }

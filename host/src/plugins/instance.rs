@@ -1,0 +1,206 @@
+//! One plugin's live instance: instantiated on first use, called under a fresh deadline every
+//! time, and dropped after any failure so that the next call starts clean.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::{Engine, Store, Trap};
+
+use super::bindings::{Message, WitAction, WitDiscoveryAction, WitNodeEvent, discovery, rule};
+use super::runtime::{Limits, Linked, Runtime, State};
+use crate::metrics::METRICS;
+
+/// Why a call did not return normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// It ran past its deadline.
+    Timeout,
+    /// It asked for more memory than its limit.
+    Memory,
+    /// It trapped (a panic shows up as one, with its message in the log just before).
+    Trap(String),
+    /// Its `init` refused (usually its configuration).
+    Init(String),
+    /// Anything else the runtime reported.
+    Other(String),
+}
+
+impl Failure {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Memory => "memory",
+            Failure::Trap(_) => "trap",
+            Failure::Init(_) => "init",
+            Failure::Other(_) => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => write!(f, "ran past its deadline"),
+            Failure::Memory => write!(f, "reached its memory limit"),
+            Failure::Trap(t) => write!(f, "trapped: {t}"),
+            Failure::Init(e) => write!(f, "init refused: {e}"),
+            Failure::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+enum Bound {
+    Rule(rule::InboxRule),
+    Discovery(discovery::Discovery),
+}
+
+struct Live {
+    store: Store<State>,
+    bound: Bound,
+}
+
+/// A plugin that can be called; it instantiates itself when needed.
+pub struct Instance {
+    name: Arc<str>,
+    config_json: Arc<str>,
+    limits: Limits,
+    linked: Linked,
+    engine: Engine,
+    live: Option<Live>,
+    needs_body: bool,
+}
+
+impl Instance {
+    /// An instance of `linked`, not yet instantiated.
+    pub fn new(
+        engine: &Engine,
+        name: &str,
+        config_json: &str,
+        limits: Limits,
+        linked: Linked,
+    ) -> Instance {
+        Instance {
+            name: name.into(),
+            config_json: config_json.into(),
+            limits,
+            linked,
+            engine: engine.clone(),
+            live: None,
+            needs_body: true,
+        }
+    }
+
+    /// Whether this rule plugin reads bodies (known after the first instantiation).
+    pub fn needs_body(&self) -> bool {
+        self.needs_body
+    }
+
+    /// Instantiates (and initialises) the plugin now if it is not live.
+    pub fn ensure_live(&mut self) -> Result<(), Failure> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let state = State::new(self.name.clone(), self.config_json.clone(), &self.limits);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(State::limiter);
+        store.epoch_deadline_trap();
+        let ticks = Runtime::ticks(self.limits.deadline);
+        store.set_epoch_deadline(ticks);
+        let bound = match &self.linked {
+            Linked::Rule(pre) => Bound::Rule(
+                pre.instantiate(&mut store)
+                    .map_err(|e| classify(e, &mut store))?,
+            ),
+            Linked::Discovery(pre) => Bound::Discovery(
+                pre.instantiate(&mut store)
+                    .map_err(|e| classify(e, &mut store))?,
+            ),
+        };
+        store.set_epoch_deadline(ticks);
+        let init = match &bound {
+            Bound::Rule(r) => {
+                let hooks = r.pigeon_plugin_rule_hooks();
+                let info = hooks
+                    .call_describe(&mut store)
+                    .map_err(|e| classify(e, &mut store))?;
+                self.needs_body = info.needs_body;
+                store.set_epoch_deadline(ticks);
+                hooks.call_init(&mut store)
+            }
+            Bound::Discovery(d) => d.pigeon_plugin_discovery_hooks().call_init(&mut store),
+        };
+        init.map_err(|e| classify(e, &mut store))?
+            .map_err(Failure::Init)?;
+        self.live = Some(Live { store, bound });
+        Ok(())
+    }
+
+    fn call<R>(
+        &mut self,
+        hook: &'static str,
+        f: impl FnOnce(&Bound, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        self.ensure_live()?;
+        let Some(live) = self.live.as_mut() else {
+            return Err(Failure::Other("not instantiated".into()));
+        };
+        // The deadline counts from now, whatever earlier calls used.
+        live.store
+            .set_epoch_deadline(Runtime::ticks(self.limits.deadline));
+        live.store.data_mut().take_memory_refusal();
+        let started = Instant::now();
+        let result = f(&live.bound, &mut live.store);
+        METRICS
+            .plugin_call_seconds
+            .with_label_values(&[&*self.name, hook])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let failure = classify(e, &mut live.store);
+                // Whatever state the guest was in, it is not trusted again.
+                self.live = None;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Calls a rule's `on-message`.
+    pub fn on_message(&mut self, message: &Message) -> Result<Vec<WitAction>, Failure> {
+        self.call("on-message", |bound, store| match bound {
+            Bound::Rule(r) => r.pigeon_plugin_rule_hooks().call_on_message(store, message),
+            Bound::Discovery(_) => Ok(Vec::new()),
+        })
+    }
+
+    /// Calls a discovery strategy's `on-event`.
+    pub fn on_event(&mut self, event: &WitNodeEvent) -> Result<Vec<WitDiscoveryAction>, Failure> {
+        self.call("on-event", |bound, store| match bound {
+            Bound::Discovery(d) => d
+                .pigeon_plugin_discovery_hooks()
+                .call_on_event(store, event),
+            Bound::Rule(_) => Ok(Vec::new()),
+        })
+    }
+
+    /// Calls a discovery strategy's `on-tick`.
+    pub fn on_tick(&mut self, now_ms: u64) -> Result<Vec<WitDiscoveryAction>, Failure> {
+        self.call("on-tick", |bound, store| match bound {
+            Bound::Discovery(d) => d
+                .pigeon_plugin_discovery_hooks()
+                .call_on_tick(store, now_ms),
+            Bound::Rule(_) => Ok(Vec::new()),
+        })
+    }
+}
+
+fn classify(e: wasmtime::Error, store: &mut Store<State>) -> Failure {
+    let memory = store.data_mut().take_memory_refusal();
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::Timeout,
+        _ if memory => Failure::Memory,
+        Some(trap) => Failure::Trap(trap.to_string()),
+        None => Failure::Other(format!("{e:#}")),
+    }
+}

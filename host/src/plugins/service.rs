@@ -1,0 +1,412 @@
+//! The plugin thread: owns every plugin instance of the process and runs the calls, one at a time,
+//! off the async workers (a call may take up to its deadline, and wasmtime's synchronous WASI must
+//! not run inside a tokio task). The rest of the node talks to it through [`Plugins`].
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+
+use super::bindings::{Message, WitAction, WitDiscoveryAction};
+use super::breaker::{Breaker, BreakerState};
+use super::instance::{Failure, Instance};
+use super::runtime::{Cache, Runtime};
+use super::{DiscoveryAction, NodeEvent, PluginKind, PluginSpec, PluginStatus, RuleMessage};
+use crate::inbox::rules::{Action, Effects, validate_label};
+use crate::metrics::METRICS;
+use crate::store::now_ms;
+
+/// How often discovery plugins get `on-tick`.
+const TICK_EVERY: Duration = Duration::from_secs(1);
+/// Most actions one call may return; the rest are dropped with a warning.
+const MAX_ACTIONS: usize = 64;
+
+enum Job {
+    Rules {
+        messages: Vec<RuleMessage>,
+        reply: oneshot::Sender<Vec<Vec<Action>>>,
+    },
+    Event(NodeEvent),
+    Status(oneshot::Sender<Vec<PluginStatus>>),
+}
+
+/// A handle on the plugin thread; cheap to clone. The thread ends when the last handle goes.
+#[derive(Clone)]
+pub struct Plugins {
+    tx: mpsc::Sender<Job>,
+    has_rules: bool,
+}
+
+impl Plugins {
+    /// Starts the plugin thread, which loads `specs` (the enabled ones) first. Discovery plugins'
+    /// actions go to `actions`.
+    pub fn start(
+        specs: Vec<PluginSpec>,
+        cache: Option<Cache>,
+        actions: Option<tokio_mpsc::UnboundedSender<DiscoveryAction>>,
+    ) -> Plugins {
+        let has_rules = specs
+            .iter()
+            .any(|s| s.enabled && s.builtin_kind() != Some(PluginKind::Discovery));
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("plugins".into())
+            .spawn(move || Thread::new(specs, cache, actions).run(rx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the plugin thread; plugins are off");
+        }
+        Plugins { tx, has_rules }
+    }
+
+    /// Plugins that run no plugin at all, without a thread.
+    pub fn none() -> Plugins {
+        let (tx, _) = mpsc::channel();
+        Plugins {
+            tx,
+            has_rules: false,
+        }
+    }
+
+    /// Whether any rule plugin may be enabled (so messages need to go through the thread).
+    pub fn has_rules(&self) -> bool {
+        self.has_rules
+    }
+
+    /// Runs the enabled rule plugins, in order, over `messages`; returns each message's actions.
+    /// Plugins fail open: when one fails, or the thread is gone, the message goes on without
+    /// that plugin's actions.
+    pub async fn run_rules(&self, messages: Vec<RuleMessage>) -> Vec<Vec<Action>> {
+        let n = messages.len();
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job::Rules { messages, reply }).is_err() {
+            return vec![Vec::new(); n];
+        }
+        rx.await.unwrap_or_else(|_| vec![Vec::new(); n])
+    }
+
+    /// Hands a node event to the discovery plugins.
+    pub fn event(&self, event: NodeEvent) {
+        let _ = self.tx.send(Job::Event(event));
+    }
+
+    /// Every configured and built-in plugin with its state.
+    pub async fn status(&self) -> Vec<PluginStatus> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job::Status(reply)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct Slot {
+    spec: PluginSpec,
+    kind: Option<PluginKind>,
+    api_version: Option<String>,
+    instance: Option<Instance>,
+    load_error: Option<String>,
+    breaker: Breaker,
+    calls: u64,
+    failures: u64,
+    last_failure: Option<String>,
+}
+
+impl Slot {
+    /// Records the outcome of a call; a failure is logged, counted and fed to the breaker.
+    fn record<R>(&mut self, hook: &str, result: Result<R, Failure>) -> Option<R> {
+        self.calls += 1;
+        let name = self.spec.name.as_str();
+        match result {
+            Ok(r) => {
+                if !matches!(self.breaker.state(now_ms()), BreakerState::Closed) {
+                    tracing::info!(plugin = name, "plugin works again; re-enabled");
+                    METRICS.plugin_disabled.with_label_values(&[name]).set(0);
+                }
+                self.breaker.success();
+                Some(r)
+            }
+            Err(failure) => {
+                self.failures += 1;
+                METRICS
+                    .plugin_failures
+                    .with_label_values(&[name, failure.label()])
+                    .inc();
+                tracing::warn!(plugin = name, hook, reason = %failure, "plugin call failed; going on without it");
+                self.last_failure = Some(format!("{hook}: {failure}"));
+                let now = now_ms();
+                if self.breaker.failure(now) {
+                    if let BreakerState::Open { until_ms } = self.breaker.state(now) {
+                        tracing::warn!(
+                            plugin = name,
+                            paused_s = (until_ms - now) / 1000,
+                            "plugin keeps failing; circuit breaker disables it for a while"
+                        );
+                    }
+                    METRICS.plugin_disabled.with_label_values(&[name]).set(1);
+                }
+                None
+            }
+        }
+    }
+
+    fn callable(&mut self, kind: PluginKind) -> Option<&mut Instance> {
+        if self.kind != Some(kind) || !self.breaker.allows(now_ms()) {
+            return None;
+        }
+        self.instance.as_mut()
+    }
+
+    fn status(&self) -> PluginStatus {
+        let state = if !self.spec.enabled {
+            "disabled".to_owned()
+        } else if let Some(e) = &self.load_error {
+            format!("failed to load: {e}")
+        } else {
+            match self.breaker.state(now_ms()) {
+                BreakerState::Closed => "ready".to_owned(),
+                BreakerState::HalfOpen => "on trial after failures".to_owned(),
+                BreakerState::Open { until_ms } => format!(
+                    "paused by the circuit breaker for {}s",
+                    until_ms.saturating_sub(now_ms()).div_ceil(1000)
+                ),
+            }
+        };
+        PluginStatus {
+            name: self.spec.name.clone(),
+            kind: self.kind.or(self.spec.builtin_kind()),
+            api_version: self.api_version.clone(),
+            source: self.spec.source_text(),
+            enabled: self.spec.enabled,
+            state,
+            calls: self.calls,
+            failures: self.failures,
+            last_failure: self.last_failure.clone(),
+        }
+    }
+}
+
+struct Thread {
+    slots: Vec<Slot>,
+    actions: Option<tokio_mpsc::UnboundedSender<DiscoveryAction>>,
+}
+
+impl Thread {
+    fn new(
+        specs: Vec<PluginSpec>,
+        cache: Option<Cache>,
+        actions: Option<tokio_mpsc::UnboundedSender<DiscoveryAction>>,
+    ) -> Thread {
+        let runtime = if specs.iter().any(|s| s.enabled) {
+            match Runtime::new() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the WASM runtime; plugins are off");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let slots = specs
+            .into_iter()
+            .map(|spec| {
+                let mut slot = Slot {
+                    kind: spec.builtin_kind(),
+                    api_version: None,
+                    instance: None,
+                    load_error: None,
+                    breaker: Breaker::new(),
+                    calls: 0,
+                    failures: 0,
+                    last_failure: None,
+                    spec,
+                };
+                if let (true, Some(runtime)) = (slot.spec.enabled, &runtime) {
+                    load(&mut slot, runtime, cache.as_ref());
+                }
+                slot
+            })
+            .collect();
+        Thread { slots, actions }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        let ticking = self
+            .slots
+            .iter()
+            .any(|s| s.instance.is_some() && s.kind == Some(PluginKind::Discovery));
+        let mut next_tick = Instant::now() + TICK_EVERY;
+        loop {
+            let job = if ticking {
+                match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => break,
+                }
+            };
+            match job {
+                Some(Job::Rules { messages, reply }) => {
+                    let out = messages.iter().map(|m| self.rules(m)).collect();
+                    let _ = reply.send(out);
+                }
+                Some(Job::Event(event)) => self.event(&event),
+                Some(Job::Status(reply)) => {
+                    let _ = reply.send(self.slots.iter().map(Slot::status).collect());
+                }
+                None => {}
+            }
+            if ticking && Instant::now() >= next_tick {
+                self.tick();
+                next_tick = Instant::now() + TICK_EVERY;
+            }
+        }
+    }
+
+    fn rules(&mut self, message: &RuleMessage) -> Vec<Action> {
+        let mut effects = Effects::new(&message.labels);
+        for slot in &mut self.slots {
+            let Some(instance) = slot.callable(PluginKind::Rule) else {
+                continue;
+            };
+            let result = instance.ensure_live().and_then(|()| {
+                let wit = message.to_wit(&effects, instance.needs_body());
+                instance.on_message(&wit)
+            });
+            let Some(actions) = slot.record("on-message", result) else {
+                continue;
+            };
+            for action in limit(&slot.spec.name, actions) {
+                match convert_action(action) {
+                    Ok(action) => {
+                        effects.apply(action);
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = %slot.spec.name, error = %e, "ignored an action")
+                    }
+                }
+            }
+        }
+        effects.into_actions()
+    }
+
+    fn event(&mut self, event: &NodeEvent) {
+        let wit = event.to_wit();
+        self.discovery("on-event", |i| i.on_event(&wit));
+    }
+
+    fn tick(&mut self) {
+        let now = now_ms();
+        self.discovery("on-tick", |i| i.on_tick(now));
+    }
+
+    fn discovery(
+        &mut self,
+        hook: &str,
+        mut call: impl FnMut(&mut Instance) -> Result<Vec<WitDiscoveryAction>, Failure>,
+    ) {
+        for slot in &mut self.slots {
+            let Some(instance) = slot.callable(PluginKind::Discovery) else {
+                continue;
+            };
+            let result = call(instance);
+            let Some(actions) = slot.record(hook, result) else {
+                continue;
+            };
+            for action in limit(&slot.spec.name, actions) {
+                match DiscoveryAction::from_wit(action) {
+                    Ok(action) => {
+                        tracing::debug!(plugin = %slot.spec.name, ?action, "discovery action");
+                        if let Some(tx) = &self.actions {
+                            let _ = tx.send(action);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = %slot.spec.name, error = %e, "ignored an action")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn load(slot: &mut Slot, runtime: &Runtime, cache: Option<&Cache>) {
+    let name = slot.spec.name.clone();
+    let started = Instant::now();
+    let loaded = slot.spec.wasm().and_then(|wasm| runtime.load(&wasm, cache));
+    match loaded {
+        Ok(loaded) => {
+            let limits = slot.spec.limits(loaded.kind);
+            tracing::info!(
+                plugin = %name,
+                kind = loaded.kind.as_str(),
+                api = %loaded.api_version,
+                deadline_ms = limits.deadline.as_millis() as u64,
+                memory_mib = limits.memory_bytes >> 20,
+                load_ms = started.elapsed().as_millis() as u64,
+                "plugin loaded"
+            );
+            slot.kind = Some(loaded.kind);
+            slot.api_version = Some(loaded.api_version);
+            slot.instance = Some(Instance::new(
+                runtime.engine(),
+                &name,
+                &slot.spec.config_json,
+                limits,
+                loaded.linked,
+            ));
+        }
+        Err(e) => {
+            tracing::error!(plugin = %name, error = %e, "plugin not loaded; the node goes on without it");
+            slot.load_error = Some(e.to_string());
+        }
+    }
+}
+
+fn limit<T>(plugin: &str, mut actions: Vec<T>) -> Vec<T> {
+    if actions.len() > MAX_ACTIONS {
+        tracing::warn!(
+            plugin,
+            returned = actions.len(),
+            kept = MAX_ACTIONS,
+            "too many actions"
+        );
+        actions.truncate(MAX_ACTIONS);
+    }
+    actions
+}
+
+fn convert_action(action: WitAction) -> Result<Action, String> {
+    Ok(match action {
+        WitAction::AddLabel(l) => {
+            validate_label(&l)?;
+            Action::AddLabel(l)
+        }
+        WitAction::RemoveLabel(l) => {
+            validate_label(&l)?;
+            Action::RemoveLabel(l)
+        }
+        WitAction::MarkRead => Action::MarkRead,
+        WitAction::Archive => Action::Archive,
+    })
+}
+
+impl RuleMessage {
+    fn to_wit(&self, effects: &Effects, with_body: bool) -> Message {
+        Message {
+            id: self.id.clone(),
+            sender: self.sender.clone(),
+            contact: self.contact.clone(),
+            subject: self.subject.clone(),
+            body: with_body.then(|| self.body.clone()),
+            size: self.body.len() as u64,
+            sent_at_ms: self.sent_at_ms,
+            attachments: self.attachments.clone(),
+            labels: effects.labels().to_vec(),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! `keyword-labeler`: labels a message when its subject or body contains a configured word.
+//!
+//! ```toml
+//! [plugins.keyword-labeler]
+//! enabled = true
+//! [plugins.keyword-labeler.config]
+//! invoice = "finance"     # a message mentioning "invoice" gets the label "finance"
+//! standup = "work"
+//! ```
+//!
+//! Words match whole words, case-insensitively, in the subject and the body.
+
+use std::collections::BTreeMap;
+
+use pigeon_plugin_sdk::{Action, Level, Message, Rule, export_rule, log};
+
+/// Maps a lower-cased word to the labels it gives.
+pub struct KeywordLabeler {
+    words: BTreeMap<String, Vec<String>>,
+}
+
+impl Rule for KeywordLabeler {
+    type Config = BTreeMap<String, String>;
+
+    fn new(config: Self::Config) -> Result<Self, String> {
+        let mut words: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (word, label) in config {
+            let word = word.trim().to_lowercase();
+            if word.is_empty() || word.contains(char::is_whitespace) {
+                return Err(format!("{word:?} is not one word"));
+            }
+            words.entry(word).or_default().push(label);
+        }
+        if words.is_empty() {
+            log(Level::Warn, "no words configured; nothing will be labelled");
+        }
+        Ok(KeywordLabeler { words })
+    }
+
+    fn on_message(&mut self, message: &Message) -> Vec<Action> {
+        let text = [
+            message.subject.as_str(),
+            message.body.as_deref().unwrap_or(""),
+        ];
+        let mut labels: Vec<&String> = text
+            .iter()
+            .flat_map(|t| t.split(|c: char| !c.is_alphanumeric()))
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| self.words.get(&w.to_lowercase()))
+            .flatten()
+            .collect();
+        labels.sort();
+        labels.dedup();
+        labels
+            .into_iter()
+            .filter(|l| !message.labels.contains(l))
+            .map(|l| Action::AddLabel(l.clone()))
+            .collect()
+    }
+}
+
+export_rule!(KeywordLabeler);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(subject: &str, body: &str) -> Message {
+        Message {
+            id: "m1".into(),
+            sender: "peer".into(),
+            contact: Some("alice".into()),
+            subject: subject.into(),
+            body: Some(body.into()),
+            size: body.len() as u64,
+            sent_at_ms: 0,
+            attachments: vec![],
+            labels: vec![],
+        }
+    }
+
+    fn labeler(pairs: &[(&str, &str)]) -> KeywordLabeler {
+        let config = pairs
+            .iter()
+            .map(|(w, l)| (w.to_string(), l.to_string()))
+            .collect();
+        KeywordLabeler::new(config).expect("valid config")
+    }
+
+    #[test]
+    fn whole_words_in_subject_or_body_case_insensitive() {
+        let mut p = labeler(&[("invoice", "finance"), ("standup", "work")]);
+        assert_eq!(
+            p.on_message(&message("Your INVOICE", "see the standup notes")),
+            vec![
+                Action::AddLabel("finance".into()),
+                Action::AddLabel("work".into())
+            ]
+        );
+        assert!(p.on_message(&message("invoices", "")).is_empty());
+        let mut already = message("invoice", "");
+        already.labels = vec!["finance".into()];
+        assert!(p.on_message(&already).is_empty());
+    }
+
+    #[test]
+    fn bad_words_are_refused() {
+        let config = [("two words".to_string(), "x".to_string())].into();
+        assert!(KeywordLabeler::new(config).is_err());
+    }
+}

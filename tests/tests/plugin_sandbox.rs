@@ -1,0 +1,204 @@
+//! The plugin runtime against real components that misbehave on purpose (built from
+//! `tests/plugins` by this crate's build script): deadlines, memory limits, panics, the sandbox
+//! and the version check.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use pigeon::plugins::instance::{Failure, Instance};
+use pigeon::plugins::runtime::{Linked, TICK};
+use pigeon::plugins::{Limits, PluginError, Runtime};
+use pigeon_e2e::{FUTURE_API_WASM, MISBEHAVE_WASM};
+
+const DEADLINE: Duration = Duration::from_millis(50);
+/// What a loaded 2-core machine may add to a bound by descheduling the threads involved.
+const SCHEDULING_SLACK: Duration = Duration::from_millis(250);
+
+fn linked(runtime: &Runtime, wasm: &str) -> Linked {
+    let bytes = std::fs::read(wasm).expect("test plugin built by build.rs");
+    runtime.load(&bytes, None).expect("loads").linked
+}
+
+fn instance(runtime: &Runtime, linked: &Linked, config: &str) -> Instance {
+    Instance::new(
+        runtime.engine(),
+        "misbehave",
+        config,
+        Limits {
+            deadline: DEADLINE,
+            memory_bytes: 16 << 20,
+        },
+        linked.clone(),
+    )
+}
+
+fn message(subject: &str, body: &str) -> pigeon::plugins::WitMessage {
+    pigeon::plugins::WitMessage {
+        id: "m1".into(),
+        sender: "12D3KooWtest".into(),
+        contact: Some("alice".into()),
+        subject: subject.into(),
+        body: Some(body.into()),
+        size: body.len() as u64,
+        sent_at_ms: 0,
+        attachments: vec![],
+        labels: vec![],
+    }
+}
+
+fn labels(actions: &[pigeon::plugins::WitAction]) -> Vec<String> {
+    actions
+        .iter()
+        .map(|a| match a {
+            pigeon::plugins::WitAction::AddLabel(l) => l.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+fn an_infinite_loop_stops_at_its_deadline_and_a_fresh_instance_follows() {
+    let runtime = Runtime::new().expect("runtime");
+    let linked = linked(&runtime, MISBEHAVE_WASM);
+    let mut looping = instance(&runtime, &linked, r#"{"mode":"loop"}"#);
+    looping.ensure_live().expect("instantiates");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let result = looping.on_message(&message("hi", ""));
+        let took = started.elapsed();
+        assert_eq!(result, Err(Failure::Timeout));
+        eprintln!("loop stopped after {took:?} (deadline {DEADLINE:?}, tick {TICK:?})");
+        assert!(took >= DEADLINE - TICK, "stopped early: {took:?}");
+        assert!(
+            took <= DEADLINE + TICK + SCHEDULING_SLACK,
+            "stopped late: {took:?}"
+        );
+    }
+    // The same component in another mode works at once: the engine is not poisoned.
+    let mut fine = instance(&runtime, &linked, r#"{"mode":"label","label":"ok"}"#);
+    assert_eq!(
+        labels(&fine.on_message(&message("hi", "")).expect("works")),
+        ["ok"]
+    );
+}
+
+#[test]
+fn the_deadline_counts_per_call_not_per_instance() {
+    let runtime = Runtime::new().expect("runtime");
+    let linked = linked(&runtime, MISBEHAVE_WASM);
+    // 20 ms of work per call under a 50 ms deadline: ten calls take 200 ms in all, and each
+    // passes only if the deadline is set afresh for it.
+    let mut spin = instance(&runtime, &linked, r#"{"mode":"spin","spin_ms":20}"#);
+    let started = Instant::now();
+    for i in 0..10 {
+        let result = spin.on_message(&message("hi", ""));
+        assert_eq!(
+            labels(&result.unwrap_or_else(|e| panic!("call {i}: {e}"))),
+            ["spun"]
+        );
+    }
+    assert!(started.elapsed() > DEADLINE * 2);
+}
+
+#[test]
+fn a_memory_bomb_stops_at_its_limit_and_host_memory_stays_flat() {
+    let runtime = Runtime::new().expect("runtime");
+    let linked = linked(&runtime, MISBEHAVE_WASM);
+    let mut bomb = instance(&runtime, &linked, r#"{"mode":"bomb"}"#);
+    assert_eq!(bomb.on_message(&message("hi", "")), Err(Failure::Memory));
+    let after_first = rss_bytes();
+    for _ in 0..20 {
+        assert_eq!(bomb.on_message(&message("hi", "")), Err(Failure::Memory));
+    }
+    let after_all = rss_bytes();
+    eprintln!("RSS after 1 bomb: {after_first} B, after 21: {after_all} B");
+    // 20 more bombs of 16 MiB each would be 320 MiB if instances leaked.
+    assert!(
+        after_all < after_first + (32 << 20),
+        "host memory grew from {after_first} to {after_all} bytes"
+    );
+}
+
+#[test]
+fn a_panic_fails_only_its_call() {
+    let runtime = Runtime::new().expect("runtime");
+    let linked = linked(&runtime, MISBEHAVE_WASM);
+    let mut p = instance(&runtime, &linked, r#"{"mode":"panic"}"#);
+    assert_eq!(
+        labels(&p.on_message(&message("hello", "")).expect("ok")),
+        ["survived"]
+    );
+    match p.on_message(&message("panic", "")) {
+        Err(Failure::Trap(t)) => assert!(t.contains("unreachable"), "{t}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(
+        labels(
+            &p.on_message(&message("hello", ""))
+                .expect("the next call works")
+        ),
+        ["survived"]
+    );
+}
+
+#[test]
+fn a_plugin_finds_no_files_environment_or_sockets() {
+    let runtime = Runtime::new().expect("runtime");
+    let linked = linked(&runtime, MISBEHAVE_WASM);
+    let secret = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(secret.path(), "host secret").expect("write");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let body = format!(
+        "{}\n{}",
+        secret.path().display(),
+        listener.local_addr().expect("addr")
+    );
+    // SAFETY: no other thread of this test reads the environment concurrently.
+    unsafe { std::env::set_var("PIGEON_SANDBOX_CANARY", "visible") };
+    let mut probe = instance(&runtime, &linked, r#"{"mode":"sandbox"}"#);
+    let found = labels(&probe.on_message(&message("probe", &body)).expect("runs"));
+    assert_eq!(
+        found,
+        [
+            "file:denied",
+            "root:denied",
+            "cwd:denied",
+            "env:0",
+            "args:0",
+            "socket:denied",
+            "udp:denied"
+        ]
+    );
+    let mut buf = [0u8; 1];
+    match listener.accept() {
+        Ok((mut s, _)) => panic!("the plugin connected: read {:?}", s.read(&mut buf)),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
+}
+
+#[test]
+fn a_plugin_built_against_another_major_is_refused_with_the_supported_versions() {
+    let runtime = Runtime::new().expect("runtime");
+    let bytes = std::fs::read(FUTURE_API_WASM).expect("built by build.rs");
+    match runtime.load(&bytes, None) {
+        Err(e @ PluginError::Version { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("pigeon:plugin@2.0.0"), "{text}");
+            assert!(text.contains("supports pigeon:plugin@1.0"), "{text}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a 2.0.0 plugin loaded"),
+    }
+}
