@@ -139,6 +139,31 @@ impl TestHome {
         self.ok(&["send", contact, body]).trim().to_owned()
     }
 
+    /// The labels of message `id`, as `inbox read` shows them.
+    pub fn labels(&self, id: &str) -> Vec<String> {
+        let m = self.json(&["inbox", "read", id, "--json"]);
+        m["labels"]
+            .as_array()
+            .expect("labels")
+            .iter()
+            .map(|l| l.as_str().expect("label").to_owned())
+            .collect()
+    }
+
+    /// Waits (at most 60 s) for message `id` to be in the inbox.
+    pub fn wait_arrival(&self, id: &str) {
+        wait_for(
+            &format!("{}: message {id} to arrive", self.name),
+            Duration::from_secs(60),
+            || self.inbox().iter().any(|i| i["id"] == id).then_some(()),
+        );
+    }
+
+    /// Sets `key` to `value` in the home's config.toml.
+    pub fn config_set(&self, key: &str, value: &str) {
+        self.ok(&["config", "set", key, value]);
+    }
+
     /// The inbox as JSON items.
     pub fn inbox(&self) -> Vec<Value> {
         self.json(&["inbox", "list", "--json"])

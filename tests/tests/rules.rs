@@ -1,24 +1,6 @@
 //! Labels and built-in rules with real deliveries.
 
-use std::time::Duration;
-
-use pigeon_e2e::{Pair, TestHome, wait_for};
-
-fn labels(home: &TestHome, id: &str) -> Vec<String> {
-    let m = home.json(&["inbox", "read", id, "--json"]);
-    m["labels"]
-        .as_array()
-        .expect("labels")
-        .iter()
-        .map(|l| l.as_str().expect("label").to_owned())
-        .collect()
-}
-
-fn arrive(home: &TestHome, id: &str) {
-    wait_for("delivery", Duration::from_secs(60), || {
-        home.inbox().iter().any(|i| i["id"] == id).then_some(())
-    });
-}
+use pigeon_e2e::{Pair, TestHome};
 
 fn ids_with_label(home: &TestHome, label: &str) -> Vec<String> {
     let list = home.json(&["inbox", "list", "--label", label, "--json"]);
@@ -33,8 +15,8 @@ fn ids_with_label(home: &TestHome, label: &str) -> Vec<String> {
 fn a_sender_rule_labels_deliveries_and_apply_catches_up() {
     let pair = Pair::start();
     let before = pair.alice.send("bob", "sent before the rule");
-    arrive(&pair.bob, &before);
-    assert!(labels(&pair.bob, &before).is_empty());
+    pair.bob.wait_arrival(&before);
+    assert!(pair.bob.labels(&before).is_empty());
 
     pair.bob.ok(&[
         "inbox", "rules", "add", "--from", "alice", "--label", "friends",
@@ -45,8 +27,8 @@ fn a_sender_rule_labels_deliveries_and_apply_catches_up() {
 
     // A new delivery is labelled as it arrives.
     let after = pair.alice.send("bob", "sent after the rule");
-    arrive(&pair.bob, &after);
-    assert_eq!(labels(&pair.bob, &after), vec!["friends"]);
+    pair.bob.wait_arrival(&after);
+    assert_eq!(pair.bob.labels(&after), vec!["friends"]);
     assert_eq!(ids_with_label(&pair.bob, "friends"), vec![after.clone()]);
 
     // The dry run shows the older message would change, and changes nothing.
@@ -57,12 +39,12 @@ fn a_sender_rule_labels_deliveries_and_apply_catches_up() {
     assert_eq!(planned.len(), 1, "{planned:?}");
     assert_eq!(planned[0]["id"], before.as_str());
     assert!(
-        labels(&pair.bob, &before).is_empty(),
+        pair.bob.labels(&before).is_empty(),
         "--dry-run changed a label"
     );
     let out = pair.bob.ok(&["inbox", "rules", "apply"]);
     assert!(out.contains("changed 1 messages"), "{out}");
-    assert_eq!(labels(&pair.bob, &before), vec!["friends"]);
+    assert_eq!(pair.bob.labels(&before), vec!["friends"]);
     let mut both = ids_with_label(&pair.bob, "friends");
     both.sort();
     let mut expected = vec![before.clone(), after.clone()];

@@ -188,6 +188,8 @@ impl Slot {
 struct Thread {
     slots: Vec<Slot>,
     actions: Option<tokio_mpsc::UnboundedSender<DiscoveryAction>>,
+    /// Kept alive for as long as the instances: it drives their deadlines.
+    _runtime: Option<Runtime>,
 }
 
 impl Thread {
@@ -227,7 +229,11 @@ impl Thread {
                 slot
             })
             .collect();
-        Thread { slots, actions }
+        Thread {
+            slots,
+            actions,
+            _runtime: runtime,
+        }
     }
 
     fn run(mut self, rx: mpsc::Receiver<Job>) {

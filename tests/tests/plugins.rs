@@ -1,0 +1,267 @@
+//! WASM plugins in real nodes: the built-in keyword-labeler and bootstrap, user plugins that
+//! misbehave, and a plugin made with `pigeon plugins new`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pigeon_e2e::{MISBEHAVE_WASM, TestHome, http_get, wait_for};
+use serde_json::Value;
+
+const LOOPBACK: &str = "/ip4/127.0.0.1/tcp/0";
+
+fn plugin<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .expect("plugin list")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {list:#}"))
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn keyword_labeler_and_a_sender_rule_label_real_deliveries() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    bob.config_set("plugins.keyword-labeler.enabled", "true");
+    bob.config_set("plugins.keyword-labeler.config.invoice", "finance");
+    let bob_node = bob.start_node(LOOPBACK);
+    let alice_node = alice.start_node(LOOPBACK);
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    bob.ok(&[
+        "inbox", "rules", "add", "--from", "alice", "--label", "friends",
+    ]);
+
+    let invoice = alice.send("bob", "Your Invoice for November");
+    let lunch = alice.send("bob", "lunch?");
+    bob.wait_arrival(&invoice);
+    bob.wait_arrival(&lunch);
+    assert_eq!(sorted(bob.labels(&invoice)), ["finance", "friends"]);
+    assert_eq!(bob.labels(&lunch), ["friends"]);
+
+    let list = bob.json(&["plugins", "list", "--json"]);
+    let kw = plugin(&list, "keyword-labeler");
+    assert_eq!(kw["enabled"], true);
+    assert_eq!(kw["state"], "ready");
+    assert_eq!(kw["kind"], "rule");
+    assert_eq!(kw["api_version"], "1.0.0");
+    assert!(kw["calls"].as_u64().expect("calls") >= 2, "{kw}");
+    assert_eq!(plugin(&list, "bootstrap")["state"], "disabled");
+
+    // `rules apply` runs the plugin too; --dry-run shows and changes nothing.
+    bob.ok(&["inbox", "label", "rm", &invoice, "finance"]);
+    let planned = bob.json(&["inbox", "rules", "apply", "--dry-run", "--json"]);
+    let planned = planned.as_array().expect("changes");
+    assert_eq!(planned.len(), 1, "{planned:?}");
+    assert_eq!(planned[0]["id"], invoice.as_str());
+    assert_eq!(planned[0]["actions"][0]["label"], "finance");
+    assert_eq!(
+        bob.labels(&invoice),
+        ["friends"],
+        "--dry-run changed labels"
+    );
+    bob.ok(&["inbox", "rules", "apply"]);
+    assert_eq!(sorted(bob.labels(&invoice)), ["finance", "friends"]);
+}
+
+#[test]
+fn misbehaving_plugins_are_contained_and_the_node_goes_on() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    for (key, value) in [
+        ("plugins.looper.path", MISBEHAVE_WASM),
+        ("plugins.looper.enabled", "true"),
+        ("plugins.looper.config.mode", "loop"),
+        ("plugins.panicker.path", MISBEHAVE_WASM),
+        ("plugins.panicker.enabled", "true"),
+        ("plugins.panicker.config.mode", "panic"),
+        ("plugins.keyword-labeler.enabled", "true"),
+        ("plugins.keyword-labeler.config.invoice", "finance"),
+    ] {
+        bob.config_set(key, value);
+    }
+    let bob_node = bob.start_node_with(LOOPBACK, &["--metrics-addr", "127.0.0.1:0"]);
+    let alice_node = alice.start_node(LOOPBACK);
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let subject = if i == 1 { "panic" } else { "hello" };
+        let out = alice.ok(&["send", "bob", "--subject", subject, &format!("invoice {i}")]);
+        ids.push(out.trim().to_owned());
+    }
+    for id in &ids {
+        bob.wait_arrival(id);
+        assert!(
+            bob.labels(id).contains(&"finance".to_owned()),
+            "the well-behaved plugin still ran for {id}"
+        );
+    }
+    assert_eq!(bob.inbox().len(), 4, "each message exactly once");
+    let panicked = &ids[1];
+    assert!(!bob.labels(panicked).contains(&"survived".to_owned()));
+    assert!(bob.labels(&ids[0]).contains(&"survived".to_owned()));
+    assert!(
+        bob.labels(&ids[2]).contains(&"survived".to_owned()),
+        "the call after the panic works"
+    );
+
+    let log = std::fs::read_to_string(bob.path().join("node.log")).expect("log");
+    assert!(
+        log.contains("misbehave was told to panic"),
+        "the panic message reaches the log"
+    );
+    assert!(log.contains("ran past its deadline") && log.contains("looper"));
+
+    // Three timeouts in a row trip the looper's breaker; the others stay ready.
+    let list = wait_for("the breaker to open", Duration::from_secs(30), || {
+        let list = bob.json(&["plugins", "list", "--json"]);
+        let state = plugin(&list, "looper")["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        state.contains("circuit breaker").then_some(list)
+    });
+    assert_eq!(plugin(&list, "panicker")["state"], "ready");
+    assert_eq!(plugin(&list, "panicker")["failures"], 1);
+    assert_eq!(plugin(&list, "keyword-labeler")["failures"], 0);
+    let text = bob.ok(&["plugins", "list"]);
+    assert!(text.contains("looper") && text.contains("paused"), "{text}");
+
+    let metrics = bob_node.metrics.as_deref().expect("metrics url");
+    let (_, body) = http_get(metrics);
+    let line = |needle: &str| {
+        body.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{needle} not in metrics:\n{body}"))
+    };
+    assert!(line(r#"pigeon_plugin_failures_total{plugin="looper",reason="timeout"}"#) >= 3.0);
+    assert_eq!(
+        line(r#"pigeon_plugin_failures_total{plugin="panicker",reason="trap"}"#),
+        1.0
+    );
+    assert_eq!(line(r#"pigeon_plugin_disabled{plugin="looper"}"#), 1.0);
+
+    // With the looper paused, delivery goes on as before.
+    let later = alice.send("bob", "one more invoice");
+    bob.wait_arrival(&later);
+    assert!(bob.labels(&later).contains(&"finance".to_owned()));
+}
+
+#[test]
+fn a_plugin_of_another_major_version_is_refused_and_the_node_runs_without_it() {
+    let bob = TestHome::init("bob");
+    bob.config_set("plugins.future.path", pigeon_e2e::FUTURE_API_WASM);
+    bob.config_set("plugins.future.enabled", "true");
+    let out = bob.run(&["plugins", "check", pigeon_e2e::FUTURE_API_WASM]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pigeon:plugin@2.0.0") && err.contains("supports pigeon:plugin@1.0"),
+        "{err}"
+    );
+    let node = bob.start_node(LOOPBACK);
+    let list = bob.json(&["plugins", "list", "--json"]);
+    let state = plugin(&list, "future")["state"]
+        .as_str()
+        .expect("state")
+        .to_owned();
+    assert!(
+        state.starts_with("failed to load: built against pigeon:plugin@2.0.0"),
+        "{state}"
+    );
+    assert_eq!(node.stop(), Some(0));
+}
+
+#[test]
+fn bootstrap_connects_nodes_whose_contacts_carry_no_address() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    alice.add_contact("bob", &bob, &[]);
+    bob.add_contact("alice", &alice, &[]);
+    let bob_node = bob.start_node(LOOPBACK);
+    alice.config_set("plugins.bootstrap.enabled", "true");
+    alice.config_set(
+        "plugins.bootstrap.config.peers",
+        &format!(r#"["{}"]"#, bob_node.addr),
+    );
+    // Queued before alice's node runs: nothing but the bootstrap plugin knows where bob is.
+    let to_bob = alice.send("bob", "found you through bootstrap");
+    let _alice_node = alice.start_node(LOOPBACK);
+    bob.wait_arrival(&to_bob);
+    // Bob knows no address of alice either; the connection alice made carries his answer.
+    let to_alice = bob.send("alice", "and back");
+    alice.wait_arrival(&to_alice);
+    let list = alice.json(&["plugins", "list", "--json"]);
+    assert_eq!(plugin(&list, "bootstrap")["state"], "ready");
+}
+
+/// `pigeon plugins new` makes a crate that tests, builds for wasm32-wasip2, passes `plugins
+/// check` and labels a real delivery: the README's "Write a plugin" walk-through.
+#[test]
+fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    let made = bob.ok(&[
+        "plugins",
+        "new",
+        "urgent-rule",
+        "--kind",
+        "rule",
+        "--dir",
+        &work.path().display().to_string(),
+    ]);
+    assert!(
+        made.contains("cargo build --release --target wasm32-wasip2"),
+        "{made}"
+    );
+    let dir = work.path().join("urgent-rule");
+    cargo(&dir, &["test"]);
+    cargo(&dir, &["build", "--release", "--target", "wasm32-wasip2"]);
+    let wasm = dir.join("target/wasm32-wasip2/release/urgent_rule.wasm");
+    let wasm_text = wasm.display().to_string();
+    let check = bob.ok(&["plugins", "check", &wasm_text]);
+    assert!(
+        check.contains("a rule plugin built against pigeon:plugin@1.0.0"),
+        "{check}"
+    );
+
+    bob.config_set("plugins.urgent-rule.path", &wasm_text);
+    bob.config_set("plugins.urgent-rule.enabled", "true");
+    bob.config_set("plugins.urgent-rule.config.word", "urgent");
+    bob.config_set("plugins.urgent-rule.config.label", "now");
+    let bob_node = bob.start_node(LOOPBACK);
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, &[]);
+    let _alice_node = alice.start_node(LOOPBACK);
+    let id = alice
+        .ok(&["send", "bob", "--subject", "URGENT: call me", "soon"])
+        .trim()
+        .to_owned();
+    bob.wait_arrival(&id);
+    assert_eq!(bob.labels(&id), ["now"]);
+}
+
+/// Runs cargo in `dir` with a target directory of its own and none of the outer build's flags.
+fn cargo(dir: &Path, args: &[&str]) {
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo {args:?} in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
