@@ -5,6 +5,8 @@
 //! sender has an ack for every message. Repeated for each batch size asked for, so batching can be
 //! compared with one message per batch in the same run.
 
+pub mod rules;
+
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;

@@ -1,10 +1,26 @@
-//! `pigeon bench delivery`
+//! `pigeon bench delivery|attachment|rules`
 
 use super::print_json;
 use crate::error::{Error, Result};
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
+    /// Time the rules pipeline per incoming message: built-in rules only, with keyword-labeler,
+    /// and with three plugins; prints the cost per message and per plugin per message.
+    ///
+    /// Runs in this process, through the same plugin thread the node uses, 64 messages per round
+    /// trip. Build with --release for meaningful figures.
+    Rules {
+        /// Messages to run through the pipeline.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time attachments between two nodes on 127.0.0.1, beside a plain TCP copy of the same file.
     Attachment {
         /// File sizes in megabytes (repeatable).
@@ -41,8 +57,36 @@ pub(super) enum Command {
 pub(super) async fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Attachment { sizes, json } => attachment(sizes, json).await,
+        Command::Rules {
+            messages,
+            size,
+            json,
+        } => rules(messages, size, json).await,
         delivery @ Command::Delivery { .. } => run_delivery(delivery).await,
     }
+}
+
+async fn rules(messages: usize, size: usize, json: bool) -> Result<()> {
+    if messages == 0 || messages > 10_000_000 || size > crate::envelope::MAX_BODY {
+        return Err(Error::Invalid(format!(
+            "--messages must be between 1 and 10000000 and --size at most {}",
+            crate::envelope::MAX_BODY
+        )));
+    }
+    let runs = crate::bench::rules::rules(messages, size).await?;
+    if json {
+        return print_json(&runs);
+    }
+    for r in &runs {
+        let per_plugin = r
+            .micros_per_plugin
+            .map_or_else(String::new, |p| format!("   {p:>7.2} µs per plugin"));
+        println!(
+            "{:<20} {:>8.2} µs per message{per_plugin}   ({} messages of {size} B)",
+            r.setup, r.micros_per_message, r.messages
+        );
+    }
+    Ok(())
 }
 
 async fn attachment(sizes: Vec<u64>, json: bool) -> Result<()> {

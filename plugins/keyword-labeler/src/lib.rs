@@ -10,20 +10,23 @@
 //!
 //! Words match whole words, case-insensitively, in the subject and the body.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use pigeon_plugin_sdk::{Action, Level, Message, Rule, export_rule, log};
 
 /// Maps a lower-cased word to the labels it gives.
 pub struct KeywordLabeler {
-    words: BTreeMap<String, Vec<String>>,
+    words: HashMap<String, Vec<String>>,
+    /// Bit n is set when some configured word is n bytes long (n < 64): most words of a text
+    /// are skipped on their length alone, without hashing.
+    lengths: u64,
 }
 
 impl Rule for KeywordLabeler {
     type Config = BTreeMap<String, String>;
 
     fn new(config: Self::Config) -> Result<Self, String> {
-        let mut words: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut words: HashMap<String, Vec<String>> = HashMap::new();
         for (word, label) in config {
             let word = word.trim().to_lowercase();
             if word.is_empty() || word.contains(char::is_whitespace) {
@@ -34,19 +37,34 @@ impl Rule for KeywordLabeler {
         if words.is_empty() {
             log(Level::Warn, "no words configured; nothing will be labelled");
         }
-        Ok(KeywordLabeler { words })
+        let lengths = words
+            .keys()
+            .fold(0u64, |acc, w| acc | 1u64.checked_shl(w.len() as u32).unwrap_or(0));
+        let lengths = if words.keys().any(|w| w.len() >= 64) {
+            u64::MAX
+        } else {
+            lengths
+        };
+        Ok(KeywordLabeler { words, lengths })
     }
 
     fn on_message(&mut self, message: &Message) -> Vec<Action> {
-        let text = [
-            message.subject.as_str(),
-            message.body.as_deref().unwrap_or(""),
-        ];
+        // Lower-case the text once, then look every word up without allocating per word.
+        let body = message.body.as_deref().unwrap_or("");
+        let mut text = String::with_capacity(message.subject.len() + body.len() + 1);
+        text.push_str(&message.subject);
+        text.push(' ');
+        text.push_str(body);
+        let text = if text.is_ascii() {
+            text.make_ascii_lowercase();
+            text
+        } else {
+            text.to_lowercase()
+        };
         let mut labels: Vec<&String> = text
-            .iter()
-            .flat_map(|t| t.split(|c: char| !c.is_alphanumeric()))
-            .filter(|w| !w.is_empty())
-            .filter_map(|w| self.words.get(&w.to_lowercase()))
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty() && self.lengths & (1u64 << w.len().min(63)) != 0)
+            .filter_map(|w| self.words.get(w))
             .flatten()
             .collect();
         labels.sort();
