@@ -6,7 +6,7 @@
 //! `[plugins.NAME.config]` table of the node's `config.toml`, arrives typed: any
 //! `serde::Deserialize` type works.
 //!
-//! ```ignore
+//! ```
 //! use pigeon_plugin_sdk::{Action, Message, Rule, export_rule};
 //!
 //! #[derive(serde::Deserialize, Default)]

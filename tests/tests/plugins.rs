@@ -78,6 +78,9 @@ fn misbehaving_plugins_are_contained_and_the_node_goes_on() {
         ("plugins.panicker.path", MISBEHAVE_WASM),
         ("plugins.panicker.enabled", "true"),
         ("plugins.panicker.config.mode", "panic"),
+        ("plugins.prober.path", MISBEHAVE_WASM),
+        ("plugins.prober.enabled", "true"),
+        ("plugins.prober.config.mode", "sandbox"),
         ("plugins.keyword-labeler.enabled", "true"),
         ("plugins.keyword-labeler.config.invoice", "finance"),
     ] {
@@ -148,10 +151,39 @@ fn misbehaving_plugins_are_contained_and_the_node_goes_on() {
     );
     assert_eq!(line(r#"pigeon_plugin_disabled{plugin="looper"}"#), 1.0);
 
-    // With the looper paused, delivery goes on as before.
-    let later = alice.send("bob", "one more invoice");
+    // With the looper paused, delivery goes on as before. The prober, which runs on every
+    // message, tries the host's files, environment and network from inside the node and finds
+    // nothing.
+    let secret = bob.path().join("config.toml");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let probe_body = format!(
+        "{}\n{} invoice",
+        secret.display(),
+        listener.local_addr().expect("addr")
+    );
+    let later = alice.send("bob", &probe_body);
     bob.wait_arrival(&later);
-    assert!(bob.labels(&later).contains(&"finance".to_owned()));
+    let labels = bob.labels(&later);
+    for expected in [
+        "finance",
+        "file:denied",
+        "root:denied",
+        "cwd:denied",
+        "env:0",
+        "args:0",
+        "socket:denied",
+        "udp:denied",
+    ] {
+        assert!(
+            labels.contains(&expected.to_owned()),
+            "{expected} not in {labels:?}"
+        );
+    }
+    assert!(
+        listener.accept().is_err(),
+        "the plugin reached a socket of the host"
+    );
 }
 
 #[test]
@@ -202,7 +234,8 @@ fn bootstrap_connects_nodes_whose_contacts_carry_no_address() {
 }
 
 /// `pigeon plugins new` makes a crate that tests, builds for wasm32-wasip2, passes `plugins
-/// check` and labels a real delivery: the README's "Write a plugin" walk-through.
+/// check` and labels a real delivery: the README's "Write a plugin" walk-through. The discovery
+/// template and the first-party plugins' unit tests run here too, sharing one target directory.
 #[test]
 fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -220,10 +253,15 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
         made.contains("cargo build --release --target wasm32-wasip2"),
         "{made}"
     );
+    let target = work.path().join("target");
     let dir = work.path().join("urgent-rule");
-    cargo(&dir, &["test"]);
-    cargo(&dir, &["build", "--release", "--target", "wasm32-wasip2"]);
-    let wasm = dir.join("target/wasm32-wasip2/release/urgent_rule.wasm");
+    cargo(&dir, &target, &["test"]);
+    cargo(
+        &dir,
+        &target,
+        &["build", "--release", "--target", "wasm32-wasip2"],
+    );
+    let wasm = target.join("wasm32-wasip2/release/urgent_rule.wasm");
     let wasm_text = wasm.display().to_string();
     let check = bob.ok(&["plugins", "check", &wasm_text]);
     assert!(
@@ -245,14 +283,39 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
         .to_owned();
     bob.wait_arrival(&id);
     assert_eq!(bob.labels(&id), ["now"]);
+
+    // The discovery template builds and checks as well.
+    bob.ok(&[
+        "plugins",
+        "new",
+        "finder",
+        "--kind",
+        "discovery",
+        "--dir",
+        &work.path().display().to_string(),
+    ]);
+    let dir = work.path().join("finder");
+    cargo(&dir, &target, &["test"]);
+    cargo(
+        &dir,
+        &target,
+        &["build", "--release", "--target", "wasm32-wasip2"],
+    );
+    let wasm = target.join("wasm32-wasip2/release/finder.wasm");
+    let check = bob.ok(&["plugins", "check", &wasm.display().to_string()]);
+    assert!(check.contains("a discovery plugin"), "{check}");
+
+    // The first-party plugins' own unit tests (their workspace is not this one).
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    cargo(&plugins, &target, &["test", "--locked"]);
 }
 
-/// Runs cargo in `dir` with a target directory of its own and none of the outer build's flags.
-fn cargo(dir: &Path, args: &[&str]) {
+/// Runs cargo in `dir` with `target` as its target directory and none of the outer build's flags.
+fn cargo(dir: &Path, target: &Path, args: &[&str]) {
     let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(args)
         .current_dir(dir)
-        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_TARGET_DIR", target)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
