@@ -16,7 +16,7 @@ use crate::metrics::METRICS;
 use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
 use crate::plugins::{Plugins, RuleMessage};
 use crate::store::{ReceiveOutcome, Received, Store, now_ms};
-use rules::RuleInput;
+use rules::{Action, Pipeline, RuleInput};
 use std::sync::Arc;
 
 /// What the receive path needs of the node.
@@ -92,12 +92,6 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
             }
             Ok(p) => {
                 outcomes.push(None);
-                let sender = peer.to_string();
-                let input = RuleInput {
-                    sender: &sender,
-                    contact: Some(&contact.name),
-                    labels: &[],
-                };
                 to_store.push(Received {
                     id: p.id,
                     sender: peer,
@@ -105,7 +99,7 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
                     subject: p.subject,
                     body: p.body,
                     attachments: p.attachments,
-                    actions: pipeline.run(&input),
+                    actions: Vec::new(),
                 });
             }
             Err(e) => {
@@ -114,7 +108,23 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
             }
         }
     }
-    run_plugins(&receiver.plugins, &contact.name, &mut to_store).await;
+    let messages = to_store
+        .iter()
+        .map(|r| RuleMessage {
+            id: r.id.to_string(),
+            sender: r.sender.to_string(),
+            contact: Some(contact.name.clone()),
+            subject: r.subject.clone().unwrap_or_default(),
+            body: r.body.clone(),
+            sent_at_ms: r.sent_at_ms,
+            attachments: r.attachments.iter().map(|a| a.name.clone()).collect(),
+            labels: Vec::new(),
+        })
+        .collect();
+    let actions = run_pipeline(&pipeline, &receiver.plugins, messages).await;
+    for (r, actions) in to_store.iter_mut().zip(actions) {
+        r.actions = actions;
+    }
     let ids: Vec<String> = to_store.iter().map(|r| r.id.to_string()).collect();
     let stored = store
         .call(move |db| db.store_received(&to_store, now_ms()))
@@ -151,28 +161,30 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
     BatchResponse { outcomes }
 }
 
-/// Runs the rule plugins after the built-in rules, each message with the labels those gave it.
-async fn run_plugins(plugins: &Plugins, contact: &str, received: &mut [Received]) {
-    if !plugins.has_rules() || received.is_empty() {
-        return;
+/// Runs the whole rules pipeline over `messages`: the built-in rules, then the rule plugins in
+/// config order, which see the labels the built-in rules left. Returns each message's actions.
+/// The receive path, `rules apply` and `bench rules` all go through here.
+pub async fn run_pipeline(
+    pipeline: &Pipeline,
+    plugins: &Plugins,
+    mut messages: Vec<RuleMessage>,
+) -> Vec<Vec<Action>> {
+    let mut actions = Vec::with_capacity(messages.len());
+    for m in &mut messages {
+        let builtin = pipeline.run(&RuleInput {
+            sender: &m.sender,
+            contact: m.contact.as_deref(),
+            labels: &m.labels,
+        });
+        m.labels = rules::labels_after(&m.labels, &builtin);
+        actions.push(builtin);
     }
-    let messages = received
-        .iter()
-        .map(|r| RuleMessage {
-            id: r.id.to_string(),
-            sender: r.sender.to_string(),
-            contact: Some(contact.to_owned()),
-            subject: r.subject.clone().unwrap_or_default(),
-            body: r.body.clone(),
-            sent_at_ms: r.sent_at_ms,
-            attachments: r.attachments.iter().map(|a| a.name.clone()).collect(),
-            labels: rules::labels_after(&[], &r.actions),
-        })
-        .collect();
-    let from_plugins = plugins.run_rules(messages).await;
-    for (r, actions) in received.iter_mut().zip(from_plugins) {
-        r.actions.extend(actions);
+    if plugins.has_rules() && !messages.is_empty() {
+        for (a, more) in actions.iter_mut().zip(plugins.run_rules(messages).await) {
+            a.extend(more);
+        }
     }
+    actions
 }
 
 fn reject_reason(e: OpenError) -> RejectReason {

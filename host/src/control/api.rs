@@ -11,7 +11,7 @@ use crate::attachments::AttachmentRef;
 use crate::delivery::Waker;
 use crate::envelope::{self, MAX_BODY, MAX_SUBJECT, MessageId, Payload};
 use crate::error::{Error, Result};
-use crate::inbox::rules::{Action, RuleInput, labels_after, validate_label};
+use crate::inbox::rules::validate_label;
 use crate::keys::Keys;
 use crate::keys::address::Address;
 use crate::net::Net;
@@ -347,25 +347,8 @@ impl Ops {
                 .await?;
             let Some(last) = page.last() else { break };
             after = last.rowid;
-            let mut actions: Vec<Vec<Action>> = Vec::with_capacity(page.len());
-            let mut messages = Vec::with_capacity(page.len());
-            for c in &page {
-                let m = &c.message;
-                let builtin = pipeline.run(&RuleInput {
-                    sender: &m.sender,
-                    contact: m.contact.as_deref(),
-                    labels: &m.labels,
-                });
-                let mut m = m.clone();
-                m.labels = labels_after(&m.labels, &builtin);
-                actions.push(builtin);
-                messages.push(m);
-            }
-            if plugins.has_rules() {
-                for (a, more) in actions.iter_mut().zip(plugins.run_rules(messages).await) {
-                    a.extend(more);
-                }
-            }
+            let messages = page.iter().map(|c| c.message.clone()).collect();
+            let actions = crate::inbox::run_pipeline(&pipeline, plugins, messages).await;
             changes.extend(
                 page.into_iter()
                     .zip(actions)

@@ -148,7 +148,7 @@ impl Instance {
         // The deadline counts from now, whatever earlier calls used.
         live.store
             .set_epoch_deadline(Runtime::ticks(self.limits.deadline));
-        live.store.data_mut().take_memory_refusal();
+        live.store.data_mut().new_call();
         let started = Instant::now();
         let result = f(&live.bound, &mut live.store);
         METRICS

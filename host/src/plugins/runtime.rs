@@ -24,6 +24,8 @@ pub const API_MAJOR: u64 = 1;
 pub const API_MINOR: u64 = 0;
 /// Longest log line kept from a plugin, in bytes.
 const MAX_LOG_LINE: usize = 2048;
+/// Most log lines one call may write; the rest are dropped, so a plugin cannot flood the log.
+const MAX_LOG_LINES_PER_CALL: u32 = 32;
 
 type CacheMac = Blake2bMac<blake2::digest::consts::U32>;
 
@@ -43,6 +45,8 @@ pub struct State {
     limiter: Limiter,
     plugin: Arc<str>,
     config_json: Arc<str>,
+    lines_this_call: u32,
+    errors_this_call: u32,
 }
 
 impl State {
@@ -64,7 +68,16 @@ impl State {
             },
             plugin,
             config_json,
+            lines_this_call: 0,
+            errors_this_call: 0,
         }
+    }
+
+    /// Starts the accounting of a new call.
+    pub fn new_call(&mut self) {
+        self.lines_this_call = 0;
+        self.errors_this_call = 0;
+        self.limiter.hit_memory_limit = false;
     }
 
     /// Whether a memory grow was refused since the last call to this.
@@ -132,6 +145,22 @@ impl rule::pigeon::plugin::types::Host for State {}
 
 impl rule::pigeon::plugin::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
+        // Errors (a panic's message among them) count apart, so chatter cannot hide them.
+        let count = if matches!(level, Level::Error) {
+            &mut self.errors_this_call
+        } else {
+            &mut self.lines_this_call
+        };
+        *count = count.saturating_add(1);
+        if *count > MAX_LOG_LINES_PER_CALL {
+            if *count == MAX_LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(
+                    plugin = &*self.plugin,
+                    "further log lines of this call dropped"
+                );
+            }
+            return;
+        }
         let mut message = message;
         if message.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
@@ -430,6 +459,45 @@ mod tests {
 
     fn check(names: &[&str]) -> Result<(PluginKind, String), PluginError> {
         check_exports(names.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn the_cache_serves_its_own_files_and_ignores_tampered_or_foreign_ones() {
+        let runtime = Runtime::new().expect("runtime");
+        let engine = runtime.engine();
+        let wasm = super::super::builtin::BUILTINS[0].wasm;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(dir.path().join("plugin-cache"), [7; 32]);
+        let path = cache.path(engine, wasm);
+        assert!(cache.read(engine, &path).is_none(), "empty at first");
+        runtime
+            .load(wasm, Some(&cache))
+            .expect("compiles and stores");
+        assert!(cache.read(engine, &path).is_some(), "served from disk now");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("plugin-cache"))
+            .expect("dir")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        let other_owner = Cache::new(dir.path().join("plugin-cache"), [8; 32]);
+        assert!(
+            other_owner.read(engine, &path).is_none(),
+            "a file under another key is not loaded"
+        );
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(
+            cache.read(engine, &path).is_none(),
+            "a changed byte is caught"
+        );
+        runtime
+            .load(wasm, Some(&cache))
+            .expect("a bad entry is compiled again");
+        assert!(cache.read(engine, &path).is_some(), "and replaced");
     }
 
     #[test]

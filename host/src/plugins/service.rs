@@ -358,13 +358,26 @@ fn load(slot: &mut Slot, runtime: &Runtime, cache: Option<&Cache>) {
             );
             slot.kind = Some(loaded.kind);
             slot.api_version = Some(loaded.api_version);
-            slot.instance = Some(Instance::new(
+            let mut instance = Instance::new(
                 runtime.engine(),
                 &name,
                 &slot.spec.config_json,
                 limits,
                 loaded.linked,
-            ));
+            );
+            // Instantiate now, so that a configuration the plugin refuses is reported at start
+            // rather than at the first message.
+            match instance.ensure_live() {
+                Ok(()) => slot.instance = Some(instance),
+                Err(Failure::Init(e)) => {
+                    tracing::error!(plugin = %name, error = %e, "plugin refused its configuration; the node goes on without it");
+                    slot.load_error = Some(format!("it refused its configuration: {e}"));
+                }
+                Err(failure) => {
+                    slot.instance = Some(instance);
+                    slot.record("init", Err::<(), _>(failure));
+                }
+            }
         }
         Err(e) => {
             tracing::error!(plugin = %name, error = %e, "plugin not loaded; the node goes on without it");
