@@ -77,15 +77,7 @@ pub fn build_plugins(manifest: &Path, packages: &[&str]) -> Vec<PathBuf> {
 /// Installs the wasm32-wasip2 standard library through rustup when it is missing, so that a fresh
 /// clone needs no set-up step of its own.
 fn ensure_target() {
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let sysroot = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let present = sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).is_dir());
-    if present {
+    if target_present() {
         return;
     }
     println!("cargo:warning=installing the {TARGET} target with rustup (once)");
@@ -93,10 +85,28 @@ fn ensure_target() {
         .args(["target", "add", TARGET])
         .status()
         .is_ok_and(|s| s.success());
+    // Another build script (host's and the tests' run side by side) may have been installing it
+    // at the same moment; what counts is that it is there now.
+    let there = ok
+        || (0..60).any(|_| {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            target_present()
+        });
     assert!(
-        ok,
+        there,
         "the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it by hand"
     );
+}
+
+fn target_present() -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|s| s.join("lib/rustlib").join(TARGET).is_dir())
 }
 
 /// Asks cargo to re-run the build script when any file the artifact was built from changes.
