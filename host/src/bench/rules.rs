@@ -17,7 +17,7 @@ use crate::plugins::{PluginSpec, Plugins, RuleMessage, Source, builtin};
 /// Messages per round trip to the plugin thread (the receive path's batch size).
 const BATCH: usize = 64;
 /// Passes per configuration; the fastest counts.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// One measured configuration.
 #[derive(Debug, Clone, Serialize)]

@@ -69,6 +69,7 @@ pub struct Instance {
     engine: Engine,
     live: Option<Live>,
     needs_body: bool,
+    timers: Vec<(&'static str, prometheus::Histogram)>,
 }
 
 impl Instance {
@@ -88,6 +89,7 @@ impl Instance {
             engine: engine.clone(),
             live: None,
             needs_body: true,
+            timers: Vec::new(),
         }
     }
 
@@ -151,10 +153,18 @@ impl Instance {
         live.store.data_mut().new_call();
         let started = Instant::now();
         let result = f(&live.bound, &mut live.store);
-        METRICS
-            .plugin_call_seconds
-            .with_label_values(&[&*self.name, hook])
-            .observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        // The histogram handle is looked up once per hook, not on every call.
+        match self.timers.iter().find(|(h, _)| *h == hook) {
+            Some((_, timer)) => timer.observe(elapsed),
+            None => {
+                let timer = METRICS
+                    .plugin_call_seconds
+                    .with_label_values(&[&*self.name, hook]);
+                timer.observe(elapsed);
+                self.timers.push((hook, timer));
+            }
+        }
         match result {
             Ok(r) => Ok(r),
             Err(e) => {
