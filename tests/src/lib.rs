@@ -416,3 +416,14 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub const MISBEHAVE_WASM: &str = env!("PIGEON_TEST_PLUGIN_MISBEHAVE");
 /// Test-only plugin built against `pigeon:plugin@2.0.0`.
 pub const FUTURE_API_WASM: &str = env!("PIGEON_TEST_PLUGIN_FUTURE_API");
+/// What the misbehave plugin's `sandbox` mode labels a message with when the
+/// sandbox holds: every host file, directory, variable, argument and socket denied.
+pub const SANDBOX_SEALED: [&str; 7] = [
+    "file:denied",
+    "root:denied",
+    "cwd:denied",
+    "env:0",
+    "args:0",
+    "socket:denied",
+    "udp:denied",
+];
