@@ -240,10 +240,14 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
         "--dir",
         &work.path().display().to_string(),
     ]);
-    assert!(
-        made.contains("cargo build --release --target wasm32-wasip2"),
-        "{made}"
-    );
+    // The next steps it prints work from inside the new crate, and end with enabling it.
+    for step in [
+        "cargo build --release --target wasm32-wasip2",
+        "pigeon plugins check target/wasm32-wasip2/release/urgent_rule.wasm",
+        "pigeon config set plugins.urgent-rule.enabled true",
+    ] {
+        assert!(made.contains(step), "{step:?} not in {made}");
+    }
     let target = work.path().join("target");
     let dir = work.path().join("urgent-rule");
     cargo(&dir, &target, &["test"]);
@@ -260,7 +264,26 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
         "{check}"
     );
 
-    bob.config_set("plugins.urgent-rule.path", &wasm_text);
+    // A relative path given to `config set` is from where the user stands, not from the home.
+    let set = bob
+        .cmd(&[
+            "config",
+            "set",
+            "plugins.urgent-rule.path",
+            "wasm32-wasip2/release/urgent_rule.wasm",
+        ])
+        .current_dir(&target)
+        .output()
+        .expect("run pigeon");
+    assert!(set.status.success(), "{set:?}");
+    assert_eq!(
+        bob.ok(&["config", "get", "plugins.urgent-rule.path"])
+            .trim(),
+        std::path::absolute(&wasm)
+            .expect("absolute")
+            .display()
+            .to_string()
+    );
     bob.config_set("plugins.urgent-rule.enabled", "true");
     bob.config_set("plugins.urgent-rule.config.word", "urgent");
     bob.config_set("plugins.urgent-rule.config.label", "now");

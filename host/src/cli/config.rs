@@ -3,6 +3,7 @@
 use super::{Global, print_json};
 use crate::config::{Config, edit};
 use crate::error::{Error, Result};
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
@@ -24,7 +25,9 @@ pub(super) enum Command {
     ///
     /// VALUE is read as TOML: `1`, `true`, `["a", "b"]`, `"text"`; a bare word is a string. An
     /// unknown key or a wrong type is an error and leaves the file as it was. A running node reads
-    /// the configuration when it starts.
+    /// the configuration when it starts. A relative `plugins.NAME.path` given here is taken from
+    /// the current directory and stored absolute (in the file itself, relative paths are from the
+    /// home).
     Set {
         /// A dotted key, e.g. delivery.batch_max_messages.
         key: String,
@@ -56,7 +59,24 @@ pub(super) fn run(g: &Global, cmd: Command) -> Result<()> {
                 (other, false) => println!("{other}"),
             }
         }
-        Command::Set { key, value } => {
+        Command::Set { key, mut value } => {
+            // As `edit::set` reads it: TOML if it parses, a bare word otherwise.
+            let text = match value.parse::<toml_edit::Value>() {
+                Ok(toml_edit::Value::String(s)) => s.value().clone(),
+                _ => value.clone(),
+            };
+            if is_plugin_path(&key) {
+                let mut file = PathBuf::from(&text);
+                if file.is_relative() {
+                    file = std::path::absolute(&file)
+                        .map_err(|e| Error::Invalid(format!("{key}: {text}: {e}")))?;
+                    // Quoted, so that no path reads as another TOML type.
+                    value = toml_edit::Value::from(file.display().to_string()).to_string();
+                }
+                if !file.is_file() {
+                    eprintln!("note: there is no file at {} yet", file.display());
+                }
+            }
             edit::set(&path, &key, &value)?;
             println!(
                 "{key} set in {} (a running node uses it from its next start)",
@@ -65,4 +85,24 @@ pub(super) fn run(g: &Global, cmd: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `plugins.NAME.path`, the one key whose value is a file on this machine.
+fn is_plugin_path(key: &str) -> bool {
+    key.strip_prefix("plugins.")
+        .and_then(|rest| rest.strip_suffix(".path"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plugin_path;
+
+    #[test]
+    fn only_a_plugins_own_path_is_a_file() {
+        assert!(is_plugin_path("plugins.my-rule.path"));
+        assert!(!is_plugin_path("plugins.my-rule.config.path"));
+        assert!(!is_plugin_path("plugins..path"));
+        assert!(!is_plugin_path("store.path"));
+    }
 }

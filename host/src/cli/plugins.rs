@@ -87,7 +87,16 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             println!("  cd {}", made.dir.display());
             println!("  cargo test");
             println!("  cargo build --release --target wasm32-wasip2");
-            println!("  pigeon plugins check {}", made.wasm.display());
+            let built = made.wasm.strip_prefix(&made.dir).unwrap_or(&made.wasm);
+            println!("  pigeon plugins check {}", built.display());
+            // The config wants the path the node will see, whatever its working directory.
+            let absolute = std::path::absolute(&made.wasm).unwrap_or_else(|_| made.wasm.clone());
+            println!("then enable it and restart the node:");
+            println!(
+                "  pigeon config set plugins.{name}.path {}",
+                absolute.display()
+            );
+            println!("  pigeon config set plugins.{name}.enabled true");
             Ok(())
         }
     }
