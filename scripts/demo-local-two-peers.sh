@@ -30,12 +30,17 @@ echo "== creating two homes in $work"
 alice init >/dev/null
 bob init >/dev/null
 
-# Start a node and wait (at most 30 s) for the address it prints.
+# Start a node in the background (in this shell, so that cleanup knows its pid).
 start_node() {
   local who=$1
   "$PIGEON_BIN" --home "$work/$who" node run --listen /ip4/127.0.0.1/tcp/0 \
     >"$work/$who.out" 2>"$work/$who.log" &
   pids+=($!)
+}
+
+# Wait (at most 30 s) for the address a node prints.
+node_addr() {
+  local who=$1
   for _ in $(seq 300); do
     if grep -q '^listening on ' "$work/$who.out"; then
       sed -n 's/^listening on //p' "$work/$who.out" | head -1
@@ -48,8 +53,10 @@ start_node() {
   return 1
 }
 
-alice_addr=$(start_node alice)
-bob_addr=$(start_node bob)
+start_node alice
+start_node bob
+alice_addr=$(node_addr alice)
+bob_addr=$(node_addr bob)
 echo "== alice listens on $alice_addr"
 echo "== bob listens on $bob_addr"
 

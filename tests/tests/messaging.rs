@@ -277,6 +277,26 @@ fn the_demo_script_runs_two_node_processes() {
     assert!(stdout.contains("Hello Bob, this is Alice."), "{stdout}");
     assert!(stdout.contains("Hi Alice! Both arrived."), "{stdout}");
     assert!(stdout.contains("every message arrived"), "{stdout}");
+    // It stops both nodes it started: no process is left running on its homes.
+    let work = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("== creating two homes in "))
+        .expect("the script names its directory")
+        .trim()
+        .to_owned();
+    let left = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&work))
+            .collect::<Vec<_>>()
+    };
+    wait_for("the demo's nodes to stop", Duration::from_secs(10), || {
+        left().is_empty().then_some(())
+    });
 }
 
 #[test]
