@@ -17,7 +17,16 @@ use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
 use crate::plugins::{Plugins, RuleMessage};
 use crate::store::{ReceiveOutcome, Received, Store, now_ms};
 use rules::{Action, Pipeline, RuleInput};
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long rule plugins may take over one inbound batch. It is well inside the sender's 30 s
+/// request timeout, so a slow plugin cannot keep a batch from being acked and sent again and
+/// again; messages left when it runs out are stored with the built-in rules only (`pigeon inbox
+/// rules apply` catches up). It counts from when the plugin thread takes the batch up, so plugins
+/// still loading at start-up do not use it up.
+pub const PLUGIN_BUDGET: Duration = Duration::from_secs(10);
 
 /// What the receive path needs of the node.
 #[derive(Clone)]
@@ -108,24 +117,41 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
             }
         }
     }
-    let messages = to_store
+    let ids: Vec<String> = to_store.iter().map(|r| r.id.to_string()).collect();
+    // A batch sent again (its ack was lost) holds messages the inbox has: they are acked as
+    // duplicates without running the rules again, so a resend costs no plugin time.
+    let known = if receiver.plugins.has_rules() {
+        let ids = ids.clone();
+        store
+            .call(move |db| db.known_received(&ids))
+            .await
+            .unwrap_or_default()
+    } else {
+        HashSet::new()
+    };
+    let fresh: Vec<usize> = (0..to_store.len())
+        .filter(|&i| !known.contains(&ids[i]))
+        .collect();
+    let messages = fresh
         .iter()
-        .map(|r| RuleMessage {
-            id: r.id.to_string(),
-            sender: r.sender.to_string(),
-            contact: Some(contact.name.clone()),
-            subject: r.subject.clone().unwrap_or_default(),
-            body: r.body.clone(),
-            sent_at_ms: r.sent_at_ms,
-            attachments: r.attachments.iter().map(|a| a.name.clone()).collect(),
-            labels: Vec::new(),
+        .map(|&i| {
+            let r = &to_store[i];
+            RuleMessage {
+                id: ids[i].clone(),
+                sender: r.sender.to_string(),
+                contact: Some(contact.name.clone()),
+                subject: r.subject.clone().unwrap_or_default(),
+                body: r.body.clone(),
+                sent_at_ms: r.sent_at_ms,
+                attachments: r.attachments.iter().map(|a| a.name.clone()).collect(),
+                labels: Vec::new(),
+            }
         })
         .collect();
-    let actions = run_pipeline(&pipeline, &receiver.plugins, messages).await;
-    for (r, actions) in to_store.iter_mut().zip(actions) {
-        r.actions = actions;
+    let actions = run_pipeline(&pipeline, &receiver.plugins, messages, Some(PLUGIN_BUDGET)).await;
+    for (&i, actions) in fresh.iter().zip(actions) {
+        to_store[i].actions = actions;
     }
-    let ids: Vec<String> = to_store.iter().map(|r| r.id.to_string()).collect();
     let stored = store
         .call(move |db| db.store_received(&to_store, now_ms()))
         .await;
@@ -164,10 +190,14 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
 /// Runs the whole rules pipeline over `messages`: the built-in rules, then the rule plugins in
 /// config order, which see the labels the built-in rules left. Returns each message's actions.
 /// The receive path, `rules apply` and `bench rules` all go through here.
+///
+/// Rule plugins start no message once `budget` is spent; the messages left get the built-in rules
+/// only.
 pub async fn run_pipeline(
     pipeline: &Pipeline,
     plugins: &Plugins,
     mut messages: Vec<RuleMessage>,
+    budget: Option<Duration>,
 ) -> Vec<Vec<Action>> {
     let mut actions = Vec::with_capacity(messages.len());
     for m in &mut messages {
@@ -180,7 +210,10 @@ pub async fn run_pipeline(
         actions.push(builtin);
     }
     if plugins.has_rules() && !messages.is_empty() {
-        for (a, more) in actions.iter_mut().zip(plugins.run_rules(messages).await) {
+        for (a, more) in actions
+            .iter_mut()
+            .zip(plugins.run_rules(messages, budget).await)
+        {
             a.extend(more);
         }
     }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub plugin_failures: IntCounterVec,
     /// 1 while a plugin's circuit breaker has it disabled, by plugin.
     pub plugin_disabled: IntGaugeVec,
+    /// Received messages stored without the rule plugins because their batch's plugin time ran out.
+    pub plugin_rules_skipped: IntCounter,
 }
 
 impl Metrics {
@@ -110,6 +112,10 @@ impl Metrics {
             plugin_call_seconds,
             plugin_failures,
             plugin_disabled,
+            plugin_rules_skipped: counter(
+                "pigeon_plugin_rules_skipped_total",
+                "Received messages stored without the rule plugins: their batch's plugin time ran out",
+            ),
             send_latency: histogram(
                 "pigeon_send_latency_seconds",
                 "Seconds from queueing a message to its recipient's ack",

@@ -14,6 +14,8 @@ mod bindings;
 pub mod breaker;
 pub mod builtin;
 pub mod instance;
+mod lift;
+mod nowait;
 pub mod runtime;
 pub mod scaffold;
 pub mod service;
@@ -48,11 +50,19 @@ pub const MAX_WASM_BYTES: u64 = 64 * 1024 * 1024;
 #[non_exhaustive]
 pub enum PluginError {
     /// The file could not be read.
-    #[error("cannot read {path}: {message}")]
+    #[error("cannot read {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
+        source: std::io::Error,
+    },
+    /// Not a file a plugin can be read from: a directory, a device, a pipe, or too large.
+    #[error("{path}: {message}")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
         message: String,
     },
     /// Not a valid WebAssembly component.
@@ -68,11 +78,9 @@ pub enum PluginError {
     },
     /// Built against a contract version this pigeon does not speak.
     #[error(
-        "built against {found}, but this pigeon supports pigeon:plugin@{}.{} (1.0.0 up to 1.0.x); rebuild it with pigeon-plugin-sdk {}.{}",
-        runtime::API_MAJOR,
-        runtime::API_MINOR,
-        runtime::API_MAJOR,
-        runtime::API_MINOR
+        "built against {found}, but this pigeon supports pigeon:plugin@{major}.{minor} ({major}.0.0 up to {major}.{minor}.x); rebuild it with pigeon-plugin-sdk {major}.{minor}",
+        major = runtime::API_MAJOR,
+        minor = runtime::API_MINOR,
     )]
     Version {
         /// The version it was built against.
@@ -91,7 +99,10 @@ impl PluginError {
     pub fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            PluginError::Read { .. } => ErrorKind::NotFound,
+            PluginError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            PluginError::Read { .. } => ErrorKind::Other,
             PluginError::Engine(_) => ErrorKind::Other,
             _ => ErrorKind::Usage,
         }
@@ -224,18 +235,38 @@ impl PluginSpec {
 
 /// Reads a component file, refusing anything too large to be a plugin.
 pub fn read_wasm(path: &Path) -> Result<Vec<u8>, PluginError> {
-    let read_error = |message: String| PluginError::Read {
+    use std::io::Read;
+    let read_error = |source| PluginError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let not_a_file = |message: String| PluginError::NotAFile {
         path: path.to_owned(),
         message,
     };
-    let meta = std::fs::metadata(path).map_err(|e| read_error(e.to_string()))?;
-    if meta.len() > MAX_WASM_BYTES {
-        return Err(read_error(format!(
-            "{} bytes is larger than the {MAX_WASM_BYTES} bytes a plugin may be",
-            meta.len()
-        )));
+    let meta = std::fs::metadata(path).map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(not_a_file(
+            "not a regular file (a plugin is a .wasm file)".into(),
+        ));
     }
-    std::fs::read(path).map_err(|e| read_error(e.to_string()))
+    let too_large = |size: u64| {
+        not_a_file(format!(
+            "{size} bytes is larger than the {MAX_WASM_BYTES} bytes a plugin may be"
+        ))
+    };
+    if meta.len() > MAX_WASM_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    // The file may grow between the look and the read: read no more than the limit allows.
+    let mut wasm = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_WASM_BYTES + 1).read_to_end(&mut wasm))
+        .map_err(read_error)?;
+    if wasm.len() as u64 > MAX_WASM_BYTES {
+        return Err(too_large(wasm.len() as u64));
+    }
+    Ok(wasm)
 }
 
 /// What `pigeon plugins check` reports about a valid component.
@@ -276,10 +307,15 @@ pub fn describe_offline(config: &Config, home: &Path) -> Vec<PluginStatus> {
                     Err(e) => (None, None, Some(e.to_string())),
                 },
             };
-            let state = match (spec.enabled, problem) {
-                (_, Some(problem)) => format!("cannot load: {problem}"),
-                (true, None) => "enabled (node not running)".to_owned(),
-                (false, None) => "disabled".to_owned(),
+            let (status, state) = match (spec.enabled, &problem) {
+                (_, Some(problem)) => {
+                    (PluginState::FailedToLoad, format!("cannot load: {problem}"))
+                }
+                (true, None) => (
+                    PluginState::NotRunning,
+                    "enabled (node not running)".to_owned(),
+                ),
+                (false, None) => (PluginState::Disabled, "disabled".to_owned()),
             };
             PluginStatus {
                 name: spec.name.clone(),
@@ -287,6 +323,9 @@ pub fn describe_offline(config: &Config, home: &Path) -> Vec<PluginStatus> {
                 api_version,
                 source: spec.source_text(),
                 enabled: spec.enabled,
+                status,
+                paused_until_ms: None,
+                error: problem,
                 state,
                 calls: 0,
                 failures: 0,
@@ -313,7 +352,13 @@ pub struct PluginStatus {
     pub source: String,
     /// Whether the configuration enables it.
     pub enabled: bool,
-    /// ready, disabled, failed to load, paused by the circuit breaker, ...
+    /// Where it stands, for scripts.
+    pub status: PluginState,
+    /// Until when (ms since the epoch) the circuit breaker pauses it, while it does.
+    pub paused_until_ms: Option<u64>,
+    /// Why it did not load, when it did not.
+    pub error: Option<String>,
+    /// The same in words: ready, disabled, failed to load: ..., paused by the circuit breaker ...
     pub state: String,
     /// Calls made since the node started.
     pub calls: u64,
@@ -321,6 +366,24 @@ pub struct PluginStatus {
     pub failures: u64,
     /// The last failure, if any.
     pub last_failure: Option<String>,
+}
+
+/// Where a plugin stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// The configuration does not enable it.
+    Disabled,
+    /// Enabled, and no node runs (shown by `plugins list` offline).
+    NotRunning,
+    /// Loaded and called.
+    Ready,
+    /// Its circuit breaker lets one call through to see whether it works again.
+    Trial,
+    /// Its circuit breaker pauses it after repeated failures.
+    Paused,
+    /// It could not be loaded (or refused its configuration); the node runs without it.
+    FailedToLoad,
 }
 
 /// An incoming message, as the rule plugins are given it.

@@ -27,7 +27,7 @@ pub use contacts::Contact;
 pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{InboxItem, MessageView, ReceiveOutcome, Received};
 pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
-pub use rules::{RuleChange, RuleView};
+pub use rules::{RuleChange, RuleView, RulesApplied};
 
 use crate::error::ErrorKind;
 use crate::keys::Keys;

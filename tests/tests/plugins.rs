@@ -28,13 +28,18 @@ fn keyword_labeler_and_a_sender_rule_label_real_deliveries() {
     let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
     bob.config_set("plugins.keyword-labeler.enabled", "true");
     bob.config_set("plugins.keyword-labeler.config.invoice", "finance");
+    // Marks everything read and archived on receipt, so `rules apply` has nothing left for it.
+    bob.config_set("plugins.tidy.path", MISBEHAVE_WASM);
+    bob.config_set("plugins.tidy.enabled", "true");
+    bob.config_set("plugins.tidy.config.mode", "tidy");
     let bob_node = bob.start_node(LOOPBACK);
     let alice_node = alice.start_node(LOOPBACK);
     alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
     bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
-    bob.ok(&[
-        "inbox", "rules", "add", "--from", "alice", "--label", "friends",
+    let rule = bob.json(&[
+        "inbox", "rules", "add", "--from", "alice", "--label", "friends", "--json",
     ]);
+    assert!(rule["id"].as_i64().is_some_and(|id| id > 0), "{rule}");
 
     let invoice = alice.send("bob", "Your Invoice for November");
     let lunch = alice.send("bob", "lunch?");
@@ -47,15 +52,19 @@ fn keyword_labeler_and_a_sender_rule_label_real_deliveries() {
     let kw = plugin(&list, "keyword-labeler");
     assert_eq!(kw["enabled"], true);
     assert_eq!(kw["state"], "ready");
+    assert_eq!(kw["status"], "ready");
     assert_eq!(kw["kind"], "rule");
     assert_eq!(kw["api_version"], "1.0.0");
     assert!(kw["calls"].as_u64().expect("calls") >= 2, "{kw}");
     assert_eq!(plugin(&list, "bootstrap")["state"], "disabled");
+    assert_eq!(plugin(&list, "bootstrap")["status"], "disabled");
 
     // `rules apply` runs the plugin too; --dry-run shows and changes nothing.
     bob.ok(&["inbox", "label", "rm", &invoice, "finance"]);
     let planned = bob.json(&["inbox", "rules", "apply", "--dry-run", "--json"]);
-    let planned = planned.as_array().expect("changes");
+    assert_eq!(planned["dry_run"], true);
+    assert_eq!(planned["changed"], 1, "{planned}");
+    let planned = planned["changes"].as_array().expect("changes");
     assert_eq!(planned.len(), 1, "{planned:?}");
     assert_eq!(planned[0]["id"], invoice.as_str());
     assert_eq!(planned[0]["actions"][0]["label"], "finance");
@@ -66,6 +75,11 @@ fn keyword_labeler_and_a_sender_rule_label_real_deliveries() {
     );
     bob.ok(&["inbox", "rules", "apply"]);
     assert_eq!(sorted(bob.labels(&invoice)), ["finance", "friends"]);
+    let again = bob.json(&["inbox", "rules", "apply", "--json"]);
+    assert_eq!(
+        again["changed"], 0,
+        "a second apply changes nothing: {again}"
+    );
 }
 
 #[test]
@@ -123,12 +137,20 @@ fn misbehaving_plugins_are_contained_and_the_node_goes_on() {
     // Three timeouts in a row trip the looper's breaker; the others stay ready.
     let list = wait_for("the breaker to open", Duration::from_secs(30), || {
         let list = bob.json(&["plugins", "list", "--json"]);
-        let state = plugin(&list, "looper")["state"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        state.contains("circuit breaker").then_some(list)
+        (plugin(&list, "looper")["status"] == "paused").then_some(list)
     });
+    let looper = plugin(&list, "looper");
+    assert!(
+        looper["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("paused by the circuit breaker")),
+        "{looper}"
+    );
+    assert!(
+        looper["paused_until_ms"].as_u64().is_some_and(|t| t > 0),
+        "{looper}"
+    );
+    assert_eq!(plugin(&list, "panicker")["status"], "ready");
     assert_eq!(plugin(&list, "panicker")["state"], "ready");
     assert_eq!(plugin(&list, "panicker")["failures"], 1);
     assert_eq!(plugin(&list, "keyword-labeler")["failures"], 0);
@@ -177,28 +199,91 @@ fn misbehaving_plugins_are_contained_and_the_node_goes_on() {
     );
 }
 
+/// `plugins check` gives the reason and exit code for every kind of bad file, and a node whose
+/// config names bad plugins runs without them and says why in `plugins list`.
 #[test]
-fn a_plugin_of_another_major_version_is_refused_and_the_node_runs_without_it() {
+fn bad_plugins_are_refused_with_their_reason_and_the_node_runs_without_them() {
     let bob = TestHome::init("bob");
-    bob.config_set("plugins.future.path", pigeon_e2e::FUTURE_API_WASM);
-    bob.config_set("plugins.future.enabled", "true");
-    let out = bob.run(&["plugins", "check", pigeon_e2e::FUTURE_API_WASM]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("pigeon:plugin@2.0.0") && err.contains("supports pigeon:plugin@1.0"),
-        "{err}"
-    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path.display().to_string()
+    };
+    let component = std::fs::read(MISBEHAVE_WASM).expect("read the test plugin");
+    let checks: [(String, i32, &str); 7] = [
+        (
+            pigeon_e2e::FUTURE_API_WASM.to_owned(),
+            2,
+            "built against pigeon:plugin@2.0.0, but this pigeon supports pigeon:plugin@1.0",
+        ),
+        (
+            file("core.wasm", b"\0asm\x01\0\0\0"),
+            2,
+            "a core WebAssembly module, not a component",
+        ),
+        (
+            file("garbage.wasm", b"hello, not wasm"),
+            2,
+            "does not start with the WebAssembly header",
+        ),
+        (
+            file("half.wasm", &component[..component.len() / 2]),
+            2,
+            "not a valid WebAssembly component",
+        ),
+        (
+            dir.path().join("missing.wasm").display().to_string(),
+            4,
+            "cannot read",
+        ),
+        (dir.path().display().to_string(), 2, "not a regular file"),
+        ("/dev/zero".to_owned(), 2, "not a regular file"),
+    ];
+    for (path, code, reason) in &checks {
+        let out = bob.run(&["plugins", "check", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{path}: {err}");
+        assert!(err.contains(reason), "{path}: {reason:?} not in {err}");
+    }
+    let good = bob.json(&["plugins", "check", MISBEHAVE_WASM, "--json"]);
+    assert_eq!(good["kind"], "rule");
+    assert_eq!(good["api_version"], "1.0.0");
+
+    for (key, value) in [
+        ("plugins.future.path", pigeon_e2e::FUTURE_API_WASM),
+        ("plugins.future.enabled", "true"),
+        ("plugins.gone.path", &checks[4].0),
+        ("plugins.gone.enabled", "true"),
+        // keyword-labeler refuses a word it could never match.
+        ("plugins.keyword-labeler.enabled", "true"),
+        ("plugins.keyword-labeler.config.e-mail", "mail"),
+    ] {
+        bob.config_set(key, value);
+    }
     let node = bob.start_node(LOOPBACK);
     let list = bob.json(&["plugins", "list", "--json"]);
-    let state = plugin(&list, "future")["state"]
-        .as_str()
-        .expect("state")
-        .to_owned();
-    assert!(
-        state.starts_with("failed to load: built against pigeon:plugin@2.0.0"),
-        "{state}"
-    );
+    for (name, error) in [
+        ("future", "built against pigeon:plugin@2.0.0"),
+        ("gone", "cannot read"),
+        (
+            "keyword-labeler",
+            "it refused its configuration: \"e-mail\" is not one word",
+        ),
+    ] {
+        let p = plugin(&list, name);
+        assert_eq!(p["status"], "failed_to_load", "{p}");
+        assert!(
+            p["error"].as_str().is_some_and(|e| e.starts_with(error)),
+            "{error:?}: {p}"
+        );
+        assert!(
+            p["state"].as_str().is_some_and(
+                |s| s == format!("failed to load: {}", p["error"].as_str().unwrap_or(""))
+            ),
+            "{p}"
+        );
+    }
     assert_eq!(node.stop(), Some(0));
 }
 
@@ -285,6 +370,10 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
             .to_string()
     );
     bob.config_set("plugins.urgent-rule.enabled", "true");
+    // With no node running, `plugins list` reads the config and checks the file.
+    let offline = bob.json(&["plugins", "list", "--json"]);
+    assert_eq!(plugin(&offline, "urgent-rule")["status"], "not_running");
+    assert_eq!(plugin(&offline, "urgent-rule")["api_version"], "1.0.0");
     bob.config_set("plugins.urgent-rule.config.word", "urgent");
     bob.config_set("plugins.urgent-rule.config.label", "now");
     let bob_node = bob.start_node(LOOPBACK);
@@ -299,7 +388,7 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
     assert_eq!(bob.labels(&id), ["now"]);
 
     // The discovery template builds and checks as well.
-    bob.ok(&[
+    let made = bob.json(&[
         "plugins",
         "new",
         "finder",
@@ -307,8 +396,16 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
         "discovery",
         "--dir",
         &work.path().display().to_string(),
+        "--json",
     ]);
     let dir = work.path().join("finder");
+    assert_eq!(made["dir"], dir.display().to_string());
+    assert_eq!(
+        made["wasm"],
+        dir.join("target/wasm32-wasip2/release/finder.wasm")
+            .display()
+            .to_string()
+    );
     cargo(&dir, &target, &["test"]);
     cargo(
         &dir,

@@ -35,7 +35,8 @@ fn a_sender_rule_labels_deliveries_and_apply_catches_up() {
     let planned = pair
         .bob
         .json(&["inbox", "rules", "apply", "--dry-run", "--json"]);
-    let planned = planned.as_array().expect("changes");
+    assert_eq!(planned["changed"], 1, "{planned}");
+    let planned = planned["changes"].as_array().expect("changes");
     assert_eq!(planned.len(), 1, "{planned:?}");
     assert_eq!(planned[0]["id"], before.as_str());
     assert!(

@@ -57,7 +57,7 @@ pub async fn rules(messages: usize, size: usize) -> Result<Vec<RulesRun>> {
     ] {
         let plugins = start(count)?;
         // Warm up: instantiate every plugin before the clock runs.
-        plugins.run_rules(sample[..1].to_vec()).await;
+        plugins.run_rules(sample[..1].to_vec(), None).await;
         // The best of a few rounds: what the code costs, not what other processes took.
         let mut best = f64::MAX;
         for _ in 0..ROUNDS {
@@ -91,7 +91,7 @@ pub async fn rules(messages: usize, size: usize) -> Result<Vec<RulesRun>> {
 async fn run_once(pipeline: &Pipeline, plugins: &Plugins, sample: &[RuleMessage]) -> usize {
     let mut labelled = 0;
     for chunk in sample.chunks(BATCH) {
-        labelled += run_pipeline(pipeline, plugins, chunk.to_vec())
+        labelled += run_pipeline(pipeline, plugins, chunk.to_vec(), None)
             .await
             .iter()
             .filter(|a| !a.is_empty())

@@ -180,6 +180,9 @@ pub(super) enum RulesCommand {
         /// The label to add.
         #[arg(long)]
         label: String,
+        /// Print the new rule's id as JSON: {"id": N}.
+        #[arg(long)]
+        json: bool,
     },
     /// List the rules, in the order they run.
     List {
@@ -193,11 +196,15 @@ pub(super) enum RulesCommand {
         id: i64,
     },
     /// Run every rule over the messages already in the inbox and apply the changes.
+    ///
+    /// Built-in rules run first, then the enabled rule plugins in config order, as on receipt.
+    /// Changes are applied a page of 256 messages at a time; only what changes something is
+    /// listed (the first 1000), and the last line counts them all.
     Apply {
         /// Only show what would change.
         #[arg(long)]
         dry_run: bool,
-        /// Print JSON.
+        /// Print JSON: {"dry_run": bool, "changed": N, "changes": [{"id", "from", "actions"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -229,11 +236,13 @@ async fn label(g: &Global, cmd: LabelCommand) -> Result<()> {
 
 async fn rules(g: &Global, cmd: RulesCommand) -> Result<()> {
     match cmd {
-        RulesCommand::Add { from, label } => match g.call(Request::RulesAdd { from, label }).await?
-        {
-            Response::RuleAdded { id } => println!("rule {id} added"),
-            other => return Err(unexpected(other)),
-        },
+        RulesCommand::Add { from, label, json } => {
+            match g.call(Request::RulesAdd { from, label }).await? {
+                Response::RuleAdded { id } if json => print_json(&serde_json::json!({ "id": id }))?,
+                Response::RuleAdded { id } => println!("rule {id} added"),
+                other => return Err(unexpected(other)),
+            }
+        }
         RulesCommand::List { json } => {
             let rules = match g.call(Request::RulesList).await? {
                 Response::Rules(rules) => rules,
@@ -251,19 +260,23 @@ async fn rules(g: &Global, cmd: RulesCommand) -> Result<()> {
             println!("rule {id} removed");
         }
         RulesCommand::Apply { dry_run, json } => {
-            let changes = match g.call(Request::RulesApply { dry_run }).await? {
-                Response::RuleChanges(changes) => changes,
+            let applied = match g.call(Request::RulesApply { dry_run }).await? {
+                Response::RuleChanges(applied) => applied,
                 other => return Err(unexpected(other)),
             };
             if json {
-                return print_json(&changes);
+                return print_json(&applied);
             }
-            for c in &changes {
+            for c in &applied.changes {
                 let actions: Vec<String> = c.actions.iter().map(describe).collect();
                 println!("{}\t{}\t{}", c.id, c.from, actions.join(" "));
             }
+            let unlisted = applied.changed - applied.changes.len() as u64;
+            if unlisted > 0 {
+                println!("... and {unlisted} more");
+            }
             let verb = if dry_run { "would change" } else { "changed" };
-            println!("{verb} {} messages", changes.len());
+            println!("{verb} {} messages", applied.changed);
         }
     }
     Ok(())

@@ -47,6 +47,9 @@ pub(super) enum Command {
         /// Where to create the crate's directory.
         #[arg(long, default_value = ".", value_name = "DIR")]
         dir: PathBuf,
+        /// Print JSON: the crate's directory and where its build puts the component.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -76,12 +79,20 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::New { name, kind, dir } => {
+        Command::New {
+            name,
+            kind,
+            dir,
+            json,
+        } => {
             let kind = match kind {
                 Kind::Rule => PluginKind::Rule,
                 Kind::Discovery => PluginKind::Discovery,
             };
             let made = scaffold::new(&name, kind, &dir)?;
+            if json {
+                return print_json(&made);
+            }
             println!("created {}", made.dir.display());
             println!("next:");
             println!("  cd {}", made.dir.display());

@@ -17,8 +17,8 @@ use crate::keys::address::Address;
 use crate::net::Net;
 use crate::plugins::{LazyPlugins, PluginStatus};
 use crate::store::{
-    InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleChange, RuleView, SaveInfo,
-    Store, now_ms,
+    InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleChange, RuleView,
+    RulesApplied, SaveInfo, Store, now_ms,
 };
 
 /// A request to a node.
@@ -169,7 +169,7 @@ pub enum Response {
     /// For [`Request::PluginsList`].
     Plugins(Vec<PluginStatus>),
     /// For [`Request::RulesApply`].
-    RuleChanges(Vec<RuleChange>),
+    RuleChanges(RulesApplied),
     /// For [`Request::Status`].
     Status(StatusInfo),
 }
@@ -335,11 +335,18 @@ impl Ops {
     }
 
     /// Runs the built-in rules, then the rule plugins, over every inbox message, a page at a
-    /// time; applies the changes unless `dry_run`.
+    /// time, and applies each page's changes as it goes unless `dry_run` (so the answer stays
+    /// small and a label removed meanwhile elsewhere is not put back from a stale plan).
     async fn apply_rules(&self, dry_run: bool) -> Result<Response> {
+        use crate::inbox::rules::Action;
         let pipeline = self.store.call(|db| db.pipeline()).await?;
         let plugins = self.plugins.get();
-        let (mut changes, mut after) = (Vec::new(), 0);
+        let mut applied = RulesApplied {
+            dry_run,
+            changed: 0,
+            changes: Vec::new(),
+        };
+        let mut after = 0;
         loop {
             let page = self
                 .store
@@ -348,23 +355,37 @@ impl Ops {
             let Some(last) = page.last() else { break };
             after = last.rowid;
             let messages = page.iter().map(|c| c.message.clone()).collect();
-            let actions = crate::inbox::run_pipeline(&pipeline, plugins, messages).await;
-            changes.extend(
-                page.into_iter()
-                    .zip(actions)
-                    .filter(|(_, a)| !a.is_empty())
-                    .map(|(c, actions)| RuleChange {
+            let actions = crate::inbox::run_pipeline(&pipeline, plugins, messages, None).await;
+            let changes: Vec<RuleChange> = page
+                .into_iter()
+                .zip(actions)
+                .filter_map(|(c, mut actions)| {
+                    // Marking read what is read, or archiving what is archived, changes nothing.
+                    actions.retain(|a| match a {
+                        Action::MarkRead => !c.read,
+                        Action::Archive => !c.archived,
+                        _ => true,
+                    });
+                    (!actions.is_empty()).then_some(RuleChange {
                         id: c.message.id,
                         from: c.from,
                         actions,
-                    }),
-            );
+                    })
+                })
+                .collect();
+            if changes.is_empty() {
+                continue;
+            }
+            applied.changed += changes.len() as u64;
+            let room = RulesApplied::MAX_LISTED.saturating_sub(applied.changes.len());
+            applied.changes.extend(changes.iter().take(room).cloned());
+            if !dry_run {
+                self.store
+                    .call(move |db| db.apply_changes(&changes))
+                    .await?;
+            }
         }
-        if !dry_run && !changes.is_empty() {
-            let apply = changes.clone();
-            self.store.call(move |db| db.apply_changes(&apply)).await?;
-        }
-        Ok(Response::RuleChanges(changes))
+        Ok(Response::RuleChanges(applied))
     }
 
     async fn id(&self) -> IdInfo {

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use wasmtime::component::{ComponentNamedList, Lift, Lower, TypedFunc};
 use wasmtime::{Engine, Store, Trap};
 
-use super::bindings::{Message, WitAction, WitDiscoveryAction, WitNodeEvent, discovery, rule};
+use super::bindings::{Message, RuleInfo, WitAction, WitDiscoveryAction, WitNodeEvent};
+use super::lift::{Actions, DiscoveryActions, InitResult};
 use super::runtime::{Limits, Linked, Runtime, State};
 use crate::metrics::METRICS;
 
@@ -50,9 +52,20 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// The interfaces a plugin exports; a 1.0.x export answers to these names too.
+const RULE_HOOKS: &str = "pigeon:plugin/rule-hooks@1.0.0";
+const DISCOVERY_HOOKS: &str = "pigeon:plugin/discovery-hooks@1.0.0";
+
+/// The hooks of a live instance. What they return is lifted with its sizes checked first (see
+/// [`super::lift`]), not through the generated bindings.
 enum Bound {
-    Rule(rule::InboxRule),
-    Discovery(discovery::Discovery),
+    Rule {
+        on_message: TypedFunc<(Message,), (Actions,)>,
+    },
+    Discovery {
+        on_event: TypedFunc<(WitNodeEvent,), (DiscoveryActions,)>,
+        on_tick: TypedFunc<(u64,), (DiscoveryActions,)>,
+    },
 }
 
 struct Live {
@@ -109,31 +122,37 @@ impl Instance {
         store.epoch_deadline_trap();
         let ticks = Runtime::ticks(self.limits.deadline);
         store.set_epoch_deadline(ticks);
-        let bound = match &self.linked {
-            Linked::Rule(pre) => Bound::Rule(
-                pre.instantiate(&mut store)
-                    .map_err(|e| classify(e, &mut store))?,
-            ),
-            Linked::Discovery(pre) => Bound::Discovery(
-                pre.instantiate(&mut store)
-                    .map_err(|e| classify(e, &mut store))?,
-            ),
+        let (pre, interface) = match &self.linked {
+            Linked::Rule(pre) => (pre.instance_pre(), RULE_HOOKS),
+            Linked::Discovery(pre) => (pre.instance_pre(), DISCOVERY_HOOKS),
         };
-        store.set_epoch_deadline(ticks);
-        let init = match &bound {
-            Bound::Rule(r) => {
-                let hooks = r.pigeon_plugin_rule_hooks();
-                let info = hooks
-                    .call_describe(&mut store)
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &mut store))?;
+        let init: TypedFunc<(), (InitResult,)> = hook(&mut store, &instance, interface, "init")?;
+        let bound = match &self.linked {
+            Linked::Rule(_) => {
+                let describe: TypedFunc<(), (RuleInfo,)> =
+                    hook(&mut store, &instance, interface, "describe")?;
+                store.set_epoch_deadline(ticks);
+                let (info,) = describe
+                    .call(&mut store, ())
                     .map_err(|e| classify(e, &mut store))?;
                 self.needs_body = info.needs_body;
-                store.set_epoch_deadline(ticks);
-                hooks.call_init(&mut store)
+                Bound::Rule {
+                    on_message: hook(&mut store, &instance, interface, "on-message")?,
+                }
             }
-            Bound::Discovery(d) => d.pigeon_plugin_discovery_hooks().call_init(&mut store),
+            Linked::Discovery(_) => Bound::Discovery {
+                on_event: hook(&mut store, &instance, interface, "on-event")?,
+                on_tick: hook(&mut store, &instance, interface, "on-tick")?,
+            },
         };
-        init.map_err(|e| classify(e, &mut store))?
-            .map_err(Failure::Init)?;
+        store.set_epoch_deadline(ticks);
+        let (init,) = init
+            .call(&mut store, ())
+            .map_err(|e| classify(e, &mut store))?;
+        init.map_err(|e| Failure::Init(e.0))?;
         self.live = Some(Live { store, bound });
         Ok(())
     }
@@ -177,32 +196,53 @@ impl Instance {
     }
 
     /// Calls a rule's `on-message`.
-    pub fn on_message(&mut self, message: &Message) -> Result<Vec<WitAction>, Failure> {
-        self.call("on-message", |bound, store| match bound {
-            Bound::Rule(r) => r.pigeon_plugin_rule_hooks().call_on_message(store, message),
-            Bound::Discovery(_) => Ok(Vec::new()),
-        })
+    pub fn on_message(&mut self, message: Message) -> Result<Vec<WitAction>, Failure> {
+        let actions = self.call("on-message", |bound, store| match bound {
+            Bound::Rule { on_message } => on_message.call(store, (message,)).map(|(a,)| a.0),
+            Bound::Discovery { .. } => Ok(Vec::new()),
+        })?;
+        Ok(actions.into_iter().map(WitAction::from).collect())
     }
 
     /// Calls a discovery strategy's `on-event`.
     pub fn on_event(&mut self, event: &WitNodeEvent) -> Result<Vec<WitDiscoveryAction>, Failure> {
-        self.call("on-event", |bound, store| match bound {
-            Bound::Discovery(d) => d
-                .pigeon_plugin_discovery_hooks()
-                .call_on_event(store, event),
-            Bound::Rule(_) => Ok(Vec::new()),
-        })
+        let actions = self.call("on-event", |bound, store| match bound {
+            Bound::Discovery { on_event, .. } => {
+                on_event.call(store, (event.clone(),)).map(|(a,)| a.0)
+            }
+            Bound::Rule { .. } => Ok(Vec::new()),
+        })?;
+        Ok(actions.into_iter().map(WitDiscoveryAction::from).collect())
     }
 
     /// Calls a discovery strategy's `on-tick`.
     pub fn on_tick(&mut self, now_ms: u64) -> Result<Vec<WitDiscoveryAction>, Failure> {
-        self.call("on-tick", |bound, store| match bound {
-            Bound::Discovery(d) => d
-                .pigeon_plugin_discovery_hooks()
-                .call_on_tick(store, now_ms),
-            Bound::Rule(_) => Ok(Vec::new()),
-        })
+        let actions = self.call("on-tick", |bound, store| match bound {
+            Bound::Discovery { on_tick, .. } => on_tick.call(store, (now_ms,)).map(|(a,)| a.0),
+            Bound::Rule { .. } => Ok(Vec::new()),
+        })?;
+        Ok(actions.into_iter().map(WitDiscoveryAction::from).collect())
     }
+}
+
+/// The typed function `name` of the exported `interface`.
+fn hook<P, R>(
+    store: &mut Store<State>,
+    instance: &wasmtime::component::Instance,
+    interface: &str,
+    name: &str,
+) -> Result<TypedFunc<P, R>, Failure>
+where
+    P: ComponentNamedList + Lower,
+    R: ComponentNamedList + Lift,
+{
+    let index = instance
+        .get_export_index(&mut *store, None, interface)
+        .and_then(|i| instance.get_export_index(&mut *store, Some(&i), name))
+        .ok_or_else(|| Failure::Other(format!("it does not export {interface}#{name}")))?;
+    instance
+        .get_typed_func::<P, R>(&mut *store, &index)
+        .map_err(|e| Failure::Other(format!("{interface}#{name}: {e:#}")))
 }
 
 fn classify(e: wasmtime::Error, store: &mut Store<State>) -> Failure {

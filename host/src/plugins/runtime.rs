@@ -14,6 +14,7 @@ use wasmtime::{Config, Engine, ResourceLimiter, StoreLimits, StoreLimitsBuilder}
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Level, discovery, rule};
+use super::nowait::{NoWait, NoWaitTable};
 use super::{PluginError, PluginKind};
 
 /// How often the epoch advances: a call stops at most one tick after its deadline.
@@ -24,6 +25,8 @@ pub const API_MAJOR: u64 = 1;
 pub const API_MINOR: u64 = 0;
 /// Longest log line kept from a plugin, in bytes.
 const MAX_LOG_LINE: usize = 2048;
+/// Most WASI resources (streams, pollables) one instance may hold at once.
+const MAX_WASI_HANDLES: usize = 256;
 /// Most log lines one call may write; the rest are dropped, so a plugin cannot flood the log.
 const MAX_LOG_LINES_PER_CALL: u32 = 32;
 
@@ -55,13 +58,18 @@ impl State {
     pub fn new(plugin: Arc<str>, config_json: Arc<str>, limits: &Limits) -> State {
         State {
             wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            table: {
+                // WASI handles (streams, pollables) live in host memory, outside the limit.
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_WASI_HANDLES);
+                table
+            },
             limiter: Limiter {
                 inner: StoreLimitsBuilder::new()
                     .memory_size(limits.memory_bytes)
                     .instances(16)
                     .tables(8)
-                    .memories(4)
+                    .memories(1)
                     .table_elements(100_000)
                     .build(),
                 hit_memory_limit: false,
@@ -263,9 +271,11 @@ impl Runtime {
         &self.engine
     }
 
-    /// Epoch ticks that make up `deadline` (at least one).
+    /// Epoch ticks to allow for `deadline`: enough for all of it, plus the one already under
+    /// way when the call starts (the epoch may advance a moment later). So a call is never cut
+    /// short, and stops at most one tick after its deadline.
     pub fn ticks(deadline: Duration) -> u64 {
-        deadline.as_micros().div_ceil(TICK.as_micros()).max(1) as u64
+        deadline.as_micros().div_ceil(TICK.as_micros()) as u64 + 1
     }
 
     /// Compiles `wasm` (or takes it from `cache`), checks its contract version and links it.
@@ -311,9 +321,18 @@ fn linker(
     add: impl FnOnce(&mut Linker<State>) -> wasmtime::Result<()>,
 ) -> Result<Linker<State>, PluginError> {
     let mut linker = Linker::new(engine);
-    // The WASI interfaces a Rust guest links against; the context behind them is empty.
+    // The WASI interfaces a Rust guest links against; the context behind them is empty, and
+    // `wasi:io/poll` is replaced by one that never waits.
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-        .and_then(|()| add(&mut linker))
+        .and_then(|()| {
+            linker.allow_shadowing(true);
+            wasmtime_wasi::p2::bindings::sync::io::poll::add_to_linker::<State, NoWait>(
+                &mut linker,
+                |state| NoWaitTable(&mut state.table),
+            )?;
+            linker.allow_shadowing(false);
+            add(&mut linker)
+        })
         .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
     Ok(linker)
 }

@@ -11,19 +11,20 @@ use super::bindings::{Message, WitAction, WitDiscoveryAction};
 use super::breaker::{Breaker, BreakerState};
 use super::instance::{Failure, Instance};
 use super::runtime::{Cache, Runtime};
-use super::{DiscoveryAction, NodeEvent, PluginKind, PluginSpec, PluginStatus, RuleMessage};
+use super::{
+    DiscoveryAction, NodeEvent, PluginKind, PluginSpec, PluginState, PluginStatus, RuleMessage,
+};
 use crate::inbox::rules::{Action, Effects, validate_label};
 use crate::metrics::METRICS;
 use crate::store::now_ms;
 
 /// How often discovery plugins get `on-tick`.
 const TICK_EVERY: Duration = Duration::from_secs(1);
-/// Most actions one call may return; the rest are dropped with a warning.
-const MAX_ACTIONS: usize = 64;
 
 enum Job {
     Rules {
         messages: Vec<RuleMessage>,
+        budget: Option<Duration>,
         reply: oneshot::Sender<Vec<Vec<Action>>>,
     },
     Event(NodeEvent),
@@ -74,11 +75,21 @@ impl Plugins {
 
     /// Runs the enabled rule plugins, in order, over `messages`; returns each message's actions.
     /// Plugins fail open: when one fails, or the thread is gone, the message goes on without
-    /// that plugin's actions.
-    pub async fn run_rules(&self, messages: Vec<RuleMessage>) -> Vec<Vec<Action>> {
+    /// that plugin's actions. No message starts once `budget` has passed since the plugin thread
+    /// took the job up: those left get no plugin actions.
+    pub async fn run_rules(
+        &self,
+        messages: Vec<RuleMessage>,
+        budget: Option<Duration>,
+    ) -> Vec<Vec<Action>> {
         let n = messages.len();
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Job::Rules { messages, reply }).is_err() {
+        let job = Job::Rules {
+            messages,
+            budget,
+            reply,
+        };
+        if self.tx.send(job).is_err() {
             return vec![Vec::new(); n];
         }
         rx.await.unwrap_or_else(|_| vec![Vec::new(); n])
@@ -157,17 +168,30 @@ impl Slot {
     }
 
     fn status(&self) -> PluginStatus {
-        let state = if !self.spec.enabled {
-            "disabled".to_owned()
+        let now = now_ms();
+        let (status, state, paused_until_ms) = if !self.spec.enabled {
+            (PluginState::Disabled, "disabled".to_owned(), None)
         } else if let Some(e) = &self.load_error {
-            format!("failed to load: {e}")
+            (
+                PluginState::FailedToLoad,
+                format!("failed to load: {e}"),
+                None,
+            )
         } else {
-            match self.breaker.state(now_ms()) {
-                BreakerState::Closed => "ready".to_owned(),
-                BreakerState::HalfOpen => "on trial after failures".to_owned(),
-                BreakerState::Open { until_ms } => format!(
-                    "paused by the circuit breaker for {}s",
-                    until_ms.saturating_sub(now_ms()).div_ceil(1000)
+            match self.breaker.state(now) {
+                BreakerState::Closed => (PluginState::Ready, "ready".to_owned(), None),
+                BreakerState::HalfOpen => (
+                    PluginState::Trial,
+                    "on trial after failures".to_owned(),
+                    None,
+                ),
+                BreakerState::Open { until_ms } => (
+                    PluginState::Paused,
+                    format!(
+                        "paused by the circuit breaker for {}s",
+                        until_ms.saturating_sub(now).div_ceil(1000)
+                    ),
+                    Some(until_ms),
                 ),
             }
         };
@@ -177,6 +201,9 @@ impl Slot {
             api_version: self.api_version.clone(),
             source: self.spec.source_text(),
             enabled: self.spec.enabled,
+            status,
+            paused_until_ms,
+            error: self.load_error.clone(),
             state,
             calls: self.calls,
             failures: self.failures,
@@ -256,8 +283,12 @@ impl Thread {
                 }
             };
             match job {
-                Some(Job::Rules { messages, reply }) => {
-                    let out = messages.iter().map(|m| self.rules(m)).collect();
+                Some(Job::Rules {
+                    messages,
+                    budget,
+                    reply,
+                }) => {
+                    let out = self.rules_within(&messages, budget);
                     let _ = reply.send(out);
                 }
                 Some(Job::Event(event)) => self.event(&event),
@@ -273,6 +304,32 @@ impl Thread {
         }
     }
 
+    fn rules_within(
+        &mut self,
+        messages: &[RuleMessage],
+        budget: Option<Duration>,
+    ) -> Vec<Vec<Action>> {
+        let end = budget.map(|b| Instant::now() + b);
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            if end.is_some_and(|end| Instant::now() >= end) {
+                break;
+            }
+            out.push(self.rules(m));
+        }
+        let skipped = messages.len() - out.len();
+        if skipped > 0 {
+            METRICS.plugin_rules_skipped.inc_by(skipped as u64);
+            tracing::warn!(
+                skipped,
+                of = messages.len(),
+                "rule plugins ran out of time for this batch; those messages are stored without their labels (run `pigeon inbox rules apply` to label them)"
+            );
+            out.resize_with(messages.len(), Vec::new);
+        }
+        out
+    }
+
     fn rules(&mut self, message: &RuleMessage) -> Vec<Action> {
         let mut effects = Effects::new(&message.labels);
         for slot in &mut self.slots {
@@ -281,12 +338,12 @@ impl Thread {
             };
             let result = instance.ensure_live().and_then(|()| {
                 let wit = message.to_wit(&effects, instance.needs_body());
-                instance.on_message(&wit)
+                instance.on_message(wit)
             });
             let Some(actions) = slot.record("on-message", result) else {
                 continue;
             };
-            for action in limit(&slot.spec.name, actions) {
+            for action in actions {
                 match convert_action(action) {
                     Ok(action) => {
                         effects.apply(action);
@@ -323,7 +380,7 @@ impl Thread {
             let Some(actions) = slot.record(hook, result) else {
                 continue;
             };
-            for action in limit(&slot.spec.name, actions) {
+            for action in actions {
                 match DiscoveryAction::from_wit(action) {
                     Ok(action) => {
                         tracing::debug!(plugin = %slot.spec.name, ?action, "discovery action");
@@ -384,19 +441,6 @@ fn load(slot: &mut Slot, runtime: &Runtime, cache: Option<&Cache>) {
             slot.load_error = Some(e.to_string());
         }
     }
-}
-
-fn limit<T>(plugin: &str, mut actions: Vec<T>) -> Vec<T> {
-    if actions.len() > MAX_ACTIONS {
-        tracing::warn!(
-            plugin,
-            returned = actions.len(),
-            kept = MAX_ACTIONS,
-            "too many actions"
-        );
-        actions.truncate(MAX_ACTIONS);
-    }
-    actions
 }
 
 fn convert_action(action: WitAction) -> Result<Action, String> {

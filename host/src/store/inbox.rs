@@ -3,6 +3,8 @@
 //! The message id is the sender's; receiving the same id from the same sender again is a duplicate
 //! (re-acked, never stored twice). A batch from the network commits in one durable transaction.
 
+use std::collections::HashSet;
+
 use libp2p::PeerId;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -147,6 +149,20 @@ impl Db {
         }
         tx.commit()?;
         Ok(outcomes)
+    }
+
+    /// Which of `ids` the inbox holds already (so a resent batch need not run the rules again).
+    pub fn known_received(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        let mut find = self
+            .conn
+            .prepare_cached("SELECT 1 FROM inbox WHERE id = ?1")?;
+        let mut known = HashSet::new();
+        for id in ids {
+            if find.exists([id])? {
+                known.insert(id.clone());
+            }
+        }
+        Ok(known)
     }
 
     /// The inbox, newest first, at most `limit` messages, only those labelled `label` if given.
@@ -325,6 +341,11 @@ mod tests {
         assert_eq!(view.body, "hello there");
         assert_eq!(view.subject.as_deref(), Some("s"));
         assert_eq!(view.from, alice.to_string());
+        let other = received(alice, "not stored");
+        let known = db
+            .known_received(&[m.id.to_string(), other.id.to_string()])
+            .expect("known");
+        assert_eq!(known, HashSet::from([m.id.to_string()]));
     }
 
     #[test]

@@ -20,6 +20,22 @@ pub struct RuleView {
     pub label: String,
 }
 
+/// What `rules apply` did, or would do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RulesApplied {
+    /// Whether nothing was changed (`--dry-run`).
+    pub dry_run: bool,
+    /// How many messages it changed (or would change).
+    pub changed: u64,
+    /// The first of those changes, at most [`RulesApplied::MAX_LISTED`].
+    pub changes: Vec<RuleChange>,
+}
+
+impl RulesApplied {
+    /// Most changes one answer lists; `changed` counts them all.
+    pub const MAX_LISTED: usize = 1000;
+}
+
 /// What `rules apply` does (or would do) to one message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleChange {
@@ -144,7 +160,7 @@ impl Db {
     ) -> Result<Vec<RuleCandidate>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT i.rowid, i.id, COALESCE(c.name, i.sender), i.sender, c.name, i.sent_at,
-                    i.subject, i.body, i.key_id
+                    i.subject, i.body, i.key_id, i.read, i.archived
              FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender
              WHERE i.rowid > ?1 ORDER BY i.rowid LIMIT ?2",
         )?;
@@ -159,6 +175,8 @@ impl Db {
             out.push(RuleCandidate {
                 rowid: r.get(0)?,
                 from: r.get(2)?,
+                read: r.get(9)?,
+                archived: r.get(10)?,
                 message: RuleMessage {
                     labels: self.labels_of(&id)?,
                     attachments: self
@@ -196,6 +214,10 @@ pub struct RuleCandidate {
     pub rowid: i64,
     /// The sender's contact name, or PeerId.
     pub from: String,
+    /// Whether it is marked read (so `mark-read` would change nothing).
+    pub read: bool,
+    /// Whether it is archived.
+    pub archived: bool,
     /// What the rules see.
     pub message: RuleMessage,
 }

@@ -29,17 +29,22 @@ impl Rule for KeywordLabeler {
         let mut words: HashMap<String, Vec<String>> = HashMap::new();
         for (word, label) in config {
             let word = word.trim().to_lowercase();
-            if word.is_empty() || word.contains(char::is_whitespace) {
-                return Err(format!("{word:?} is not one word"));
+            // The text is split at every character that is not a letter or a digit, so a word
+            // with any other character in it could never match.
+            if word.is_empty() || !word.chars().all(char::is_alphanumeric) {
+                return Err(format!(
+                    "{word:?} is not one word: use letters and digits only"
+                ));
             }
+            check_label(&label)?;
             words.entry(word).or_default().push(label);
         }
         if words.is_empty() {
             log(Level::Warn, "no words configured; nothing will be labelled");
         }
-        let lengths = words
-            .keys()
-            .fold(0u64, |acc, w| acc | 1u64.checked_shl(w.len() as u32).unwrap_or(0));
+        let lengths = words.keys().fold(0u64, |acc, w| {
+            acc | 1u64.checked_shl(w.len() as u32).unwrap_or(0)
+        });
         let lengths = if words.keys().any(|w| w.len() >= 64) {
             u64::MAX
         } else {
@@ -74,6 +79,23 @@ impl Rule for KeywordLabeler {
             .filter(|l| !message.labels.contains(l))
             .map(|l| Action::AddLabel(l.clone()))
             .collect()
+    }
+}
+
+/// The host's rule for labels (it ignores any other): 1-64 letters, digits, '-', '_', '.', '/' or
+/// ':'. Checked at start, so that a label the host would drop on every match is refused up front.
+fn check_label(label: &str) -> Result<(), String> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label {label:?} is not allowed: use 1-64 letters, digits, '-', '_', '.', '/' or ':'"
+        ))
     }
 }
 
@@ -122,8 +144,20 @@ mod tests {
     }
 
     #[test]
-    fn bad_words_are_refused() {
-        let config = [("two words".to_string(), "x".to_string())].into();
-        assert!(KeywordLabeler::new(config).is_err());
+    fn words_that_cannot_match_and_labels_the_host_drops_are_refused() {
+        let refused = |word: &str, label: &str| {
+            let config = [(word.to_string(), label.to_string())].into();
+            match KeywordLabeler::new(config) {
+                Err(e) => e,
+                Ok(_) => panic!("{word:?} = {label:?} was accepted"),
+            }
+        };
+        assert!(refused("two words", "x").contains("not one word"));
+        assert!(refused("e-mail", "x").contains("not one word"));
+        assert!(refused("c++", "x").contains("not one word"));
+        assert!(refused("invoice", "Finance Dept").contains("not allowed"));
+        assert!(refused("invoice", "").contains("not allowed"));
+        assert!(refused("invoice", &"x".repeat(65)).contains("not allowed"));
+        assert!(KeywordLabeler::new([("Größe".to_string(), "de/size".to_string())].into()).is_ok());
     }
 }

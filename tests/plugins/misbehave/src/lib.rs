@@ -8,6 +8,10 @@
 //!   "/" and ".", reads the environment and connects to the TCP address on the body's second
 //!   line; labels what it found, e.g. `file:denied`, `env:0`, `socket:denied`.
 //! - `label`: adds `config.label` (a well-behaved plugin, for counting calls).
+//! - `sleep`: sleeps an hour on a message whose subject is "sleep"; labels others "awake".
+//! - `many`: returns 100 labels (more than a call may return).
+//! - `huge`: returns one label of 4 MiB.
+//! - `tidy`: marks every message read and archives it.
 
 use pigeon_plugin_sdk::{Action, Level, Message, Rule, export_rule, log};
 use serde::Deserialize;
@@ -53,6 +57,16 @@ impl Rule for Misbehave {
             }
             "sandbox" => sandbox(m),
             "label" => vec![Action::AddLabel(self.0.label.clone())],
+            "sleep" if m.subject == "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                vec![Action::AddLabel("slept".into())]
+            }
+            "sleep" => vec![Action::AddLabel("awake".into())],
+            "many" => (0..100)
+                .map(|i| Action::AddLabel(format!("l{i}")))
+                .collect(),
+            "huge" => vec![Action::AddLabel("x".repeat(4 << 20))],
+            "tidy" => vec![Action::MarkRead, Action::Archive],
             other => {
                 log(Level::Error, &format!("unknown mode {other}"));
                 Vec::new()
