@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, PluginConfig};
 pub use bindings::{Message as WitMessage, WitAction};
 pub use runtime::{Cache, Limits, Runtime};
-pub use service::Plugins;
+pub use service::{Budget, Plugins};
 
 /// Default per-call deadline of a rule plugin.
 pub const RULE_DEADLINE_MS: u64 = 50;

@@ -234,6 +234,8 @@ pub struct Ops {
 
 /// Messages `rules apply` runs through the pipeline at a time.
 const APPLY_PAGE: u32 = 256;
+/// Messages of a `rules apply` page per round trip to the plugin thread.
+const APPLY_CHUNK: usize = 16;
 
 impl Ops {
     /// Operations on `store` with `keys`; `node` when a node is running in this process.
@@ -354,8 +356,14 @@ impl Ops {
                 .await?;
             let Some(last) = page.last() else { break };
             after = last.rowid;
-            let messages = page.iter().map(|c| c.message.clone()).collect();
-            let actions = crate::inbox::run_pipeline(&pipeline, plugins, messages, None).await;
+            // A few messages per trip to the plugin thread, so that an incoming batch waits behind
+            // one small chunk at most, not a whole page.
+            let mut actions = Vec::with_capacity(page.len());
+            for chunk in page.chunks(APPLY_CHUNK) {
+                let messages = chunk.iter().map(|c| c.message.clone()).collect();
+                actions
+                    .extend(crate::inbox::run_pipeline(&pipeline, plugins, messages, None).await);
+            }
             let changes: Vec<RuleChange> = page
                 .into_iter()
                 .zip(actions)

@@ -8,7 +8,7 @@ use wasmtime::component::{ComponentNamedList, Lift, Lower, TypedFunc};
 use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{Message, RuleInfo, WitAction, WitDiscoveryAction, WitNodeEvent};
-use super::lift::{Actions, DiscoveryActions, InitResult};
+use super::lift::{Actions, BoundedList, DiscoveryActions, InitResult, MAX_ACTIONS};
 use super::runtime::{Limits, Linked, Runtime, State};
 use crate::metrics::METRICS;
 
@@ -198,30 +198,43 @@ impl Instance {
     /// Calls a rule's `on-message`.
     pub fn on_message(&mut self, message: Message) -> Result<Vec<WitAction>, Failure> {
         let actions = self.call("on-message", |bound, store| match bound {
-            Bound::Rule { on_message } => on_message.call(store, (message,)).map(|(a,)| a.0),
-            Bound::Discovery { .. } => Ok(Vec::new()),
+            Bound::Rule { on_message } => on_message.call(store, (message,)).map(|(a,)| a),
+            Bound::Discovery { .. } => Ok(Actions::empty()),
         })?;
-        Ok(actions.into_iter().map(WitAction::from).collect())
+        Ok(self.kept(actions))
     }
 
     /// Calls a discovery strategy's `on-event`.
     pub fn on_event(&mut self, event: &WitNodeEvent) -> Result<Vec<WitDiscoveryAction>, Failure> {
         let actions = self.call("on-event", |bound, store| match bound {
             Bound::Discovery { on_event, .. } => {
-                on_event.call(store, (event.clone(),)).map(|(a,)| a.0)
+                on_event.call(store, (event.clone(),)).map(|(a,)| a)
             }
-            Bound::Rule { .. } => Ok(Vec::new()),
+            Bound::Rule { .. } => Ok(DiscoveryActions::empty()),
         })?;
-        Ok(actions.into_iter().map(WitDiscoveryAction::from).collect())
+        Ok(self.kept(actions))
     }
 
     /// Calls a discovery strategy's `on-tick`.
     pub fn on_tick(&mut self, now_ms: u64) -> Result<Vec<WitDiscoveryAction>, Failure> {
         let actions = self.call("on-tick", |bound, store| match bound {
-            Bound::Discovery { on_tick, .. } => on_tick.call(store, (now_ms,)).map(|(a,)| a.0),
-            Bound::Rule { .. } => Ok(Vec::new()),
+            Bound::Discovery { on_tick, .. } => on_tick.call(store, (now_ms,)).map(|(a,)| a),
+            Bound::Rule { .. } => Ok(DiscoveryActions::empty()),
         })?;
-        Ok(actions.into_iter().map(WitDiscoveryAction::from).collect())
+        Ok(self.kept(actions))
+    }
+
+    /// The actions a call returned, converted, with a warning when it returned too many.
+    fn kept<R, W: From<R>>(&self, actions: BoundedList<R, MAX_ACTIONS>) -> Vec<W> {
+        if actions.dropped > 0 {
+            tracing::warn!(
+                plugin = %self.name,
+                returned = actions.items.len() + actions.dropped,
+                kept = MAX_ACTIONS,
+                "too many actions; the rest are dropped"
+            );
+        }
+        actions.items.into_iter().map(W::from).collect()
     }
 }
 

@@ -4,8 +4,8 @@
 //! before the host sees a single element. A guest can point thousands of list elements at one
 //! large string, so a few MiB of its memory become gigabytes of the host's. The types here have the
 //! canonical ABI of `string` and `list<T>` but look at the length (in the pointer/length pair)
-//! before anything is copied, and refuse what is over the limit: the call fails like a trap and
-//! nothing is allocated for it.
+//! before anything is copied: a string over its limit fails the call (nothing is allocated for
+//! it), and a list over its limit is cut to its first elements, the others never read.
 //!
 //! This implements wasmtime's `Lift` by hand, which leans on items wasmtime marks `doc(hidden)`;
 //! they are pinned with the wasmtime version, and a change there stops the build, not the check.
@@ -24,8 +24,14 @@ pub(crate) const MAX_STRING: usize = 1024;
 /// A returned `string` of at most `N` bytes (code units, for a UTF-16 guest).
 pub(crate) struct Bounded<const N: usize>(pub String);
 
-/// A returned `list<T>` of at most `N` elements.
-pub(crate) struct BoundedList<T, const N: usize>(pub Vec<T>);
+/// A returned `list<T>`: its first `N` elements, and how many more it had (never read).
+pub(crate) struct BoundedList<T, const N: usize> {
+    pub(crate) items: Vec<T>,
+    pub(crate) dropped: usize,
+}
+
+/// The canonical ABI's tag for a UTF-16 string in the latin1+utf16 encoding: not part of the length.
+const UTF16_TAG: u32 = 1 << 31;
 
 /// The length half of a flat pointer/length pair.
 fn flat_len(src: &[ValRaw; 2]) -> usize {
@@ -40,6 +46,10 @@ fn memory_len(bytes: &[u8]) -> usize {
         None => 0,
     }
 }
+
+/// A pointer/length pair in memory, aligned as the lifting code expects.
+#[repr(C, align(8))]
+struct Pair([u8; 8]);
 
 fn check(len: usize, max: usize, what: &str) -> wasmtime::Result<()> {
     if len > max {
@@ -68,7 +78,7 @@ unsafe impl<const N: usize> Lift for Bounded<N> {
         ty: InterfaceType,
         src: &Self::Lower,
     ) -> wasmtime::Result<Self> {
-        check(flat_len(src), N, "a string")?;
+        check(flat_len(src) & !(UTF16_TAG as usize), N, "a string")?;
         String::linear_lift_from_flat(cx, ty, src).map(Bounded)
     }
 
@@ -77,7 +87,7 @@ unsafe impl<const N: usize> Lift for Bounded<N> {
         ty: InterfaceType,
         bytes: &[u8],
     ) -> wasmtime::Result<Self> {
-        check(memory_len(bytes), N, "a string")?;
+        check(memory_len(bytes) & !(UTF16_TAG as usize), N, "a string")?;
         String::linear_lift_from_memory(cx, ty, bytes).map(Bounded)
     }
 }
@@ -95,15 +105,21 @@ unsafe impl<T: ComponentType, const N: usize> ComponentType for BoundedList<T, N
     }
 }
 
-// SAFETY: checks the length, then lifts exactly as `Vec<T>` does.
+// SAFETY: lifts exactly as `Vec<T>` does, from the same pointer with the length cut to `N`; the
+// elements past it are not read.
 unsafe impl<T: Lift, const N: usize> Lift for BoundedList<T, N> {
     fn linear_lift_from_flat(
         cx: &mut LiftContext<'_>,
         ty: InterfaceType,
         src: &Self::Lower,
     ) -> wasmtime::Result<Self> {
-        check(flat_len(src), N, "a list")?;
-        Vec::<T>::linear_lift_from_flat(cx, ty, src).map(BoundedList)
+        let len = flat_len(src);
+        let mut cut = *src;
+        cut[1] = ValRaw::u32(len.min(N) as u32);
+        Ok(BoundedList {
+            items: Vec::<T>::linear_lift_from_flat(cx, ty, &cut)?,
+            dropped: len.saturating_sub(N),
+        })
     }
 
     fn linear_lift_from_memory(
@@ -111,8 +127,27 @@ unsafe impl<T: Lift, const N: usize> Lift for BoundedList<T, N> {
         ty: InterfaceType,
         bytes: &[u8],
     ) -> wasmtime::Result<Self> {
-        check(memory_len(bytes), N, "a list")?;
-        Vec::<T>::linear_lift_from_memory(cx, ty, bytes).map(BoundedList)
+        let len = memory_len(bytes);
+        let mut cut = Pair([0; 8]);
+        match bytes.get(..8) {
+            Some(pair) => cut.0.copy_from_slice(pair),
+            None => wasmtime::bail!("a list's pointer and length do not fit"),
+        }
+        cut.0[4..].copy_from_slice(&(len.min(N) as u32).to_le_bytes());
+        Ok(BoundedList {
+            items: Vec::<T>::linear_lift_from_memory(cx, ty, &cut.0)?,
+            dropped: len.saturating_sub(N),
+        })
+    }
+}
+
+impl<T, const N: usize> BoundedList<T, N> {
+    /// No elements.
+    pub(crate) fn empty() -> Self {
+        BoundedList {
+            items: Vec::new(),
+            dropped: 0,
+        }
     }
 }
 

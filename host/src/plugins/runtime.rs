@@ -69,10 +69,12 @@ impl State {
                     .memory_size(limits.memory_bytes)
                     .instances(16)
                     .tables(8)
-                    .memories(1)
+                    .memories(4)
                     .table_elements(100_000)
                     .build(),
                 hit_memory_limit: false,
+                memory_limit: limits.memory_bytes,
+                memory_total: 0,
             },
             plugin,
             config_json,
@@ -100,10 +102,13 @@ impl State {
 }
 
 /// [`StoreLimits`] that also remembers a refused memory grow, which a guest then reports as an
-/// ordinary trap (its allocator aborts).
+/// ordinary trap (its allocator aborts), and holds all of an instance's linear memories together
+/// to the limit (a composed component may have several; `StoreLimits` counts each alone).
 struct Limiter {
     inner: StoreLimits,
     hit_memory_limit: bool,
+    memory_limit: usize,
+    memory_total: usize,
 }
 
 impl ResourceLimiter for Limiter {
@@ -113,7 +118,13 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        // Memories only grow, and a new one starts from 0: the sum of the growths is the total.
+        let total = self.memory_total + desired.saturating_sub(current);
+        let ok =
+            total <= self.memory_limit && self.inner.memory_growing(current, desired, maximum)?;
+        if ok {
+            self.memory_total = total;
+        }
         self.hit_memory_limit |= !ok;
         Ok(ok)
     }

@@ -24,11 +24,22 @@ const TICK_EVERY: Duration = Duration::from_secs(1);
 enum Job {
     Rules {
         messages: Vec<RuleMessage>,
-        budget: Option<Duration>,
+        budget: Option<Budget>,
         reply: oneshot::Sender<Vec<Vec<Action>>>,
     },
     Event(NodeEvent),
     Status(oneshot::Sender<Vec<PluginStatus>>),
+}
+
+/// How long rule plugins may take over a batch of messages: `time`, counted from `arrived` (so
+/// time spent queued behind other work counts), or from when the plugins finished loading if that
+/// was later (so a node's start-up does not use it up).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// When the batch arrived.
+    pub arrived: Instant,
+    /// How long its plugin calls may take in all.
+    pub time: Duration,
 }
 
 /// A handle on the plugin thread; cheap to clone. The thread ends when the last handle goes.
@@ -75,12 +86,12 @@ impl Plugins {
 
     /// Runs the enabled rule plugins, in order, over `messages`; returns each message's actions.
     /// Plugins fail open: when one fails, or the thread is gone, the message goes on without
-    /// that plugin's actions. No message starts once `budget` has passed since the plugin thread
-    /// took the job up: those left get no plugin actions.
+    /// that plugin's actions. No plugin call starts once `budget` is spent: the plugins left get
+    /// no say over the messages left.
     pub async fn run_rules(
         &self,
         messages: Vec<RuleMessage>,
-        budget: Option<Duration>,
+        budget: Option<Budget>,
     ) -> Vec<Vec<Action>> {
         let n = messages.len();
         let (reply, rx) = oneshot::channel();
@@ -217,6 +228,8 @@ struct Thread {
     actions: Option<tokio_mpsc::UnboundedSender<DiscoveryAction>>,
     /// Kept alive for as long as the instances: it drives their deadlines.
     _runtime: Option<Runtime>,
+    /// When every plugin had loaded.
+    ready_at: Instant,
 }
 
 impl Thread {
@@ -257,6 +270,7 @@ impl Thread {
             })
             .collect();
         Thread {
+            ready_at: Instant::now(),
             slots,
             actions,
             _runtime: runtime,
@@ -307,35 +321,42 @@ impl Thread {
     fn rules_within(
         &mut self,
         messages: &[RuleMessage],
-        budget: Option<Duration>,
+        budget: Option<Budget>,
     ) -> Vec<Vec<Action>> {
-        let end = budget.map(|b| Instant::now() + b);
-        let mut out = Vec::with_capacity(messages.len());
-        for m in messages {
-            if end.is_some_and(|end| Instant::now() >= end) {
-                break;
-            }
-            out.push(self.rules(m));
-        }
-        let skipped = messages.len() - out.len();
+        let end = budget.map(|b| b.arrived.max(self.ready_at) + b.time);
+        let mut skipped = 0;
+        let out = messages
+            .iter()
+            .map(|m| {
+                let (actions, complete) = self.rules(m, end);
+                skipped += usize::from(!complete);
+                actions
+            })
+            .collect();
         if skipped > 0 {
             METRICS.plugin_rules_skipped.inc_by(skipped as u64);
             tracing::warn!(
                 skipped,
                 of = messages.len(),
-                "rule plugins ran out of time for this batch; those messages are stored without their labels (run `pigeon inbox rules apply` to label them)"
+                "rule plugins ran out of time for this batch; those messages are stored without some plugins' labels (run `pigeon inbox rules apply` to label them)"
             );
-            out.resize_with(messages.len(), Vec::new);
         }
         out
     }
 
-    fn rules(&mut self, message: &RuleMessage) -> Vec<Action> {
+    /// Runs the rule plugins over `message`, starting none after `end`. Returns the actions, and
+    /// whether every plugin had its say.
+    fn rules(&mut self, message: &RuleMessage, end: Option<Instant>) -> (Vec<Action>, bool) {
         let mut effects = Effects::new(&message.labels);
+        let mut complete = true;
         for slot in &mut self.slots {
             let Some(instance) = slot.callable(PluginKind::Rule) else {
                 continue;
             };
+            if end.is_some_and(|end| Instant::now() >= end) {
+                complete = false;
+                break;
+            }
             let result = instance.ensure_live().and_then(|()| {
                 let wit = message.to_wit(&effects, instance.needs_body());
                 instance.on_message(wit)
@@ -354,7 +375,7 @@ impl Thread {
                 }
             }
         }
-        effects.into_actions()
+        (effects.into_actions(), complete)
     }
 
     fn event(&mut self, event: &NodeEvent) {

@@ -56,8 +56,10 @@ pub(super) fn apply_actions(
     for action in actions {
         match action {
             Action::AddLabel(l) => {
+                // A message deleted meanwhile (during `rules apply`) takes no label, and is no error.
                 conn.execute(
-                    "INSERT OR IGNORE INTO labels (message_id, label) VALUES (?1, ?2)",
+                    "INSERT OR IGNORE INTO labels (message_id, label)
+                     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM inbox WHERE id = ?1)",
                     params![id, l],
                 )?;
             }
@@ -220,4 +222,25 @@ pub struct RuleCandidate {
     pub archived: bool,
     /// What the rules see.
     pub message: RuleMessage,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_db;
+
+    #[test]
+    fn a_change_for_a_message_that_is_gone_is_no_error_and_leaves_nothing() {
+        let (_dir, mut db, _keys) = temp_db();
+        let change = RuleChange {
+            id: "no-such-message".into(),
+            from: "alice".into(),
+            actions: vec![Action::AddLabel("x".into()), Action::MarkRead],
+        };
+        db.apply_changes(&[change]).expect("applies");
+        assert_eq!(
+            db.labels_of("no-such-message").expect("labels"),
+            Vec::<String>::new()
+        );
+    }
 }
