@@ -147,6 +147,29 @@ pub fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, String> {
     serde_json::from_str(json).map_err(|e| format!("invalid configuration: {e}"))
 }
 
+/// Checks `label` against the host's rule for labels: 1-64 letters, digits, '-', '_', '.', '/' or
+/// ':'. The host ignores (with a warning) any other label a plugin adds; check configured labels in
+/// `new` to refuse them up front instead.
+///
+/// ```
+/// assert!(pigeon_plugin_sdk::check_label("finance/2026").is_ok());
+/// assert!(pigeon_plugin_sdk::check_label("Finance Dept").is_err());
+/// ```
+pub fn check_label(label: &str) -> Result<(), String> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label {label:?} is not allowed: use 1-64 letters, digits, '-', '_', '.', '/' or ':'"
+        ))
+    }
+}
+
 /// Plumbing for the export macros; not part of the API.
 #[doc(hidden)]
 pub mod __rt {

@@ -128,7 +128,9 @@ pub fn labels_after(labels: &[String], actions: &[Action]) -> Vec<String> {
     effects.labels
 }
 
-/// Checks a label typed by a user or returned by a rule.
+/// Checks a label typed by a user or returned by a rule. `pigeon_plugin_sdk::check_label` is the
+/// same rule on the plugin side (the SDK builds for wasm and shares no code with the host): change
+/// both together.
 pub fn validate_label(label: &str) -> Result<(), String> {
     let ok = !label.is_empty()
         && label.len() <= 64

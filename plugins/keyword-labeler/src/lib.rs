@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use pigeon_plugin_sdk::{Action, Level, Message, Rule, export_rule, log};
+use pigeon_plugin_sdk::{Action, Level, Message, Rule, check_label, export_rule, log};
 
 /// Maps a lower-cased word to the labels it gives.
 pub struct KeywordLabeler {
@@ -36,6 +36,7 @@ impl Rule for KeywordLabeler {
                     "{word:?} is not one word: use letters and digits only"
                 ));
             }
+            // A label the host would drop on every match is refused up front.
             check_label(&label)?;
             words.entry(word).or_default().push(label);
         }
@@ -79,23 +80,6 @@ impl Rule for KeywordLabeler {
             .filter(|l| !message.labels.contains(l))
             .map(|l| Action::AddLabel(l.clone()))
             .collect()
-    }
-}
-
-/// The host's rule for labels (it ignores any other): 1-64 letters, digits, '-', '_', '.', '/' or
-/// ':'. Checked at start, so that a label the host would drop on every match is refused up front.
-fn check_label(label: &str) -> Result<(), String> {
-    let ok = !label.is_empty()
-        && label.len() <= 64
-        && label
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "label {label:?} is not allowed: use 1-64 letters, digits, '-', '_', '.', '/' or ':'"
-        ))
     }
 }
 
