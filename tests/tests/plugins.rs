@@ -400,6 +400,18 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
     ]);
     let dir = work.path().join("finder");
     assert_eq!(made["dir"], dir.display().to_string());
+    // Without --dir it goes in the current directory, and the JSON paths are absolute still.
+    let here = bob
+        .cmd(&["plugins", "new", "elsewhere", "--kind", "rule", "--json"])
+        .current_dir(work.path())
+        .output()
+        .expect("run pigeon");
+    assert!(here.status.success(), "{here:?}");
+    let here: Value = serde_json::from_slice(&here.stdout).expect("json");
+    assert_eq!(
+        here["dir"],
+        work.path().join("elsewhere").display().to_string()
+    );
     assert_eq!(
         made["wasm"],
         dir.join("target/wasm32-wasip2/release/finder.wasm")

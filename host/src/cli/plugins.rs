@@ -91,7 +91,12 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             };
             let made = scaffold::new(&name, kind, &dir)?;
             if json {
-                return print_json(&made);
+                // Absolute, so that a script can use them from anywhere.
+                let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or(p.to_owned());
+                return print_json(&scaffold::Scaffolded {
+                    dir: absolute(&made.dir),
+                    wasm: absolute(&made.wasm),
+                });
             }
             println!("created {}", made.dir.display());
             println!("next:");

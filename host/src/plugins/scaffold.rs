@@ -120,7 +120,7 @@ const RULE_TEMPLATE: &str = r##"//! `{name}`: a pigeon inbox rule.
 //! Messages whose subject contains `word` get `label`. Change `on_message` to do what you need:
 //! it may add or remove labels, mark a message read, or archive it.
 
-use pigeon_plugin_sdk::{Action, Level, Message, Rule, export_rule, log};
+use pigeon_plugin_sdk::{Action, Level, Message, Rule, check_label, export_rule, log};
 use serde::Deserialize;
 
 /// `[plugins.{name}.config]` in the node's config.toml.
@@ -159,6 +159,9 @@ impl Rule for Plugin {
         if config.word.trim().is_empty() {
             return Err("word must not be empty".to_owned());
         }
+        // The node would drop an invalid label on every match: refuse it here instead, and the
+        // node reports it at start.
+        check_label(&config.label)?;
         log(Level::Info, &format!("labelling {:?} as {:?}", config.word, config.label));
         Ok(Plugin {
             word: config.word.to_lowercase(),
@@ -205,6 +208,13 @@ mod tests {
             vec![Action::AddLabel("now".into())]
         );
         assert!(plugin.on_message(&message("lunch?")).is_empty());
+    }
+
+    #[test]
+    fn refuses_a_label_the_node_would_drop() {
+        let config = pigeon_plugin_sdk::parse_config(r#"{"label": "not a label"}"#)
+            .expect("valid config");
+        assert!(Plugin::new(config).is_err());
     }
 }
 "##;
