@@ -349,16 +349,17 @@ impl Drop for NodeProc {
     }
 }
 
-/// Two homes that know each other, with nodes running on 127.0.0.1.
+/// Two homes that know each other, with nodes running on 127.0.0.1. The nodes are declared first
+/// so that they are stopped before their homes' directories are removed (fields drop in order).
 pub struct Pair {
-    /// The sender's home.
-    pub alice: TestHome,
-    /// The receiver's home.
-    pub bob: TestHome,
     /// Alice's node.
     pub alice_node: Option<NodeProc>,
     /// Bob's node.
     pub bob_node: Option<NodeProc>,
+    /// The sender's home.
+    pub alice: TestHome,
+    /// The receiver's home.
+    pub bob: TestHome,
 }
 
 impl Pair {

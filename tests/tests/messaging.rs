@@ -255,7 +255,10 @@ fn the_demo_runs_end_to_end() {
     );
     assert!(stdout.contains("bob received 3 messages"), "{stdout}");
     assert!(stdout.contains("alice received 2 messages"), "{stdout}");
-    assert!(stdout.contains("exactly once"), "{stdout}");
+    assert!(
+        stdout.contains("all messages arrived exactly once; temporary homes removed"),
+        "{stdout}"
+    );
 }
 
 #[test]

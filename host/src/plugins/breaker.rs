@@ -125,14 +125,21 @@ mod tests {
     fn pauses_are_capped() {
         let mut b = Breaker::new();
         let mut now = 0;
+        let mut pauses = Vec::new();
         for _ in 0..40 {
             b.failure(now);
             b.failure(now);
             b.failure(now);
-            if let BreakerState::Open { until_ms } = b.state(now) {
-                assert!(until_ms - now <= MAX_PAUSE_MS);
-                now = until_ms;
+            match b.state(now) {
+                BreakerState::Open { until_ms } => {
+                    pauses.push(until_ms - now);
+                    now = until_ms;
+                }
+                other => panic!("still failing, yet {other:?}"),
             }
         }
+        assert_eq!(pauses[0], FIRST_PAUSE_MS);
+        assert!(pauses.iter().all(|&p| p <= MAX_PAUSE_MS), "{pauses:?}");
+        assert_eq!(pauses.last(), Some(&MAX_PAUSE_MS), "the cap is reached");
     }
 }
