@@ -137,9 +137,10 @@ fn two_thousand_messages_survive_crashes_of_both_sides_during_the_drain() {
 #[test]
 fn a_peer_that_connects_gets_its_messages_at_once_whatever_the_backoff() {
     let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
-    // A first retry up to a minute away, and a cap of ten.
-    alice.ok(&["config", "set", "delivery.backoff_initial_ms", "60000"]);
-    alice.ok(&["config", "set", "delivery.backoff_max_ms", "600000"]);
+    // A first retry up to an hour away (with full jitter, one in 70 lands inside the wait below),
+    // so the message comes in time only if the peer's return wakes the send loop.
+    alice.ok(&["config", "set", "delivery.backoff_max_ms", "86400000"]);
+    alice.ok(&["config", "set", "delivery.backoff_initial_ms", "3600000"]);
     let alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
     let bob_node = bob.start_node("/ip4/127.0.0.1/tcp/0");
     let bob_listen = bob_node.listen_addr();
@@ -172,7 +173,9 @@ fn a_peer_that_connects_gets_its_messages_at_once_whatever_the_backoff() {
 #[test]
 fn outbox_retry_and_cancel() {
     let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
-    alice.ok(&["config", "set", "delivery.backoff_initial_ms", "60000"]);
+    // Retries up to an hour away: the kept message comes in time only through `outbox retry`.
+    alice.ok(&["config", "set", "delivery.backoff_max_ms", "86400000"]);
+    alice.ok(&["config", "set", "delivery.backoff_initial_ms", "3600000"]);
     let _alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
     let bob_node = bob.start_node("/ip4/127.0.0.1/tcp/0");
     let bob_listen = bob_node.listen_addr();
