@@ -10,6 +10,74 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The longest a single CLI command may take in a test.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// [`Command::output`] with a bound: the command is killed and the test fails after
+/// [`COMMAND_TIMEOUT`].
+pub trait OutputBounded {
+    /// Runs the command to the end, within [`COMMAND_TIMEOUT`].
+    fn output_bounded(&mut self) -> Output;
+}
+
+impl OutputBounded for Command {
+    fn output_bounded(&mut self) -> Output {
+        let what = format!("{:?}", self.get_program());
+        output_within(self, COMMAND_TIMEOUT, &what)
+    }
+}
+
+/// Runs `cmd` to the end like [`Command::output`], but kills it and fails the test if it is still
+/// running after `timeout`.
+pub fn output_within(cmd: &mut Command, timeout: Duration, what: &str) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    // Read both pipes on threads, so that a chatty child never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} still ran after {timeout:?}; killed");
+            }
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
 /// The passphrase every test home uses.
 pub const PASSPHRASE: &str = "e2e test passphrase";
 
@@ -90,9 +158,14 @@ impl TestHome {
         cmd
     }
 
-    /// Runs a command and returns its output, whatever its exit status.
+    /// Runs a command and returns its output, whatever its exit status. A command still running
+    /// after [`COMMAND_TIMEOUT`] is killed and the test fails, rather than hanging the suite.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run pigeon")
+        output_within(
+            &mut self.cmd(args),
+            COMMAND_TIMEOUT,
+            &format!("pigeon {args:?}"),
+        )
     }
 
     /// Runs a command that must succeed; returns its stdout.

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use pigeon_e2e::{TestHome, files_under};
+use pigeon_e2e::{OutputBounded, TestHome, files_under};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)
@@ -53,8 +53,7 @@ fn wrong_or_missing_passphrase_is_a_clear_error_and_writes_nothing() {
     let out = home
         .cmd(&["contacts", "list"])
         .env("PIGEON_PASSPHRASE", "not it")
-        .output()
-        .expect("run");
+        .output_bounded();
     assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out).contains("wrong passphrase for"),
@@ -64,8 +63,7 @@ fn wrong_or_missing_passphrase_is_a_clear_error_and_writes_nothing() {
     let out = home
         .cmd(&["contacts", "list"])
         .env_remove("PIGEON_PASSPHRASE")
-        .output()
-        .expect("run");
+        .output_bounded();
     assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out).contains("PIGEON_PASSPHRASE"),
@@ -89,8 +87,7 @@ fn wrong_or_missing_passphrase_is_a_clear_error_and_writes_nothing() {
             file.to_str().expect("path"),
         ])
         .env_remove("PIGEON_PASSPHRASE")
-        .output()
-        .expect("run");
+        .output_bounded();
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -113,8 +110,7 @@ fn id_needs_no_passphrase_and_contacts_round_trip() {
     let id = alice
         .cmd(&["id", "--json"])
         .env_remove("PIGEON_PASSPHRASE")
-        .output()
-        .expect("run");
+        .output_bounded();
     assert!(id.status.success(), "{}", stderr(&id));
     let id: serde_json::Value = serde_json::from_slice(&id.stdout).expect("json");
     assert!(

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use pigeon_e2e::{Pair, TestHome, http_get, metric, wait_for};
+use pigeon_e2e::{OutputBounded, Pair, TestHome, http_get, metric, wait_for};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -347,8 +347,7 @@ fn the_bench_command_reports_figures() {
             "1",
             "--json",
         ])
-        .output()
-        .expect("run bench");
+        .output_bounded();
     assert!(
         out.status.success(),
         "{}",

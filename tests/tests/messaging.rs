@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use pigeon_e2e::{Pair, TestHome, bodies, files_under, wait_for};
+use pigeon_e2e::{OutputBounded, Pair, TestHome, bodies, files_under, wait_for};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -214,8 +214,7 @@ fn a_running_node_serves_the_cli_without_a_passphrase() {
         .alice
         .cmd(&["send", "bob", "no passphrase needed"])
         .env_remove("PIGEON_PASSPHRASE")
-        .output()
-        .expect("run");
+        .output_bounded();
     assert!(
         out.status.success(),
         "{}",
@@ -245,8 +244,7 @@ fn a_running_node_serves_the_cli_without_a_passphrase() {
 fn the_demo_runs_end_to_end() {
     let out = std::process::Command::new(pigeon_e2e::pigeon_bin())
         .args(["demo", "local-two-peers"])
-        .output()
-        .expect("run demo");
+        .output_bounded();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -269,8 +267,7 @@ fn the_demo_script_runs_two_node_processes() {
         .arg(script)
         .env("PIGEON_BIN", pigeon_e2e::pigeon_bin())
         .env_remove("PIGEON_HOME")
-        .output()
-        .expect("run the demo script");
+        .output_bounded();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pigeon_e2e::{MISBEHAVE_WASM, TestHome, http_get, wait_for};
+use pigeon_e2e::{MISBEHAVE_WASM, OutputBounded, TestHome, http_get, wait_for};
 use serde_json::Value;
 
 const LOOPBACK: &str = "/ip4/127.0.0.1/tcp/0";
@@ -358,8 +358,7 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
             "wasm32-wasip2/release/urgent_rule.wasm",
         ])
         .current_dir(&target)
-        .output()
-        .expect("run pigeon");
+        .output_bounded();
     assert!(set.status.success(), "{set:?}");
     assert_eq!(
         bob.ok(&["config", "get", "plugins.urgent-rule.path"])
@@ -404,8 +403,7 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
     let here = bob
         .cmd(&["plugins", "new", "elsewhere", "--kind", "rule", "--json"])
         .current_dir(work.path())
-        .output()
-        .expect("run pigeon");
+        .output_bounded();
     assert!(here.status.success(), "{here:?}");
     let here: Value = serde_json::from_slice(&here.stdout).expect("json");
     assert_eq!(
@@ -450,8 +448,7 @@ fn cargo(dir: &Path, target: &Path, args: &[&str]) {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .expect("run cargo");
+        .output_bounded();
     assert!(
         out.status.success(),
         "cargo {args:?} in {} failed:\n{}",
