@@ -117,6 +117,17 @@ impl Cli {
         let node = u8::from(matches!(self.command, Command::Node(_)));
         self.global.verbose.saturating_add(node)
     }
+
+    /// Whether the command only prints and ends, so that a closed stdout (`pigeon inbox list |
+    /// head`) may simply end it, as it does `ls` or `grep`. The node, the demo and the benchmarks
+    /// run network connections, where a closed peer must stay an error to handle, not a signal
+    /// that kills the process.
+    pub fn may_die_of_a_closed_pipe(&self) -> bool {
+        !matches!(
+            self.command,
+            Command::Node(_) | Command::Demo(_) | Command::Bench(_)
+        )
+    }
 }
 
 /// Runs the parsed command line.

@@ -6,6 +6,12 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pigeon::cli::Cli::parse();
+    if cli.may_die_of_a_closed_pipe() {
+        // Rust ignores SIGPIPE, which makes `println!` panic when a reader such as `head` goes
+        // away; the default action ends the process quietly, as with any Unix filter.
+        // SAFETY: no other thread exists yet, and SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let format = cli.log_format();
     pigeon::logging::init(format, cli.verbose());
     pigeon::home::restrict_umask();

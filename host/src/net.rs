@@ -166,6 +166,10 @@ impl Net {
         let local = identity.public().to_peer_id();
         let mut swarm = build_swarm(identity)?;
         for addr in listen {
+            tcp_port_free(addr).map_err(|reason| NetError::Listen {
+                addr: addr.clone(),
+                reason,
+            })?;
             swarm
                 .listen_on(addr.clone())
                 .map_err(|e| NetError::Listen {
@@ -332,6 +336,37 @@ fn build_swarm(identity: Keypair) -> Result<Swarm<Behaviour>, NetError> {
                 .with_dial_concurrency_factor(std::num::NonZeroU8::new(2).expect("2 is not zero"))
         })
         .build())
+}
+
+/// Refuses a TCP listen address whose port a socket already listens on. libp2p's TCP listeners set
+/// SO_REUSEPORT (so that dials can leave from the listen port), which lets a second node listen on
+/// the same port and take the first one's connections. A probe without SO_REUSEPORT cannot bind
+/// where anything listens (SO_REUSEADDR keeps old connections in TIME_WAIT from counting).
+fn tcp_port_free(addr: &Multiaddr) -> Result<(), String> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let port = match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => port,
+        _ => return Ok(()),
+    };
+    let socket = match ip {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .and_then(|s| s.set_reuseaddr(true).map(|()| s))
+    .map_err(|e| e.to_string())?;
+    match socket.bind((ip, port).into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "port {port} is in use (another pigeon node or program listens there)"
+        )),
+        // Any other problem is for the real listener to report.
+        _ => Ok(()),
+    }
 }
 
 fn describe(e: &dyn std::error::Error) -> String {

@@ -283,4 +283,64 @@ fn a_busy_port_is_a_clear_error() {
         "{}",
         stderr(&out)
     );
+
+    // Another node's port too, though libp2p's listeners allow sharing it (SO_REUSEPORT).
+    let first = TestHome::init("first");
+    let node = first.start_node("/ip4/127.0.0.1/tcp/0");
+    let addr = node.listen_addr();
+    let out = pigeon_e2e::output_within(
+        &mut home.cmd(&["node", "run", "--listen", &addr]),
+        std::time::Duration::from_secs(30),
+        "a second node on a taken port",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is in use"), "{}", stderr(&out));
+}
+
+/// `pigeon config show | head -1`: when the reader goes away, the command ends quietly (by
+/// SIGPIPE, like any Unix filter) instead of panicking with a backtrace.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let home = TestHome::init("pipe");
+    let mut child = home
+        .cmd(&["config", "show"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pigeon");
+    // The reader is gone before the command writes a byte.
+    drop(child.stdout.take());
+    let status = pigeon_e2e::wait_for(
+        "the command to end",
+        std::time::Duration::from_secs(30),
+        || child.try_wait().expect("wait"),
+    );
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).expect("stderr");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {err}");
+}
+
+/// A node that takes a request and never answers (here: stopped with SIGSTOP) is an error with
+/// exit 1 once the answer time is up, not a command that hangs.
+#[test]
+fn a_node_that_does_not_answer_is_exit_1() {
+    let home = TestHome::init("stuck");
+    let node = home.start_node("/ip4/127.0.0.1/tcp/0");
+    home.ok(&["status"]);
+    let pid = node.pid() as libc::pid_t;
+    // SAFETY: signals to the child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let out = home
+        .cmd(&["status"])
+        .env("PIGEON_ANSWER_TIMEOUT", "2")
+        .output_bounded();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer within 2 s"), "{err}");
 }

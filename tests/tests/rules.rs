@@ -44,7 +44,7 @@ fn a_sender_rule_labels_deliveries_and_apply_catches_up() {
         "--dry-run changed a label"
     );
     let out = pair.bob.ok(&["inbox", "rules", "apply"]);
-    assert!(out.contains("changed 1 messages"), "{out}");
+    assert!(out.contains("changed 1 message\n"), "{out}");
     assert_eq!(pair.bob.labels(&before), vec!["friends"]);
     let mut both = ids_with_label(&pair.bob, "friends");
     both.sort();

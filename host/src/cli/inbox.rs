@@ -276,7 +276,12 @@ async fn rules(g: &Global, cmd: RulesCommand) -> Result<()> {
                 println!("... and {unlisted} more");
             }
             let verb = if dry_run { "would change" } else { "changed" };
-            println!("{verb} {} messages", applied.changed);
+            let noun = if applied.changed == 1 {
+                "message"
+            } else {
+                "messages"
+            };
+            println!("{verb} {} {noun}", applied.changed);
         }
     }
     Ok(())

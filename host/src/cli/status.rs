@@ -33,7 +33,12 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
         "outbox:   {} queued, {} delivered, {} failed",
         status.outbox.queued, status.outbox.delivered, status.outbox.failed
     );
-    println!("inbox:    {} messages", status.inbox);
+    let noun = if status.inbox == 1 {
+        "message"
+    } else {
+        "messages"
+    };
+    println!("inbox:    {} {noun}", status.inbox);
     println!("peers:    {} connected", status.connected_peers);
     Ok(())
 }

@@ -61,8 +61,31 @@ pub async fn call(
     }
 }
 
+/// How long a node may take to answer a request: `PIGEON_ANSWER_TIMEOUT` seconds if set (a script
+/// that would rather fail fast), else 60 s, or an hour for `rules apply`, which runs every plugin
+/// over the whole inbox.
+fn answer_within(request: &Request) -> Duration {
+    let from_env = std::env::var("PIGEON_ANSWER_TIMEOUT")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0);
+    match (from_env, request) {
+        (Some(secs), _) => Duration::from_secs(secs),
+        (None, Request::RulesApply { .. }) => Duration::from_secs(3600),
+        (None, _) => Duration::from_secs(60),
+    }
+}
+
 /// Sends `request` to the node listening on the home's socket; `None` if no node answers there.
+/// A node that takes the request but never answers is an error after [`answer_within`].
 pub async fn try_node(home: &Home, request: &Request) -> Result<Option<Result<Response>>> {
+    let limit = answer_within(request);
+    tokio::time::timeout(limit, exchange(home, request))
+        .await
+        .unwrap_or_else(|_| Err(ControlError::NoAnswer(limit.as_secs()).into()))
+}
+
+async fn exchange(home: &Home, request: &Request) -> Result<Option<Result<Response>>> {
     let stream = match UnixStream::connect(home.socket()).await {
         Ok(stream) => stream,
         Err(e)

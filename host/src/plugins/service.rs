@@ -12,7 +12,8 @@ use super::breaker::{Breaker, BreakerState};
 use super::instance::{Failure, Instance};
 use super::runtime::{Cache, Runtime};
 use super::{
-    DiscoveryAction, NodeEvent, PluginKind, PluginSpec, PluginState, PluginStatus, RuleMessage,
+    BUILTIN_API_VERSION, DiscoveryAction, NodeEvent, PluginKind, PluginSpec, PluginState,
+    PluginStatus, RuleMessage, Source,
 };
 use crate::inbox::rules::{Action, Effects, validate_label};
 use crate::metrics::METRICS;
@@ -209,7 +210,10 @@ impl Slot {
         PluginStatus {
             name: self.spec.name.clone(),
             kind: self.kind.or(self.spec.builtin_kind()),
-            api_version: self.api_version.clone(),
+            api_version: self.api_version.clone().or_else(|| {
+                matches!(self.spec.source, Source::Builtin(_))
+                    .then(|| BUILTIN_API_VERSION.to_owned())
+            }),
             source: self.spec.source_text(),
             enabled: self.spec.enabled,
             status,
@@ -436,6 +440,8 @@ fn load(slot: &mut Slot, runtime: &Runtime, cache: Option<&Cache>) {
             );
             slot.kind = Some(loaded.kind);
             slot.api_version = Some(loaded.api_version);
+            // Present from the start, so a dashboard sees 0 rather than nothing.
+            METRICS.plugin_disabled.with_label_values(&[&name]).set(0);
             let mut instance = Instance::new(
                 runtime.engine(),
                 &name,
