@@ -13,6 +13,12 @@ use crate::home::write_atomic;
 
 /// The effective value of `key` (the file's, or the default).
 pub fn get(config: &Config, key: &str, path: &Path) -> Result<toml::Value, ConfigError> {
+    // The built-in plugins have their (off) settings whether or not the file mentions them.
+    let mut config = config.clone();
+    for builtin in crate::plugins::builtin::BUILTINS {
+        config.plugins.entry(builtin.name.to_owned()).or_default();
+    }
+    let config = &config;
     let tree = toml::Value::try_from(config).map_err(|e| invalid(path, e.to_string()))?;
     let mut node = &tree;
     for part in key.split('.') {
@@ -155,6 +161,19 @@ mod tests {
         assert_eq!(
             get(&config, "delivery.linger_ms", &path).expect("get"),
             toml::Value::Integer(25)
+        );
+    }
+
+    #[test]
+    fn built_in_plugins_have_their_settings_before_any_is_set() {
+        let (_dir, path) = template_file();
+        let config = Config::load(&path).expect("load");
+        let enabled = get(&config, "plugins.keyword-labeler.enabled", &path).expect("known");
+        assert_eq!(enabled, toml::Value::Boolean(false));
+        let e = get(&config, "plugins.keyword-labeler.nope", &path).expect_err("unknown");
+        assert!(
+            e.to_string().contains("plugins.keyword-labeler.enabled"),
+            "{e}"
         );
     }
 
