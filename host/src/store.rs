@@ -60,6 +60,11 @@ pub enum StoreError {
     /// An id prefix matches several messages.
     #[error("id prefix {0:?} matches more than one message; give more characters")]
     Ambiguous(String),
+    /// Not something a message id starts with.
+    #[error(
+        "{0:?} is not a message id: give the id, or at least its first 4 characters (0-9, a-f), as `inbox list` or `outbox list` shows it"
+    )]
+    BadId(String),
     /// A stored value does not decode.
     #[error("stored {0} is damaged")]
     Corrupt(&'static str),
@@ -73,7 +78,7 @@ impl StoreError {
         match self {
             StoreError::NotFound { .. } => ErrorKind::NotFound,
             StoreError::Conflict(_) => ErrorKind::Conflict,
-            StoreError::Ambiguous(_) => ErrorKind::Usage,
+            StoreError::Ambiguous(_) | StoreError::BadId(_) => ErrorKind::Usage,
             StoreError::Sealed(_) | StoreError::Corrupt(_) => ErrorKind::Corrupt,
             _ => ErrorKind::Other,
         }
@@ -156,12 +161,10 @@ impl Db {
 
 /// Checks a message id or id prefix typed by a user: 4 to 32 hex digits, lowercased.
 fn check_id_prefix(prefix: &str) -> Result<String, StoreError> {
-    let prefix = prefix.trim().to_ascii_lowercase();
+    let given = prefix.trim();
+    let prefix = given.to_ascii_lowercase();
     if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(StoreError::NotFound {
-            what: "message",
-            name: prefix,
-        });
+        return Err(StoreError::BadId(given.to_owned()));
     }
     Ok(prefix)
 }

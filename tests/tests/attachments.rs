@@ -102,6 +102,15 @@ fn ten_megabytes_arrive_identical_and_never_in_clear() {
 
     // Saved where asked, identical; not overwritten without --yes.
     let out = work.path().join("saved");
+    let missing = pair
+        .bob
+        .run(&["inbox", "save", &id, "--out", out.to_str().expect("path")]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
     std::fs::create_dir(&out).expect("mkdir");
     let printed = pair
         .bob

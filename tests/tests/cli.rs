@@ -169,6 +169,29 @@ fn id_needs_no_passphrase_and_contacts_round_trip() {
         "{}",
         stderr(&out)
     );
+    // The PeerId where the address belongs, and an ip:port where a multiaddr belongs, are
+    // answered with what to give instead.
+    let out = alice.run(&["contacts", "add", "carol", bob_peer]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("this is a PeerId"),
+        "{}",
+        stderr(&out)
+    );
+    let out = alice.run(&[
+        "contacts",
+        "add",
+        "carol",
+        &carol,
+        "--addr",
+        "127.0.0.1:7717",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("write it like /ip4/"),
+        "{}",
+        stderr(&out)
+    );
 
     // Removing asks first; without a terminal it needs --yes.
     let out = alice.run(&["contacts", "rm", "bob"]);
@@ -210,6 +233,16 @@ fn missing_home_unknown_contact_and_unknown_message_exit_4() {
     );
     let out = home.run(&["inbox", "read", "abcdef"]);
     assert_eq!(out.status.code(), Some(4));
+    // Too short, or not hex: a usage error that says what an id looks like.
+    for bad in ["73c", "hello"] {
+        let out = home.run(&["inbox", "read", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("at least its first 4 characters"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

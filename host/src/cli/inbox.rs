@@ -120,10 +120,12 @@ async fn save(g: &Global, id: String, out: Option<std::path::PathBuf>, yes: bool
     }
     let dir = out.unwrap_or_else(|| std::path::PathBuf::from("."));
     if !dir.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{} is not a directory",
-            dir.display()
-        )));
+        let why = if dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist (create it first, e.g. `mkdir -p`)"
+        };
+        return Err(Error::Invalid(format!("{} {why}", dir.display())));
     }
     let home = g.home()?;
     for info in list {

@@ -595,7 +595,11 @@ fn validate_name(name: &str) -> Result<()> {
 fn parse_contact_addr(text: &str, address: &Address) -> Result<Multiaddr> {
     let mut addr: Multiaddr = text
         .parse()
-        .map_err(|e| Error::Invalid(format!("{text:?} is not a multiaddr: {e}")))?;
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "{text:?} is not a multiaddr ({e}); write it like /ip4/198.51.100.7/tcp/7717 or /ip4/198.51.100.7/udp/7717/quic-v1 (the `listening on` line of the contact's node)"
+            ))
+        })?;
     if let Some(Protocol::P2p(peer)) = addr.iter().last() {
         if peer != address.peer_id() {
             return Err(Error::Invalid(format!(

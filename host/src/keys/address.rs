@@ -26,8 +26,15 @@ const PAYLOAD_LEN: usize = 1 + 32 + 32;
 #[non_exhaustive]
 pub enum AddressError {
     /// Not bech32m, or the checksum does not match.
-    #[error("not a valid pigeon address (a character is wrong or missing): {0}")]
+    #[error(
+        "not a valid pigeon address (a character is wrong or missing): {0}; copy the whole `address:` line that `pigeon id` prints"
+    )]
     Checksum(String),
+    /// A libp2p PeerId where the address belongs.
+    #[error(
+        "this is a PeerId, not a pigeon address: give the `address:` line (pigeon1...) that `pigeon id` prints on the contact's machine; it carries the PeerId and the encryption key"
+    )]
+    PeerIdGiven,
     /// A bech32m string for something else.
     #[error("not a pigeon address: it must start with `pigeon1`")]
     WrongPrefix,
@@ -99,6 +106,9 @@ impl FromStr for Address {
 
     fn from_str(s: &str) -> Result<Address, AddressError> {
         let s = s.trim();
+        if s.parse::<libp2p::PeerId>().is_ok() {
+            return Err(AddressError::PeerIdGiven);
+        }
         let checked = CheckedHrpstring::new::<Bech32m>(s)
             .map_err(|e| AddressError::Checksum(e.to_string()))?;
         if checked.hrp().to_lowercase() != HRP {
@@ -176,5 +186,9 @@ mod tests {
             short.parse::<Address>(),
             Err(AddressError::Unsupported { .. })
         ));
+        let peer_id = Keys::generate().peer_id().to_string();
+        let e = peer_id.parse::<Address>().expect_err("a PeerId");
+        assert!(matches!(e, AddressError::PeerIdGiven));
+        assert!(e.to_string().contains("pigeon id"), "{e}");
     }
 }
