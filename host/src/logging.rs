@@ -25,8 +25,11 @@ pub fn init(format: LogFormat, verbose: u8) {
         _ => "info,pigeon=trace",
     };
     let filter = EnvFilter::try_from_env("PIGEON_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a person at a terminal; a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -133,6 +133,7 @@ fn misbehaving_plugins_are_contained_and_the_node_goes_on() {
         "the panic message reaches the log"
     );
     assert!(log.contains("ran past its deadline") && log.contains("looper"));
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file");
 
     // Three timeouts in a row trip the looper's breaker; the others stay ready.
     let list = wait_for("the breaker to open", Duration::from_secs(30), || {

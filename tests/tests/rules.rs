@@ -31,6 +31,18 @@ fn a_sender_rule_labels_deliveries_and_apply_catches_up() {
     assert_eq!(pair.bob.labels(&after), vec!["friends"]);
     assert_eq!(ids_with_label(&pair.bob, "friends"), vec![after.clone()]);
 
+    // The text listing has a column each, labels and subject included ("-" when empty).
+    let text = pair.bob.ok(&["inbox", "list"]);
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(rows.iter().all(|r| r.len() == 6), "{text}");
+    let row = |id: &str| rows.iter().find(|r| r[0] == id).expect("listed").clone();
+    assert_eq!(row(&after)[1], "alice");
+    assert_eq!(row(&after)[3], "friends");
+    assert_eq!(row(&after)[4], "-");
+    assert_eq!(row(&after)[5], "sent after the rule");
+    assert_eq!(row(&before)[3], "-");
+
     // The dry run shows the older message would change, and changes nothing.
     let planned = pair
         .bob

@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
-    /// List received messages, newest first: id, from, received at, labels, preview.
+    /// List received messages, newest first, one tab-separated line each: id, from, received at,
+    /// labels (comma-separated, or -), subject (or -), the start of the text.
     List {
         /// Show at most N messages.
         #[arg(long, value_name = "N")]
@@ -61,15 +62,27 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             if json {
                 return print_json(&items);
             }
+            // One tab-separated line per message, a column each (`cut -f` works): an empty
+            // label list or subject is "-", and the text follows the subject.
             for i in items {
                 let labels = if i.labels.is_empty() {
-                    String::new()
+                    "-".to_owned()
                 } else {
-                    format!(" [{}]", i.labels.join(","))
+                    i.labels.join(",")
                 };
+                let one_line = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+                let subject = i
+                    .subject
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("-");
                 println!(
-                    "{}\t{}\t{}{labels}\t{}",
-                    i.id, i.from, i.received_at, i.preview
+                    "{}\t{}\t{}\t{labels}\t{}\t{}",
+                    i.id,
+                    i.from,
+                    i.received_at,
+                    one_line(subject),
+                    one_line(&i.preview)
                 );
             }
         }

@@ -33,9 +33,11 @@ pub fn get(config: &Config, key: &str, path: &Path) -> Result<toml::Value, Confi
 /// `["a", "b"]`, `"text"`); anything that is not one is taken as a plain string.
 pub fn set(path: &Path, key: &str, raw: &str) -> Result<Config, ConfigError> {
     // Plugin tables are open-ended (`plugins.NAME.config.*`); the full parse below checks them.
-    if !key.starts_with("plugins.") {
-        get(&Config::default(), key, path)?;
-    }
+    let default = if key.starts_with("plugins.") {
+        None
+    } else {
+        Some(get(&Config::default(), key, path)?)
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -49,7 +51,23 @@ pub fn set(path: &Path, key: &str, raw: &str) -> Result<Config, ConfigError> {
     let mut doc: DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| invalid(path, e.to_string()))?;
-    let value = raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw));
+    if let Some(toml::Value::Table(section)) = &default {
+        let example = section
+            .keys()
+            .next()
+            .map_or(String::new(), |k| format!(", e.g. {key}.{k}"));
+        return Err(invalid(
+            path,
+            format!(
+                "{key} is a section: set one of its keys{example} (`pigeon config show` lists them)"
+            ),
+        ));
+    }
+    let mut value = raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw));
+    // One item where a list belongs (`config set node.listen /ip4/0.0.0.0/tcp/7717`) is a list of one.
+    if matches!(default, Some(toml::Value::Array(_))) && !value.is_array() {
+        value = Value::Array(std::iter::once(value).collect());
+    }
     insert(doc.as_table_mut(), key, value).map_err(|m| invalid(path, m))?;
     let new_text = doc.to_string();
     let config = Config::parse(&new_text, path).map_err(|e| match e {
@@ -162,6 +180,23 @@ mod tests {
             get(&config, "delivery.linger_ms", &path).expect("get"),
             toml::Value::Integer(25)
         );
+    }
+
+    #[test]
+    fn a_section_is_not_a_value() {
+        let (_dir, path) = template_file();
+        let before = std::fs::read_to_string(&path).expect("read");
+        let e = set(&path, "delivery", "5").expect_err("a section");
+        assert!(e.to_string().contains("delivery is a section"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), before);
+    }
+
+    #[test]
+    fn one_item_where_a_list_belongs_is_a_list_of_one() {
+        let (_dir, path) = template_file();
+        let config = set(&path, "node.listen", "/ip4/127.0.0.1/tcp/7717").expect("set");
+        assert_eq!(config.node.listen.len(), 1);
+        assert_eq!(config.node.listen[0].to_string(), "/ip4/127.0.0.1/tcp/7717");
     }
 
     #[test]
