@@ -388,6 +388,19 @@ mod tests {
     }
 
     #[test]
+    fn a_new_keystore_records_the_documented_kdf_cost() {
+        // README and threat model: argon2id, 64 MiB, 3 passes. `pigeon init` writes with the
+        // defaults; weakening them must fail here.
+        let (_dir, path, _keys) = fixture();
+        let file = read_file(&path).expect("file");
+        let header = from_header(&path, &file.header).expect("header");
+        assert_eq!(
+            (header.kdf.m_kib, header.kdf.t, header.kdf.p),
+            (64 * 1024, 3, 1)
+        );
+    }
+
+    #[test]
     fn hostile_kdf_parameters_are_capped() {
         let (_dir, path, _keys) = fixture();
         let mut file = read_file(&path).expect("file");

@@ -363,7 +363,8 @@ mod tests {
         assert!(all.iter().any(|i| i.preview == "first line"));
         assert!(all.iter().any(|i| i.preview.ends_with('…') && i.preview.chars().count() == PREVIEW_CHARS + 1));
         assert_eq!(db.inbox(Some(1), None).expect("limited").len(), 1);
-        assert!(matches!(db.message("zz"), Err(StoreError::NotFound { .. })));
+        assert!(matches!(db.message("zz"), Err(StoreError::BadId(_))));
+        assert!(matches!(db.message("zzzz"), Err(StoreError::BadId(_))));
         assert!(matches!(
             db.message("0000"),
             Err(StoreError::NotFound { .. })
