@@ -247,6 +247,17 @@ fn bad_plugins_are_refused_with_their_reason_and_the_node_runs_without_them() {
         assert_eq!(out.status.code(), Some(*code), "{path}: {err}");
         assert!(err.contains(reason), "{path}: {reason:?} not in {err}");
     }
+    // With --json the reason is on stdout too, for scripts.
+    let out = bob.run(&["plugins", "check", &checks[2].0, "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let why: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(why["exit_code"], 2);
+    assert!(
+        why["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not start with the WebAssembly header")),
+        "{why}"
+    );
     let good = bob.json(&["plugins", "check", MISBEHAVE_WASM, "--json"]);
     assert_eq!(good["kind"], "rule");
     assert_eq!(good["api_version"], "1.0.0");

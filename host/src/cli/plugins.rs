@@ -65,9 +65,25 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     match cmd {
         Command::List { json } => list(g, json).await,
         Command::Check { file, json } => {
-            let report = tokio::task::spawn_blocking(move || plugins::check_file(&file))
+            let path = file.display().to_string();
+            let checked = tokio::task::spawn_blocking(move || plugins::check_file(&file))
                 .await
-                .map_err(|e| crate::error::Error::Invalid(e.to_string()))??;
+                .map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
+            let report = match checked {
+                Ok(report) => report,
+                Err(e) => {
+                    let e = crate::error::Error::from(e);
+                    if json {
+                        // A script reads why on stdout too; the exit code and stderr are as ever.
+                        print_json(&serde_json::json!({
+                            "path": path,
+                            "error": e.to_string(),
+                            "exit_code": e.kind().exit_code(),
+                        }))?;
+                    }
+                    return Err(e);
+                }
+            };
             if json {
                 return print_json(&report);
             }
