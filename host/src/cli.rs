@@ -162,6 +162,15 @@ impl Global {
 }
 
 /// Prints `value` as pretty JSON on stdout.
+/// `1 message`, `2 messages`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
     println!("{text}");

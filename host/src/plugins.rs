@@ -204,6 +204,11 @@ impl PluginSpec {
         }
     }
 
+    /// The contract version of a built-in plugin, known without loading it.
+    pub fn builtin_api_version(&self) -> Option<String> {
+        matches!(self.source, Source::Builtin(_)).then(|| BUILTIN_API_VERSION.to_owned())
+    }
+
     /// "builtin", or the file's path.
     pub fn source_text(&self) -> String {
         match &self.source {
@@ -301,7 +306,7 @@ pub fn describe_offline(config: &Config, home: &Path) -> Vec<PluginStatus> {
         .into_iter()
         .map(|spec| {
             let (kind, api_version, problem) = match &spec.source {
-                Source::Builtin(b) => (Some(b.kind), Some(BUILTIN_API_VERSION.to_owned()), None),
+                Source::Builtin(b) => (Some(b.kind), spec.builtin_api_version(), None),
                 Source::Path(p) => match check_file(p) {
                     Ok(r) => (Some(r.kind), Some(r.api_version), None),
                     Err(e) => (None, None, Some(e.to_string())),

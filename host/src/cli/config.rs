@@ -60,9 +60,8 @@ pub(super) fn run(g: &Global, cmd: Command) -> Result<()> {
             }
         }
         Command::Set { key, mut value } => {
-            // As `edit::set` reads it: TOML if it parses, a bare word otherwise.
-            let text = match value.parse::<toml_edit::Value>() {
-                Ok(toml_edit::Value::String(s)) => s.value().clone(),
+            let text = match edit::value_of(&value) {
+                toml_edit::Value::String(s) => s.value().clone(),
                 _ => value.clone(),
             };
             if is_plugin_path(&key) {

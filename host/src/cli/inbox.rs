@@ -1,6 +1,6 @@
 //! `pigeon inbox list|read`
 
-use super::{Global, print_json, progress_bar, unexpected};
+use super::{Global, count, print_json, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentError};
 use crate::control::api::{Request, Response};
 use crate::error::{Error, Result};
@@ -291,12 +291,7 @@ async fn rules(g: &Global, cmd: RulesCommand) -> Result<()> {
                 println!("... and {unlisted} more");
             }
             let verb = if dry_run { "would change" } else { "changed" };
-            let noun = if applied.changed == 1 {
-                "message"
-            } else {
-                "messages"
-            };
-            println!("{verb} {} {noun}", applied.changed);
+            println!("{verb} {}", count(applied.changed, "message"));
         }
     }
     Ok(())

@@ -106,12 +106,14 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
                 Kind::Discovery => PluginKind::Discovery,
             };
             let made = scaffold::new(&name, kind, &dir)?;
+            // Absolute, for a script that runs elsewhere and for the config, which the node reads
+            // from its own working directory.
+            let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or(p.to_owned());
+            let wasm = absolute(&made.wasm);
             if json {
-                // Absolute, so that a script can use them from anywhere.
-                let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or(p.to_owned());
                 return print_json(&scaffold::Scaffolded {
                     dir: absolute(&made.dir),
-                    wasm: absolute(&made.wasm),
+                    wasm,
                 });
             }
             println!("created {}", made.dir.display());
@@ -121,13 +123,8 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             println!("  cargo build --release --target wasm32-wasip2");
             let built = made.wasm.strip_prefix(&made.dir).unwrap_or(&made.wasm);
             println!("  pigeon plugins check {}", built.display());
-            // The config wants the path the node will see, whatever its working directory.
-            let absolute = std::path::absolute(&made.wasm).unwrap_or_else(|_| made.wasm.clone());
             println!("then enable it and restart the node:");
-            println!(
-                "  pigeon config set plugins.{name}.path {}",
-                absolute.display()
-            );
+            println!("  pigeon config set plugins.{name}.path {}", wasm.display());
             println!("  pigeon config set plugins.{name}.enabled true");
             Ok(())
         }

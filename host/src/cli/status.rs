@@ -1,6 +1,6 @@
 //! `pigeon status`
 
-use super::{Global, print_json, unexpected};
+use super::{Global, count, print_json, unexpected};
 use crate::control::api::{Request, Response};
 use crate::error::Result;
 
@@ -33,12 +33,7 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
         "outbox:   {} queued, {} delivered, {} failed",
         status.outbox.queued, status.outbox.delivered, status.outbox.failed
     );
-    let noun = if status.inbox == 1 {
-        "message"
-    } else {
-        "messages"
-    };
-    println!("inbox:    {} {noun}", status.inbox);
+    println!("inbox:    {}", count(status.inbox, "message"));
     println!("peers:    {} connected", status.connected_peers);
     Ok(())
 }

@@ -29,6 +29,12 @@ pub fn get(config: &Config, key: &str, path: &Path) -> Result<toml::Value, Confi
     Ok(node.clone())
 }
 
+/// How `set` reads a value given on the command line: TOML if it parses as TOML, a plain string
+/// otherwise.
+pub fn value_of(raw: &str) -> Value {
+    raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw))
+}
+
 /// Sets `key` to `raw` in the file at `path`. `raw` is read as a TOML value (`1`, `true`,
 /// `["a", "b"]`, `"text"`); anything that is not one is taken as a plain string.
 pub fn set(path: &Path, key: &str, raw: &str) -> Result<Config, ConfigError> {
@@ -63,7 +69,7 @@ pub fn set(path: &Path, key: &str, raw: &str) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    let mut value = raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw));
+    let mut value = value_of(raw);
     // One item where a list belongs (`config set node.listen /ip4/0.0.0.0/tcp/7717`) is a list of one.
     if matches!(default, Some(toml::Value::Array(_))) && !value.is_array() {
         value = Value::Array(std::iter::once(value).collect());

@@ -12,8 +12,7 @@ use super::breaker::{Breaker, BreakerState};
 use super::instance::{Failure, Instance};
 use super::runtime::{Cache, Runtime};
 use super::{
-    BUILTIN_API_VERSION, DiscoveryAction, NodeEvent, PluginKind, PluginSpec, PluginState,
-    PluginStatus, RuleMessage, Source,
+    DiscoveryAction, NodeEvent, PluginKind, PluginSpec, PluginState, PluginStatus, RuleMessage,
 };
 use crate::inbox::rules::{Action, Effects, validate_label};
 use crate::metrics::METRICS;
@@ -210,10 +209,10 @@ impl Slot {
         PluginStatus {
             name: self.spec.name.clone(),
             kind: self.kind.or(self.spec.builtin_kind()),
-            api_version: self.api_version.clone().or_else(|| {
-                matches!(self.spec.source, Source::Builtin(_))
-                    .then(|| BUILTIN_API_VERSION.to_owned())
-            }),
+            api_version: self
+                .api_version
+                .clone()
+                .or_else(|| self.spec.builtin_api_version()),
             source: self.spec.source_text(),
             enabled: self.spec.enabled,
             status,
