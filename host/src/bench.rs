@@ -18,7 +18,7 @@ use crate::demo::{PASSPHRASE, introduce, loopback, new_home, start_node};
 use crate::error::{Error, Result};
 use crate::keys::keystore;
 use crate::node::Node;
-use crate::store::Db;
+use crate::store::Store;
 
 /// Longest a run may take before it is reported as failed.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
@@ -49,8 +49,8 @@ pub async fn delivery(
 ) -> Result<DeliveryRun> {
     let io = |e: std::io::Error| Error::Invalid(format!("bench: {e}"));
     let dir = tempfile::tempdir().map_err(io)?;
-    let alice_home = new_home(dir.path(), "alice")?;
-    let bob_home = new_home(dir.path(), "bob")?;
+    let alice_home = new_home(dir.path(), "alice").await?;
+    let bob_home = new_home(dir.path(), "bob").await?;
     let bob_keys = keystore::unlock(&bob_home.keystore(), PASSPHRASE)?;
     let bob_listen = free_tcp_addr()?;
 
@@ -79,12 +79,17 @@ pub async fn delivery(
     // Bob knows Alice before he starts, as a real contact would.
     {
         let db_keys = std::sync::Arc::new(keystore::unlock(&bob_home.keystore(), PASSPHRASE)?);
-        let mut db = Db::open(&bob_home.database(), db_keys)?;
+        let store = Store::open(&bob_home.database(), db_keys).await?;
         let addrs = alice_addrs
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect::<Vec<Multiaddr>>();
-        db.add_contact("alice", &alice_id.address.parse()?, &addrs)?;
+        let address = alice_id.address.parse()?;
+        let added = store
+            .call(move |db| db.add_contact("alice", &address, &addrs))
+            .await;
+        store.close().await;
+        added?;
     }
     let body = "x".repeat(size);
     for chunk in (0..messages).collect::<Vec<_>>().chunks(1000) {
@@ -157,8 +162,8 @@ pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
     let dir = tempfile::tempdir().map_err(io)?;
     let source = dir.path().join("payload.bin");
     write_random(&source, bytes).map_err(io)?;
-    let alice_home = new_home(dir.path(), "alice")?;
-    let bob_home = new_home(dir.path(), "bob")?;
+    let alice_home = new_home(dir.path(), "alice").await?;
+    let bob_home = new_home(dir.path(), "bob").await?;
     let alice = start_node(&alice_home, &Config::default()).await?;
     let bob = start_node(&bob_home, &Config::default()).await?;
     introduce(&alice, &bob, "bob").await?;

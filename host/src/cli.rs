@@ -134,7 +134,7 @@ impl Cli {
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Init(args) => init::run(g, args),
+        Command::Init(args) => init::run(g, args).await,
         Command::Id(args) => id::run(g, args).await,
         Command::Contacts(cmd) => contacts::run(g, cmd).await,
         Command::Node(cmd) => node::run(g, cmd).await,

@@ -75,15 +75,15 @@ pub async fn local_two_peers(out: &mut dyn Write) -> Result<()> {
 }
 
 async fn start(dir: &std::path::Path, name: &str) -> Result<(Node, Home)> {
-    let home = new_home(dir, name)?;
+    let home = new_home(dir, name).await?;
     let node = start_node(&home, &Config::default()).await?;
     Ok((node, home))
 }
 
 /// A new home `dir/name` under the demo passphrase (the benchmarks use it too).
-pub(crate) fn new_home(dir: &std::path::Path, name: &str) -> Result<Home> {
+pub(crate) async fn new_home(dir: &std::path::Path, name: &str) -> Result<Home> {
     let home = Home::resolve(Some(dir.join(name)))?;
-    crate::init::create_home(&home, PASSPHRASE)?;
+    crate::init::create_home(&home, PASSPHRASE).await?;
     Ok(home)
 }
 

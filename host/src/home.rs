@@ -5,9 +5,10 @@
 //! while it runs, so that two processes never own the same database.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::ErrorKind;
 
@@ -25,8 +26,13 @@ pub enum HomeError {
     #[error("{0} is not a pigeon home: run `pigeon init` first (or pass --home)")]
     NotInitialised(PathBuf),
     /// Another process holds the home.
-    #[error("a pigeon node is already running for {0}")]
-    Busy(PathBuf),
+    #[error("{}", busy_message(home, holder))]
+    Busy {
+        /// The home.
+        home: PathBuf,
+        /// Who holds it, as far as its lock file tells.
+        holder: Holder,
+    },
     /// A file operation failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -46,7 +52,7 @@ impl HomeError {
             HomeError::AlreadyInitialised(_) => ErrorKind::Conflict,
             HomeError::NotInitialised(_) => ErrorKind::NotFound,
             HomeError::NoDefault => ErrorKind::Usage,
-            HomeError::Busy(_) | HomeError::Io { .. } => ErrorKind::Other,
+            HomeError::Busy { .. } | HomeError::Io { .. } => ErrorKind::Other,
         }
     }
 
@@ -58,6 +64,54 @@ impl HomeError {
         }
     }
 }
+
+fn busy_message(home: &Path, holder: &Holder) -> String {
+    let home = home.display();
+    match holder {
+        Holder::Node { pid } => format!("a pigeon node is already running for {home} (pid {pid})"),
+        Holder::Command { pid, op } => format!(
+            "{home} is in use by a pigeon command (pid {pid}, {op}) that did not finish in time; \
+             try again once it has"
+        ),
+        Holder::Unknown => format!(
+            "{home} is in use by another process (it holds {home}/node.lock); try again once it has finished"
+        ),
+    }
+}
+
+/// Who holds a home's lock, as the holder wrote it into `node.lock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Holder {
+    /// A running node (`pigeon node run`, the demo, a bench).
+    Node {
+        /// Its process id.
+        pid: u32,
+    },
+    /// A CLI command that works on the store in its own process, with no node running.
+    Command {
+        /// Its process id.
+        pid: u32,
+        /// The operation it carries out (`outbox_list`, `init`, ...).
+        op: String,
+    },
+    /// A process that has not said yet (it took the lock a moment ago).
+    Unknown,
+}
+
+/// What the process taking a home's lock is going to do with it.
+#[derive(Debug, Clone, Copy)]
+pub enum Role<'a> {
+    /// Run a node.
+    Node,
+    /// Carry out one operation and let go.
+    Command(&'a str),
+}
+
+/// How long a starting node waits for a CLI command to let go of the home. A command holds the
+/// lock while it unlocks the keystore (about a second) and runs one operation; a node started by a
+/// service manager while a cron job sends a message must not fail for that.
+pub const NODE_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// A pigeon home directory.
 #[derive(Debug, Clone)]
@@ -128,22 +182,90 @@ impl Home {
             .map_err(|e| HomeError::io("setting permissions of", &self.root, e))
     }
 
-    /// Takes the home's exclusive lock without waiting; `Busy` if a node holds it.
-    pub fn try_lock(&self) -> Result<HomeLock, HomeError> {
+    /// Takes the home's exclusive lock without waiting, and records in it who holds it and why;
+    /// `Busy` (saying who holds it) if another process does.
+    pub fn try_lock(&self, role: Role<'_>) -> Result<HomeLock, HomeError> {
         let path = self.lock_file();
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| HomeError::io("opening", &path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(HomeLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(HomeError::Busy(self.root.clone())),
-            Err(fs::TryLockError::Error(e)) => Err(HomeError::io("locking", &path, e)),
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(HomeError::Busy {
+                    home: self.root.clone(),
+                    holder: read_holder(&mut file),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(HomeError::io("locking", &path, e)),
+        }
+        let line = match role {
+            Role::Node => format!("{} node\n", std::process::id()),
+            Role::Command(op) => format!("{} command {op}\n", std::process::id()),
+        };
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(line.as_bytes(), 0))
+            .map_err(|e| HomeError::io("writing", &path, e))?;
+        Ok(HomeLock { _file: file })
+    }
+
+    /// Takes the lock for a node: waits up to `wait` while a CLI command (or a process that has
+    /// not said what it is) holds it, and refuses at once if a node does.
+    pub async fn lock_for_node(&self, wait: Duration) -> Result<HomeLock, HomeError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.try_lock(Role::Node) {
+                Err(HomeError::Busy { holder, .. })
+                    if !matches!(holder, Holder::Node { .. })
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
         }
     }
+}
+
+/// Reads who holds the lock from its file: `<pid> node` or `<pid> command <op>`. A line from an
+/// earlier holder (the present one has not written its own yet) names a process that is gone.
+fn read_holder(file: &mut File) -> Holder {
+    let mut text = String::new();
+    if file.seek(SeekFrom::Start(0)).is_err() || file.take(256).read_to_string(&mut text).is_err() {
+        return Holder::Unknown;
+    }
+    let mut words = text.split_whitespace();
+    let Some(pid) = words.next().and_then(|p| p.parse::<u32>().ok()) else {
+        return Holder::Unknown;
+    };
+    if !process_alive(pid) {
+        return Holder::Unknown;
+    }
+    match (words.next(), words.next()) {
+        (Some("node"), _) => Holder::Node { pid },
+        (Some("command"), Some(op)) => Holder::Command {
+            pid,
+            op: op
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect(),
+        },
+        _ => Holder::Unknown,
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; it sends nothing.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Proof that this process owns the home; released on drop.
@@ -192,10 +314,51 @@ mod tests {
     fn lock_is_exclusive_and_released_on_drop() {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
-        let lock = home.try_lock().expect("first lock");
-        assert!(matches!(home.try_lock(), Err(HomeError::Busy(_))));
+        let lock = home
+            .try_lock(Role::Command("outbox_list"))
+            .expect("first lock");
+        // The holder is this very process, which is alive, so the lock file names it.
+        let pid = std::process::id();
+        match home.try_lock(Role::Node) {
+            Err(HomeError::Busy { holder, .. }) => assert_eq!(
+                holder,
+                Holder::Command {
+                    pid,
+                    op: "outbox_list".into()
+                }
+            ),
+            other => panic!("expected Busy, got {other:?}"),
+        }
         drop(lock);
-        home.try_lock().expect("lock after release");
+        let lock = home.try_lock(Role::Node).expect("lock after release");
+        match home.try_lock(Role::Command("status")) {
+            Err(e @ HomeError::Busy { .. }) => {
+                assert!(
+                    matches!(e, HomeError::Busy { holder: Holder::Node { pid: p }, .. } if p == pid)
+                );
+                assert!(e.to_string().contains("already running"), "{e}");
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        drop(lock);
+    }
+
+    #[test]
+    fn a_line_left_by_a_process_that_is_gone_names_nobody() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut file = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join("node.lock"))
+            .expect("lock file");
+        // A pid beyond pid_max, which no process can have.
+        file.write_all(b"4294967295 node\n").expect("write");
+        assert_eq!(read_holder(&mut file), Holder::Unknown);
+        file.set_len(0).expect("truncate");
+        file.write_all_at(b"garbage", 0).expect("write");
+        assert_eq!(read_holder(&mut file), Holder::Unknown);
     }
 
     #[test]

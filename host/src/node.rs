@@ -26,14 +26,14 @@ use crate::control::api::{NodeLink, Ops};
 use crate::control::server;
 use crate::delivery::{self, Waker};
 use crate::error::Result;
-use crate::home::{Home, HomeLock};
+use crate::home::{Home, HomeLock, NODE_LOCK_WAIT};
 use crate::inbox;
 use crate::keys::Keys;
 use crate::metrics::METRICS;
 use crate::metrics::MetricsServer;
 use crate::net::protocol::{ChunkRequest, ChunkResponse};
 use crate::net::{Net, NetError, NetEvent};
-use crate::plugins::{DiscoveryAction, LazyPlugins, NodeEvent};
+use crate::plugins::{DiscoveryAction, LazyPlugins, NodeEvent, Plugins};
 use crate::store::{Store, now_ms};
 
 /// How long `start` waits for the listeners to report their addresses.
@@ -45,10 +45,12 @@ const STARTUP_DIALS: usize = 16;
 pub struct Node {
     ops: Ops,
     net: Net,
+    store: Store,
+    plugins: Plugins,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
-    _lock: HomeLock,
+    lock: HomeLock,
 }
 
 impl Node {
@@ -59,7 +61,7 @@ impl Node {
         config: &Config,
         listen: &[Multiaddr],
     ) -> Result<Node> {
-        let lock = home.try_lock()?;
+        let lock = home.lock_for_node(NODE_LOCK_WAIT).await?;
         let metrics = match config.metrics.listen.as_str() {
             "" => None,
             addr => {
@@ -75,7 +77,7 @@ impl Node {
             }
         };
         let keys = Arc::new(keys);
-        let store = Store::open(&home.database(), keys.clone())?;
+        let store = Store::open(&home.database(), keys.clone()).await?;
         let cancel = CancellationToken::new();
         let (net, events, net_task) =
             Net::spawn(keys.identity().clone(), listen, cancel.child_token())?;
@@ -123,10 +125,12 @@ impl Node {
             net.clone(),
             cancel.child_token(),
         ));
-        let dial_task = tokio::spawn(dial_contacts(store, net.clone()));
+        let dial_task = tokio::spawn(dial_contacts(store.clone(), net.clone()));
         let node = Node {
             ops,
             net,
+            store,
+            plugins: plugins.clone(),
             cancel,
             tasks: vec![
                 net_task,
@@ -138,7 +142,7 @@ impl Node {
                 discovery_task,
             ],
             metrics,
-            _lock: lock,
+            lock,
         };
         node.wait_listening(listen.len()).await;
         plugins.event(NodeEvent::Started);
@@ -174,12 +178,17 @@ impl Node {
         }
     }
 
-    /// Stops every task and waits for them; the store closes when its last handle goes.
+    /// Stops every task and waits for them, then the plugin and store threads (the store finishes
+    /// the jobs it was given first); the home lock goes last, so no write outlives it.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
+        self.plugins.close().await;
+        self.store.close().await;
+        drop(self.metrics);
+        drop(self.lock);
     }
 }
 

@@ -593,4 +593,11 @@ impl LazyPlugins {
     pub fn is_running(&self) -> bool {
         self.cell.get().is_some()
     }
+
+    /// Stops the plugin thread if it was started, and waits for it.
+    pub async fn close(&self) {
+        if let Some(plugins) = self.cell.get() {
+            plugins.close().await;
+        }
+    }
 }

@@ -16,11 +16,12 @@ mod outbox;
 mod rules;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 pub use attachments::{AttachmentView, Download, MAX_BAD_CHUNKS, SaveInfo};
 pub use contacts::Contact;
@@ -87,10 +88,22 @@ impl StoreError {
 
 type Job = Box<dyn FnOnce(&mut Db) + Send>;
 
+/// Jobs that may wait for the store thread at once. When the queue is full, [`Store::call`] waits
+/// for room (the caller is slowed down, nothing is dropped): a burst of incoming batches then
+/// holds its acks back instead of growing the queue without bound.
+const QUEUE: usize = 1024;
+
+enum Msg {
+    Job(Job),
+    /// Finish the jobs queued before this one, then stop.
+    Close,
+}
+
 /// A cloneable handle to the store thread.
 #[derive(Clone)]
 pub struct Store {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 /// The connection and the keys that seal rows; only the store thread holds it.
@@ -100,20 +113,46 @@ pub struct Db {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, migrates it and starts the store thread.
-    pub fn open(path: &Path, keys: Arc<Keys>) -> Result<Store, StoreError> {
-        let db = Db::open(path, keys)?;
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
+    /// Starts the store thread, which opens (creating if needed) the database at `path` and
+    /// migrates it; returns once it has, with the error if it could not.
+    pub async fn open(path: &Path, keys: Arc<Keys>) -> Result<Store, StoreError> {
+        let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let (opened_tx, opened) = oneshot::channel();
+        let path = path.to_owned();
+        let thread = std::thread::Builder::new()
             .name("pigeon-store".into())
             .spawn(move || {
-                let mut db = db;
-                while let Ok(job) = rx.recv() {
+                let mut db = match Db::open(&path, keys) {
+                    Ok(db) => {
+                        let _ = opened_tx.send(Ok(()));
+                        db
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Some(Msg::Job(job)) = rx.blocking_recv() {
                     job(&mut db);
                 }
+                // Dropping `db` here closes the connection on this thread, before `close` returns.
             })
             .map_err(|_| StoreError::Closed)?;
-        Ok(Store { jobs })
+        let store = Store {
+            jobs,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        };
+        match opened.await {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(e)) => {
+                store.close().await;
+                Err(e)
+            }
+            Err(_) => {
+                store.close().await;
+                Err(StoreError::Closed)
+            }
+        }
     }
 
     /// Runs `f` on the store thread and returns its result.
@@ -126,8 +165,26 @@ impl Store {
         let job: Job = Box::new(move |db| {
             let _ = tx.send(f(db));
         });
-        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        self.jobs
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Lets the jobs already queued finish, closes the database and waits for the store thread to
+    /// end. Later calls, from any handle, fail with [`StoreError::Closed`]. Whoever holds the home
+    /// lock calls this before releasing it, so that no write outlives the lock.
+    pub async fn close(&self) {
+        // A send fails only when the thread is gone already; joining it is all that is left.
+        let _ = self.jobs.send(Msg::Close).await;
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the store thread ended abnormally");
+            }
+        }
     }
 }
 

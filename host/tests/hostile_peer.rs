@@ -134,7 +134,7 @@ async fn raw_request(
 
 async fn start_node(dir: &std::path::Path, name: &str) -> Node {
     let home = Home::resolve(Some(dir.join(name))).expect("home");
-    pigeon::init::create_home(&home, PASS).expect("init");
+    pigeon::init::create_home(&home, PASS).await.expect("init");
     let keys = keystore::unlock(&home.keystore(), PASS).expect("unlock");
     let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr");
     Node::start(&home, keys, &Config::default(), &[listen])

@@ -13,13 +13,13 @@ use crate::passphrase::{self, Confirm};
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {}
 
-pub(super) fn run(g: &Global, _args: Args) -> Result<()> {
+pub(super) async fn run(g: &Global, _args: Args) -> Result<()> {
     let home = g.home()?;
     home.require()
         .err()
         .ok_or_else(|| crate::home::HomeError::AlreadyInitialised(home.root().to_owned()))?;
     let pass = passphrase::obtain(g.passphrase_file.as_deref(), Confirm::Twice)?;
-    let address = crate::init::create_home(&home, &pass)?;
+    let address = crate::init::create_home(&home, &pass).await?;
     println!("created {}", home.root().display());
     println!("peer id: {}", address.peer_id());
     println!("address: {address}");

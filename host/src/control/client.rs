@@ -12,14 +12,15 @@ use super::api::{Ops, Request, Response};
 use super::server::{MAX_LINE, Reply};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::home::{Home, HomeError};
+use crate::home::{Holder, Home, HomeError, Role};
 use crate::keys::keystore;
 use crate::passphrase::{self, Confirm};
 use crate::plugins::LazyPlugins;
 use crate::store::Store;
 
-/// How long to wait for a node that holds the home but has not opened its socket yet.
-const STARTING_NODE_GRACE: Duration = Duration::from_secs(15);
+/// How long to wait for whoever holds the home: a node that has not opened its socket yet, or
+/// another command that works in-process (two cron jobs at once).
+const BUSY_GRACE: Duration = Duration::from_secs(30);
 
 /// Carries out `request` for `home`: through the running node if there is one, otherwise here
 /// (unlocking the keystore with the passphrase from `passphrase_file`, the environment or a prompt).
@@ -32,33 +33,68 @@ pub async fn call(
     if let Some(reply) = try_node(home, &request).await? {
         return reply;
     }
-    let deadline = tokio::time::Instant::now() + STARTING_NODE_GRACE;
+    let op = op_name(&request);
+    let deadline = tokio::time::Instant::now() + BUSY_GRACE;
     loop {
-        match home.try_lock() {
-            Ok(_lock) => {
-                let pass = passphrase::obtain(passphrase_file, Confirm::Once)?;
-                let keys = Arc::new(keystore::unlock(&home.keystore(), &pass)?);
-                let store = Store::open(&home.database(), keys.clone())?;
-                let config = Config::load(&home.config())?;
-                let (home2, keys2) = (home.clone(), keys.clone());
-                let plugins = LazyPlugins::on_demand(move || {
-                    crate::plugins::start(&home2, &config, &keys2, None)
-                });
-                return Ops::new(keys, store, None, plugins).handle(request).await;
+        match home.try_lock(Role::Command(&op)) {
+            Ok(lock) => {
+                let reply = run_here(home, passphrase_file, request).await;
+                drop(lock);
+                return reply;
             }
-            Err(HomeError::Busy(_)) => {
-                // A node holds the home: it is starting, or its socket was just replaced.
+            Err(HomeError::Busy { holder, home: root }) => {
+                // A node is starting, or its socket was just replaced; or a command is at work.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if let Some(reply) = try_node(home, &request).await? {
                     return reply;
                 }
                 if tokio::time::Instant::now() > deadline {
-                    return Err(ControlError::Unresponsive(home.root().to_owned()).into());
+                    return Err(match holder {
+                        Holder::Node { .. } => ControlError::Unresponsive(root).into(),
+                        holder => HomeError::Busy { home: root, holder }.into(),
+                    });
                 }
             }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Runs `request` in this process, which holds the home's lock; the store and plugin threads are
+/// closed and joined before it returns, so nothing runs on once the lock is let go.
+async fn run_here(
+    home: &Home,
+    passphrase_file: Option<&Path>,
+    request: Request,
+) -> Result<Response> {
+    let pass = passphrase::obtain(passphrase_file, Confirm::Once)?;
+    let keys = Arc::new(keystore::unlock(&home.keystore(), &pass)?);
+    let store = Store::open(&home.database(), keys.clone()).await?;
+    let config = match Config::load(&home.config()) {
+        Ok(config) => config,
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
+    };
+    let (home2, keys2) = (home.clone(), keys.clone());
+    let plugins =
+        LazyPlugins::on_demand(move || crate::plugins::start(&home2, &config, &keys2, None));
+    let reply = Ops::new(keys, store.clone(), None, plugins.clone())
+        .handle(request)
+        .await;
+    plugins.close().await;
+    store.close().await;
+    reply
+}
+
+/// The request's operation as the lock file records it (`outbox_list`): its name, never its
+/// contents.
+fn op_name(request: &Request) -> String {
+    serde_json::to_value(request)
+        .ok()
+        .and_then(|v| v.get("op")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// How long a node may take to answer a request: `PIGEON_ANSWER_TIMEOUT` seconds if set (a script

@@ -234,11 +234,16 @@ pub struct Runtime {
     rule_linker: Linker<State>,
     discovery_linker: Linker<State>,
     stop_ticker: Arc<AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
+        // The ticker notices within one tick; joining it means no thread outlives the runtime.
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
     }
 }
 
@@ -257,7 +262,7 @@ impl Runtime {
         })?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (weak, stop) = (engine.weak(), stop_ticker.clone());
-        std::thread::Builder::new()
+        let ticker = std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -274,6 +279,7 @@ impl Runtime {
             rule_linker,
             discovery_linker,
             stop_ticker,
+            ticker: Some(ticker),
         })
     }
 

@@ -3,6 +3,8 @@
 //! not run inside a tokio task). The rest of the node talks to it through [`Plugins`].
 
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
@@ -29,6 +31,8 @@ enum Job {
     },
     Event(NodeEvent),
     Status(oneshot::Sender<Vec<PluginStatus>>),
+    /// Finish the jobs queued before this one, drop every instance, then stop.
+    Close,
 }
 
 /// How long rule plugins may take over a batch of messages: `time`, counted from `arrived` (so
@@ -42,11 +46,13 @@ pub struct Budget {
     pub time: Duration,
 }
 
-/// A handle on the plugin thread; cheap to clone. The thread ends when the last handle goes.
+/// A handle on the plugin thread; cheap to clone. The thread ends at [`Plugins::close`], or when
+/// the last handle goes.
 #[derive(Clone)]
 pub struct Plugins {
     tx: mpsc::Sender<Job>,
     has_rules: bool,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl Plugins {
@@ -64,10 +70,18 @@ impl Plugins {
         let spawned = std::thread::Builder::new()
             .name("plugins".into())
             .spawn(move || Thread::new(specs, cache, actions).run(rx));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the plugin thread; plugins are off");
+        let thread = match spawned {
+            Ok(thread) => Some(thread),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the plugin thread; plugins are off");
+                None
+            }
+        };
+        Plugins {
+            tx,
+            has_rules,
+            thread: Arc::new(Mutex::new(thread)),
         }
-        Plugins { tx, has_rules }
     }
 
     /// Plugins that run no plugin at all, without a thread.
@@ -76,6 +90,20 @@ impl Plugins {
         Plugins {
             tx,
             has_rules: false,
+            thread: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Lets the jobs already queued finish, drops every instance and waits for the thread to end
+    /// (at most one plugin call's deadline). Later calls, from any handle, run no plugin.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Job::Close);
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the plugin thread ended abnormally");
+            }
         }
     }
 
@@ -312,6 +340,7 @@ impl Thread {
                 Some(Job::Status(reply)) => {
                     let _ = reply.send(self.slots.iter().map(Slot::status).collect());
                 }
+                Some(Job::Close) => break,
                 None => {}
             }
             if ticking && Instant::now() >= next_tick {
