@@ -10,12 +10,12 @@ pub mod rules;
 
 use libp2p::PeerId;
 
-use crate::envelope::{self, OpenError};
+use crate::envelope::{self, OpenError, Payload};
 use crate::keys::Keys;
 use crate::metrics::METRICS;
 use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
 use crate::plugins::{Budget, Plugins, RuleMessage};
-use crate::store::{ReceiveOutcome, Received, Store, now_ms};
+use crate::store::{Contact, ReceiveOutcome, Received, Store, now_ms};
 use rules::{Action, Pipeline, RuleInput};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -56,28 +56,47 @@ pub async fn receive_batch(receiver: &Receiver, peer: PeerId, batch: Batch) -> B
 
 async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchResponse {
     let arrived = Instant::now();
-    let (store, max_attachment) = (&receiver.store, receiver.max_attachment);
     let n = batch.envelopes.len();
     let reject_all = |reason| BatchResponse {
         outcomes: vec![Outcome::Rejected(reason); n],
     };
-    let found = store
-        .call(move |db| Ok((db.contact_by_peer(&peer)?, db.pipeline()?)))
-        .await;
-    let (contact, pipeline) = match found {
-        Ok((Some(contact), pipeline)) => (contact, pipeline),
-        Ok((None, _)) => {
-            tracing::warn!(%peer, messages = n, "refused messages from a peer that is not a contact");
-            return reject_all(RejectReason::NotAContact);
-        }
-        Err(e) => {
-            tracing::error!(%peer, error = %e, "cannot look up sender");
-            return reject_all(RejectReason::Unavailable);
-        }
+    let (sender, opened) = match open(receiver, peer, batch).await {
+        Ok(opened) => opened,
+        Err(reason) => return reject_all(reason),
     };
+    let mut admitted = admit(peer, opened, receiver.max_attachment);
+    let fresh = skip_known(receiver, &admitted.ids).await;
+    run_rules(receiver, &sender, &mut admitted, &fresh, arrived).await;
+    // Ack only after the durable commit: when it fails, the whole batch is refused as unavailable
+    // (transient), so the sender keeps it queued and sends it again.
+    let stored = match commit(&receiver.store, peer, admitted.to_store).await {
+        Ok(stored) => stored,
+        Err(reason) => return reject_all(reason),
+    };
+    answer(peer, admitted.outcomes, stored, admitted.ids)
+}
+
+/// A batch's sender, with what the rules need: its contact entry, and the built-in rules as they
+/// stood when it was looked up.
+struct Sender {
+    contact: Contact,
+    pipeline: Pipeline,
+}
+
+/// Each envelope of a batch opened, or why it did not open.
+type Opened = Vec<Result<Payload, OpenError>>;
+
+/// Looks up the sender (it must be a contact) and opens each envelope with its key. An `Err` is
+/// the answer for every envelope of the batch.
+async fn open(
+    receiver: &Receiver,
+    peer: PeerId,
+    batch: Batch,
+) -> Result<(Sender, Opened), RejectReason> {
+    let sender = look_up_sender(&receiver.store, peer, batch.envelopes.len()).await?;
     // Opening is CPU work (two X25519 operations each): keep it off the async workers.
     let keys = receiver.keys.clone();
-    let sender_key = contact.address.enc_public().clone();
+    let sender_key = sender.contact.address.enc_public().clone();
     let opened = tokio::task::spawn_blocking(move || {
         batch
             .envelopes
@@ -87,9 +106,44 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
     })
     .await;
     let Ok(opened) = opened else {
-        return reject_all(RejectReason::Unavailable);
+        return Err(RejectReason::Unavailable);
     };
-    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(n);
+    Ok((sender, opened))
+}
+
+/// The contact entry of `peer`, who sent `n` messages, and the built-in rules; a peer that is not
+/// a contact is refused.
+async fn look_up_sender(store: &Store, peer: PeerId, n: usize) -> Result<Sender, RejectReason> {
+    let found = store
+        .call(move |db| Ok((db.contact_by_peer(&peer)?, db.pipeline()?)))
+        .await;
+    match found {
+        Ok((Some(contact), pipeline)) => Ok(Sender { contact, pipeline }),
+        Ok((None, _)) => {
+            tracing::warn!(%peer, messages = n, "refused messages from a peer that is not a contact");
+            Err(RejectReason::NotAContact)
+        }
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "cannot look up sender");
+            Err(RejectReason::Unavailable)
+        }
+    }
+}
+
+/// The messages of a batch that may be stored, and the answers already known for the others.
+struct Admitted {
+    /// One per envelope, in order: its refusal, or `None` for the next message of `to_store`.
+    outcomes: Vec<Option<Outcome>>,
+    /// The messages to store.
+    to_store: Vec<Received>,
+    /// Their ids, as text.
+    ids: Vec<String>,
+}
+
+/// Refuses the envelopes that did not open and the messages whose attachments are malformed or
+/// too large; the rest are to be stored.
+fn admit(peer: PeerId, opened: Opened, max_attachment: u64) -> Admitted {
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(opened.len());
     let mut to_store = Vec::new();
     for result in opened {
         match result {
@@ -119,78 +173,121 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
             }
         }
     }
-    let ids: Vec<String> = to_store.iter().map(|r| r.id.to_string()).collect();
-    // A batch sent again (its ack was lost) holds messages the inbox has: they are acked as
-    // duplicates without running the rules again, so a resend costs no plugin time.
+    let ids = to_store.iter().map(|r| r.id.to_string()).collect();
+    Admitted {
+        outcomes,
+        to_store,
+        ids,
+    }
+}
+
+/// The indices of the messages in `ids` that the inbox does not hold yet.
+///
+/// A batch sent again (its ack was lost) holds messages the inbox has: they are acked as
+/// duplicates without running the rules again, so a resend costs no plugin time. Without rule
+/// plugins there is no plugin time to save, so nothing is looked up; a failed look-up only means
+/// that every message runs the rules.
+async fn skip_known(receiver: &Receiver, ids: &[String]) -> Vec<usize> {
     let known = if receiver.plugins.has_rules() {
-        let ids = ids.clone();
-        store
+        let ids = ids.to_vec();
+        receiver
+            .store
             .call(move |db| db.known_received(&ids))
             .await
             .unwrap_or_default()
     } else {
         HashSet::new()
     };
-    let fresh: Vec<usize> = (0..to_store.len())
+    (0..ids.len())
         .filter(|&i| !known.contains(&ids[i]))
-        .collect();
+        .collect()
+}
+
+/// Runs the rules pipeline over the `fresh` messages of `admitted` and gives each its actions,
+/// which the commit applies. Rule plugins get [`PLUGIN_BUDGET`], counted from the batch's
+/// arrival (`arrived`).
+async fn run_rules(
+    receiver: &Receiver,
+    sender: &Sender,
+    admitted: &mut Admitted,
+    fresh: &[usize],
+    arrived: Instant,
+) {
     let messages = fresh
         .iter()
-        .map(|&i| {
-            let r = &to_store[i];
-            RuleMessage {
-                id: ids[i].clone(),
-                sender: r.sender.to_string(),
-                contact: Some(contact.name.clone()),
-                subject: r.subject.clone().unwrap_or_default(),
-                body: r.body.clone(),
-                sent_at_ms: r.sent_at_ms,
-                attachments: r.attachments.iter().map(|a| a.name.clone()).collect(),
-                labels: Vec::new(),
-            }
-        })
+        .map(|&i| rule_message(&admitted.to_store[i], &admitted.ids[i], &sender.contact))
         .collect();
     let budget = Budget {
         arrived,
         time: PLUGIN_BUDGET,
     };
-    let actions = run_pipeline(&pipeline, &receiver.plugins, messages, Some(budget)).await;
+    let actions = run_pipeline(&sender.pipeline, &receiver.plugins, messages, Some(budget)).await;
     for (&i, actions) in fresh.iter().zip(actions) {
-        to_store[i].actions = actions;
+        admitted.to_store[i].actions = actions;
     }
+}
+
+/// A received message as the rules see it, before any rule has labelled it.
+fn rule_message(r: &Received, id: &str, contact: &Contact) -> RuleMessage {
+    RuleMessage {
+        id: id.to_owned(),
+        sender: r.sender.to_string(),
+        contact: Some(contact.name.clone()),
+        subject: r.subject.clone().unwrap_or_default(),
+        body: r.body.clone(),
+        sent_at_ms: r.sent_at_ms,
+        attachments: r.attachments.iter().map(|a| a.name.clone()).collect(),
+        labels: Vec::new(),
+    }
+}
+
+/// Stores the messages with their actions in one durable transaction: one outcome each, in order.
+async fn commit(
+    store: &Store,
+    peer: PeerId,
+    to_store: Vec<Received>,
+) -> Result<Vec<ReceiveOutcome>, RejectReason> {
     let stored = store
         .call(move |db| db.store_received(&to_store, now_ms()))
         .await;
-    let stored = match stored {
-        Ok(stored) => stored,
-        Err(e) => {
-            tracing::error!(%peer, error = %e, "cannot store received messages; not acking");
-            return reject_all(RejectReason::Unavailable);
-        }
-    };
+    stored.map_err(|e| {
+        tracing::error!(%peer, error = %e, "cannot store received messages; not acking");
+        RejectReason::Unavailable
+    })
+}
+
+/// The answer to the batch: each refusal where `admit` refused, and what the commit did for the
+/// others (the `n`th `None` of `outcomes` is the `n`th of `stored` and `ids`).
+fn answer(
+    peer: PeerId,
+    outcomes: Vec<Option<Outcome>>,
+    stored: Vec<ReceiveOutcome>,
+    ids: Vec<String>,
+) -> BatchResponse {
     let mut stored = stored.into_iter().zip(ids);
     let outcomes = outcomes
         .into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| match stored.next() {
-                Some((ReceiveOutcome::Stored, id)) => {
-                    METRICS.received.inc();
-                    tracing::debug!(%peer, message_id = %id, "received");
-                    Outcome::Stored
-                }
-                Some((ReceiveOutcome::Duplicate, id)) => {
-                    METRICS.duplicates.inc();
-                    tracing::debug!(%peer, message_id = %id, "duplicate, acked again");
-                    Outcome::Duplicate
-                }
-                Some((ReceiveOutcome::IdConflict, _)) => {
-                    Outcome::Rejected(RejectReason::IdConflict)
-                }
-                None => Outcome::Rejected(RejectReason::Unavailable),
-            })
-        })
+        .map(|o| o.unwrap_or_else(|| stored_outcome(peer, stored.next())))
         .collect();
     BatchResponse { outcomes }
+}
+
+/// What a message's commit outcome answers; a message the commit did not report is unavailable.
+fn stored_outcome(peer: PeerId, stored: Option<(ReceiveOutcome, String)>) -> Outcome {
+    match stored {
+        Some((ReceiveOutcome::Stored, id)) => {
+            METRICS.received.inc();
+            tracing::debug!(%peer, message_id = %id, "received");
+            Outcome::Stored
+        }
+        Some((ReceiveOutcome::Duplicate, id)) => {
+            METRICS.duplicates.inc();
+            tracing::debug!(%peer, message_id = %id, "duplicate, acked again");
+            Outcome::Duplicate
+        }
+        Some((ReceiveOutcome::IdConflict, _)) => Outcome::Rejected(RejectReason::IdConflict),
+        None => Outcome::Rejected(RejectReason::Unavailable),
+    }
 }
 
 /// Runs the whole rules pipeline over `messages`: the built-in rules, then the rule plugins in

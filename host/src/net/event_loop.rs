@@ -1,0 +1,328 @@
+//! The task that owns the swarm: it carries out the [`Command`]s the [`Net`](super::Net) handles
+//! send, answers each with its oneshot, and reports what happens on the network as
+//! [`NetEvent`]s (every one sent through `self.events`). On shutdown, every reply still pending
+//! gets an error.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent, dial_opts::DialOpts};
+use libp2p::{Multiaddr, Swarm, ping};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{Batch, BatchResponse, ChunkRequest, ChunkResponse};
+use super::{Behaviour, BehaviourEvent, Command, NetEvent, SendError, describe};
+use crate::metrics::METRICS;
+
+type Pending<T> = HashMap<OutboundRequestId, oneshot::Sender<Result<T, SendError>>>;
+
+/// Hands the outcome of request `id` to whoever waits for it.
+fn answer<T>(pending: &mut Pending<T>, id: OutboundRequestId, result: Result<T, SendError>) {
+    if let Some(reply) = pending.remove(&id) {
+        let _ = reply.send(result);
+    }
+}
+
+pub(super) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    events: mpsc::UnboundedSender<NetEvent>,
+    pending: Pending<BatchResponse>,
+    listening: Vec<Multiaddr>,
+    /// Addresses of the connections this node dialed, for attributing ping RTTs.
+    dialed: HashMap<ConnectionId, Multiaddr>,
+    /// Remote addresses of every connection, to tell relayed ones.
+    remotes: HashMap<ConnectionId, Multiaddr>,
+    pending_chunks: Pending<ChunkResponse>,
+}
+
+impl EventLoop {
+    /// An event loop for `swarm` that reports on `events`.
+    pub(super) fn new(swarm: Swarm<Behaviour>, events: mpsc::UnboundedSender<NetEvent>) -> Self {
+        EventLoop {
+            swarm,
+            events,
+            pending: HashMap::new(),
+            listening: Vec::new(),
+            dialed: HashMap::new(),
+            remotes: HashMap::new(),
+            pending_chunks: HashMap::new(),
+        }
+    }
+
+    /// Runs until `cancel` fires or every handle is gone, then fails the replies still pending.
+    pub(super) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+            }
+        }
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(SendError("the node is shutting down".into())));
+        }
+        for (_, reply) in self.pending_chunks.drain() {
+            let _ = reply.send(Err(SendError("the node is shutting down".into())));
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::FetchChunk {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .chunk
+                    .send_request_with_addresses(&peer, request, addrs);
+                self.pending_chunks.insert(id, reply);
+            }
+            Command::RespondChunk { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .chunk
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("peer went away before its chunk was sent");
+                }
+            }
+            Command::SendBatch {
+                peer,
+                addrs,
+                batch,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .msg
+                    .send_request_with_addresses(&peer, batch, addrs);
+                self.pending.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .msg
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("peer went away before its batch was answered");
+                }
+            }
+            Command::Dial { peer, addrs } => {
+                if self.swarm.is_connected(&peer) {
+                    return;
+                }
+                if let Err(e) = self
+                    .swarm
+                    .dial(DialOpts::peer_id(peer).addresses(addrs).build())
+                {
+                    tracing::debug!(%peer, error = %describe(&e), "dial failed");
+                }
+            }
+            Command::AddAddress { peer, addr } => {
+                self.swarm.add_peer_address(peer, addr);
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.listening.clone());
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.listening.push(address.clone());
+                let _ = self.events.send(NetEvent::Listening(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listening.retain(|a| *a != address)
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.remotes
+                    .insert(connection_id, endpoint.get_remote_address().clone());
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address().clone();
+                    self.dialed.insert(connection_id, addr.clone());
+                    let _ = self.events.send(NetEvent::Dialed {
+                        peer: peer_id,
+                        addr,
+                        ok: true,
+                    });
+                }
+                if num_established.get() == 1 {
+                    METRICS.connected_peers.inc();
+                    let _ = self.events.send(NetEvent::PeerConnected {
+                        peer: peer_id,
+                        addr: endpoint.get_remote_address().clone(),
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.dialed.remove(&connection_id);
+                self.remotes.remove(&connection_id);
+                if num_established == 0 {
+                    METRICS.connected_peers.dec();
+                    let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                let failed: Vec<Multiaddr> = match &error {
+                    DialError::Transport(attempts) => {
+                        attempts.iter().map(|(a, _)| a.clone()).collect()
+                    }
+                    DialError::WrongPeerId { address, .. } => vec![address.clone()],
+                    _ => Vec::new(),
+                };
+                tracing::debug!(%peer, error = %describe(&error), "dial failed");
+                for addr in failed {
+                    let _ = self.events.send(NetEvent::Dialed {
+                        peer,
+                        addr,
+                        ok: false,
+                    });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Ok(rtt),
+            })) => {
+                if let Some(addr) = self.dialed.get(&connection) {
+                    let _ = self.events.send(NetEvent::Rtt {
+                        peer,
+                        addr: addr.clone(),
+                        rtt,
+                    });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Chunk(event)) => self.on_chunk_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_chunk_event(&mut self, event: request_response::Event<ChunkRequest, ChunkResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                connection_id,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+            } => {
+                let relayed = self.remotes.get(&connection_id).is_none_or(|a| {
+                    a.iter()
+                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+                });
+                let _ = self.events.send(NetEvent::InboundChunk {
+                    peer,
+                    request,
+                    relayed,
+                    channel,
+                });
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => answer(&mut self.pending_chunks, request_id, Ok(response)),
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => answer(
+                &mut self.pending_chunks,
+                request_id,
+                Err(SendError(error.to_string())),
+            ),
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "bad chunk request")
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_msg_event(&mut self, event: request_response::Event<Batch, BatchResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self.events.send(NetEvent::InboundBatch {
+                    peer,
+                    batch: request,
+                    channel,
+                });
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => answer(&mut self.pending, request_id, Ok(response)),
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "batch not answered");
+                answer(
+                    &mut self.pending,
+                    request_id,
+                    Err(SendError(error.to_string())),
+                );
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(%peer, %error, "bad inbound batch");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}
