@@ -1,12 +1,11 @@
-//! The library's top-level error and the exit codes it maps to.
+//! The library's top-level error, and the kind (so the exit code, see [`crate::exit`]) of each.
 //!
 //! Each room has its own typed error; this enum gathers them so that the CLI can print one line and
 //! pick an exit code, and so that an error that crossed the control socket keeps its kind.
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::ConfigError;
 use crate::control::ControlError;
+use crate::exit::ErrorKind;
 use crate::home::HomeError;
 use crate::keys::KeysError;
 use crate::keys::address::AddressError;
@@ -60,38 +59,6 @@ pub enum Error {
         /// The node's one-line message.
         message: String,
     },
-}
-
-/// The kind of an error, which decides the process exit code (documented in the README).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// Anything not listed below: exit code 1.
-    Other,
-    /// Bad command-line input: exit code 2.
-    Usage,
-    /// No passphrase available, or a wrong one: exit code 3.
-    Passphrase,
-    /// The named home, contact or message does not exist: exit code 4.
-    NotFound,
-    /// The thing to create exists already: exit code 5.
-    Conflict,
-    /// A stored file is damaged or was tampered with: exit code 6.
-    Corrupt,
-}
-
-impl ErrorKind {
-    /// The process exit code for this kind.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            ErrorKind::Other => 1,
-            ErrorKind::Usage => 2,
-            ErrorKind::Passphrase => 3,
-            ErrorKind::NotFound => 4,
-            ErrorKind::Conflict => 5,
-            ErrorKind::Corrupt => 6,
-        }
-    }
 }
 
 impl Error {

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::ErrorKind;
+use crate::exit::ErrorKind;
 
 /// Errors about the home directory.
 #[derive(Debug, thiserror::Error)]
