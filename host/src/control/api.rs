@@ -12,7 +12,7 @@ use libp2p::multiaddr::Protocol;
 use crate::attachments::AttachmentRef;
 use crate::delivery::Waker;
 use crate::envelope::{self, MAX_BODY, MAX_SUBJECT, MessageId, Payload};
-use crate::error::{Error, Result};
+use crate::error::{Result, UsageError};
 use crate::inbox::rules::validate_label;
 use crate::keys::Keys;
 use crate::keys::address::Address;
@@ -99,7 +99,7 @@ impl Ops {
                     .await?,
             )),
             Request::RulesAdd { from, label } => {
-                validate_label(&label).map_err(Error::Invalid)?;
+                validate_label(&label).map_err(UsageError::Label)?;
                 let id = self
                     .store
                     .call(move |db| {
@@ -117,7 +117,7 @@ impl Ops {
             Request::RulesApply { dry_run } => self.apply_rules(dry_run).await,
             Request::PluginsList => Ok(Response::Plugins(self.plugins.get().status().await)),
             Request::LabelAdd { id, label } => {
-                validate_label(&label).map_err(Error::Invalid)?;
+                validate_label(&label).map_err(UsageError::Label)?;
                 let id = self.store.call(move |db| db.add_label(&id, &label)).await?;
                 Ok(Response::Updated { id })
             }
@@ -227,12 +227,12 @@ impl Ops {
         validate_name(&name)?;
         let address: Address = address.parse()?;
         if address.peer_id() == self.keys.peer_id() {
-            return Err(Error::Invalid("that is this node's own address".into()));
+            return Err(UsageError::OwnAddress.into());
         }
         let addrs = addrs
             .iter()
             .map(|a| parse_contact_addr(a, &address))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let (peer, dial) = (address.peer_id(), addrs.clone());
         self.store
             .call(move |db| db.add_contact(&name, &address, &addrs))
@@ -304,9 +304,7 @@ impl Ops {
     ) -> Result<Response> {
         check_size(subject.as_deref(), &body)?;
         if attachments.iter().any(|a| !a.is_well_formed()) {
-            return Err(Error::Invalid(
-                "an attachment's manifest is inconsistent".into(),
-            ));
+            return Err(UsageError::BadManifest.into());
         }
         let contact = self.store.call(move |db| db.contact_by_name(&to)).await?;
         let refs = attachments.clone();
@@ -369,22 +367,20 @@ impl Ops {
     }
 }
 
-fn check_size(subject: Option<&str>, body: &str) -> Result<()> {
+fn check_size(subject: Option<&str>, body: &str) -> Result<(), UsageError> {
     if body.len() > MAX_BODY {
-        return Err(Error::Invalid(format!(
-            "the body is {} bytes; the most a message takes is {MAX_BODY}",
-            body.len()
-        )));
+        return Err(UsageError::BodyTooLarge {
+            len: body.len(),
+            max: MAX_BODY,
+        });
     }
     if subject.is_some_and(|s| s.len() > MAX_SUBJECT) {
-        return Err(Error::Invalid(format!(
-            "the subject is longer than {MAX_SUBJECT} bytes"
-        )));
+        return Err(UsageError::SubjectTooLong { max: MAX_SUBJECT });
     }
     Ok(())
 }
 
-fn validate_name(name: &str) -> Result<()> {
+fn validate_name(name: &str) -> Result<(), UsageError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -393,32 +389,28 @@ fn validate_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
-            "contact name {name:?} is not allowed: use 1-64 letters, digits, '-', '_', '.' or '@'"
-        )))
+        Err(UsageError::ContactName(name.to_owned()))
     }
 }
 
 /// Parses a multiaddr for a contact: a trailing `/p2p/<id>` must name the contact, and is dropped.
-fn parse_contact_addr(text: &str, address: &Address) -> Result<Multiaddr> {
-    let mut addr: Multiaddr = text
-        .parse()
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "{text:?} is not a multiaddr ({e}); write it like /ip4/198.51.100.7/tcp/7717 or /ip4/198.51.100.7/udp/7717/quic-v1 (the `listening on` line of the contact's node)"
-            ))
-        })?;
+fn parse_contact_addr(text: &str, address: &Address) -> Result<Multiaddr, UsageError> {
+    let mut addr: Multiaddr = text.parse().map_err(|source| UsageError::NotAMultiaddr {
+        text: text.to_owned(),
+        source,
+    })?;
     if let Some(Protocol::P2p(peer)) = addr.iter().last() {
         if peer != address.peer_id() {
-            return Err(Error::Invalid(format!(
-                "{text} belongs to peer {peer}, not to this contact ({})",
-                address.peer_id()
-            )));
+            return Err(UsageError::OtherPeer {
+                text: text.to_owned(),
+                peer: peer.to_string(),
+                contact: address.peer_id().to_string(),
+            });
         }
         addr.pop();
     }
     if addr.iter().any(|p| matches!(p, Protocol::P2p(_))) || addr.is_empty() {
-        return Err(Error::Invalid(format!("{text} is not a dialable address")));
+        return Err(UsageError::NotDialable(text.to_owned()));
     }
     Ok(addr)
 }
@@ -441,6 +433,39 @@ mod tests {
         assert!(err.to_string().contains("not to this contact"), "{err}");
         assert!(parse_contact_addr("nonsense", &bob).is_err());
         assert!(parse_contact_addr(&format!("/p2p/{}", bob.peer_id()), &bob).is_err());
+    }
+
+    /// What a user can get wrong is a typed usage refusal (exit 2), not an internal failure.
+    #[test]
+    fn bad_input_is_a_usage_refusal() {
+        let bob = Keys::generate().address();
+        assert!(matches!(
+            parse_contact_addr("127.0.0.1:7717", &bob),
+            Err(UsageError::NotAMultiaddr { .. })
+        ));
+        let other = Keys::generate().peer_id();
+        assert!(matches!(
+            parse_contact_addr(&format!("/ip4/127.0.0.1/tcp/1/p2p/{other}"), &bob),
+            Err(UsageError::OtherPeer { .. })
+        ));
+        assert!(matches!(
+            parse_contact_addr(&format!("/p2p/{}", bob.peer_id()), &bob),
+            Err(UsageError::NotDialable(_))
+        ));
+        assert!(matches!(
+            check_size(None, &"x".repeat(MAX_BODY + 1)),
+            Err(UsageError::BodyTooLarge { .. })
+        ));
+        assert!(matches!(
+            check_size(Some(&"s".repeat(MAX_SUBJECT + 1)), ""),
+            Err(UsageError::SubjectTooLong { .. })
+        ));
+        assert!(matches!(
+            validate_name("a b"),
+            Err(UsageError::ContactName(_))
+        ));
+        let e = crate::Error::from(UsageError::NotDialable("/p2p/x".into()));
+        assert_eq!(e.kind().exit_code(), 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::attachments::AttachmentRef;
+use crate::control::ControlError;
 use crate::plugins::PluginStatus;
 use crate::store::{
     InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleView, RulesApplied, SaveInfo,
@@ -160,6 +161,14 @@ pub enum Response {
     RuleChanges(RulesApplied),
     /// For [`Request::Status`].
     Status(StatusInfo),
+}
+
+impl Response {
+    /// The error for this answer where the request asks for another kind: the CLI and the node
+    /// disagree about the protocol (different versions, or a bug).
+    pub fn unexpected(&self) -> ControlError {
+        ControlError::UnexpectedAnswer(format!("{self:?}"))
+    }
 }
 
 /// What `pigeon status` shows.
