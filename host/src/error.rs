@@ -122,7 +122,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Home(e) => e.kind(),
-            Error::Config(_) => ErrorKind::Usage,
+            Error::Config(e) => e.kind(),
             Error::Passphrase(_) => ErrorKind::Passphrase,
             Error::Keys(e) => e.kind(),
             Error::Address(_) | Error::Usage(_) => ErrorKind::Usage,
