@@ -160,8 +160,8 @@ pub enum AttachmentError {
 }
 
 impl AttachmentError {
-    pub(crate) fn kind(&self) -> crate::error::ErrorKind {
-        use crate::error::ErrorKind;
+    pub(crate) fn kind(&self) -> crate::exit::ErrorKind {
+        use crate::exit::ErrorKind;
         match self {
             AttachmentError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::control::api::{Request, Response};
 use crate::demo::{PASSPHRASE, introduce, loopback, new_home, start_node};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, RunError};
 use crate::keys::keystore;
 use crate::node::Node;
 use crate::store::Store;
@@ -47,7 +47,6 @@ pub async fn delivery(
     batch_max_messages: usize,
     batches_in_flight: usize,
 ) -> Result<DeliveryRun> {
-    let io = |e: std::io::Error| Error::Invalid(format!("bench: {e}"));
     let dir = tempfile::tempdir().map_err(io)?;
     let alice_home = new_home(dir.path(), "alice").await?;
     let bob_home = new_home(dir.path(), "bob").await?;
@@ -64,8 +63,9 @@ pub async fn delivery(
         .iter()
         .map(ToString::to_string)
         .collect();
-    let Response::Id(alice_id) = alice.ops().handle(Request::Id).await? else {
-        return Err(Error::Invalid("bench: no id".into()));
+    let alice_id = match alice.ops().handle(Request::Id).await? {
+        Response::Id(info) => info,
+        other => return Err(other.unexpected().into()),
     };
     let bob_address = bob_keys.address().to_string();
     alice
@@ -102,17 +102,20 @@ pub async fn delivery(
     let bob = Node::start(&bob_home, bob_keys, &Config::default(), &[bob_listen]).await?;
     let started = Instant::now();
     loop {
-        let Response::Status(status) = alice.ops().handle(Request::Status).await? else {
-            return Err(Error::Invalid("bench: no status".into()));
+        let status = match alice.ops().handle(Request::Status).await? {
+            Response::Status(status) => status,
+            other => return Err(other.unexpected().into()),
         };
         if status.outbox.delivered as usize >= messages {
             break;
         }
         if started.elapsed() > RUN_LIMIT {
-            return Err(Error::Invalid(format!(
-                "bench: only {} of {messages} delivered after {RUN_LIMIT:?}",
-                status.outbox.delivered
-            )));
+            return Err(RunError::Undelivered {
+                delivered: status.outbox.delivered,
+                messages,
+                after: RUN_LIMIT,
+            }
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -131,12 +134,8 @@ pub async fn delivery(
 
 /// A TCP address on 127.0.0.1 that is free now, for a node that starts later.
 fn free_tcp_addr() -> Result<Multiaddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Invalid(format!("bench: {e}")))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| Error::Invalid(format!("bench: {e}")))?
-        .port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let port = listener.local_addr().map_err(io)?.port();
     Ok(loopback(port))
 }
 
@@ -158,7 +157,6 @@ pub struct AttachmentRun {
 /// Sends a file of `bytes` random bytes from one node to another on 127.0.0.1 and times it until
 /// the receiver holds every chunk; then copies the same file over a plain TCP socket.
 pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
-    let io = |e: std::io::Error| Error::Invalid(format!("bench: {e}"));
     let dir = tempfile::tempdir().map_err(io)?;
     let source = dir.path().join("payload.bin");
     write_random(&source, bytes).map_err(io)?;
@@ -177,8 +175,9 @@ pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
         body: "bench".into(),
         attachments: vec![staged],
     };
-    let Response::Queued { id } = alice.ops().handle(request).await? else {
-        return Err(Error::Invalid("bench: not queued".into()));
+    let id = match alice.ops().handle(request).await? {
+        Response::Queued { id } => id,
+        other => return Err(other.unexpected().into()),
     };
     loop {
         if let Ok(Response::Message(m)) = bob
@@ -190,9 +189,7 @@ pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
             break;
         }
         if started.elapsed() > RUN_LIMIT {
-            return Err(Error::Invalid(
-                "bench: the attachment did not arrive in time".into(),
-            ));
+            return Err(RunError::AttachmentLate.into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -208,6 +205,14 @@ pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
         tcp_seconds,
         tcp_mb_per_second: mb / tcp_seconds,
     })
+}
+
+/// An I/O failure of the benchmark's own files and sockets.
+fn io(source: std::io::Error) -> Error {
+    Error::Io {
+        what: "bench".into(),
+        source,
+    }
 }
 
 fn write_random(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::control::api::{Request, Response};
 use crate::control::client;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UsageError};
 use crate::home::Home;
 use crate::logging::LogFormat;
 
@@ -172,7 +172,8 @@ fn count(n: u64, noun: &str) -> String {
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::encode("the output as JSON", e))?;
     println!("{text}");
     Ok(())
 }
@@ -195,7 +196,7 @@ fn progress_bar(len: u64, label: &str) -> Option<indicatif::ProgressBar> {
 
 /// An answer of the wrong type from the node: a version mismatch between CLI and node.
 fn unexpected(response: Response) -> Error {
-    Error::Invalid(format!("unexpected answer from the node: {response:?}"))
+    response.unexpected().into()
 }
 
 /// Asks before a destructive action: yes with `--yes`, a question on a terminal, refusal otherwise.
@@ -204,14 +205,12 @@ fn confirm(question: &str, yes: bool) -> Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Error::Invalid(format!(
-            "{question} Not on a terminal: pass --yes to confirm."
-        )));
+        return Err(UsageError::NeedsYes(question.to_owned()).into());
     }
     eprint!("{question} [y/N] ");
     let mut answer = String::new();
     std::io::stdin()
         .read_line(&mut answer)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        .map_err(Error::io("cannot read the answer on stdin"))?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+use crate::exit::ErrorKind;
+
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -32,6 +34,19 @@ pub enum ConfigError {
         /// What is wrong, from the TOML parser.
         message: String,
     },
+    /// The changed file could not be written.
+    #[error(transparent)]
+    Write(crate::home::HomeError),
+}
+
+impl ConfigError {
+    /// The exit-code class: a file that cannot be read or written is I/O, not the user's value.
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Write(_) => ErrorKind::Other,
+            ConfigError::Invalid { .. } => ErrorKind::Usage,
+        }
+    }
 }
 
 /// The whole configuration.
@@ -342,6 +357,18 @@ mod tests {
         let err = Config::parse("[node]\nlisten = [\"nope\"]\n", Path::new("c.toml"))
             .expect_err("bad addr");
         assert!(err.to_string().contains("node.listen"), "{err}");
+    }
+
+    /// A bad value is the user's to fix (exit 2); a file that cannot be read is I/O (exit 1).
+    #[test]
+    fn a_bad_value_is_usage_and_an_unreadable_file_is_not() {
+        let err = Config::parse("[delivery]\nbackof_max_ms = 3\n", Path::new("c.toml"))
+            .expect_err("unknown key");
+        assert_eq!(err.kind(), ErrorKind::Usage);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Config::load(dir.path()).expect_err("a directory is no config file");
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::Other);
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub enum ControlError {
     /// The node did not answer properly.
     #[error("the running node did not answer properly: {0}")]
     Protocol(String),
+    /// The node answered with a response of another type than the request asks for: the CLI and
+    /// the node are different versions (or one of them has a bug).
+    #[error("unexpected answer from the node: {0}")]
+    UnexpectedAnswer(String),
     /// A node holds the home but its socket does not answer.
     #[error("a node holds {0} but does not answer on its control socket; is it still starting?")]
     Unresponsive(std::path::PathBuf),

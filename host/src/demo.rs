@@ -8,7 +8,7 @@ use libp2p::Multiaddr;
 
 use crate::config::Config;
 use crate::control::api::{Ops, Request, Response};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, RunError};
 use crate::home::Home;
 use crate::keys::keystore;
 use crate::node::Node;
@@ -18,7 +18,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs the demo, reporting to `out`; `Ok` only if every message arrived exactly once.
 pub async fn local_two_peers(out: &mut dyn Write) -> Result<()> {
-    let io = |e: std::io::Error| Error::Invalid(format!("demo: {e}"));
     let dir = tempfile::tempdir().map_err(io)?;
     let (alice, alice_home) = start(dir.path(), "alice").await?;
     let (bob, bob_home) = start(dir.path(), "bob").await?;
@@ -62,9 +61,7 @@ pub async fn local_two_peers(out: &mut dyn Write) -> Result<()> {
     b.sort();
     a.sort();
     if b != sorted(&to_bob) || a != sorted(&to_alice) {
-        return Err(Error::Invalid(
-            "demo failed: the messages that arrived differ from those sent".into(),
-        ));
+        return Err(RunError::DemoMismatch.into());
     }
     writeln!(
         out,
@@ -72,6 +69,14 @@ pub async fn local_two_peers(out: &mut dyn Write) -> Result<()> {
     )
     .map_err(io)?;
     Ok(())
+}
+
+/// An I/O failure of the demo's own temporary directory or report.
+fn io(source: std::io::Error) -> Error {
+    Error::Io {
+        what: "demo".into(),
+        source,
+    }
 }
 
 async fn start(dir: &std::path::Path, name: &str) -> Result<(Node, Home)> {
@@ -100,8 +105,9 @@ pub(crate) fn loopback(port: u16) -> Multiaddr {
 
 /// Adds `whom` as a contact of `who`, under `name`, with its listen addresses.
 pub(crate) async fn introduce(who: &Node, whom: &Node, name: &str) -> Result<()> {
-    let Response::Id(info) = whom.ops().handle(Request::Id).await? else {
-        return Err(Error::Invalid("the node did not tell its id".into()));
+    let info = match whom.ops().handle(Request::Id).await? {
+        Response::Id(info) => info,
+        other => return Err(other.unexpected().into()),
     };
     let request = Request::ContactsAdd {
         name: name.into(),
@@ -126,14 +132,13 @@ async fn send(ops: &Ops, to: &str, body: &str) -> Result<()> {
 async fn wait_for(ops: &Ops, count: usize) -> Result<Vec<String>> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let Response::Inbox(items) = ops
-            .handle(Request::InboxList {
-                limit: None,
-                label: None,
-            })
-            .await?
-        else {
-            return Err(Error::Invalid("demo: unexpected answer".into()));
+        let request = Request::InboxList {
+            limit: None,
+            label: None,
+        };
+        let items = match ops.handle(request).await? {
+            Response::Inbox(items) => items,
+            other => return Err(other.unexpected().into()),
         };
         if items.len() >= count || tokio::time::Instant::now() > deadline {
             let mut bodies = Vec::new();

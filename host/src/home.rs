@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::ErrorKind;
+use crate::exit::ErrorKind;
 
 /// Errors about the home directory.
 #[derive(Debug, thiserror::Error)]

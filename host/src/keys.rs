@@ -13,7 +13,7 @@ use hpke::kem::X25519HkdfSha256;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
-use crate::error::ErrorKind;
+use crate::exit::ErrorKind;
 use crate::home::HomeError;
 use address::Address;
 use at_rest::AtRest;

@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod demo;
 pub mod envelope;
 pub mod error;
+pub mod exit;
 pub mod home;
 pub mod inbox;
 pub mod init;
@@ -26,4 +27,5 @@ pub mod passphrase;
 pub mod plugins;
 pub mod store;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, Result};
+pub use exit::ErrorKind;

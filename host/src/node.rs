@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::control::api::{NodeLink, Ops};
 use crate::control::server;
 use crate::delivery::{self, Waker};
-use crate::error::Result;
+use crate::error::{Result, UsageError};
 use crate::home::{Home, HomeLock, NODE_LOCK_WAIT};
 use crate::inbox;
 use crate::keys::Keys;
@@ -65,11 +65,9 @@ impl Node {
         let metrics = match config.metrics.listen.as_str() {
             "" => None,
             addr => {
-                let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
-                    crate::error::Error::Invalid(format!(
-                        "metrics address {addr:?} is not HOST:PORT"
-                    ))
-                })?;
+                let addr: std::net::SocketAddr = addr
+                    .parse()
+                    .map_err(|_| UsageError::MetricsAddr(addr.to_owned()))?;
                 let server = crate::metrics::serve(addr)
                     .map_err(|e| NetError::Setup(format!("cannot serve metrics on {addr}: {e}")))?;
                 tracing::info!(addr = %server.addr(), "serving /metrics and /healthz");

@@ -91,8 +91,8 @@ pub enum PluginError {
 
 impl PluginError {
     /// The exit-code class of this error.
-    pub fn kind(&self) -> crate::error::ErrorKind {
-        use crate::error::ErrorKind;
+    pub fn kind(&self) -> crate::exit::ErrorKind {
+        use crate::exit::ErrorKind;
         match self {
             PluginError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound

@@ -30,7 +30,7 @@ pub use inbox::{InboxItem, MessageView, ReceiveOutcome, Received};
 pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
 pub use rules::{RuleChange, RuleView, RulesApplied};
 
-use crate::error::ErrorKind;
+use crate::exit::ErrorKind;
 use crate::keys::Keys;
 use crate::keys::at_rest::AtRestError;
 

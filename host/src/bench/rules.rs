@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Result, RunError};
 use crate::inbox::rules::{Pipeline, SimpleRule};
 use crate::inbox::run_pipeline;
 use crate::plugins::{PluginSpec, Plugins, RuleMessage, Source, builtin};
@@ -67,9 +67,7 @@ pub async fn rules(messages: usize, size: usize) -> Result<Vec<RulesRun>> {
             if count == 0 {
                 builtin_labelled = labelled;
             } else if labelled <= builtin_labelled {
-                return Err(Error::Invalid(
-                    "bench: the plugins labelled nothing; they did not run".into(),
-                ));
+                return Err(RunError::PluginsIdle.into());
             }
         }
         let micros = best * 1e6 / messages as f64;
@@ -101,8 +99,8 @@ async fn run_once(pipeline: &Pipeline, plugins: &Plugins, sample: &[RuleMessage]
 }
 
 fn start(count: usize) -> Result<Plugins> {
-    let labeler = builtin::find("keyword-labeler")
-        .ok_or_else(|| Error::Invalid("bench: keyword-labeler is not built in".into()))?;
+    let labeler =
+        builtin::find("keyword-labeler").ok_or(RunError::NotBuiltIn("keyword-labeler"))?;
     let specs = (0..count)
         .map(|i| PluginSpec {
             name: format!("keyword-labeler-{}", i + 1),

@@ -1,7 +1,7 @@
 //! `pigeon bench delivery|attachment|rules`
 
 use super::print_json;
-use crate::error::{Error, Result};
+use crate::error::{Result, UsageError};
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
@@ -68,10 +68,11 @@ pub(super) async fn run(cmd: Command) -> Result<()> {
 
 async fn rules(messages: usize, size: usize, json: bool) -> Result<()> {
     if messages == 0 || messages > 10_000_000 || size > crate::envelope::MAX_BODY {
-        return Err(Error::Invalid(format!(
+        return Err(UsageError::OutOfRange(format!(
             "--messages must be between 1 and 10000000 and --size at most {}",
             crate::envelope::MAX_BODY
-        )));
+        ))
+        .into());
     }
     let runs = crate::bench::rules::rules(messages, size).await?;
     if json {
@@ -93,7 +94,7 @@ async fn attachment(sizes: Vec<u64>, json: bool) -> Result<()> {
     let mut runs = Vec::new();
     for mb in sizes {
         if mb == 0 || mb > 4096 {
-            return Err(Error::Invalid("--mb must be between 1 and 4096".into()));
+            return Err(UsageError::OutOfRange("--mb must be between 1 and 4096".into()).into());
         }
         let run = crate::bench::attachment(mb * 1_000_000).await?;
         if !json {
@@ -122,19 +123,21 @@ async fn run_delivery(cmd: Command) -> Result<()> {
         return Ok(());
     };
     if messages == 0 || size > crate::envelope::MAX_BODY {
-        return Err(Error::Invalid(format!(
+        return Err(UsageError::OutOfRange(format!(
             "--messages must be above 0 and --size at most {}",
             crate::envelope::MAX_BODY
-        )));
+        ))
+        .into());
     }
     if batches
         .iter()
         .any(|&b| b == 0 || b > crate::net::protocol::MAX_BATCH)
     {
-        return Err(Error::Invalid(format!(
+        return Err(UsageError::OutOfRange(format!(
             "--batch must be between 1 and {}",
             crate::net::protocol::MAX_BATCH
-        )));
+        ))
+        .into());
     }
     let mut runs = Vec::new();
     for batch in batches {

@@ -2,7 +2,7 @@
 
 use super::{Global, print_json};
 use crate::config::{Config, edit};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UsageError};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -48,7 +48,8 @@ pub(super) fn run(g: &Global, cmd: Command) -> Result<()> {
             }
             print!(
                 "{}",
-                toml::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?
+                toml::to_string_pretty(&config)
+                    .map_err(|e| Error::encode("the configuration as TOML", e))?
             );
         }
         Command::Get { key, json } => {
@@ -67,8 +68,7 @@ pub(super) fn run(g: &Global, cmd: Command) -> Result<()> {
             if is_plugin_path(&key) {
                 let mut file = PathBuf::from(&text);
                 if file.is_relative() {
-                    file = std::path::absolute(&file)
-                        .map_err(|e| Error::Invalid(format!("{key}: {text}: {e}")))?;
+                    file = absolute(&key, &text, &file)?;
                     // Quoted, so that no path reads as another TOML type.
                     value = toml_edit::Value::from(file.display().to_string()).to_string();
                 }
@@ -86,6 +86,23 @@ pub(super) fn run(g: &Global, cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// `file`, relative to the current directory, made absolute: an empty path is the user's mistake,
+/// an unreadable current directory is not.
+fn absolute(key: &str, text: &str, file: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(file).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::InvalidInput {
+            UsageError::PluginPath {
+                key: key.to_owned(),
+                text: text.to_owned(),
+                source,
+            }
+            .into()
+        } else {
+            Error::io(format!("{key}: {text}"))(source)
+        }
+    })
+}
+
 /// `plugins.NAME.path`, the one key whose value is a file on this machine.
 fn is_plugin_path(key: &str) -> bool {
     key.strip_prefix("plugins.")
@@ -95,7 +112,18 @@ fn is_plugin_path(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_plugin_path;
+    use super::{absolute, is_plugin_path};
+    use crate::error::{Error, UsageError};
+
+    #[test]
+    fn an_empty_plugin_path_is_a_usage_refusal() {
+        let e = absolute("plugins.x.path", "", std::path::Path::new("")).expect_err("empty");
+        assert!(
+            matches!(e, Error::Usage(UsageError::PluginPath { .. })),
+            "{e:?}"
+        );
+        assert_eq!(e.kind().exit_code(), 2);
+    }
 
     #[test]
     fn only_a_plugins_own_path_is_a_file() {

@@ -3,7 +3,7 @@
 use super::{Global, count, print_json, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentError};
 use crate::control::api::{Request, Response};
-use crate::error::{Error, Result};
+use crate::error::{Result, UsageError};
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
@@ -129,16 +129,16 @@ async fn save(g: &Global, id: String, out: Option<std::path::PathBuf>, yes: bool
         other => return Err(unexpected(other)),
     };
     if list.is_empty() {
-        return Err(Error::Invalid(format!("message {id} has no attachments")));
+        return Err(UsageError::NoAttachments(id).into());
     }
     let dir = out.unwrap_or_else(|| std::path::PathBuf::from("."));
     if !dir.is_dir() {
-        let why = if dir.exists() {
-            "is not a directory"
+        return Err(if dir.exists() {
+            UsageError::NotADir(dir)
         } else {
-            "does not exist (create it first, e.g. `mkdir -p`)"
-        };
-        return Err(Error::Invalid(format!("{} {why}", dir.display())));
+            UsageError::NoSuchDir(dir)
+        }
+        .into());
     }
     let home = g.home()?;
     for info in list {

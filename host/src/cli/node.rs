@@ -4,7 +4,7 @@ use libp2p::Multiaddr;
 
 use super::Global;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Result, UsageError};
 use crate::keys::keystore;
 use crate::node::Node;
 use crate::passphrase::{self, Confirm};
@@ -35,11 +35,9 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     home.require()?;
     let mut config = Config::load(&home.config())?;
     if let Some(addr) = metrics_addr {
-        addr.parse::<std::net::SocketAddr>().map_err(|_| {
-            Error::Invalid(format!(
-                "--metrics-addr {addr:?} is not HOST:PORT like 127.0.0.1:9717"
-            ))
-        })?;
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(UsageError::MetricsFlag(addr).into());
+        }
         config.metrics.listen = addr;
     }
     let listen = if listen.is_empty() {
@@ -50,8 +48,13 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     let listen = listen
         .iter()
         .map(|a| {
-            a.parse::<Multiaddr>()
-                .map_err(|e| Error::Invalid(format!("--listen {a:?}: {e}")))
+            a.parse::<Multiaddr>().map_err(|source| {
+                UsageError::ListenAddr {
+                    text: a.clone(),
+                    source,
+                }
+                .into()
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let pass = passphrase::obtain(g.passphrase_file.as_deref(), Confirm::Once)?;

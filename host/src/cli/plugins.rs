@@ -6,7 +6,7 @@ use super::{Global, print_json, unexpected};
 use crate::config::Config;
 use crate::control::api::{Request, Response};
 use crate::control::client;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plugins::{self, PluginKind, PluginStatus, scaffold};
 
 #[derive(Debug, clap::Subcommand)]
@@ -68,11 +68,14 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             let path = file.display().to_string();
             let checked = tokio::task::spawn_blocking(move || plugins::check_file(&file))
                 .await
-                .map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
+                .map_err(|source| Error::Task {
+                    what: "plugins check",
+                    source,
+                })?;
             let report = match checked {
                 Ok(report) => report,
                 Err(e) => {
-                    let e = crate::error::Error::from(e);
+                    let e = Error::from(e);
                     if json {
                         // A script reads why on stdout too; the exit code and stderr are as ever.
                         print_json(&serde_json::json!({
@@ -145,7 +148,10 @@ async fn list(g: &Global, json: bool) -> Result<()> {
             let root = home.root().to_owned();
             tokio::task::spawn_blocking(move || plugins::describe_offline(&config, &root))
                 .await
-                .map_err(|e| crate::error::Error::Invalid(e.to_string()))?
+                .map_err(|source| Error::Task {
+                    what: "plugins list",
+                    source,
+                })?
         }
     };
     if json {

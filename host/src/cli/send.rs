@@ -7,7 +7,7 @@ use super::{Global, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentRef};
 use crate::config::Config;
 use crate::control::api::{Request, Response};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UsageError};
 
 /// Queue a message to a contact.
 ///
@@ -37,7 +37,7 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
     let body = match (args.text, args.body_file) {
         (Some(text), _) => text,
         (None, Some(path)) => read_body(&path)?,
-        (None, None) => return Err(Error::Invalid("give the text, or --body-file PATH".into())),
+        (None, None) => return Err(UsageError::NoBody.into()),
     };
     let home = g.home()?;
     home.require()?;
@@ -104,11 +104,30 @@ fn read_body(path: &std::path::Path) -> Result<String> {
     } else {
         std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut bytes))
     };
-    read.map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes).map_err(|_| {
-        Error::Invalid(format!(
-            "{} is not UTF-8 text; a message body must be text",
-            path.display()
-        ))
-    })
+    read.map_err(Error::io(format!("cannot read {}", path.display())))?;
+    String::from_utf8(bytes).map_err(|_| UsageError::NotText(path.to_owned()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_body;
+    use crate::error::{Error, UsageError};
+
+    #[test]
+    fn a_body_file_that_cannot_be_read_is_io_and_one_that_is_not_text_is_usage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = read_body(&dir.path().join("missing.txt")).expect_err("missing");
+        assert!(matches!(missing, Error::Io { .. }), "{missing:?}");
+        assert_eq!(missing.kind().exit_code(), 1);
+        assert!(missing.to_string().starts_with("cannot read "), "{missing}");
+
+        let binary = dir.path().join("bin.dat");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).expect("write");
+        let refused = read_body(&binary).expect_err("not text");
+        assert!(
+            matches!(refused, Error::Usage(UsageError::NotText(_))),
+            "{refused:?}"
+        );
+        assert_eq!(refused.kind().exit_code(), 2);
+    }
 }

@@ -83,7 +83,7 @@ pub fn set(path: &Path, key: &str, raw: &str) -> Result<Config, ConfigError> {
         },
         other => other,
     })?;
-    write_atomic(path, new_text.as_bytes()).map_err(|e| invalid(path, e.to_string()))?;
+    write_atomic(path, new_text.as_bytes()).map_err(ConfigError::Write)?;
     Ok(config)
 }
 

@@ -1,218 +1,26 @@
 //! The operations the CLI can ask for, and [`Ops`], which carries them out against the store (and
-//! the running node's network, when there is one).
+//! the running node's network, when there is one). The request and response types themselves are
+//! in `api/wire.rs`.
+
+mod wire;
 
 use std::sync::Arc;
 
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
-use serde::{Deserialize, Serialize};
 
 use crate::attachments::AttachmentRef;
 use crate::delivery::Waker;
 use crate::envelope::{self, MAX_BODY, MAX_SUBJECT, MessageId, Payload};
-use crate::error::{Error, Result};
+use crate::error::{Result, UsageError};
 use crate::inbox::rules::validate_label;
 use crate::keys::Keys;
 use crate::keys::address::Address;
 use crate::net::Net;
-use crate::plugins::{LazyPlugins, PluginStatus};
-use crate::store::{
-    InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleChange, RuleView,
-    RulesApplied, SaveInfo, Store, now_ms,
-};
+use crate::plugins::LazyPlugins;
+use crate::store::{RuleChange, RulesApplied, Store, now_ms};
 
-/// A request to a node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Request {
-    /// This node's identity (and listen addresses, if running).
-    Id,
-    /// Add a contact.
-    ContactsAdd {
-        /// Local name.
-        name: String,
-        /// The contact's pigeon address.
-        address: String,
-        /// Multiaddrs to dial it at.
-        addrs: Vec<String>,
-    },
-    /// List contacts.
-    ContactsList,
-    /// Remove a contact.
-    ContactsRm {
-        /// Local name.
-        name: String,
-    },
-    /// Queue a message.
-    Send {
-        /// Contact name.
-        to: String,
-        /// Optional subject.
-        subject: Option<String>,
-        /// The text.
-        body: String,
-        /// Attachments already staged (sealed) under the home by the caller.
-        #[serde(default)]
-        attachments: Vec<AttachmentRef>,
-    },
-    /// The attachments of a received message, with their keys, for saving.
-    InboxAttachments {
-        /// Message id or unique prefix.
-        id: String,
-    },
-    /// List the outbox.
-    OutboxList,
-    /// Make a queued or failed message due now.
-    OutboxRetry {
-        /// Id or unique prefix.
-        id: String,
-    },
-    /// Cancel a message that is not delivered yet.
-    OutboxCancel {
-        /// Id or unique prefix.
-        id: String,
-    },
-    /// Known peers and the health of their addresses.
-    Peers,
-    /// Counts and whether a node runs.
-    Status,
-    /// List the inbox.
-    InboxList {
-        /// At most this many, newest first.
-        limit: Option<u32>,
-        /// Only messages with this label.
-        #[serde(default)]
-        label: Option<String>,
-    },
-    /// Add a built-in rule: messages from a contact get a label.
-    RulesAdd {
-        /// Contact name.
-        from: String,
-        /// Label.
-        label: String,
-    },
-    /// List the built-in rules.
-    RulesList,
-    /// Remove a rule.
-    RulesRm {
-        /// Rule id.
-        id: i64,
-    },
-    /// Run every rule over the inbox; show, or apply, the changes.
-    RulesApply {
-        /// Only show what would change.
-        dry_run: bool,
-    },
-    /// Every plugin with its state.
-    PluginsList,
-    /// Add a label to a message.
-    LabelAdd {
-        /// Message id or unique prefix.
-        id: String,
-        /// Label.
-        label: String,
-    },
-    /// Remove a label from a message.
-    LabelRm {
-        /// Message id or unique prefix.
-        id: String,
-        /// Label.
-        label: String,
-    },
-    /// Read one message.
-    InboxRead {
-        /// Id or unique prefix.
-        id: String,
-    },
-}
-
-/// A node's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", content = "value", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Response {
-    /// Done; nothing to report.
-    Done,
-    /// For [`Request::Id`].
-    Id(IdInfo),
-    /// For [`Request::ContactsList`].
-    Contacts(Vec<ContactInfo>),
-    /// For [`Request::Send`]: the new message id.
-    Queued {
-        /// The message id.
-        id: String,
-    },
-    /// For [`Request::OutboxList`].
-    Outbox(Vec<OutboxEntry>),
-    /// For [`Request::InboxList`].
-    Inbox(Vec<InboxItem>),
-    /// For [`Request::InboxRead`].
-    Message(MessageView),
-    /// For [`Request::InboxAttachments`].
-    Attachments(Vec<SaveInfo>),
-    /// For [`Request::OutboxRetry`], [`Request::OutboxCancel`], [`Request::LabelAdd`] and
-    /// [`Request::LabelRm`]: the full message id.
-    Updated {
-        /// The message id.
-        id: String,
-    },
-    /// For [`Request::Peers`].
-    Peers(Vec<PeerHealth>),
-    /// For [`Request::RulesAdd`].
-    RuleAdded {
-        /// The new rule's id.
-        id: i64,
-    },
-    /// For [`Request::RulesList`].
-    Rules(Vec<RuleView>),
-    /// For [`Request::PluginsList`].
-    Plugins(Vec<PluginStatus>),
-    /// For [`Request::RulesApply`].
-    RuleChanges(RulesApplied),
-    /// For [`Request::Status`].
-    Status(StatusInfo),
-}
-
-/// What `pigeon status` shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusInfo {
-    /// Whether a node is running for this home.
-    pub node_running: bool,
-    /// This node's PeerId.
-    pub peer_id: String,
-    /// Outbox counts by state.
-    pub outbox: OutboxCounts,
-    /// Messages in the inbox.
-    pub inbox: u64,
-    /// Peers connected now (0 when no node runs).
-    pub connected_peers: usize,
-}
-
-/// A node's identity.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IdInfo {
-    /// The PeerId.
-    pub peer_id: String,
-    /// The address to give to contacts.
-    pub address: String,
-    /// Where the node listens, with `/p2p/<id>`; empty when no node runs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub listen: Vec<String>,
-}
-
-/// A contact, for listing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ContactInfo {
-    /// Local name.
-    pub name: String,
-    /// PeerId.
-    pub peer_id: String,
-    /// Pigeon address.
-    pub address: String,
-    /// Multiaddrs.
-    pub addrs: Vec<String>,
-}
+pub use wire::{ContactInfo, IdInfo, Request, Response, StatusInfo};
 
 /// The running node's parts that requests may use.
 #[derive(Clone)]
@@ -291,7 +99,7 @@ impl Ops {
                     .await?,
             )),
             Request::RulesAdd { from, label } => {
-                validate_label(&label).map_err(Error::Invalid)?;
+                validate_label(&label).map_err(UsageError::Label)?;
                 let id = self
                     .store
                     .call(move |db| {
@@ -309,7 +117,7 @@ impl Ops {
             Request::RulesApply { dry_run } => self.apply_rules(dry_run).await,
             Request::PluginsList => Ok(Response::Plugins(self.plugins.get().status().await)),
             Request::LabelAdd { id, label } => {
-                validate_label(&label).map_err(Error::Invalid)?;
+                validate_label(&label).map_err(UsageError::Label)?;
                 let id = self.store.call(move |db| db.add_label(&id, &label)).await?;
                 Ok(Response::Updated { id })
             }
@@ -419,12 +227,12 @@ impl Ops {
         validate_name(&name)?;
         let address: Address = address.parse()?;
         if address.peer_id() == self.keys.peer_id() {
-            return Err(Error::Invalid("that is this node's own address".into()));
+            return Err(UsageError::OwnAddress.into());
         }
         let addrs = addrs
             .iter()
             .map(|a| parse_contact_addr(a, &address))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let (peer, dial) = (address.peer_id(), addrs.clone());
         self.store
             .call(move |db| db.add_contact(&name, &address, &addrs))
@@ -496,9 +304,7 @@ impl Ops {
     ) -> Result<Response> {
         check_size(subject.as_deref(), &body)?;
         if attachments.iter().any(|a| !a.is_well_formed()) {
-            return Err(Error::Invalid(
-                "an attachment's manifest is inconsistent".into(),
-            ));
+            return Err(UsageError::BadManifest.into());
         }
         let contact = self.store.call(move |db| db.contact_by_name(&to)).await?;
         let refs = attachments.clone();
@@ -561,22 +367,20 @@ impl Ops {
     }
 }
 
-fn check_size(subject: Option<&str>, body: &str) -> Result<()> {
+fn check_size(subject: Option<&str>, body: &str) -> Result<(), UsageError> {
     if body.len() > MAX_BODY {
-        return Err(Error::Invalid(format!(
-            "the body is {} bytes; the most a message takes is {MAX_BODY}",
-            body.len()
-        )));
+        return Err(UsageError::BodyTooLarge {
+            len: body.len(),
+            max: MAX_BODY,
+        });
     }
     if subject.is_some_and(|s| s.len() > MAX_SUBJECT) {
-        return Err(Error::Invalid(format!(
-            "the subject is longer than {MAX_SUBJECT} bytes"
-        )));
+        return Err(UsageError::SubjectTooLong { max: MAX_SUBJECT });
     }
     Ok(())
 }
 
-fn validate_name(name: &str) -> Result<()> {
+fn validate_name(name: &str) -> Result<(), UsageError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -585,32 +389,28 @@ fn validate_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
-            "contact name {name:?} is not allowed: use 1-64 letters, digits, '-', '_', '.' or '@'"
-        )))
+        Err(UsageError::ContactName(name.to_owned()))
     }
 }
 
 /// Parses a multiaddr for a contact: a trailing `/p2p/<id>` must name the contact, and is dropped.
-fn parse_contact_addr(text: &str, address: &Address) -> Result<Multiaddr> {
-    let mut addr: Multiaddr = text
-        .parse()
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "{text:?} is not a multiaddr ({e}); write it like /ip4/198.51.100.7/tcp/7717 or /ip4/198.51.100.7/udp/7717/quic-v1 (the `listening on` line of the contact's node)"
-            ))
-        })?;
+fn parse_contact_addr(text: &str, address: &Address) -> Result<Multiaddr, UsageError> {
+    let mut addr: Multiaddr = text.parse().map_err(|source| UsageError::NotAMultiaddr {
+        text: text.to_owned(),
+        source,
+    })?;
     if let Some(Protocol::P2p(peer)) = addr.iter().last() {
         if peer != address.peer_id() {
-            return Err(Error::Invalid(format!(
-                "{text} belongs to peer {peer}, not to this contact ({})",
-                address.peer_id()
-            )));
+            return Err(UsageError::OtherPeer {
+                text: text.to_owned(),
+                peer: peer.to_string(),
+                contact: address.peer_id().to_string(),
+            });
         }
         addr.pop();
     }
     if addr.iter().any(|p| matches!(p, Protocol::P2p(_))) || addr.is_empty() {
-        return Err(Error::Invalid(format!("{text} is not a dialable address")));
+        return Err(UsageError::NotDialable(text.to_owned()));
     }
     Ok(addr)
 }
@@ -633,6 +433,39 @@ mod tests {
         assert!(err.to_string().contains("not to this contact"), "{err}");
         assert!(parse_contact_addr("nonsense", &bob).is_err());
         assert!(parse_contact_addr(&format!("/p2p/{}", bob.peer_id()), &bob).is_err());
+    }
+
+    /// What a user can get wrong is a typed usage refusal (exit 2), not an internal failure.
+    #[test]
+    fn bad_input_is_a_usage_refusal() {
+        let bob = Keys::generate().address();
+        assert!(matches!(
+            parse_contact_addr("127.0.0.1:7717", &bob),
+            Err(UsageError::NotAMultiaddr { .. })
+        ));
+        let other = Keys::generate().peer_id();
+        assert!(matches!(
+            parse_contact_addr(&format!("/ip4/127.0.0.1/tcp/1/p2p/{other}"), &bob),
+            Err(UsageError::OtherPeer { .. })
+        ));
+        assert!(matches!(
+            parse_contact_addr(&format!("/p2p/{}", bob.peer_id()), &bob),
+            Err(UsageError::NotDialable(_))
+        ));
+        assert!(matches!(
+            check_size(None, &"x".repeat(MAX_BODY + 1)),
+            Err(UsageError::BodyTooLarge { .. })
+        ));
+        assert!(matches!(
+            check_size(Some(&"s".repeat(MAX_SUBJECT + 1)), ""),
+            Err(UsageError::SubjectTooLong { .. })
+        ));
+        assert!(matches!(
+            validate_name("a b"),
+            Err(UsageError::ContactName(_))
+        ));
+        let e = crate::Error::from(UsageError::NotDialable("/p2p/x".into()));
+        assert_eq!(e.kind().exit_code(), 2);
     }
 
     #[test]

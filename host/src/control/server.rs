@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ControlError;
 use super::api::{Ops, Request, Response};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
+use crate::exit::ErrorKind;
 
 /// Largest request line: a message body of the maximum size, JSON-escaped, fits.
 pub(super) const MAX_LINE: u64 = 8 * 1024 * 1024;

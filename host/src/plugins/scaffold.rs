@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::PluginKind;
+use crate::exit::ErrorKind;
 
 const SDK_CARGO: &str = include_str!("../../../plugin-sdk/Cargo.toml");
 const SDK_LIB: &str = include_str!("../../../plugin-sdk/src/lib.rs");
@@ -32,6 +33,17 @@ pub enum ScaffoldError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ScaffoldError {
+    /// The exit-code class of this error.
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            ScaffoldError::BadName(_) => ErrorKind::Usage,
+            ScaffoldError::Exists(_) => ErrorKind::Conflict,
+            ScaffoldError::Io { .. } => ErrorKind::Other,
+        }
+    }
 }
 
 /// What [`new`] made.

@@ -1,0 +1,212 @@
+//! What travels over the control socket: a [`Request`] from the CLI, a [`Response`] from the node,
+//! and the plain types they carry. Serde types only; [`super::Ops`] carries the requests out.
+
+use serde::{Deserialize, Serialize};
+
+use crate::attachments::AttachmentRef;
+use crate::control::ControlError;
+use crate::plugins::PluginStatus;
+use crate::store::{
+    InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleView, RulesApplied, SaveInfo,
+};
+
+/// A request to a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// This node's identity (and listen addresses, if running).
+    Id,
+    /// Add a contact.
+    ContactsAdd {
+        /// Local name.
+        name: String,
+        /// The contact's pigeon address.
+        address: String,
+        /// Multiaddrs to dial it at.
+        addrs: Vec<String>,
+    },
+    /// List contacts.
+    ContactsList,
+    /// Remove a contact.
+    ContactsRm {
+        /// Local name.
+        name: String,
+    },
+    /// Queue a message.
+    Send {
+        /// Contact name.
+        to: String,
+        /// Optional subject.
+        subject: Option<String>,
+        /// The text.
+        body: String,
+        /// Attachments already staged (sealed) under the home by the caller.
+        #[serde(default)]
+        attachments: Vec<AttachmentRef>,
+    },
+    /// The attachments of a received message, with their keys, for saving.
+    InboxAttachments {
+        /// Message id or unique prefix.
+        id: String,
+    },
+    /// List the outbox.
+    OutboxList,
+    /// Make a queued or failed message due now.
+    OutboxRetry {
+        /// Id or unique prefix.
+        id: String,
+    },
+    /// Cancel a message that is not delivered yet.
+    OutboxCancel {
+        /// Id or unique prefix.
+        id: String,
+    },
+    /// Known peers and the health of their addresses.
+    Peers,
+    /// Counts and whether a node runs.
+    Status,
+    /// List the inbox.
+    InboxList {
+        /// At most this many, newest first.
+        limit: Option<u32>,
+        /// Only messages with this label.
+        #[serde(default)]
+        label: Option<String>,
+    },
+    /// Add a built-in rule: messages from a contact get a label.
+    RulesAdd {
+        /// Contact name.
+        from: String,
+        /// Label.
+        label: String,
+    },
+    /// List the built-in rules.
+    RulesList,
+    /// Remove a rule.
+    RulesRm {
+        /// Rule id.
+        id: i64,
+    },
+    /// Run every rule over the inbox; show, or apply, the changes.
+    RulesApply {
+        /// Only show what would change.
+        dry_run: bool,
+    },
+    /// Every plugin with its state.
+    PluginsList,
+    /// Add a label to a message.
+    LabelAdd {
+        /// Message id or unique prefix.
+        id: String,
+        /// Label.
+        label: String,
+    },
+    /// Remove a label from a message.
+    LabelRm {
+        /// Message id or unique prefix.
+        id: String,
+        /// Label.
+        label: String,
+    },
+    /// Read one message.
+    InboxRead {
+        /// Id or unique prefix.
+        id: String,
+    },
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Response {
+    /// Done; nothing to report.
+    Done,
+    /// For [`Request::Id`].
+    Id(IdInfo),
+    /// For [`Request::ContactsList`].
+    Contacts(Vec<ContactInfo>),
+    /// For [`Request::Send`]: the new message id.
+    Queued {
+        /// The message id.
+        id: String,
+    },
+    /// For [`Request::OutboxList`].
+    Outbox(Vec<OutboxEntry>),
+    /// For [`Request::InboxList`].
+    Inbox(Vec<InboxItem>),
+    /// For [`Request::InboxRead`].
+    Message(MessageView),
+    /// For [`Request::InboxAttachments`].
+    Attachments(Vec<SaveInfo>),
+    /// For [`Request::OutboxRetry`], [`Request::OutboxCancel`], [`Request::LabelAdd`] and
+    /// [`Request::LabelRm`]: the full message id.
+    Updated {
+        /// The message id.
+        id: String,
+    },
+    /// For [`Request::Peers`].
+    Peers(Vec<PeerHealth>),
+    /// For [`Request::RulesAdd`].
+    RuleAdded {
+        /// The new rule's id.
+        id: i64,
+    },
+    /// For [`Request::RulesList`].
+    Rules(Vec<RuleView>),
+    /// For [`Request::PluginsList`].
+    Plugins(Vec<PluginStatus>),
+    /// For [`Request::RulesApply`].
+    RuleChanges(RulesApplied),
+    /// For [`Request::Status`].
+    Status(StatusInfo),
+}
+
+impl Response {
+    /// The error for this answer where the request asks for another kind: the CLI and the node
+    /// disagree about the protocol (different versions, or a bug).
+    pub fn unexpected(&self) -> ControlError {
+        ControlError::UnexpectedAnswer(format!("{self:?}"))
+    }
+}
+
+/// What `pigeon status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Whether a node is running for this home.
+    pub node_running: bool,
+    /// This node's PeerId.
+    pub peer_id: String,
+    /// Outbox counts by state.
+    pub outbox: OutboxCounts,
+    /// Messages in the inbox.
+    pub inbox: u64,
+    /// Peers connected now (0 when no node runs).
+    pub connected_peers: usize,
+}
+
+/// A node's identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdInfo {
+    /// The PeerId.
+    pub peer_id: String,
+    /// The address to give to contacts.
+    pub address: String,
+    /// Where the node listens, with `/p2p/<id>`; empty when no node runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
+}
+
+/// A contact, for listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContactInfo {
+    /// Local name.
+    pub name: String,
+    /// PeerId.
+    pub peer_id: String,
+    /// Pigeon address.
+    pub address: String,
+    /// Multiaddrs.
+    pub addrs: Vec<String>,
+}
