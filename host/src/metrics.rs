@@ -55,6 +55,8 @@ pub struct Metrics {
     pub plugin_disabled: IntGaugeVec,
     /// Received messages stored without the rule plugins because their batch's plugin time ran out.
     pub plugin_rules_skipped: IntCounter,
+    /// Network events the node could not take in because its event queue was full.
+    pub net_events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -112,6 +114,10 @@ impl Metrics {
             plugin_call_seconds,
             plugin_failures,
             plugin_disabled,
+            net_events_dropped: counter(
+                "pigeon_net_events_dropped_total",
+                "Network events not taken in because the node's event queue was full (batches among them were answered `unavailable`)",
+            ),
             plugin_rules_skipped: counter(
                 "pigeon_plugin_rules_skipped_total",
                 "Received messages stored without the rule plugins: their batch's plugin time ran out",

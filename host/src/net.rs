@@ -20,6 +20,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use event_loop::EventLoop;
+
+/// Network events that may wait for the node at once. The node's pump hands each on in moments
+/// (batches to tasks of their own), so the queue fills only when the node cannot keep up; see
+/// `EventLoop::emit` for what happens then.
+pub(crate) const EVENT_QUEUE: usize = 1024;
 use protocol::{
     Batch, BatchResponse, CHUNK_PROTOCOL, ChunkCodec, ChunkRequest, ChunkResponse, MSG_PROTOCOL,
     MsgCodec,
@@ -162,7 +167,7 @@ impl Net {
         identity: Keypair,
         listen: &[Multiaddr],
         cancel: CancellationToken,
-    ) -> Result<(Net, mpsc::UnboundedReceiver<NetEvent>, JoinHandle<()>), NetError> {
+    ) -> Result<(Net, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
         let local = identity.public().to_peer_id();
         let mut swarm = build_swarm(identity)?;
         for addr in listen {
@@ -178,7 +183,7 @@ impl Net {
                 })?;
         }
         let (commands, commands_rx) = mpsc::channel(256);
-        let (events, events_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let task = tokio::spawn(EventLoop::new(swarm, events).run(commands_rx, cancel));
         Ok((Net { commands, local }, events_rx, task))
     }

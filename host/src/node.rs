@@ -200,7 +200,7 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(self, mut events: mpsc::UnboundedReceiver<NetEvent>, cancel: CancellationToken) {
+    async fn run(self, mut events: mpsc::Receiver<NetEvent>, cancel: CancellationToken) {
         let mut handlers = tokio::task::JoinSet::new();
         loop {
             let event = tokio::select! {

@@ -1,6 +1,6 @@
 //! The task that owns the swarm: it carries out the [`Command`]s the [`Net`](super::Net) handles
 //! send, answers each with its oneshot, and reports what happens on the network as
-//! [`NetEvent`]s (every one sent through `self.events`). On shutdown, every reply still pending
+//! [`NetEvent`]s (every one sent through [`EventLoop::emit`], onto a bounded queue). On shutdown, every reply still pending
 //! gets an error.
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use libp2p::{Multiaddr, Swarm, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{Batch, BatchResponse, ChunkRequest, ChunkResponse};
+use super::protocol::{Batch, BatchResponse, ChunkRequest, ChunkResponse, Outcome, RejectReason};
 use super::{Behaviour, BehaviourEvent, Command, NetEvent, SendError, describe};
 use crate::metrics::METRICS;
 
@@ -27,7 +27,7 @@ fn answer<T>(pending: &mut Pending<T>, id: OutboundRequestId, result: Result<T, 
 
 pub(super) struct EventLoop {
     swarm: Swarm<Behaviour>,
-    events: mpsc::UnboundedSender<NetEvent>,
+    events: mpsc::Sender<NetEvent>,
     pending: Pending<BatchResponse>,
     listening: Vec<Multiaddr>,
     /// Addresses of the connections this node dialed, for attributing ping RTTs.
@@ -39,7 +39,7 @@ pub(super) struct EventLoop {
 
 impl EventLoop {
     /// An event loop for `swarm` that reports on `events`.
-    pub(super) fn new(swarm: Swarm<Behaviour>, events: mpsc::UnboundedSender<NetEvent>) -> Self {
+    pub(super) fn new(swarm: Swarm<Behaviour>, events: mpsc::Sender<NetEvent>) -> Self {
         EventLoop {
             swarm,
             events,
@@ -48,6 +48,30 @@ impl EventLoop {
             dialed: HashMap::new(),
             remotes: HashMap::new(),
             pending_chunks: HashMap::new(),
+        }
+    }
+
+    /// Hands `event` to the node. The queue is bounded ([`super::EVENT_QUEUE`]) and the swarm must not
+    /// wait on it, so when it is full the event is dropped and counted: an inbound batch is answered
+    /// `unavailable` at once (a transient refusal: the sender retries it later, nothing is lost),
+    /// a chunk request goes unanswered (the fetcher asks again), and a lost `PeerConnected` or dial
+    /// outcome only costs a wake-up or a health sample.
+    fn emit(&mut self, event: NetEvent) {
+        let event = match self.events.try_send(event) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        METRICS.net_events_dropped.inc();
+        tracing::warn!("the node's event queue is full; an event was dropped");
+        if let NetEvent::InboundBatch { batch, channel, .. } = event {
+            let outcomes =
+                vec![Outcome::Rejected(RejectReason::Unavailable); batch.envelopes.len()];
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .msg
+                .send_response(channel, BatchResponse { outcomes });
         }
     }
 
@@ -152,7 +176,7 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 self.listening.push(address.clone());
-                let _ = self.events.send(NetEvent::Listening(address));
+                self.emit(NetEvent::Listening(address));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listening.retain(|a| *a != address)
@@ -170,7 +194,7 @@ impl EventLoop {
                 if endpoint.is_dialer() {
                     let addr = endpoint.get_remote_address().clone();
                     self.dialed.insert(connection_id, addr.clone());
-                    let _ = self.events.send(NetEvent::Dialed {
+                    self.emit(NetEvent::Dialed {
                         peer: peer_id,
                         addr,
                         ok: true,
@@ -178,7 +202,7 @@ impl EventLoop {
                 }
                 if num_established.get() == 1 {
                     METRICS.connected_peers.inc();
-                    let _ = self.events.send(NetEvent::PeerConnected {
+                    self.emit(NetEvent::PeerConnected {
                         peer: peer_id,
                         addr: endpoint.get_remote_address().clone(),
                     });
@@ -194,7 +218,7 @@ impl EventLoop {
                 self.remotes.remove(&connection_id);
                 if num_established == 0 {
                     METRICS.connected_peers.dec();
-                    let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
+                    self.emit(NetEvent::PeerDisconnected(peer_id));
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -211,7 +235,7 @@ impl EventLoop {
                 };
                 tracing::debug!(%peer, error = %describe(&error), "dial failed");
                 for addr in failed {
-                    let _ = self.events.send(NetEvent::Dialed {
+                    self.emit(NetEvent::Dialed {
                         peer,
                         addr,
                         ok: false,
@@ -224,7 +248,7 @@ impl EventLoop {
                 result: Ok(rtt),
             })) => {
                 if let Some(addr) = self.dialed.get(&connection) {
-                    let _ = self.events.send(NetEvent::Rtt {
+                    self.emit(NetEvent::Rtt {
                         peer,
                         addr: addr.clone(),
                         rtt,
@@ -252,7 +276,7 @@ impl EventLoop {
                     a.iter()
                         .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
                 });
-                let _ = self.events.send(NetEvent::InboundChunk {
+                self.emit(NetEvent::InboundChunk {
                     peer,
                     request,
                     relayed,
@@ -292,7 +316,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                let _ = self.events.send(NetEvent::InboundBatch {
+                self.emit(NetEvent::InboundBatch {
                     peer,
                     batch: request,
                     channel,
