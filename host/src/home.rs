@@ -218,12 +218,21 @@ impl Home {
     /// not said what it is) holds it, and refuses at once if a node does.
     pub async fn lock_for_node(&self, wait: Duration) -> Result<HomeLock, HomeError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut told = false;
         loop {
             match self.try_lock(Role::Node) {
                 Err(HomeError::Busy { holder, .. })
                     if !matches!(holder, Holder::Node { .. })
                         && tokio::time::Instant::now() < deadline =>
                 {
+                    if !told {
+                        tracing::info!(
+                            ?holder,
+                            wait_s = wait.as_secs(),
+                            "waiting for a pigeon command to let go of the home"
+                        );
+                        told = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,
