@@ -237,7 +237,87 @@ fn a_running_node_serves_the_cli_without_a_passphrase() {
         .alice
         .run(&["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already running"), "{stderr}");
+    // It says which process holds the home.
+    assert!(
+        stderr.contains(&format!(
+            "(pid {})",
+            pair.alice_node.as_ref().expect("alice's node").pid()
+        )),
+        "{stderr}"
+    );
+}
+
+/// A node started while `outbox list` works in-process (no node up, so the command holds
+/// `node.lock` while it unlocks the keystore and reads the store) waits for the command instead of
+/// refusing to start, round after round. The command is started just after the node: the node
+/// takes the lock only once it has unlocked its own keystore, and the command takes it before
+/// unlocking, so it usually holds the home when the node wants it; the node's log says when it did.
+#[test]
+fn a_node_waits_for_a_command_that_holds_the_home() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let home = TestHome::init("lockwait");
+    let rounds = 8;
+    let mut waited = 0;
+    for round in 0..rounds {
+        let log_path = home.path().join(format!("node-{round}.log"));
+        let log = std::fs::File::create(&log_path).expect("node log");
+        let mut node = home
+            .cmd(&["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0", "-v"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn node");
+        let out = home.run(&["outbox", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "round {round}: outbox list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = node.stdout.take().expect("node stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let listening = wait_for("the node to listen", Duration::from_secs(60), || {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if line.starts_with("listening on ") => Some(true),
+                Ok(_) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(false),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            }
+        });
+        let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            listening,
+            "round {round}: the node did not start; log:\n{log_text}"
+        );
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
+        let status = node.wait().expect("node exit");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "round {round}: the node stops cleanly"
+        );
+        if std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("waiting for a pigeon command to let go")
+        {
+            waited += 1;
+        }
+    }
+    assert!(
+        waited > 0,
+        "in none of {rounds} rounds did the command hold the home when the node wanted it"
+    );
 }
 
 #[test]

@@ -60,6 +60,9 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     let pass = passphrase::obtain(g.passphrase_file.as_deref(), Confirm::Once)?;
     let keys = keystore::unlock(&home.keystore(), &pass)?;
     drop(pass);
+    // Signals are caught from before the node says it listens, so a SIGTERM right after that line
+    // still shuts it down cleanly instead of killing it.
+    let stop = stop_signal();
     let node = Node::start(&home, keys, &config, &listen).await?;
     for addr in node.listen_addrs().await {
         println!("listening on {addr}");
@@ -67,20 +70,28 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     if let Some(addr) = node.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves at Ctrl-C or SIGTERM; both are caught from the moment this is called.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }
