@@ -224,8 +224,29 @@ fn outbox_retry_and_cancel() {
             .any(|i| i["id"] == keep.as_str())
             .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(bob.inbox().len(), 1, "the cancelled message arrived");
+    // A positive check that the cancelled message is never sent, rather than a pause a late
+    // message would pass: once the kept one is acked, a marker queued after it goes through the
+    // same send loop; when the marker has arrived, every pass that could have carried the
+    // cancelled message has run, and Bob holds exactly the kept message and the marker.
+    alice.wait_outbox_state(&keep, "delivered", Duration::from_secs(20));
+    let marker = alice.send("bob", "marker after the retry");
+    bob.wait_arrival(&marker);
+    let ids: std::collections::BTreeSet<String> = bob
+        .inbox()
+        .iter()
+        .filter_map(|i| i["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        ids,
+        std::collections::BTreeSet::from([keep.clone(), marker]),
+        "the cancelled message arrived"
+    );
+    let dropped = alice
+        .outbox()
+        .into_iter()
+        .find(|e| e["id"] == drop.as_str())
+        .expect("the cancelled message stays listed");
+    assert_eq!(dropped["state"], "failed");
     let out = alice.run(&["outbox", "cancel", &keep, "--yes"]);
     assert_eq!(
         out.status.code(),
