@@ -151,11 +151,6 @@ impl LazyPlugins {
         self.cell.get_or_init(|| (self.make)())
     }
 
-    /// Whether they are running.
-    pub fn is_running(&self) -> bool {
-        self.cell.get().is_some()
-    }
-
     /// Stops the plugin thread if it was started, and waits for it.
     pub async fn close(&self) {
         if let Some(plugins) = self.cell.get() {

@@ -1,5 +1,6 @@
 //! Helpers shared by the plugin runtime tests.
-#![allow(dead_code, unreachable_pub)]
+// Each test binary that includes this uses part of it.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -7,14 +8,14 @@ use pigeon::plugins::instance::Instance;
 use pigeon::plugins::runtime::Linked;
 use pigeon::plugins::{Limits, Runtime};
 
-pub const DEADLINE: Duration = Duration::from_millis(50);
+pub(crate) const DEADLINE: Duration = Duration::from_millis(50);
 
-pub fn linked(runtime: &Runtime, wasm: &str) -> Linked {
+pub(crate) fn linked(runtime: &Runtime, wasm: &str) -> Linked {
     let bytes = std::fs::read(wasm).expect("test plugin built by build.rs");
     runtime.load(&bytes, None).expect("loads").linked
 }
 
-pub fn instance(runtime: &Runtime, linked: &Linked, config: &str) -> Instance {
+pub(crate) fn instance(runtime: &Runtime, linked: &Linked, config: &str) -> Instance {
     Instance::new(
         runtime.engine(),
         "misbehave",
@@ -27,7 +28,7 @@ pub fn instance(runtime: &Runtime, linked: &Linked, config: &str) -> Instance {
     )
 }
 
-pub fn message(subject: &str, body: &str) -> pigeon::plugins::WitMessage {
+pub(crate) fn message(subject: &str, body: &str) -> pigeon::plugins::WitMessage {
     pigeon::plugins::WitMessage {
         id: "m1".into(),
         sender: "12D3KooWtest".into(),
@@ -41,7 +42,7 @@ pub fn message(subject: &str, body: &str) -> pigeon::plugins::WitMessage {
     }
 }
 
-pub fn labels(actions: &[pigeon::plugins::WitAction]) -> Vec<String> {
+pub(crate) fn labels(actions: &[pigeon::plugins::WitAction]) -> Vec<String> {
     actions
         .iter()
         .map(|a| match a {
@@ -51,7 +52,7 @@ pub fn labels(actions: &[pigeon::plugins::WitAction]) -> Vec<String> {
         .collect()
 }
 
-pub fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
     status
         .lines()

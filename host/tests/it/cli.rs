@@ -1,5 +1,4 @@
-//! The binary's argument handling, without a home. (Having an integration test here also makes
-//! `cargo test --workspace` build the `pigeon` binary that the end-to-end tests in `tests/` run.)
+//! The binary's argument handling, without a home.
 
 use std::process::Command;
 

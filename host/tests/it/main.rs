@@ -1,0 +1,6 @@
+//! The host's integration tests, in one binary (each test binary links the whole dependency tree).
+//! Having one here also makes `cargo test --workspace` build the `pigeon` binary that the
+//! end-to-end tests in `tests/` run.
+
+mod cli;
+mod hostile_peer;
