@@ -292,24 +292,53 @@ pub fn restrict_umask() {
     }
 }
 
+/// Keeps this process's memory, which holds the unlocked keys, out of core files and away from
+/// other processes of the same user: no core file at all (`RLIMIT_CORE` 0, soft and hard), and not
+/// dumpable (`PR_SET_DUMPABLE` 0, which also stops `ptrace` attaching without privilege and makes
+/// `/proc/<pid>/mem` root's). Failing is not fatal, only logged: pigeon works without it.
+pub fn forbid_core_dumps() {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads the struct it is given; prctl(PR_SET_DUMPABLE, 0) takes no pointer.
+    let (limit, dumpable) = unsafe {
+        (
+            libc::setrlimit(libc::RLIMIT_CORE, &none),
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
+        )
+    };
+    if limit != 0 || dumpable != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot forbid core dumps; a crash could leave key material in a core file"
+        );
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename, fsync
 /// of the directory. A crash leaves either the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| HomeError::io("creating", &tmp, e))?;
+    // A temporary name of its own, created exclusively (0600): two writers cannot tear each
+    // other's file, and nothing planted at a predictable name is followed.
+    let mut file = tempfile::Builder::new()
+        .prefix(".pigeon-write-")
+        .tempfile_in(dir)
+        .map_err(|e| HomeError::io("creating a temporary file in", dir, e))?;
+    let tmp = file.path().to_owned();
     file.write_all(bytes)
         .map_err(|e| HomeError::io("writing", &tmp, e))?;
-    file.sync_all()
+    file.as_file()
+        .sync_all()
         .map_err(|e| HomeError::io("syncing", &tmp, e))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| HomeError::io("renaming into", path, e))?;
+    file.persist(path)
+        .map_err(|e| HomeError::io("renaming into", path, e.error))?;
+    sync_dir(dir)
+}
+
+/// Makes the entries of `dir` (a file created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &Path) -> Result<(), HomeError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| HomeError::io("syncing", dir, e))
@@ -318,6 +347,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn core_dumps_are_forbidden_for_good() {
+        forbid_core_dumps();
+        // SAFETY: PR_GET_DUMPABLE takes no pointer; getrlimit writes the struct it is given.
+        let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        assert_eq!(dumpable, 0);
+        let mut limit = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) }, 0);
+        assert_eq!((limit.rlim_cur, limit.rlim_max), (0, 0));
+    }
+
+    #[test]
+    fn two_writers_never_tear_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        let (a, b) = (vec![b'a'; 1 << 20], vec![b'b'; 1 << 20]);
+        std::thread::scope(|s| {
+            for bytes in [&a, &b] {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic(path, bytes).expect("write");
+                    }
+                });
+            }
+        });
+        let read = std::fs::read(&path).expect("read");
+        assert!(read == a || read == b, "a torn file");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+        assert_eq!(left.len(), 1, "temporary files left behind");
+    }
 
     #[test]
     fn lock_is_exclusive_and_released_on_drop() {

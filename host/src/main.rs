@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let format = cli.log_format();
     pigeon::logging::init(format, cli.verbose());
     pigeon::home::restrict_umask();
+    pigeon::home::forbid_core_dumps();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

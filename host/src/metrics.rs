@@ -57,6 +57,10 @@ pub struct Metrics {
     pub plugin_rules_skipped: IntCounter,
     /// Network events the node could not take in because its event queue was full.
     pub net_events_dropped: IntCounter,
+    /// Control-socket connections being served.
+    pub control_connections: IntGauge,
+    /// Control-socket connections refused: another user's, or idle past the request time.
+    pub control_refused: IntCounter,
 }
 
 impl Metrics {
@@ -160,6 +164,14 @@ impl Metrics {
             connected_peers: gauge(
                 "pigeon_connected_peers",
                 "Peers with at least one connection",
+            ),
+            control_connections: gauge(
+                "pigeon_control_connections",
+                "Control-socket connections being served (at most 64)",
+            ),
+            control_refused: counter(
+                "pigeon_control_refused_total",
+                "Control-socket connections closed unserved: another user's, or no request in time",
             ),
             attachment_bytes: counter(
                 "pigeon_attachment_bytes_total",

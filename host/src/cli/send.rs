@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::{Global, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentRef};
 use crate::config::Config;
+use crate::control::ControlError;
 use crate::control::api::{Request, Response};
 use crate::error::{Error, Result, UsageError};
 
@@ -49,11 +50,22 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
         attachments: staged.clone(),
     };
     let result = g.call(request).await;
-    if result.is_err() {
-        // Nothing references the sealed copies: do not leave them behind.
-        for a in &staged {
-            let _ = std::fs::remove_file(attachments::file_path(home.root(), &a.id_hex()));
+    match &result {
+        Err(e) if may_be_queued(e) && !staged.is_empty() => {
+            // The node may have queued the message and will serve these files to the recipient:
+            // removing them would leave it asking forever for a file that is gone.
+            tracing::warn!(
+                files = staged.len(),
+                "the node did not answer; the sealed copies of the attachments are kept in case it queued the message (`pigeon outbox list` tells)"
+            );
         }
+        Err(_) => {
+            // The message was refused or never reached a node: nothing references the copies.
+            for a in &staged {
+                let _ = std::fs::remove_file(attachments::file_path(home.root(), &a.id_hex()));
+            }
+        }
+        Ok(_) => {}
     }
     match result? {
         Response::Queued { id } => {
@@ -62,6 +74,19 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
         }
         other => Err(unexpected(other)),
     }
+}
+
+/// Whether a failed call may still have queued the message: the request went out and no answer
+/// came back (a timeout, a connection dropped mid-answer, an answer this CLI cannot read).
+fn may_be_queued(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Control(
+            ControlError::NoAnswer(_)
+                | ControlError::Protocol(_)
+                | ControlError::UnexpectedAnswer(_)
+        )
+    )
 }
 
 fn stage_all(root: &std::path::Path, files: &[PathBuf]) -> Result<Vec<AttachmentRef>> {

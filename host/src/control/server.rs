@@ -1,6 +1,7 @@
 //! The node's side of the control socket.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -12,9 +13,15 @@ use super::ControlError;
 use super::api::{Ops, Request, Response};
 use crate::error::Error;
 use crate::exit::ErrorKind;
+use crate::metrics::METRICS;
 
 /// Largest request line: a message body of the maximum size, JSON-escaped, fits.
 pub(super) const MAX_LINE: u64 = 8 * 1024 * 1024;
+
+/// Connections served at once; more wait in the socket's backlog until one ends.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request line before it is disconnected.
+pub const REQUEST_WITHIN: Duration = Duration::from_secs(10);
 
 /// What travels back over the socket.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,9 +58,21 @@ pub fn serve(
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => { conns.spawn(serve_one(stream, ops.clone())); }
-                    Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+                // At the cap, clients wait in the backlog (their own answer timeout bounds it).
+                accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
+                    Ok((stream, _)) => {
+                        if same_user(&stream) {
+                            conns.spawn(serve_counted(stream, ops.clone()));
+                        } else {
+                            METRICS.control_refused.inc();
+                            conns.spawn(refuse(stream));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        // Out of descriptors, say: do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
@@ -63,13 +82,79 @@ pub fn serve(
     }))
 }
 
+/// Whether the client runs as this process's user (`SO_PEERCRED`). The socket is 0600 inside a
+/// 0700 home, so another user reaching it means the permissions were changed: refuse anyway.
+fn same_user(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let own = unsafe { libc::geteuid() };
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == own => true,
+        Ok(cred) => {
+            tracing::warn!(
+                uid = cred.uid(),
+                "refused a control connection from another user"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "refused a control connection whose user is unknown");
+            false
+        }
+    }
+}
+
+/// Tells another user's client why it gets nothing (its request is never read), within bounds.
+async fn refuse(stream: UnixStream) {
+    let reply = Reply::Err {
+        kind: ErrorKind::Other,
+        message: "this node's control socket serves only the user who runs the node".to_owned(),
+    };
+    let (read, mut write) = stream.into_split();
+    let answer = async {
+        // Its request is taken off the socket unread (closing on unread bytes would reset the
+        // connection before the client reads why).
+        let mut request = Vec::new();
+        let _ = BufReader::new(read.take(MAX_LINE))
+            .read_until(b'\n', &mut request)
+            .await;
+        drop(request);
+        send(&mut write, &reply).await;
+    };
+    let _ = tokio::time::timeout(REQUEST_WITHIN, answer).await;
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) {
+    let Ok(mut bytes) = serde_json::to_vec(reply) else {
+        return;
+    };
+    bytes.push(b'\n');
+    let _ = write.write_all(&bytes).await;
+    let _ = write.shutdown().await;
+}
+
+async fn serve_counted(stream: UnixStream, ops: Ops) {
+    /// Counts the connection for as long as it lives, aborted at shutdown included.
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            METRICS.control_connections.dec();
+        }
+    }
+    METRICS.control_connections.inc();
+    let _counted = Counted;
+    serve_one(stream, ops).await;
+}
+
 async fn serve_one(stream: UnixStream, ops: Ops) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let reply = match BufReader::new(read.take(MAX_LINE))
-        .read_line(&mut line)
-        .await
-    {
+    let mut reader = BufReader::new(read.take(MAX_LINE));
+    let Ok(read) = tokio::time::timeout(REQUEST_WITHIN, reader.read_line(&mut line)).await else {
+        METRICS.control_refused.inc();
+        tracing::debug!("closed a control connection that sent no request in time");
+        return;
+    };
+    let reply = match read {
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => match ops.handle(request).await {
@@ -86,12 +171,7 @@ async fn serve_one(stream: UnixStream, ops: Ops) {
             message: format!("bad control request: {e}"),
         },
     };
-    let Ok(mut bytes) = serde_json::to_vec(&reply) else {
-        return;
-    };
-    bytes.push(b'\n');
-    let _ = write.write_all(&bytes).await;
-    let _ = write.shutdown().await;
+    send(&mut write, &reply).await;
 }
 
 fn error_reply(e: &Error) -> Reply {

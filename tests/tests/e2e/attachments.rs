@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use pigeon_e2e::{Pair, TestHome, files_under, http_get, metric, wait_for};
+use pigeon_e2e::{OutputBounded, Pair, TestHome, files_under, http_get, metric, wait_for};
 
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -372,4 +372,43 @@ fn a_transfer_survives_the_sender_crashing_mid_way() {
         "the saved file differs"
     );
     drop(alice_node);
+}
+
+/// A `send` that gives up waiting on the node (a timeout, not a refusal) keeps the sealed copies of
+/// its attachments: the node may have queued the message and must be able to serve them.
+#[test]
+fn a_send_that_times_out_keeps_its_attachments() {
+    let alice = TestHome::init("alice");
+    let bob = TestHome::init("bob");
+    alice.add_contact("bob", &bob, &[]);
+    let node = alice.start_node("/ip4/127.0.0.1/tcp/0");
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = random_file(work.path(), "kept.bin", 64 * 1024, b"");
+    let pid = node.pid() as libc::pid_t;
+    // SAFETY: signals to the child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let out = alice
+        .cmd(&[
+            "send",
+            "bob",
+            "slow node",
+            "--attach",
+            source.to_str().expect("path"),
+        ])
+        .env("PIGEON_ANSWER_TIMEOUT", "2")
+        .output_bounded();
+    let staged = files_under(&alice.path().join("attachments"));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    assert_eq!(staged.len(), 1, "the sealed copy was removed: {staged:?}");
+    // The node, let go on, takes the request it had been sent: the message it queued has its file.
+    let queued = wait_for(
+        "the node to queue the message",
+        Duration::from_secs(30),
+        || alice.outbox().into_iter().next(),
+    );
+    assert_eq!(queued["to"], "bob", "{queued}");
+    assert!(staged[0].exists(), "the queued message's file is gone");
 }

@@ -1,8 +1,9 @@
 //! The CLI as a user meets it: homes, passphrases, contacts, errors and exit codes.
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
-use pigeon_e2e::{OutputBounded, TestHome, files_under};
+use pigeon_e2e::{OutputBounded, TestHome, files_under, http_get, metric, wait_for};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)
@@ -376,4 +377,107 @@ fn a_node_that_does_not_answer_is_exit_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("did not answer within 2 s"), "{err}");
+}
+
+/// A pigeon process holds unlocked keys: an abort must not leave them in a core file, and the
+/// limit cannot be raised again from inside (the hard limit is 0 too). That it is not dumpable is
+/// checked in-process (`home::tests`): no /proc file shows it for another process.
+#[test]
+fn a_node_forbids_core_files() {
+    let home = TestHome::init("nocore");
+    let node = home.start_node("/ip4/127.0.0.1/tcp/0");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).expect("limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core line");
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+    assert_eq!(node.stop(), Some(0));
+}
+
+/// Clients that connect to the control socket and say nothing are disconnected after 10 s, and
+/// at most 64 are served at once (more wait in the backlog): a stuck script cannot use up the
+/// node, and a real command still gets its answer.
+#[test]
+fn idle_control_clients_are_capped_and_timed_out() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    let home = TestHome::init("control");
+    let node = home.start_node_with("/ip4/127.0.0.1/tcp/0", &["--metrics-addr", "127.0.0.1:0"]);
+    let url = node.metrics.clone().expect("metrics url");
+    let gauge = || metric(&http_get(&url).1, "pigeon_control_connections").unwrap_or(-1.0);
+    let mut idle: Vec<UnixStream> = (0..100)
+        .map(|_| UnixStream::connect(home.path().join("pigeon.sock")).expect("connect"))
+        .collect();
+    wait_for("64 idle clients served", Duration::from_secs(30), || {
+        (gauge() == 64.0).then_some(())
+    });
+    for _ in 0..10 {
+        let served = gauge();
+        assert!(
+            served <= 64.0,
+            "{served} control connections served at once"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A real command waits behind them, and is answered.
+    home.ok(&["status"]);
+    // Every idle client is disconnected (EOF), within a bound.
+    for stream in &mut idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            stream.read(&mut buf).expect("disconnected, not timed out"),
+            0
+        );
+    }
+    let refused = metric(&http_get(&url).1, "pigeon_control_refused_total").unwrap_or(0.0);
+    assert!(refused >= 100.0, "{refused}");
+    assert_eq!(node.stop(), Some(0));
+}
+
+/// A client of another user is refused even when the home's permissions let it reach the socket
+/// (`SO_PEERCRED`). Running a client as another user takes root; as any other user the test cannot
+/// set that up and says so on stderr.
+#[test]
+fn another_users_control_client_is_refused() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run a client as another user; the uid check is not exercised");
+        return;
+    }
+    let home = TestHome::init("peercred");
+    let _node = home.start_node("/ip4/127.0.0.1/tcp/0");
+    // Open the home as a careless user might, so that only the uid check stands in the way, and
+    // give the other user a copy of the binary it can run.
+    let chmod = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    chmod(home.path(), 0o755);
+    chmod(&home.path().join("pigeon.sock"), 0o777);
+    let bin = home.path().join("pigeon-copy");
+    std::fs::copy(pigeon_e2e::pigeon_bin(), &bin).expect("copy the binary");
+    chmod(&bin, 0o755);
+    let out = std::process::Command::new(&bin)
+        .arg("--home")
+        .arg(home.path())
+        .arg("status")
+        .env_remove("PIGEON_HOME")
+        .env("PIGEON_ANSWER_TIMEOUT", "5")
+        .uid(65534)
+        .gid(65534)
+        .output_bounded();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("serves only the user who runs the node"),
+        "another user was not refused: {err}"
+    );
+    // The owner still does.
+    home.ok(&["status"]);
 }
