@@ -26,6 +26,43 @@ use zeroize::Zeroizing;
 
 /// Plaintext bytes per chunk.
 pub const CHUNK_SIZE: u32 = 1024 * 1024;
+/// The smallest chunk size a manifest may give.
+pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
+/// The largest chunk size a manifest may give.
+pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
+/// The longest file name `save` writes, in bytes (the usual `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+/// The most attachments `attachments.max_per_message` may allow.
+pub const HARD_MAX_PER_MESSAGE: usize = 1024;
+
+/// The bounds a received message's attachments are checked against (from `[attachments]`),
+/// before anything of them is fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single attachment, in bytes.
+    pub max_size: u64,
+    /// Most attachments in one message.
+    pub max_per_message: usize,
+    /// Most bytes in one message's attachments together.
+    pub max_message_bytes: u64,
+    /// Most bytes of attachments held or fetched from one peer.
+    pub max_peer_bytes: u64,
+}
+
+impl Limits {
+    /// Whether a message carrying `refs` may be accepted from a peer whose attachments already
+    /// take `peer_bytes`: every manifest well formed, and no limit passed.
+    pub fn admit(&self, refs: &[AttachmentRef], peer_bytes: u64) -> bool {
+        let total = refs.iter().fold(0u64, |t, a| t.saturating_add(a.size));
+        refs.len() <= self.max_per_message
+            && total <= self.max_message_bytes
+            && peer_bytes.saturating_add(total) <= self.max_peer_bytes
+            && refs
+                .iter()
+                .all(|a| a.is_well_formed() && a.size <= self.max_size)
+    }
+}
+
 /// AEAD tag added to each chunk.
 pub const TAG: u64 = 16;
 /// Largest attachment pigeon handles: its manifest (32 bytes per MiB) must fit a frame and a request.
@@ -78,11 +115,16 @@ impl AttachmentRef {
         self.chunk_hashes.get(start..start + 32)
     }
     /// Whether the manifest is consistent (sizes, hash count); checked on receipt.
+    ///
+    /// The chunk size is bounded below (a tiny one would make a huge chunk count, one request
+    /// per few bytes) and above (a frame must hold a chunk), and the count is computed in 64 bits
+    /// so that no size can wrap it into agreeing with a short hash list.
     pub fn is_well_formed(&self) -> bool {
-        self.chunk_size > 0
-            && self.chunk_size <= 16 * 1024 * 1024
+        let count = self.size.div_ceil(u64::from(self.chunk_size.max(1)));
+        (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
             && self.size <= HARD_MAX_SIZE
-            && self.chunk_hashes.len() == self.chunk_count() as usize * 32
+            && u32::try_from(count).is_ok()
+            && self.chunk_hashes.len() as u64 == count * 32
     }
 }
 
@@ -172,6 +214,13 @@ impl AttachmentError {
             AttachmentError::Exists(_) => ErrorKind::Conflict,
         }
     }
+}
+
+/// Makes a new or renamed entry of `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), AttachmentError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", dir))
 }
 
 fn io<'a>(
@@ -297,6 +346,7 @@ pub fn stage(
         }
     }
     out.sync_all().map_err(io("syncing", &out_path))?;
+    sync_dir(&dir)?;
     Ok(AttachmentRef {
         id,
         name,
@@ -329,22 +379,52 @@ pub fn read_chunk(file: &Path, attachment: &AttachmentRef, index: u32) -> std::i
     Ok(buf)
 }
 
-/// A file name from a peer, made safe to create in a directory: no path, no control characters,
-/// no leading dot, never empty.
+/// A file name from a peer, made safe to create in a directory and to show: no path, no control
+/// or format characters, no leading dot, at most [`MAX_NAME_BYTES`], never empty.
 pub fn sanitize_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = base
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect::<String>()
-        .trim()
-        .to_owned();
-    let cleaned = cleaned.trim_start_matches('.').to_owned();
-    let mut out: String = cleaned.chars().take(200).collect();
+    let cleaned: String = base.chars().filter(|&c| !is_hidden_or_control(c)).collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').trim_start();
+    let out = truncate_name(cleaned, MAX_NAME_BYTES);
     if out.is_empty() {
-        out = "attachment".to_owned();
+        "attachment".to_owned()
+    } else {
+        out
     }
-    out
+}
+
+/// Characters that must not reach a file name or a terminal: controls, and format characters
+/// (U+202E RIGHT-TO-LEFT OVERRIDE makes `exe.pdf` of `fdp.exe`, zero-width ones hide text),
+/// and line or paragraph separators.
+pub fn is_hidden_or_control(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.is_control()
+        || matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+}
+
+/// `name` cut to at most `max` bytes on a character boundary, keeping a short extension.
+fn truncate_name(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    let prefix = |s: &str, n: usize| -> String {
+        let mut end = n.min(s.len());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_owned()
+    };
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && ext.len() <= 16 => {
+            format!("{}.{ext}", prefix(stem, max - ext.len() - 1))
+        }
+        _ => prefix(name, max),
+    }
 }
 
 /// Decrypts a complete attachment from `file` into `dir/<sanitised name>`, checking every chunk
@@ -364,33 +444,46 @@ pub fn save(
         name: attachment.name.clone(),
         what,
     };
-    let tmp = dir.join(format!(".{}.pigeon-partial", attachment.id_hex()));
-    let mut out = File::create(&tmp).map_err(io("creating", &tmp))?;
+    // Created exclusively under a random name (0600): the sender knows the attachment's id, so a
+    // name made from it could have been planted as a symlink.
+    let mut out = tempfile::Builder::new()
+        .prefix(".pigeon-partial-")
+        .tempfile_in(dir)
+        .map_err(io("creating a temporary file in", dir))?;
+    let tmp = out.path().to_owned();
     let mut whole = Blake2b::<U32>::new();
     let mut done = 0u64;
-    let result = (|| {
-        for index in 0..attachment.chunk_count() {
-            let sealed = read_chunk(file, attachment, index).map_err(io("reading", file))?;
-            if attachment.chunk_hash(index) != Some(&hash(&sealed)[..]) {
-                return Err(corrupt(format!("chunk {index} hash")));
-            }
-            let plain = open_chunk(&attachment.key, &attachment.id, index, &sealed)
-                .ok_or_else(|| corrupt(format!("chunk {index} does not decrypt")))?;
-            whole.update(&plain[..]);
-            out.write_all(&plain).map_err(io("writing", &tmp))?;
-            done += plain.len() as u64;
-            progress(done);
+    for index in 0..attachment.chunk_count() {
+        let sealed = read_chunk(file, attachment, index).map_err(io("reading", file))?;
+        if attachment.chunk_hash(index) != Some(&hash(&sealed)[..]) {
+            return Err(corrupt(format!("chunk {index} hash")));
         }
-        if <[u8; 32]>::from(whole.finalize()) != attachment.file_hash || done != attachment.size {
-            return Err(corrupt("whole-file hash".into()));
-        }
-        out.sync_all().map_err(io("syncing", &tmp))?;
-        std::fs::rename(&tmp, &target).map_err(io("renaming into", &target))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let plain = open_chunk(&attachment.key, &attachment.id, index, &sealed)
+            .ok_or_else(|| corrupt(format!("chunk {index} does not decrypt")))?;
+        whole.update(&plain[..]);
+        out.write_all(&plain).map_err(io("writing", &tmp))?;
+        done += plain.len() as u64;
+        progress(done);
     }
-    result.map(|()| target)
+    if <[u8; 32]>::from(whole.finalize()) != attachment.file_hash || done != attachment.size {
+        return Err(corrupt("whole-file hash".into()));
+    }
+    out.as_file().sync_all().map_err(io("syncing", &tmp))?;
+    // Dropping `out` on any error above removes the temporary file.
+    if overwrite {
+        out.persist(&target)
+    } else {
+        out.persist_noclobber(&target)
+    }
+    .map_err(|e| {
+        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            AttachmentError::Exists(target.clone())
+        } else {
+            io("renaming into", &target)(e.error)
+        }
+    })?;
+    sync_dir(dir)?;
+    Ok(target)
 }
 
 #[cfg(test)]
@@ -491,6 +584,71 @@ mod tests {
         assert_eq!(sanitize_name(""), "attachment");
         assert_eq!(sanitize_name("/"), "attachment");
         assert_eq!(sanitize_name(".."), "attachment");
-        assert_eq!(sanitize_name(&"x".repeat(300)).len(), 200);
+        // Right-to-left override, zero-width joiner, BOM, line separator: all gone.
+        assert_eq!(sanitize_name("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(sanitize_name("a\u{200D}b\u{FEFF}c\u{2028}.txt"), "abc.txt");
+        assert_eq!(sanitize_name(&"x".repeat(300)).len(), MAX_NAME_BYTES);
+        // Cut on a character boundary, keeping the extension, so every name can be created.
+        let long = format!("{}.tar.gz", "é".repeat(200));
+        let cut = sanitize_name(&long);
+        assert!(cut.len() <= MAX_NAME_BYTES && cut.ends_with(".gz"), "{cut}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(&cut), b"").expect("a sanitised name can be created");
+    }
+
+    fn manifest(size: u64, chunk_size: u32, hashes: usize) -> AttachmentRef {
+        AttachmentRef {
+            id: [1; 16],
+            name: "f".into(),
+            size,
+            chunk_size,
+            key: [2; 32],
+            file_hash: [3; 32],
+            chunk_hashes: vec![0; hashes * 32],
+        }
+    }
+
+    #[test]
+    fn limits_count_files_bytes_per_message_and_per_peer() {
+        let limits = Limits {
+            max_size: 4 * CHUNK_SIZE as u64,
+            max_per_message: 2,
+            max_message_bytes: 6 * CHUNK_SIZE as u64,
+            max_peer_bytes: 10 * CHUNK_SIZE as u64,
+        };
+        let mib = |n: u64| manifest(n * CHUNK_SIZE as u64, CHUNK_SIZE, n as usize);
+        assert!(limits.admit(&[], 10 * CHUNK_SIZE as u64));
+        assert!(limits.admit(&[mib(3), mib(3)], 0));
+        assert!(!limits.admit(&[mib(5)], 0), "one file past max_size");
+        assert!(
+            !limits.admit(&[mib(1), mib(1), mib(1)], 0),
+            "too many files"
+        );
+        assert!(
+            !limits.admit(&[mib(4), mib(3)], 0),
+            "too many bytes in the message"
+        );
+        assert!(limits.admit(&[mib(4)], 6 * CHUNK_SIZE as u64));
+        assert!(
+            !limits.admit(&[mib(4)], 7 * CHUNK_SIZE as u64),
+            "the peer's share is full"
+        );
+        assert!(!limits.admit(&[manifest(100, 1, 100)], 0), "malformed");
+        assert!(!limits.admit(&[mib(1)], u64::MAX), "no overflow");
+    }
+
+    #[test]
+    fn manifests_outside_the_bounds_are_refused() {
+        assert!(manifest(CHUNK_SIZE as u64 * 2, CHUNK_SIZE, 2).is_well_formed());
+        assert!(manifest(0, MIN_CHUNK_SIZE, 0).is_well_formed());
+        // A tiny chunk size would mean one request per byte.
+        assert!(!manifest(100, 1, 100).is_well_formed());
+        assert!(!manifest(100, MIN_CHUNK_SIZE - 1, 1).is_well_formed());
+        assert!(!manifest(100, 0, 0).is_well_formed());
+        assert!(!manifest(100, MAX_CHUNK_SIZE + 1, 1).is_well_formed());
+        // A hash list that disagrees with the size, either way.
+        assert!(!manifest(CHUNK_SIZE as u64 * 2, CHUNK_SIZE, 1).is_well_formed());
+        assert!(!manifest(CHUNK_SIZE as u64 * 2, CHUNK_SIZE, 3).is_well_formed());
+        assert!(!manifest(HARD_MAX_SIZE + 1, MAX_CHUNK_SIZE, 0).is_well_formed());
     }
 }

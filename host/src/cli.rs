@@ -16,6 +16,7 @@ mod peers;
 mod plugins;
 mod send;
 mod status;
+mod terminal;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

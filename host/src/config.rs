@@ -91,6 +91,16 @@ pub struct PluginConfig {
 pub struct NodeConfig {
     /// Multiaddrs to listen on when `node run` gets no `--listen`.
     pub listen: Vec<String>,
+    /// Incoming connections still in their handshake, at most.
+    pub max_pending_incoming: u32,
+    /// Outgoing dials under way, at most.
+    pub max_pending_outgoing: u32,
+    /// Established incoming connections, at most.
+    pub max_established_incoming: u32,
+    /// Established connections in all, at most.
+    pub max_established: u32,
+    /// Established connections to one peer, at most.
+    pub max_established_per_peer: u32,
 }
 
 impl Default for NodeConfig {
@@ -100,6 +110,11 @@ impl Default for NodeConfig {
                 "/ip4/0.0.0.0/tcp/7717".to_owned(),
                 "/ip4/0.0.0.0/udp/7717/quic-v1".to_owned(),
             ],
+            max_pending_incoming: 32,
+            max_pending_outgoing: 64,
+            max_established_incoming: 256,
+            max_established: 512,
+            max_established_per_peer: 4,
         }
     }
 }
@@ -151,15 +166,37 @@ impl DeliveryConfig {
 pub struct AttachmentsConfig {
     /// Largest attachment sent or accepted, in bytes.
     pub max_size: u64,
+    /// Most attachments one received message may carry.
+    pub max_per_message: usize,
+    /// Most attachment bytes one received message may carry, all its files together.
+    pub max_message_bytes: u64,
+    /// Most attachment bytes the node holds or fetches from one contact, all messages together.
+    pub max_peer_bytes: u64,
     /// Chunks in flight while fetching.
     pub window: usize,
 }
 
 impl Default for AttachmentsConfig {
     fn default() -> Self {
+        const GIB: u64 = 1024 * 1024 * 1024;
         AttachmentsConfig {
-            max_size: 1024 * 1024 * 1024,
+            max_size: GIB,
+            max_per_message: 32,
+            max_message_bytes: 2 * GIB,
+            max_peer_bytes: 8 * GIB,
             window: 8,
+        }
+    }
+}
+
+impl AttachmentsConfig {
+    /// What the receive path checks a message's attachments against.
+    pub fn limits(&self) -> crate::attachments::Limits {
+        crate::attachments::Limits {
+            max_size: self.max_size,
+            max_per_message: self.max_per_message,
+            max_message_bytes: self.max_message_bytes,
+            max_peer_bytes: self.max_peer_bytes,
         }
     }
 }
@@ -179,6 +216,13 @@ pub const TEMPLATE: &str = r#"# pigeon node configuration. Every key is optional
 [node]
 # Addresses `pigeon node run` listens on when no --listen is given (TCP and QUIC).
 listen = ["/ip4/0.0.0.0/tcp/7717", "/ip4/0.0.0.0/udp/7717/quic-v1"]
+# Connection limits: in their handshake (incoming, outgoing), established (incoming, in all,
+# per peer). A connection past one is closed at once; with them the swarm's memory is bounded.
+max_pending_incoming = 32
+max_pending_outgoing = 64
+max_established_incoming = 256
+max_established = 512
+max_established_per_peer = 4
 
 [delivery]
 # A batch to one peer closes at this many messages or bytes, or after lingering this long.
@@ -202,6 +246,11 @@ listen = ""
 [attachments]
 # Largest file sent or accepted, in bytes (1 GiB).
 max_size = 1073741824
+# A received message with more files than this, or more bytes in all (2 GiB), is refused before
+# anything is fetched; so is one that would take a contact's files past max_peer_bytes (8 GiB).
+max_per_message = 32
+max_message_bytes = 2147483648
+max_peer_bytes = 8589934592
 # Chunks (1 MiB each) in flight while fetching; memory use follows it, not the file size.
 window = 8
 
@@ -299,12 +348,35 @@ impl Config {
                 )));
             }
         }
+        let n = &self.node;
+        for (key, value) in [
+            ("max_pending_incoming", n.max_pending_incoming),
+            ("max_pending_outgoing", n.max_pending_outgoing),
+            ("max_established_incoming", n.max_established_incoming),
+            ("max_established", n.max_established),
+            ("max_established_per_peer", n.max_established_per_peer),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("node.{key} must be at least 1")));
+            }
+        }
         let a = &self.attachments;
         if a.max_size == 0 || a.max_size > crate::attachments::HARD_MAX_SIZE {
             return Err(invalid(format!(
                 "attachments.max_size must be between 1 and {}",
                 crate::attachments::HARD_MAX_SIZE
             )));
+        }
+        if a.max_per_message == 0 || a.max_per_message > crate::attachments::HARD_MAX_PER_MESSAGE {
+            return Err(invalid(format!(
+                "attachments.max_per_message must be between 1 and {}",
+                crate::attachments::HARD_MAX_PER_MESSAGE
+            )));
+        }
+        if a.max_message_bytes < a.max_size || a.max_peer_bytes < a.max_message_bytes {
+            return Err(invalid(
+                "attachments: max_size <= max_message_bytes <= max_peer_bytes must hold".to_owned(),
+            ));
         }
         if a.window == 0 || a.window > 64 {
             return Err(invalid(

@@ -135,6 +135,7 @@ async fn wait_for(ops: &Ops, count: usize) -> Result<Vec<String>> {
         let request = Request::InboxList {
             limit: None,
             label: None,
+            after: None,
         };
         let items = match ops.handle(request).await? {
             Response::Inbox(items) => items,

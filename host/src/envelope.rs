@@ -100,12 +100,21 @@ fn associated_data(sender: &PeerId, recipient: &PeerId) -> Vec<u8> {
 }
 
 /// Seals `payload` from `keys` to the recipient with PeerId `to` and X25519 key `to_key`.
-pub fn seal(keys: &Keys, to: &PeerId, to_key: &EncPublic, payload: &Payload) -> Envelope {
+///
+/// Fails only for a recipient key no message can be sealed to (see [`can_seal_to`]); addresses
+/// are checked for that when they are parsed, so a contact's key fails here only if its stored
+/// row was altered.
+pub fn seal(
+    keys: &Keys,
+    to: &PeerId,
+    to_key: &EncPublic,
+    payload: &Payload,
+) -> Result<Envelope, SealError> {
     let sender = keys.peer_id();
     let mut plain = Vec::new();
     ciborium::into_writer(payload, &mut plain).expect("CBOR encoding into a Vec cannot fail");
     let mode = OpModeS::Auth((keys.enc_secret().clone(), keys.enc_public().clone()));
-    let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
+    let sealed = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
         &mode,
         to_key,
         INFO,
@@ -113,14 +122,35 @@ pub fn seal(keys: &Keys, to: &PeerId, to_key: &EncPublic, payload: &Payload) -> 
         &associated_data(&sender, to),
         &mut rand_core09::UnwrapErr(rand_core09::OsRng),
     )
-    .expect("HPKE sealing with valid X25519 keys cannot fail");
+    .map_err(|_| SealError);
     zeroize::Zeroize::zeroize(&mut plain);
-    Envelope {
+    let (enc, ct) = sealed?;
+    Ok(Envelope {
         v: ENVELOPE_VERSION,
         sender: sender.to_bytes(),
         enc: enc.to_bytes().to_vec(),
         ct,
-    }
+    })
+}
+
+/// The recipient's X25519 key is one no message can be sealed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the contact's encryption key is unusable (a low-order X25519 point, which would make every shared secret zero); ask the contact for their address again"
+)]
+pub struct SealError;
+
+/// Whether messages can be sealed to `key`. HPKE refuses an X25519 key whose Diffie-Hellman
+/// results are all zero (the low-order points, RFC 9180 section 7.1.4), so a trial encapsulation
+/// to a throwaway key pair tells.
+pub fn can_seal_to(key: &EncPublic) -> bool {
+    hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
+        &OpModeS::Base,
+        key,
+        INFO,
+        &mut rand_core09::UnwrapErr(rand_core09::OsRng),
+    )
+    .is_ok()
 }
 
 /// Opens an envelope that arrived over a connection authenticated as `from`, whose X25519 key is
@@ -183,7 +213,7 @@ mod tests {
     fn sealed_message_opens_for_its_recipient_only() {
         let (alice, bob, eve) = (Keys::generate(), Keys::generate(), Keys::generate());
         let msg = payload("meet at noon");
-        let env = seal(&alice, &bob.peer_id(), bob.enc_public(), &msg);
+        let env = seal(&alice, &bob.peer_id(), bob.enc_public(), &msg).expect("seal");
         assert!(!env.ct.windows(4).any(|w| w == b"noon"));
         assert_eq!(
             open(&bob, &alice.peer_id(), alice.enc_public(), &env),
@@ -199,7 +229,7 @@ mod tests {
     #[test]
     fn tampered_ciphertext_is_rejected() {
         let (alice, bob) = (Keys::generate(), Keys::generate());
-        let env = seal(&alice, &bob.peer_id(), bob.enc_public(), &payload("x"));
+        let env = seal(&alice, &bob.peer_id(), bob.enc_public(), &payload("x")).expect("seal");
         for i in 0..env.ct.len() {
             let mut bad = env.clone();
             bad.ct[i] ^= 0x80;
@@ -220,7 +250,7 @@ mod tests {
     fn wrong_sender_is_rejected() {
         let (alice, bob, mallory) = (Keys::generate(), Keys::generate(), Keys::generate());
         // Mallory seals with her own key but claims, on the connection, to be Alice.
-        let env = seal(&mallory, &bob.peer_id(), bob.enc_public(), &payload("x"));
+        let env = seal(&mallory, &bob.peer_id(), bob.enc_public(), &payload("x")).expect("seal");
         assert_eq!(
             open(&bob, &alice.peer_id(), alice.enc_public(), &env),
             Err(OpenError::WrongSender)
@@ -233,7 +263,7 @@ mod tests {
             Err(OpenError::Decrypt)
         );
         // Alice's genuine envelope replayed over Mallory's connection.
-        let genuine = seal(&alice, &bob.peer_id(), bob.enc_public(), &payload("y"));
+        let genuine = seal(&alice, &bob.peer_id(), bob.enc_public(), &payload("y")).expect("seal");
         assert_eq!(
             open(&bob, &mallory.peer_id(), mallory.enc_public(), &genuine),
             Err(OpenError::WrongSender)

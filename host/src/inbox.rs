@@ -10,6 +10,7 @@ pub mod rules;
 
 use libp2p::PeerId;
 
+use crate::attachments::Limits;
 use crate::envelope::{self, OpenError, Payload};
 use crate::keys::Keys;
 use crate::metrics::METRICS;
@@ -38,8 +39,8 @@ pub struct Receiver {
     pub store: Store,
     /// The rule plugins.
     pub plugins: Plugins,
-    /// Attachments larger than this many bytes make their message refused as too large.
-    pub max_attachment: u64,
+    /// A message whose attachments pass these is refused as too large.
+    pub limits: crate::attachments::Limits,
 }
 
 /// Opens, stores and answers one inbound batch from the authenticated `peer`.
@@ -64,7 +65,7 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
         Ok(opened) => opened,
         Err(reason) => return reject_all(reason),
     };
-    let mut admitted = admit(peer, opened, receiver.max_attachment);
+    let mut admitted = admit(peer, opened, receiver.limits, sender.attachment_bytes);
     let fresh = skip_known(receiver, &admitted.ids).await;
     run_rules(receiver, &sender, &mut admitted, &fresh, arrived).await;
     // Ack only after the durable commit: when it fails, the whole batch is refused as unavailable
@@ -81,6 +82,8 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
 struct Sender {
     contact: Contact,
     pipeline: Pipeline,
+    /// Bytes of the sender's attachments the node holds or fetches.
+    attachment_bytes: u64,
 }
 
 /// Each envelope of a batch opened, or why it did not open.
@@ -115,11 +118,22 @@ async fn open(
 /// a contact is refused.
 async fn look_up_sender(store: &Store, peer: PeerId, n: usize) -> Result<Sender, RejectReason> {
     let found = store
-        .call(move |db| Ok((db.contact_by_peer(&peer)?, db.pipeline()?)))
+        .call(move |db| {
+            let contact = db.contact_by_peer(&peer)?;
+            Ok((
+                contact,
+                db.pipeline()?,
+                db.incoming_attachment_bytes(&peer)?,
+            ))
+        })
         .await;
     match found {
-        Ok((Some(contact), pipeline)) => Ok(Sender { contact, pipeline }),
-        Ok((None, _)) => {
+        Ok((Some(contact), pipeline, attachment_bytes)) => Ok(Sender {
+            contact,
+            pipeline,
+            attachment_bytes,
+        }),
+        Ok((None, _, _)) => {
             tracing::warn!(%peer, messages = n, "refused messages from a peer that is not a contact");
             Err(RejectReason::NotAContact)
         }
@@ -141,26 +155,26 @@ struct Admitted {
 }
 
 /// Refuses the envelopes that did not open and the messages whose attachments are malformed or
-/// too large; the rest are to be stored.
-fn admit(peer: PeerId, opened: Opened, max_attachment: u64) -> Admitted {
+/// pass `limits` (the sender's attachments already take `peer_bytes`); the rest are to be stored.
+fn admit(peer: PeerId, opened: Opened, limits: Limits, mut peer_bytes: u64) -> Admitted {
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(opened.len());
     let mut to_store = Vec::new();
     for result in opened {
         match result {
-            Ok(p)
-                if p.attachments
-                    .iter()
-                    .any(|a| !a.is_well_formed() || a.size > max_attachment) =>
-            {
-                tracing::warn!(%peer, message_id = %p.id, "refused a message: attachment too large or malformed");
+            Ok(p) if !limits.admit(&p.attachments, peer_bytes) => {
+                tracing::warn!(%peer, message_id = %p.id, "refused a message: attachments malformed or past the limits");
                 outcomes.push(Some(Outcome::Rejected(RejectReason::TooLarge)));
             }
             Ok(p) => {
+                peer_bytes = p
+                    .attachments
+                    .iter()
+                    .fold(peer_bytes, |t, a| t.saturating_add(a.size));
                 outcomes.push(None);
                 to_store.push(Received {
                     id: p.id,
                     sender: peer,
-                    sent_at_ms: p.sent_at_ms,
+                    sent_at_ms: crate::store::clamp_time(p.sent_at_ms),
                     subject: p.subject,
                     body: p.body,
                     attachments: p.attachments,

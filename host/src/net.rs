@@ -1,25 +1,33 @@
 //! The libp2p swarm, owned by one task.
 //!
-//! TCP and QUIC, Noise, Yamux, identify, ping and `/pigeon/msg/1`. The rest of the node holds a
+//! TCP and QUIC, Noise, Yamux, connection limits, identify, ping, and `/pigeon/msg/1` and
+//! `/pigeon/chunk/1` for contacts only (`net/gate.rs`). The rest of the node holds a
 //! cloneable [`Net`] handle that sends [`Command`]s (each with a oneshot reply) and reads
 //! [`NetEvent`]s from a channel; nothing else touches the swarm. This file holds that interface
 //! and builds the swarm; `net/event_loop.rs` is the task that runs it.
 
 pub mod codec;
 mod event_loop;
+mod gate;
 pub mod protocol;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::NodeConfig;
 use event_loop::EventLoop;
+use gate::Gated;
+
+/// Message streams one connection may have open at once (each reads at most a frame).
+const MSG_STREAMS_PER_CONNECTION: usize = 8;
 
 /// Network events that may wait for the node at once. The node's pump hands each on in moments
 /// (batches to tasks of their own), so the queue fills only when the node cannot keep up; see
@@ -144,14 +152,19 @@ enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    SetContacts {
+        peers: HashSet<PeerId>,
+    },
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First, so that a connection past a limit is denied before anything else sees it.
+    limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    msg: request_response::Behaviour<MsgCodec>,
-    chunk: request_response::Behaviour<ChunkCodec>,
+    msg: Gated<request_response::Behaviour<MsgCodec>>,
+    chunk: Gated<request_response::Behaviour<ChunkCodec>>,
 }
 
 /// A handle to the swarm task.
@@ -163,13 +176,18 @@ pub struct Net {
 
 impl Net {
     /// Starts the swarm listening on `listen`; returns the handle, the event stream and the task.
+    ///
+    /// Only `contacts` may speak the message and chunk protocols ([`gate`]); keep the set current
+    /// with [`Net::set_contacts`].
     pub fn spawn(
         identity: Keypair,
         listen: &[Multiaddr],
+        contacts: HashSet<PeerId>,
+        limits: &NodeConfig,
         cancel: CancellationToken,
     ) -> Result<(Net, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
         let local = identity.public().to_peer_id();
-        let mut swarm = build_swarm(identity)?;
+        let mut swarm = build_swarm(identity, contacts, limits)?;
         for addr in listen {
             tcp_port_free(addr).map_err(|reason| NetError::Listen {
                 addr: addr.clone(),
@@ -266,6 +284,12 @@ impl Net {
         let _ = self.commands.send(Command::AddAddress { peer, addr }).await;
     }
 
+    /// Replaces the peers that may speak the message and chunk protocols (the contacts). A peer
+    /// whose standing changes is disconnected, so its next connection follows the new set.
+    pub async fn set_contacts(&self, peers: HashSet<PeerId>) {
+        let _ = self.commands.send(Command::SetContacts { peers }).await;
+    }
+
     /// The peers connected now.
     pub async fn connected_peers(&self) -> Vec<PeerId> {
         let (reply, rx) = oneshot::channel();
@@ -295,7 +319,17 @@ impl Net {
     }
 }
 
-fn build_swarm(identity: Keypair) -> Result<Swarm<Behaviour>, NetError> {
+fn build_swarm(
+    identity: Keypair,
+    contacts: HashSet<PeerId>,
+    config: &NodeConfig,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(config.max_pending_incoming))
+        .with_max_pending_outgoing(Some(config.max_pending_outgoing))
+        .with_max_established_incoming(Some(config.max_established_incoming))
+        .with_max_established(Some(config.max_established))
+        .with_max_established_per_peer(Some(config.max_established_per_peer));
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     Ok(libp2p::SwarmBuilder::with_existing_identity(identity)
         .with_tokio()
@@ -307,20 +341,31 @@ fn build_swarm(identity: Keypair) -> Result<Swarm<Behaviour>, NetError> {
         .map_err(|e| setup(&e))?
         .with_quic()
         .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/pigeon/id/1".into(),
                 key.public(),
             )),
             ping: ping::Behaviour::default(),
-            msg: request_response::Behaviour::new(
-                [(MSG_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            // Streams per connection bound what one peer can make the node read at once
+            // (each up to a frame), so the swarm's memory is bounded by the connection limits.
+            msg: Gated::new(
+                request_response::Behaviour::new(
+                    [(MSG_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(MSG_STREAMS_PER_CONNECTION),
+                ),
+                contacts.clone(),
             ),
-            chunk: request_response::Behaviour::new(
-                [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(60))
-                    .with_max_concurrent_streams(64),
+            chunk: Gated::new(
+                request_response::Behaviour::new(
+                    [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
+                        .with_max_concurrent_streams(64),
+                ),
+                contacts,
             ),
         })
         .map_err(|e| setup(&e))?

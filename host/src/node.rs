@@ -31,7 +31,7 @@ use crate::inbox;
 use crate::keys::Keys;
 use crate::metrics::METRICS;
 use crate::metrics::MetricsServer;
-use crate::net::protocol::{ChunkRequest, ChunkResponse};
+use crate::net::protocol::{BatchResponse, ChunkRequest, ChunkResponse, Outcome, RejectReason};
 use crate::net::{Net, NetError, NetEvent};
 use crate::plugins::{DiscoveryAction, LazyPlugins, NodeEvent, Plugins};
 use crate::store::{Store, now_ms};
@@ -77,8 +77,14 @@ impl Node {
         let keys = Arc::new(keys);
         let store = Store::open(&home.database(), keys.clone()).await?;
         let cancel = CancellationToken::new();
-        let (net, events, net_task) =
-            Net::spawn(keys.identity().clone(), listen, cancel.child_token())?;
+        let contacts = store.call(|db| db.contact_peer_ids()).await?;
+        let (net, events, net_task) = Net::spawn(
+            keys.identity().clone(),
+            listen,
+            contacts,
+            &config.node,
+            cancel.child_token(),
+        )?;
         let (waker, delivery_task) = delivery::spawn(
             store.clone(),
             net.clone(),
@@ -110,7 +116,7 @@ impl Node {
                 keys,
                 store: store.clone(),
                 plugins: plugins.clone(),
-                max_attachment: config.attachments.max_size,
+                limits: config.attachments.limits(),
             },
             net: net.clone(),
             waker,
@@ -190,6 +196,11 @@ impl Node {
     }
 }
 
+/// Inbound batches and chunk requests handled at once; past it a batch is answered `unavailable`
+/// (the sender retries) and a chunk request goes unanswered (the fetcher asks again). With the
+/// connection limits this bounds what peers can make the node hold.
+const MAX_HANDLERS: usize = 128;
+
 /// Hands the swarm's events to the rooms they concern.
 struct Pump {
     receiver: inbox::Receiver,
@@ -257,6 +268,13 @@ impl Pump {
                 batch,
                 channel,
             } => {
+                if handlers.len() >= MAX_HANDLERS {
+                    // Busy: a transient refusal, so the sender keeps the batch and sends it later.
+                    let outcomes =
+                        vec![Outcome::Rejected(RejectReason::Unavailable); batch.envelopes.len()];
+                    self.net.respond(channel, BatchResponse { outcomes }).await;
+                    return;
+                }
                 let (receiver, net) = (self.receiver.clone(), self.net.clone());
                 let fetcher = self.fetcher.clone();
                 handlers.spawn(async move {
@@ -271,6 +289,10 @@ impl Pump {
                 relayed,
                 channel,
             } => {
+                if handlers.len() >= MAX_HANDLERS {
+                    // Unanswered: the channel drops and the fetcher asks again later.
+                    return;
+                }
                 let (store, net, root) = (store.clone(), self.net.clone(), self.home_root.clone());
                 handlers.spawn(async move {
                     let response = serve_chunk(&store, &root, peer, request, relayed).await;

@@ -15,6 +15,7 @@ mod migrations;
 mod outbox;
 mod rules;
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -72,6 +73,10 @@ pub enum StoreError {
     /// The store thread has stopped.
     #[error("the store is closed")]
     Closed,
+    /// The job panicked (a bug; the log has the panic). It failed alone: its transaction rolled
+    /// back as it unwound, and the store goes on with the next job.
+    #[error("a store operation failed unexpectedly (the log says where); nothing of it was kept")]
+    Failed,
 }
 
 impl StoreError {
@@ -163,7 +168,12 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |db| {
-            let _ = tx.send(f(db));
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(db)));
+            let failed = result.is_err();
+            let _ = tx.send(result.unwrap_or(Err(StoreError::Failed)));
+            if failed {
+                tracing::error!("a store job panicked; it failed, the store goes on");
+            }
         });
         self.jobs
             .send(Msg::Job(job))
@@ -235,9 +245,22 @@ pub fn now_ms() -> u64 {
 }
 
 /// A millisecond timestamp as RFC 3339 (UTC), for people and scripts.
+///
+/// Saturates at [`MAX_TIME_MS`] (the end of year 9999, the last RFC 3339 can write), so a time
+/// from anywhere, a peer's clock included, formats.
 pub fn format_time(ms: u64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.min(MAX_TIME_MS));
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// 9999-12-31T23:59:59.999Z in milliseconds since the Unix epoch: the latest time pigeon stores
+/// or shows. Times a peer stamps are clamped to it on receipt (see [`clamp_time`]).
+pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
+
+/// A time from outside (a peer's `sent_at`) brought into the range pigeon stores: SQLite keeps
+/// it as a signed integer and RFC 3339 stops at year 9999.
+pub fn clamp_time(ms: u64) -> u64 {
+    ms.min(MAX_TIME_MS)
 }
 
 #[cfg(test)]
@@ -250,5 +273,49 @@ pub(crate) mod test_support {
         let keys = Arc::new(Keys::generate());
         let db = Db::open(&dir.path().join("pigeon.db"), keys.clone()).expect("open db");
         (dir, db, keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_that_panics_fails_alone_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("pigeon.db"), Arc::new(Keys::generate()))
+            .await
+            .expect("open");
+        let panicked = store
+            .call(|db| -> Result<(), StoreError> {
+                let tx = db.conn.transaction()?;
+                tx.execute("CREATE TABLE half_done (x INTEGER)", [])?;
+                panic!("a bug in one job");
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Failed)), "{panicked:?}");
+        // The next job runs, on the same connection, and the panicked job's transaction is gone.
+        let tables: i64 = store
+            .call(|db| {
+                Ok(db.conn.query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'half_done'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .expect("the store still answers");
+        assert_eq!(tables, 0);
+        store.close().await;
+    }
+
+    #[test]
+    fn any_time_formats_and_peer_times_are_clamped() {
+        assert_eq!(format_time(MAX_TIME_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_time(u64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(clamp_time(u64::MAX), MAX_TIME_MS);
+        assert!(i64::try_from(clamp_time(u64::MAX)).is_ok());
+        assert_eq!(clamp_time(1_700_000_000_000), 1_700_000_000_000);
     }
 }

@@ -1,9 +1,11 @@
 //! `pigeon inbox list|read`
 
+use super::terminal::{one_line, shown};
 use super::{Global, count, print_json, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentError};
 use crate::control::api::{Request, Response};
 use crate::error::{Result, UsageError};
+use crate::store::InboxItem;
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
@@ -50,15 +52,41 @@ pub(super) enum Command {
     },
 }
 
+/// Messages asked of the node per request: one page's answer stays far inside the control
+/// answer's size limit however many messages the inbox holds.
+const PAGE: u32 = 500;
+
+/// The inbox, newest first, at most `limit` (all without one), read page by page.
+async fn list(g: &Global, limit: Option<u32>, label: Option<String>) -> Result<Vec<InboxItem>> {
+    let mut items: Vec<InboxItem> = Vec::new();
+    loop {
+        let want = limit.map_or(PAGE, |l| (l - l.min(items.len() as u32)).min(PAGE));
+        if want == 0 {
+            return Ok(items);
+        }
+        let request = Request::InboxList {
+            limit: Some(want),
+            label: label.clone(),
+            after: items.last().map(|i| i.id.clone()),
+        };
+        let page = match g.call(request).await? {
+            Response::Inbox(page) => page,
+            other => return Err(unexpected(other)),
+        };
+        let last_page = (page.len() as u32) < want;
+        items.extend(page);
+        if last_page {
+            return Ok(items);
+        }
+    }
+}
+
 pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     match cmd {
         Command::Label(cmd) => label(g, cmd).await?,
         Command::Rules(cmd) => rules(g, cmd).await?,
         Command::List { limit, label, json } => {
-            let items = match g.call(Request::InboxList { limit, label }).await? {
-                Response::Inbox(items) => items,
-                other => return Err(unexpected(other)),
-            };
+            let items = list(g, limit, label).await?;
             if json {
                 return print_json(&items);
             }
@@ -68,9 +96,8 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
                 let labels = if i.labels.is_empty() {
                     "-".to_owned()
                 } else {
-                    i.labels.join(",")
+                    one_line(&i.labels.join(","))
                 };
-                let one_line = |s: &str| s.replace(['\t', '\n', '\r'], " ");
                 let subject = i
                     .subject
                     .as_deref()
@@ -79,7 +106,7 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
                 println!(
                     "{}\t{}\t{}\t{labels}\t{}\t{}",
                     i.id,
-                    i.from,
+                    one_line(&i.from),
                     i.received_at,
                     one_line(subject),
                     one_line(&i.preview)
@@ -96,28 +123,32 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
                 return print_json(&m);
             }
             println!("id:       {}", m.id);
-            println!("from:     {} ({})", m.from, m.from_peer_id);
+            println!("from:     {} ({})", one_line(&m.from), m.from_peer_id);
             println!("sent:     {}", m.sent_at);
             println!("received: {}", m.received_at);
             if let Some(subject) = &m.subject {
-                println!("subject:  {subject}");
+                println!("subject:  {}", one_line(subject));
             }
             if !m.labels.is_empty() {
-                println!("labels:   {}", m.labels.join(", "));
+                println!("labels:   {}", one_line(&m.labels.join(", ")));
             }
             for a in &m.attachments {
                 let error = a
                     .error
                     .as_deref()
-                    .map(|e| format!(" ({e})"))
+                    .map(|e| format!(" ({})", one_line(e)))
                     .unwrap_or_default();
                 println!(
                     "attached: {} ({} bytes, {}, {}/{} chunks){error}",
-                    a.name, a.size, a.state, a.chunks_held, a.chunks_total
+                    one_line(&a.name),
+                    a.size,
+                    a.state,
+                    a.chunks_held,
+                    a.chunks_total
                 );
             }
             println!();
-            println!("{}", m.body);
+            println!("{}", shown(&m.body));
         }
     }
     Ok(())

@@ -33,7 +33,10 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}ms"));
             println!(
                 "  {}\tscore={:.2}\tok={:.1}\tfailed={:.1}\trtt={rtt}",
-                a.addr, a.score, a.successes, a.failures
+                super::terminal::one_line(&a.addr),
+                a.score,
+                a.successes,
+                a.failures
             );
         }
     }

@@ -68,6 +68,7 @@ impl Ops {
             Request::ContactsList => self.contacts().await,
             Request::ContactsRm { name } => {
                 self.store.call(move |db| db.remove_contact(&name)).await?;
+                self.sync_contacts().await?;
                 Ok(Response::Done)
             }
             Request::Send {
@@ -93,9 +94,13 @@ impl Ops {
             }
             Request::Peers => self.peers().await,
             Request::Status => self.status().await,
-            Request::InboxList { limit, label } => Ok(Response::Inbox(
+            Request::InboxList {
+                limit,
+                label,
+                after,
+            } => Ok(Response::Inbox(
                 self.store
-                    .call(move |db| db.inbox(limit, label.as_deref()))
+                    .call(move |db| db.inbox(limit, label.as_deref(), after.as_deref()))
                     .await?,
             )),
             Request::RulesAdd { from, label } => {
@@ -237,12 +242,22 @@ impl Ops {
         self.store
             .call(move |db| db.add_contact(&name, &address, &addrs))
             .await?;
+        self.sync_contacts().await?;
         if let Some(node) = &self.node
             && !dial.is_empty()
         {
             node.net.dial(peer, dial).await;
         }
         Ok(Response::Done)
+    }
+
+    /// Tells the swarm who the contacts are now: only they may speak the message protocols.
+    async fn sync_contacts(&self) -> Result<()> {
+        if let Some(node) = &self.node {
+            let peers = self.store.call(|db| db.contact_peer_ids()).await?;
+            node.net.set_contacts(peers).await;
+        }
+        Ok(())
     }
 
     async fn connected(&self) -> Vec<libp2p::PeerId> {
@@ -308,7 +323,7 @@ impl Ops {
         }
         let contact = self.store.call(move |db| db.contact_by_name(&to)).await?;
         let refs = attachments.clone();
-        let (id, peer, env, now) = self.seal_for(&contact, subject, body, attachments);
+        let (id, peer, env, now) = self.seal_for(&contact, subject, body, attachments)?;
         self.store
             .call(move |db| db.enqueue(&id, &peer, &env, &refs, now))
             .await?;
@@ -327,10 +342,10 @@ impl Ops {
         let items: Vec<_> = bodies
             .into_iter()
             .map(|body| {
-                let (id, peer, env, _) = self.seal_for(&contact, None, body, vec![]);
-                (id, peer, env)
+                let (id, peer, env, _) = self.seal_for(&contact, None, body, vec![])?;
+                Ok((id, peer, env))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let ids = items.iter().map(|(id, _, _)| *id).collect();
         self.store
             .call(move |db| db.enqueue_many(&items, now_ms()))
@@ -345,7 +360,7 @@ impl Ops {
         subject: Option<String>,
         body: String,
         attachments: Vec<AttachmentRef>,
-    ) -> (MessageId, libp2p::PeerId, envelope::Envelope, u64) {
+    ) -> Result<(MessageId, libp2p::PeerId, envelope::Envelope, u64)> {
         let id = MessageId::random();
         let now = now_ms();
         let payload = Payload {
@@ -356,8 +371,10 @@ impl Ops {
             attachments,
         };
         let peer = contact.address.peer_id();
-        let env = envelope::seal(&self.keys, &peer, contact.address.enc_public(), &payload);
-        (id, peer, env, now)
+        let env = envelope::seal(&self.keys, &peer, contact.address.enc_public(), &payload)
+            // Parsing refused such a key already; only an altered row gets here.
+            .map_err(|_| crate::store::StoreError::Corrupt("contact address"))?;
+        Ok((id, peer, env, now))
     }
 
     fn wake(&self) {

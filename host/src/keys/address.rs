@@ -49,6 +49,11 @@ pub enum AddressError {
     /// The keys inside do not decode.
     #[error("pigeon address carries an invalid key")]
     BadKey,
+    /// The X25519 key decodes but nothing can be sealed to it (a low-order point).
+    #[error(
+        "pigeon address carries an unusable encryption key (a low-order X25519 point, which no message can be sealed to); this is not an address `pigeon id` prints"
+    )]
+    UnusableKey,
 }
 
 /// A parsed contact address.
@@ -125,6 +130,9 @@ impl FromStr for Address {
         let ed =
             ed25519::PublicKey::try_from_bytes(&data[1..33]).map_err(|_| AddressError::BadKey)?;
         let enc = EncPublic::from_bytes(&data[33..65]).map_err(|_| AddressError::BadKey)?;
+        if !crate::envelope::can_seal_to(&enc) {
+            return Err(AddressError::UnusableKey);
+        }
         Ok(Address {
             identity: ed.into(),
             enc,
@@ -186,9 +194,36 @@ mod tests {
             short.parse::<Address>(),
             Err(AddressError::Unsupported { .. })
         ));
+        // Low-order X25519 points (zero, one, and one of order 8): every shared secret would be
+        // zero, so nothing can be sealed to them; `contacts add` refuses them here.
+        let identity = Keys::generate().identity().public();
+        for point in [
+            [0u8; 32],
+            {
+                let mut one = [0u8; 32];
+                one[0] = 1;
+                one
+            },
+            hex32("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+        ] {
+            let enc = EncPublic::from_bytes(&point).expect("32 bytes decode");
+            let text = Address::new(identity.clone(), enc).to_string();
+            assert!(
+                matches!(text.parse::<Address>(), Err(AddressError::UnusableKey)),
+                "{point:?}"
+            );
+        }
         let peer_id = Keys::generate().peer_id().to_string();
         let e = peer_id.parse::<Address>().expect_err("a PeerId");
         assert!(matches!(e, AddressError::PeerIdGiven));
         assert!(e.to_string().contains("pigeon id"), "{e}");
+    }
+
+    fn hex32(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex");
+        }
+        out
     }
 }

@@ -3,12 +3,12 @@
 //! [`NetEvent`]s (every one sent through [`EventLoop::emit`], onto a bounded queue). On shutdown, every reply still pending
 //! gets an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent, dial_opts::DialOpts};
-use libp2p::{Multiaddr, Swarm, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,11 @@ pub(super) struct EventLoop {
     /// Remote addresses of every connection, to tell relayed ones.
     remotes: HashMap<ConnectionId, Multiaddr>,
     pending_chunks: Pending<ChunkResponse>,
+    /// Envelopes in each batch in flight, to answer for each when the peer refuses the protocol.
+    batch_sizes: HashMap<OutboundRequestId, usize>,
+    /// Peers being disconnected because they became or stopped being contacts: a dial to one
+    /// goes ahead although its old connections have not closed yet.
+    regated: HashSet<PeerId>,
 }
 
 impl EventLoop {
@@ -48,6 +53,8 @@ impl EventLoop {
             dialed: HashMap::new(),
             remotes: HashMap::new(),
             pending_chunks: HashMap::new(),
+            batch_sizes: HashMap::new(),
+            regated: HashSet::new(),
         }
     }
 
@@ -71,6 +78,7 @@ impl EventLoop {
                 .swarm
                 .behaviour_mut()
                 .msg
+                .inner()
                 .send_response(channel, BatchResponse { outcomes });
         }
     }
@@ -107,10 +115,14 @@ impl EventLoop {
                 request,
                 reply,
             } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .chunk
+                let chunk = &mut self.swarm.behaviour_mut().chunk;
+                if !chunk.allows(&peer) {
+                    // Only a contact's connections speak the protocol: a request would wait forever.
+                    let _ = reply.send(Err(SendError("not a contact of this node".into())));
+                    return;
+                }
+                let id = chunk
+                    .inner()
                     .send_request_with_addresses(&peer, request, addrs);
                 self.pending_chunks.insert(id, reply);
             }
@@ -119,6 +131,7 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .chunk
+                    .inner()
                     .send_response(channel, response)
                     .is_err()
                 {
@@ -131,18 +144,34 @@ impl EventLoop {
                 batch,
                 reply,
             } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .msg
-                    .send_request_with_addresses(&peer, batch, addrs);
+                let msg = &mut self.swarm.behaviour_mut().msg;
+                if !msg.allows(&peer) {
+                    let _ = reply.send(Err(SendError("not a contact of this node".into())));
+                    return;
+                }
+                let n = batch.envelopes.len();
+                let id = msg.inner().send_request_with_addresses(&peer, batch, addrs);
                 self.pending.insert(id, reply);
+                self.batch_sizes.insert(id, n);
+            }
+            Command::SetContacts { peers } => {
+                let behaviour = self.swarm.behaviour_mut();
+                let mut changed = behaviour.msg.set_allowed(peers.clone());
+                changed.extend(behaviour.chunk.set_allowed(peers));
+                for peer in changed {
+                    // Its connections were gated by the old set: the next one gets the new.
+                    if self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                        self.regated.insert(peer);
+                    }
+                }
             }
             Command::Respond { channel, response } => {
                 if self
                     .swarm
                     .behaviour_mut()
                     .msg
+                    .inner()
                     .send_response(channel, response)
                     .is_err()
                 {
@@ -150,7 +179,7 @@ impl EventLoop {
                 }
             }
             Command::Dial { peer, addrs } => {
-                if self.swarm.is_connected(&peer) {
+                if self.swarm.is_connected(&peer) && !self.regated.contains(&peer) {
                     return;
                 }
                 if let Err(e) = self
@@ -217,6 +246,7 @@ impl EventLoop {
                 self.dialed.remove(&connection_id);
                 self.remotes.remove(&connection_id);
                 if num_established == 0 {
+                    self.regated.remove(&peer_id);
                     METRICS.connected_peers.dec();
                     self.emit(NetEvent::PeerDisconnected(peer_id));
                 }
@@ -329,19 +359,29 @@ impl EventLoop {
                         response,
                     },
                 ..
-            } => answer(&mut self.pending, request_id, Ok(response)),
+            } => {
+                self.batch_sizes.remove(&request_id);
+                answer(&mut self.pending, request_id, Ok(response));
+            }
             Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
                 ..
             } => {
-                tracing::debug!(%peer, %error, "batch not answered");
-                answer(
-                    &mut self.pending,
-                    request_id,
-                    Err(SendError(error.to_string())),
-                );
+                let n = self.batch_sizes.remove(&request_id).unwrap_or(0);
+                let result = match error {
+                    // A pigeon node speaks the message protocol only with its contacts: the
+                    // refusal says that this node is not one of the peer's (yet).
+                    request_response::OutboundFailure::UnsupportedProtocols => Ok(BatchResponse {
+                        outcomes: vec![Outcome::Rejected(RejectReason::NotAContact); n],
+                    }),
+                    error => {
+                        tracing::debug!(%peer, %error, "batch not answered");
+                        Err(SendError(error.to_string()))
+                    }
+                };
+                answer(&mut self.pending, request_id, result);
             }
             Event::InboundFailure { peer, error, .. } => {
                 tracing::warn!(%peer, %error, "bad inbound batch");

@@ -18,7 +18,7 @@ pub const MAX_BAD_CHUNKS: u32 = 3;
 pub struct AttachmentView {
     /// Attachment id.
     pub id: String,
-    /// File name (as the sender gave it).
+    /// File name as it will be saved (the sender's, sanitised).
     pub name: String,
     /// Size in bytes.
     pub size: u64,
@@ -122,6 +122,17 @@ impl Db {
             .transpose()
     }
 
+    /// Bytes of the attachments received from `peer` that the node holds or fetches (what
+    /// `attachments.max_peer_bytes` bounds).
+    pub fn incoming_attachment_bytes(&self, peer: &PeerId) -> Result<u64, StoreError> {
+        let bytes: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM attachments WHERE direction = 'in' AND peer_id = ?1",
+            [peer.to_string()],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     /// Incoming attachments still missing chunks (and not given up on).
     pub fn downloads(&self) -> Result<Vec<Download>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -203,7 +214,7 @@ impl Db {
             .into_iter()
             .map(|(r, held, error)| AttachmentView {
                 id: r.id_hex(),
-                name: r.name.clone(),
+                name: crate::attachments::sanitize_name(&r.name),
                 size: r.size,
                 state: if held >= r.chunk_count() {
                     "complete"

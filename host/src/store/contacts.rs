@@ -55,6 +55,15 @@ impl Db {
         Ok(())
     }
 
+    /// The PeerIds of every contact: who may speak the message protocols.
+    pub fn contact_peer_ids(&self) -> Result<std::collections::HashSet<PeerId>, StoreError> {
+        Ok(self
+            .contacts()?
+            .iter()
+            .map(|c| c.address.peer_id())
+            .collect())
+    }
+
     /// Every contact, by name.
     pub fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
         let mut stmt = self

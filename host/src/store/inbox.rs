@@ -166,19 +166,39 @@ impl Db {
     }
 
     /// The inbox, newest first, at most `limit` messages, only those labelled `label` if given.
+    ///
+    /// `after` (a message id) continues a listing: only the messages that come after it in this
+    /// order. Messages that arrive in between come before it, so a listing read page by page
+    /// never shows one twice or skips one.
     pub fn inbox(
         &self,
         limit: Option<u32>,
         label: Option<&str>,
+        after: Option<&str>,
     ) -> Result<Vec<InboxItem>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT i.id, COALESCE(c.name, i.sender), i.sender, i.received_at, i.subject, i.body, i.key_id
              FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender
-             WHERE ?2 IS NULL OR EXISTS (SELECT 1 FROM labels l WHERE l.message_id = i.id AND l.label = ?2)
+             WHERE (?2 IS NULL OR EXISTS (SELECT 1 FROM labels l WHERE l.message_id = i.id AND l.label = ?2))
+               AND (?3 IS NULL OR (i.received_at, i.rowid) < (SELECT received_at, rowid FROM inbox WHERE id = ?3))
              ORDER BY i.received_at DESC, i.rowid DESC LIMIT ?1",
         )?;
+        if let Some(after) = after {
+            // A cursor that names no message would silently list everything.
+            let known: bool = self.conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM inbox WHERE id = ?1)",
+                [after],
+                |r| r.get(0),
+            )?;
+            if !known {
+                return Err(StoreError::NotFound {
+                    what: "message",
+                    name: after.to_owned(),
+                });
+            }
+        }
         let limit = limit.map_or(-1, i64::from);
-        let mut rows = stmt.query(params![limit, label])?;
+        let mut rows = stmt.query(params![limit, label, after])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let id: String = r.get(0)?;
@@ -358,16 +378,44 @@ mod tests {
             10,
         )
         .expect("store");
-        let all = db.inbox(None, None).expect("list");
+        let all = db.inbox(None, None, None).expect("list");
         assert_eq!(all.len(), 2);
         assert!(all.iter().any(|i| i.preview == "first line"));
         assert!(all.iter().any(|i| i.preview.ends_with('…') && i.preview.chars().count() == PREVIEW_CHARS + 1));
-        assert_eq!(db.inbox(Some(1), None).expect("limited").len(), 1);
+        assert_eq!(db.inbox(Some(1), None, None).expect("limited").len(), 1);
+        assert!(matches!(
+            db.inbox(None, None, Some("0000")),
+            Err(StoreError::NotFound { .. })
+        ));
         assert!(matches!(db.message("zz"), Err(StoreError::BadId(_))));
         assert!(matches!(db.message("zzzz"), Err(StoreError::BadId(_))));
         assert!(matches!(
             db.message("0000"),
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn pages_continue_after_a_cursor_and_miss_nothing_that_arrives_between() {
+        let (_dir, mut db, _keys) = temp_db();
+        let alice = Keys::generate().peer_id();
+        // Five messages in one instant, so the order falls back to arrival (rowid).
+        let first: Vec<Received> = (0..5).map(|i| received(alice, &format!("m{i}"))).collect();
+        db.store_received(&first, 10).expect("store");
+        let page1 = db.inbox(Some(2), None, None).expect("page 1");
+        // One arrives between pages: it is newer, so it belongs before the cursor.
+        db.store_received(&[received(alice, "late")], 20)
+            .expect("store");
+        let mut seen: Vec<String> = page1.iter().map(|i| i.preview.clone()).collect();
+        let mut after = page1.last().map(|i| i.id.clone());
+        for _ in 0..10 {
+            let page = db.inbox(Some(2), None, after.as_deref()).expect("page");
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|i| i.id.clone());
+            seen.extend(page.into_iter().map(|i| i.preview));
+        }
+        assert_eq!(seen, ["m4", "m3", "m2", "m1", "m0"]);
     }
 }

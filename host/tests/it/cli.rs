@@ -46,3 +46,33 @@ fn version_is_printed() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pigeon "));
 }
+
+/// An address whose X25519 key is a low-order point decodes, but no message can be sealed to it
+/// (sending to it used to panic the node): `contacts add` refuses it as bad input.
+#[test]
+fn contacts_add_refuses_an_address_with_an_unusable_key() {
+    use hpke::Deserializable;
+    use pigeon::keys::{EncPublic, Keys, address::Address};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pigeon"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .env("PIGEON_PASSPHRASE", "unusable key test")
+            .env_remove("PIGEON_HOME")
+            .output()
+            .expect("run pigeon")
+    };
+    assert!(run(&["init"]).status.success());
+    let zero = EncPublic::from_bytes(&[0; 32]).expect("32 bytes decode");
+    let evil = Address::new(Keys::generate().identity().public(), zero).to_string();
+    let out = run(&["contacts", "add", "evil", &evil]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unusable encryption key"), "{stderr}");
+    let list = run(&["contacts", "list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+}

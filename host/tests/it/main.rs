@@ -3,4 +3,6 @@
 //! end-to-end tests in `tests/` run.
 
 mod cli;
+mod hostile_contact;
 mod hostile_peer;
+mod rogue;

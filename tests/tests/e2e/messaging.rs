@@ -420,3 +420,90 @@ fn a_body_from_stdin_with_a_subject_arrives_whole() {
     assert_eq!(message["subject"], "from stdin");
     assert_eq!(message["from"], "alice");
 }
+
+/// A message whose text carries terminal escape sequences (clear the screen, set the title, a
+/// right-to-left override) is shown with them escaped: nothing of the sender's drives the terminal.
+/// `--json` keeps the text exact.
+#[test]
+fn escape_sequences_from_a_peer_never_reach_the_terminal() {
+    let pair = Pair::start();
+    let body = "hello\u{1b}[2J\u{1b}]0;owned\u{7}\nsecond line \u{202e}fdp.exe";
+    let id = pair
+        .alice
+        .ok(&["send", "bob", body, "--subject", "re\u{1b}[31m: red"])
+        .trim()
+        .to_owned();
+    pair.bob.wait_arrival(&id);
+    for args in [vec!["inbox", "read", id.as_str()], vec!["inbox", "list"]] {
+        let out = pair.bob.ok(&args);
+        let raw: Vec<char> = out
+            .chars()
+            .filter(|&c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}')
+            .collect();
+        assert!(raw.is_empty(), "{args:?} printed {raw:?}:\n{out}");
+        assert!(out.contains("hello\\u{1b}[2J"), "{out}");
+    }
+    let read = pair.bob.ok(&["inbox", "read", &id]);
+    assert!(read.contains("\nsecond line \\u{202e}fdp.exe"), "{read}");
+    let json = pair.bob.json(&["inbox", "read", &id, "--json"]);
+    assert_eq!(json["body"], body);
+}
+
+/// `inbox list` with no `--limit` lists every message even when the whole list is larger than one
+/// control answer may be (16 MiB): the CLI reads it from the node page by page, in order, each
+/// message once.
+#[test]
+fn inbox_list_works_past_the_answer_size_limit() {
+    use pigeon::envelope::MessageId;
+    use pigeon::keys::{Keys, keystore};
+    use pigeon::store::{Received, Store};
+
+    const MESSAGES: usize = 14_000;
+    let home = TestHome::init("big-inbox");
+    // Fill the inbox through the store itself (sending 14 000 messages would only be slower):
+    // subjects of 1 KiB make the whole list about 19 MB.
+    let keys = std::sync::Arc::new(
+        keystore::unlock(&home.path().join("keystore"), pigeon_e2e::PASSPHRASE).expect("unlock"),
+    );
+    let sender = Keys::generate().peer_id();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store = Store::open(&home.path().join("pigeon.db"), keys)
+            .await
+            .expect("open the store");
+        let messages: Vec<Received> = (0..MESSAGES)
+            .map(|i| Received {
+                id: MessageId::random(),
+                sender,
+                sent_at_ms: 1,
+                subject: Some(format!("{i:06} {}", "s".repeat(1000))),
+                body: format!("message {i}"),
+                attachments: vec![],
+                actions: vec![],
+            })
+            .collect();
+        store
+            .call(move |db| db.store_received(&messages, 1_000).map(|_| ()))
+            .await
+            .expect("store");
+        store.close().await;
+    });
+    let _node = home.start_node("/ip4/127.0.0.1/tcp/0");
+    let out = home.ok(&["inbox", "list"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), MESSAGES);
+    // Newest first (all arrived in the same instant: the last stored first), each exactly once.
+    let numbers: Vec<usize> = lines
+        .iter()
+        .map(|l| {
+            let subject = l.split('\t').nth(4).expect("subject column");
+            subject[..6].parse().expect("number")
+        })
+        .collect();
+    assert_eq!(numbers, (0..MESSAGES).rev().collect::<Vec<_>>());
+    let json = home.json(&["inbox", "list", "--json", "--limit", "1200"]);
+    assert_eq!(json.as_array().map(Vec::len), Some(1200));
+}

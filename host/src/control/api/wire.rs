@@ -73,6 +73,9 @@ pub enum Request {
         /// Only messages with this label.
         #[serde(default)]
         label: Option<String>,
+        /// Only messages listed after this one (its id), for reading the inbox page by page.
+        #[serde(default)]
+        after: Option<String>,
     },
     /// Add a built-in rule: messages from a contact get a label.
     RulesAdd {
