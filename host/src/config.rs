@@ -174,6 +174,9 @@ pub struct AttachmentsConfig {
     pub max_peer_bytes: u64,
     /// Chunks in flight while fetching.
     pub window: usize,
+    /// An attachment whose chunks could not be fetched for this long, with none arriving since,
+    /// is given up on ("7d", "12h"); `pigeon inbox fetch` resumes it.
+    pub give_up_after: String,
 }
 
 impl Default for AttachmentsConfig {
@@ -185,11 +188,17 @@ impl Default for AttachmentsConfig {
             max_message_bytes: 2 * GIB,
             max_peer_bytes: 8 * GIB,
             window: 8,
+            give_up_after: "7d".to_owned(),
         }
     }
 }
 
 impl AttachmentsConfig {
+    /// `give_up_after` in milliseconds (validated when the configuration is read).
+    pub fn give_up_after_ms(&self) -> u64 {
+        humantime::parse_duration(&self.give_up_after).map_or(u64::MAX, |d| d.as_millis() as u64)
+    }
+
     /// What the receive path checks a message's attachments against.
     pub fn limits(&self) -> crate::attachments::Limits {
         crate::attachments::Limits {
@@ -253,6 +262,9 @@ max_message_bytes = 2147483648
 max_peer_bytes = 8589934592
 # Chunks (1 MiB each) in flight while fetching; memory use follows it, not the file size.
 window = 8
+# An attachment whose sender has not answered for this long (no chunk since) is given up on;
+# `pigeon inbox fetch ID` tries again.
+give_up_after = "7d"
 
 # WASM plugins, one table each; rule plugins run in the order they appear here, after the
 # built-in rules. `pigeon plugins list` shows them all. Built-in ones need no path:
@@ -377,6 +389,14 @@ impl Config {
             return Err(invalid(
                 "attachments: max_size <= max_message_bytes <= max_peer_bytes must hold".to_owned(),
             ));
+        }
+        if !humantime::parse_duration(&a.give_up_after)
+            .is_ok_and(|d| d >= std::time::Duration::from_secs(1))
+        {
+            return Err(invalid(format!(
+                "attachments.give_up_after {:?} is not a duration of at least 1s like \"7d\" or \"12h\"",
+                a.give_up_after
+            )));
         }
         if a.window == 0 || a.window > 64 {
             return Err(invalid(

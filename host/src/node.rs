@@ -18,7 +18,7 @@ use libp2p::PeerId;
 
 use crate::attachments::{
     self,
-    fetch::{self, FetchWaker},
+    fetch::{self, FetchConfig, FetchWaker},
 };
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -94,21 +94,27 @@ impl Node {
         );
         let (discovery_tx, discovery_rx) = mpsc::unbounded_channel();
         let plugins = crate::plugins::start(home, config, &keys, Some(discovery_tx));
+        let fetcher = FetchWaker::default();
         let ops = Ops::new(
             keys.clone(),
             store.clone(),
             Some(NodeLink {
                 net: net.clone(),
                 waker: waker.clone(),
+                fetcher: fetcher.clone(),
             }),
             LazyPlugins::running(plugins.clone()),
         );
         let control_task = server::serve(&home.socket(), ops.clone(), cancel.child_token())?;
-        let (fetcher, fetch_task) = fetch::spawn(
+        let fetch_task = fetch::spawn(
             home.root().to_owned(),
             store.clone(),
             net.clone(),
-            config.attachments.window,
+            FetchConfig {
+                window: config.attachments.window,
+                give_up_after_ms: config.attachments.give_up_after_ms(),
+            },
+            fetcher.clone(),
             cancel.child_token(),
         );
         let pump = Pump {
@@ -240,7 +246,7 @@ impl Pump {
                 });
                 // Whatever its backoff says, a peer that is here now gets its messages now.
                 self.waker.peer_connected(peer);
-                self.fetcher.wake();
+                self.fetcher.peer_connected(peer);
             }
             NetEvent::Dialed { peer, addr, ok } => {
                 if !ok {

@@ -3,11 +3,17 @@
 //! and only then records it. After a crash it resumes from what is recorded; a chunk that fails its
 //! hash is refused and fetched again, and a peer that keeps sending bad data is reported and the
 //! attachment given up on.
+//!
+//! The window is shared fairly between senders ([`pick`]): no sender holds more than its share
+//! while others wait, so one that takes requests and never answers cannot stall the rest. An
+//! attachment whose chunks cannot be fetched is retried with a growing delay (which a wake-up for
+//! new work does not cut short; its sender connecting does), and given up on once it has failed
+//! for `attachments.give_up_after` with no chunk since; `pigeon inbox fetch` resumes it by hand.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -19,20 +25,79 @@ use super::{AttachmentRef, chunk_offset, file_path, hash, sealed_len};
 use crate::metrics::METRICS;
 use crate::net::Net;
 use crate::net::protocol::{ChunkRequest, ChunkResponse};
-use crate::store::{Store, now_ms};
+use crate::store::{Download, Store, now_ms};
 
-/// How long an attachment whose sender does not answer waits before the next try.
+/// The first delay before an attachment whose chunks could not be fetched is tried again; it
+/// doubles with each failure, up to [`MAX_RETRY`].
 const RETRY: Duration = Duration::from_secs(2);
+/// The longest delay between tries of an attachment that keeps failing.
+const MAX_RETRY: Duration = Duration::from_secs(300);
 
-/// Wakes the fetcher (a message with attachments arrived, a peer connected).
+/// Wakes the fetcher: there may be new work (a message with attachments arrived), a sender
+/// connected (its attachments are tried again at once), or the user resumed attachments by hand.
 #[derive(Clone, Default)]
-pub struct FetchWaker(Arc<Notify>);
+pub struct FetchWaker {
+    notify: Arc<Notify>,
+    retry: Arc<Mutex<Retry>>,
+}
+
+/// The delays a wake-up cuts short.
+#[derive(Default)]
+struct Retry {
+    all: bool,
+    peers: HashSet<PeerId>,
+}
 
 impl FetchWaker {
-    /// Look for chunks to fetch now.
+    /// Look for chunks to fetch now (attachments waiting out a retry delay keep waiting).
     pub fn wake(&self) {
-        self.0.notify_one();
+        self.notify.notify_one();
     }
+
+    /// `peer` connected: its attachments are tried again now, whatever their delay.
+    pub fn peer_connected(&self, peer: PeerId) {
+        self.lock().peers.insert(peer);
+        self.notify.notify_one();
+    }
+
+    /// Every attachment is tried again now (after `pigeon inbox fetch`).
+    pub fn retry_all(&self) {
+        self.lock().all = true;
+        self.notify.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Retry> {
+        self.retry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take_retry(&self) -> Retry {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// An attachment waiting out its retry delay.
+struct Waiting {
+    peer: PeerId,
+    failures: u32,
+    until: Instant,
+}
+
+/// The delay after the `failures`th failure in a row.
+fn retry_delay(failures: u32) -> Duration {
+    RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX_RETRY)
+}
+
+/// What the fetcher is configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchConfig {
+    /// Chunks in flight at most.
+    pub window: usize,
+    /// An attachment failing this long with no chunk since is given up on.
+    pub give_up_after_ms: u64,
 }
 
 enum Outcome {
@@ -50,129 +115,246 @@ struct Done {
     outcome: Outcome,
 }
 
-/// Starts the fetcher with at most `window` chunks in flight.
+/// Starts the fetcher, woken by `waker`.
 pub fn spawn(
     home_root: PathBuf,
     store: Store,
     net: Net,
-    window: usize,
+    config: FetchConfig,
+    waker: FetchWaker,
     cancel: CancellationToken,
-) -> (FetchWaker, JoinHandle<()>) {
-    let waker = FetchWaker::default();
-    let task = tokio::spawn(run(home_root, store, net, window, waker.clone(), cancel));
-    (waker, task)
+) -> JoinHandle<()> {
+    let fetcher = Fetcher {
+        home_root,
+        store,
+        net,
+        config,
+        in_flight: HashMap::new(),
+        waiting: HashMap::new(),
+        started: HashMap::new(),
+    };
+    tokio::spawn(fetcher.run(waker, cancel))
 }
 
-async fn run(
+struct Fetcher {
     home_root: PathBuf,
     store: Store,
     net: Net,
-    window: usize,
-    waker: FetchWaker,
-    cancel: CancellationToken,
-) {
-    let mut in_flight: HashSet<(String, u32)> = HashSet::new();
-    let mut tasks: JoinSet<Done> = JoinSet::new();
-    let mut wait_until: HashMap<String, Instant> = HashMap::new();
-    let mut started: HashMap<String, Instant> = HashMap::new();
-    loop {
-        if tasks.len() < window {
-            match store.call(|db| db.downloads()).await {
-                Ok(downloads) => {
-                    for d in downloads {
-                        let id = d.attachment.id_hex();
-                        if wait_until.get(&id).is_some_and(|t| *t > Instant::now()) {
-                            continue;
-                        }
-                        let peer = d.peer;
-                        let addrs = store
-                            .call(move |db| db.dial_addrs(&peer, now_ms()))
-                            .await
-                            .unwrap_or_default();
-                        let attachment = Arc::new(d.attachment);
-                        let path = file_path(&home_root, &id);
-                        for index in d.missing {
-                            if tasks.len() >= window {
-                                break;
-                            }
-                            if in_flight.insert((id.clone(), index)) {
-                                started.entry(id.clone()).or_insert_with(Instant::now);
-                                let job = fetch_one(
-                                    net.clone(),
-                                    peer,
-                                    addrs.clone(),
-                                    attachment.clone(),
-                                    index,
-                                    path.clone(),
-                                );
-                                tasks.spawn(job);
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "cannot read pending attachments"),
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = waker.0.notified() => wait_until.clear(),
-            Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
-                in_flight.remove(&(done.id.clone(), done.index));
-                record(&store, done, &mut wait_until, &mut started).await;
-            }
-            _ = tokio::time::sleep(RETRY) => {}
-        }
-    }
-    tasks.shutdown().await;
+    config: FetchConfig,
+    /// Chunks being fetched, with their sender.
+    in_flight: HashMap<(String, u32), PeerId>,
+    /// Attachments waiting out a retry delay.
+    waiting: HashMap<String, Waiting>,
+    /// When each attachment's first chunk was asked for (for the throughput histogram).
+    started: HashMap<String, Instant>,
 }
 
-async fn record(
-    store: &Store,
-    done: Done,
-    wait_until: &mut HashMap<String, Instant>,
-    started: &mut HashMap<String, Instant>,
-) {
-    let Done {
-        id,
-        index,
-        peer,
-        size,
-        bytes,
-        outcome,
-    } = done;
-    match outcome {
-        Outcome::Stored => {
-            METRICS.attachment_chunks.inc();
-            METRICS.attachment_bytes.inc_by(bytes);
-            let key = id.clone();
-            match store.call(move |db| db.record_chunk(&key, index)).await {
-                Ok(true) => {
-                    let seconds = started
-                        .remove(&id)
-                        .map_or(0.0, |t| t.elapsed().as_secs_f64());
-                    if seconds > 0.0 {
-                        METRICS.attachment_throughput.observe(size as f64 / seconds);
-                    }
-                    tracing::info!(%peer, attachment = %id, bytes = size, "attachment complete");
+impl Fetcher {
+    async fn run(mut self, waker: FetchWaker, cancel: CancellationToken) {
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        loop {
+            if tasks.len() < self.config.window {
+                self.fill(&mut tasks).await;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = waker.notify.notified() => {
+                    let retry = waker.take_retry();
+                    self.waiting
+                        .retain(|_, w| !retry.all && !retry.peers.contains(&w.peer));
                 }
-                Ok(false) => {}
-                Err(e) => tracing::error!(attachment = %id, error = %e, "cannot record a chunk"),
+                Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
+                    self.in_flight.remove(&(done.id.clone(), done.index));
+                    self.record(done).await;
+                }
+                _ = tokio::time::sleep(RETRY) => {}
             }
         }
-        Outcome::Bad(reason) => {
-            METRICS.attachment_chunk_failures.inc();
-            tracing::warn!(%peer, attachment = %id, chunk = index, reason, "refused a bad chunk");
-            let why = format!("peer {peer} keeps sending bad data ({reason})");
-            let key = id.clone();
-            if let Ok(true) = store.call(move |db| db.record_bad_chunk(&key, &why)).await {
-                tracing::error!(%peer, attachment = %id, "peer keeps sending bad data: attachment given up");
+        tasks.shutdown().await;
+    }
+
+    /// Starts fetches for the free slots of the window, shared fairly between senders.
+    async fn fill(&mut self, tasks: &mut JoinSet<Done>) {
+        let downloads = match self.store.call(|db| db.downloads()).await {
+            Ok(downloads) => downloads,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pending attachments");
+                return;
             }
-        }
-        Outcome::Unavailable(reason) => {
-            tracing::debug!(%peer, attachment = %id, chunk = index, reason, "chunk not available now");
-            wait_until.insert(id, Instant::now() + RETRY);
+        };
+        let now = Instant::now();
+        let ready: Vec<Download> = downloads
+            .into_iter()
+            .filter(|d| {
+                self.waiting
+                    .get(&d.attachment.id_hex())
+                    .is_none_or(|w| w.until <= now)
+            })
+            .collect();
+        let free = self.config.window.saturating_sub(tasks.len());
+        let busy: Vec<(PeerId, (String, u32))> = self
+            .in_flight
+            .iter()
+            .map(|(chunk, peer)| (*peer, chunk.clone()))
+            .collect();
+        let mut addrs: HashMap<PeerId, Vec<libp2p::Multiaddr>> = HashMap::new();
+        for (i, index) in pick(&ready, &busy, self.config.window, free) {
+            let d = &ready[i];
+            let peer = d.peer;
+            if let std::collections::hash_map::Entry::Vacant(slot) = addrs.entry(peer) {
+                let found = self
+                    .store
+                    .call(move |db| db.dial_addrs(&peer, now_ms()))
+                    .await
+                    .unwrap_or_default();
+                slot.insert(found);
+            }
+            let id = d.attachment.id_hex();
+            self.started.entry(id.clone()).or_insert(now);
+            self.in_flight.insert((id.clone(), index), peer);
+            tasks.spawn(fetch_one(
+                self.net.clone(),
+                peer,
+                addrs[&peer].clone(),
+                Arc::new(d.attachment.clone()),
+                index,
+                file_path(&self.home_root, &id),
+            ));
         }
     }
+
+    async fn record(&mut self, done: Done) {
+        let store = &self.store;
+        let Done {
+            id,
+            index,
+            peer,
+            size,
+            bytes,
+            outcome,
+        } = done;
+        match outcome {
+            Outcome::Stored => {
+                METRICS.attachment_chunks.inc();
+                METRICS.attachment_bytes.inc_by(bytes);
+                self.waiting.remove(&id);
+                let key = id.clone();
+                match store.call(move |db| db.record_chunk(&key, index)).await {
+                    Ok(true) => {
+                        let seconds = self
+                            .started
+                            .remove(&id)
+                            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                        if seconds > 0.0 {
+                            METRICS.attachment_throughput.observe(size as f64 / seconds);
+                        }
+                        tracing::info!(%peer, attachment = %id, bytes = size, "attachment complete");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(attachment = %id, error = %e, "cannot record a chunk")
+                    }
+                }
+            }
+            Outcome::Bad(reason) => {
+                METRICS.attachment_chunk_failures.inc();
+                tracing::warn!(%peer, attachment = %id, chunk = index, reason, "refused a bad chunk");
+                let why = format!("peer {peer} keeps sending bad data ({reason})");
+                let key = id.clone();
+                if let Ok(true) = store.call(move |db| db.record_bad_chunk(&key, &why)).await {
+                    tracing::error!(%peer, attachment = %id, "peer keeps sending bad data: attachment given up");
+                }
+            }
+            Outcome::Unavailable(reason) => {
+                // Chunks in flight together fail together: one failure per round of tries.
+                let now = Instant::now();
+                if self.waiting.get(&id).is_some_and(|w| w.until > now) {
+                    return;
+                }
+                let failures = self.waiting.get(&id).map_or(0, |w| w.failures) + 1;
+                let delay = retry_delay(failures);
+                tracing::debug!(%peer, attachment = %id, chunk = index, reason, failures, ?delay, "chunk not available now");
+                self.waiting.insert(
+                    id.clone(),
+                    Waiting {
+                        peer,
+                        failures,
+                        until: now + delay,
+                    },
+                );
+                let give_up = self.config.give_up_after_ms;
+                let key = id.clone();
+                let given_up = store
+                    .call(move |db| db.record_fetch_failure(&key, &reason, now_ms(), give_up))
+                    .await;
+                if let Ok(true) = given_up {
+                    tracing::warn!(%peer, attachment = %id, "no chunk from the sender for too long: attachment given up");
+                }
+            }
+        }
+    }
+}
+
+/// Which chunks to ask for next: `(index into ready, chunk)`, at most `free` of them. Senders
+/// take turns, one chunk each, and none gets more than its share of the `window` (counting what
+/// it has in flight, `busy`) while another waits, so a sender that never answers holds at most its
+/// share. A sender alone with work may use the whole window.
+fn pick(
+    ready: &[Download],
+    busy: &[(PeerId, (String, u32))],
+    window: usize,
+    free: usize,
+) -> Vec<(usize, u32)> {
+    let in_flight: HashSet<&(String, u32)> = busy.iter().map(|(_, c)| c).collect();
+    let mut load: HashMap<PeerId, usize> = HashMap::new();
+    for (peer, _) in busy {
+        *load.entry(*peer).or_default() += 1;
+    }
+    // Each sender's queue of chunks to ask for, senders in order of their oldest attachment.
+    let mut order: Vec<PeerId> = Vec::new();
+    let mut queues: HashMap<PeerId, std::collections::VecDeque<(usize, u32)>> = HashMap::new();
+    for (i, d) in ready.iter().enumerate() {
+        let id = d.attachment.id_hex();
+        let queue = queues.entry(d.peer).or_insert_with(|| {
+            order.push(d.peer);
+            std::collections::VecDeque::new()
+        });
+        queue.extend(
+            d.missing
+                .iter()
+                .filter(|&&index| !in_flight.contains(&(id.clone(), index)))
+                .map(|&index| (i, index)),
+        );
+    }
+    order.retain(|p| queues.get(p).is_some_and(|q| !q.is_empty()));
+    let senders = order
+        .iter()
+        .chain(load.keys())
+        .collect::<HashSet<_>>()
+        .len();
+    let share = (window / senders.max(1)).max(1);
+    let mut picked = Vec::new();
+    while picked.len() < free {
+        let mut progress = false;
+        for peer in &order {
+            if picked.len() >= free {
+                break;
+            }
+            let taken = load.entry(*peer).or_default();
+            if *taken >= share {
+                continue;
+            }
+            if let Some(next) = queues.get_mut(peer).and_then(|q| q.pop_front()) {
+                picked.push(next);
+                *taken += 1;
+                progress = true;
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    picked
 }
 
 async fn fetch_one(
@@ -241,5 +423,86 @@ async fn fetch_one(
         Ok(Ok(())) => done(Outcome::Stored, bytes),
         Ok(Err(e)) => done(Outcome::Unavailable(format!("cannot write: {e}")), 0),
         Err(e) => done(Outcome::Unavailable(e.to_string()), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attachments::CHUNK_SIZE;
+
+    fn download(peer: PeerId, id: u8, chunks: u32) -> Download {
+        Download {
+            attachment: AttachmentRef {
+                id: [id; 16],
+                name: "f".into(),
+                size: u64::from(chunks) * u64::from(CHUNK_SIZE),
+                chunk_size: CHUNK_SIZE,
+                key: [0; 32],
+                chunk_hashes: vec![0; chunks as usize * 32],
+                file_hash: [0; 32],
+            },
+            peer,
+            missing: (0..chunks).collect(),
+        }
+    }
+
+    fn per_peer(ready: &[Download], picked: &[(usize, u32)]) -> HashMap<PeerId, usize> {
+        let mut out = HashMap::new();
+        for (i, _) in picked {
+            *out.entry(ready[*i].peer).or_default() += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn a_silent_sender_cannot_hold_the_window() {
+        let (silent, good) = (PeerId::random(), PeerId::random());
+        // The silent sender's big attachment comes first and would fill the window alone.
+        let ready = vec![download(silent, 1, 1000), download(good, 2, 10)];
+        let picked = pick(&ready, &[], 8, 8);
+        assert_eq!(picked.len(), 8);
+        let counts = per_peer(&ready, &picked);
+        assert_eq!((counts[&silent], counts[&good]), (4, 4));
+        // Its four requests hang; the good sender's finish and are refilled, for it alone.
+        let busy: Vec<_> = picked
+            .iter()
+            .filter(|(i, _)| ready[*i].peer == silent)
+            .map(|&(i, c)| (silent, (ready[i].attachment.id_hex(), c)))
+            .collect();
+        let refill = pick(&ready, &busy, 8, 4);
+        assert_eq!(per_peer(&ready, &refill).get(&silent), None);
+        assert_eq!(refill.len(), 4);
+        // Chunks in flight are never asked for twice.
+        assert!(refill.iter().all(|&(i, c)| {
+            !busy
+                .iter()
+                .any(|(_, b)| *b == (ready[i].attachment.id_hex(), c))
+        }));
+    }
+
+    #[test]
+    fn a_sender_alone_uses_the_whole_window_and_shares_round_robin() {
+        let alone = PeerId::random();
+        let ready = vec![download(alone, 1, 3), download(alone, 2, 20)];
+        assert_eq!(pick(&ready, &[], 8, 8).len(), 8);
+        let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let ready: Vec<Download> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| download(*p, i as u8, 10))
+            .collect();
+        let picked = pick(&ready, &[], 9, 9);
+        assert!(per_peer(&ready, &picked).values().all(|&n| n == 3));
+        // Fewer free slots than senders: each of the first gets one.
+        assert_eq!(per_peer(&ready, &pick(&ready, &[], 9, 2)).len(), 2);
+    }
+
+    #[test]
+    fn retry_delays_grow_to_a_cap() {
+        assert_eq!(retry_delay(1), RETRY);
+        assert_eq!(retry_delay(2), RETRY * 2);
+        assert_eq!(retry_delay(5), RETRY * 16);
+        assert_eq!(retry_delay(40), MAX_RETRY);
     }
 }

@@ -1,4 +1,4 @@
-//! `pigeon inbox list|read`
+//! `pigeon inbox list|read|save|fetch|label|rules`
 
 use super::terminal::{one_line, shown};
 use super::{Global, count, print_json, progress_bar, unexpected};
@@ -42,6 +42,15 @@ pub(super) enum Command {
     /// Built-in rules that label messages as they arrive.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Fetch a message's attachments again: ones given up on (after attachments.give_up_after
+    /// without an answer, or bad data from the sender) and ones waiting to be retried.
+    ///
+    /// With a node running it asks the sender at once; otherwise the node does when it next runs.
+    /// `pigeon inbox read ID` shows how far each has come.
+    Fetch {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+    },
     /// Show one whole message.
     Read {
         /// The message id, or a unique prefix of at least 4 characters.
@@ -114,6 +123,13 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             }
         }
         Command::Save { id, out, yes } => save(g, id, out, yes).await?,
+        Command::Fetch { id } => match g.call(Request::InboxFetch { id }).await? {
+            Response::Fetching { attachments: 0 } => println!("every attachment is complete"),
+            Response::Fetching { attachments } => {
+                println!("fetching {}", count(u64::from(attachments), "attachment"));
+            }
+            other => return Err(unexpected(other)),
+        },
         Command::Read { id, json } => {
             let m = match g.call(Request::InboxRead { id }).await? {
                 Response::Message(m) => m,

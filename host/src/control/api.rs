@@ -29,6 +29,8 @@ pub struct NodeLink {
     pub net: Net,
     /// Wakes the send loop.
     pub waker: Waker,
+    /// Wakes the attachment fetcher.
+    pub fetcher: crate::attachments::fetch::FetchWaker,
 }
 
 /// Carries out requests.
@@ -136,6 +138,16 @@ impl Ops {
             Request::InboxRead { id } => Ok(Response::Message(
                 self.store.call(move |db| db.message(&id)).await?,
             )),
+            Request::InboxFetch { id } => {
+                let attachments = self
+                    .store
+                    .call(move |db| db.resume_attachments(&id))
+                    .await?;
+                if let Some(node) = &self.node {
+                    node.fetcher.retry_all();
+                }
+                Ok(Response::Fetching { attachments })
+            }
             Request::InboxAttachments { id } => {
                 let list = self
                     .store

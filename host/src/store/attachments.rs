@@ -174,7 +174,10 @@ impl Db {
             params![id, index],
         )?;
         if added > 0 {
-            tx.execute("UPDATE attachments SET held = held + 1 WHERE id = ?1", [id])?;
+            tx.execute(
+                "UPDATE attachments SET held = held + 1, failing_since = NULL WHERE id = ?1",
+                [id],
+            )?;
         }
         let (held, total): (u32, u32) = tx.query_row(
             "SELECT held, chunk_count FROM attachments WHERE id = ?1",
@@ -205,6 +208,66 @@ impl Db {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Records that a chunk of `id` could not be fetched at `now` (the sender did not answer or
+    /// refused). When fetching has been failing for longer than `give_up_after_ms`, with no chunk
+    /// since, the attachment is given up on with `reason`. Returns whether it was.
+    pub fn record_fetch_failure(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now: u64,
+        give_up_after_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        self.conn.execute(
+            "UPDATE attachments SET failing_since = COALESCE(failing_since, ?2) WHERE id = ?1",
+            params![id, now],
+        )?;
+        let since: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT failing_since FROM attachments WHERE id = ?1 AND error IS NULL",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(since) = since else {
+            return Ok(false);
+        };
+        if now.saturating_sub(since) < i64::try_from(give_up_after_ms).unwrap_or(i64::MAX) {
+            return Ok(false);
+        }
+        let why = format!(
+            "given up: no chunk from the sender for {} ({reason}); `pigeon inbox fetch` tries again",
+            humantime::format_duration(std::time::Duration::from_secs(
+                u64::try_from(now - since).unwrap_or(0) / 1000
+            ))
+        );
+        self.conn.execute(
+            "UPDATE attachments SET error = ?2 WHERE id = ?1",
+            params![id, why],
+        )?;
+        Ok(true)
+    }
+
+    /// Fetches the incoming attachments of message `message_id` again, given up on or not:
+    /// errors, bad-chunk counts and failing times cleared. Returns how many still miss chunks.
+    pub fn resume_attachments(&mut self, message_id: &str) -> Result<u32, StoreError> {
+        let message_id = self.resolve_id(message_id)?;
+        self.conn.execute(
+            "UPDATE attachments SET error = NULL, bad_chunks = 0, failing_since = NULL
+             WHERE message_id = ?1 AND direction = 'in'",
+            [&message_id],
+        )?;
+        let missing: u32 = self.conn.query_row(
+            "SELECT COUNT(*) FROM attachments WHERE message_id = ?1 AND direction = 'in' AND held < chunk_count",
+            [&message_id],
+            |r| r.get(0),
+        )?;
+        Ok(missing)
     }
 
     /// The attachments of message `message_id`, for display.

@@ -107,6 +107,13 @@ ALTER TABLE inbox ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX labels_label ON labels (label);
 "#,
         ),
+        M::up(
+            r#"
+-- When fetching an incoming attachment began failing without a chunk since (ms); NULL while it
+-- makes progress. Past attachments.give_up_after the attachment is given up on.
+ALTER TABLE attachments ADD COLUMN failing_since INTEGER;
+"#,
+        ),
     ])
 });
 

@@ -412,3 +412,69 @@ fn a_send_that_times_out_keeps_its_attachments() {
     assert_eq!(queued["to"], "bob", "{queued}");
     assert!(staged[0].exists(), "the queued message's file is gone");
 }
+
+/// A sender that cannot serve an attachment (here: its sealed copy is gone) makes the receiver try
+/// again with growing delays and give up after `attachments.give_up_after`, saying why in
+/// `inbox read`; once the sender can serve it again, `pigeon inbox fetch` resumes it by hand.
+#[test]
+fn an_attachment_that_cannot_be_fetched_is_given_up_and_resumed_by_hand() {
+    let mut pair = Pair::start();
+    let bob_listen = pair.bob_node.as_ref().expect("bob").listen_addr();
+    pair.bob_node.take().expect("bob").stop();
+    pair.bob.config_set("attachments.give_up_after", "\"3s\"");
+    pair.bob_node = Some(pair.bob.start_node(&bob_listen));
+    // Queue the message with the sender's node down, and take its sealed copy away.
+    let alice_listen = pair.alice_node.as_ref().expect("alice").listen_addr();
+    pair.alice_node.take().expect("alice").stop();
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = random_file(work.path(), "lost.bin", 3 * 1024 * 1024, b"");
+    let id = pair
+        .alice
+        .ok(&[
+            "send",
+            "bob",
+            "see attached",
+            "--attach",
+            source.to_str().expect("path"),
+        ])
+        .trim()
+        .to_owned();
+    let sealed = files_under(&pair.alice.path().join("attachments"));
+    assert_eq!(sealed.len(), 1);
+    let aside = work.path().join("aside.sealed");
+    std::fs::rename(&sealed[0], &aside).expect("move the sealed copy away");
+    pair.alice_node = Some(pair.alice.start_node(&alice_listen));
+
+    // Bob gets the message, cannot get its chunks, and gives up after 3 s of failing.
+    let given_up = wait_for("the attachment to be given up", TRANSFER_TIMEOUT, || {
+        let a = attachment(&pair.bob, &id);
+        a["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("given up"))
+            .then_some(a)
+    });
+    assert_eq!(given_up["state"], "partial", "{given_up}");
+    assert!(
+        given_up["error"]
+            .as_str()
+            .expect("error")
+            .contains("pigeon inbox fetch"),
+        "{given_up}"
+    );
+
+    // The sender can serve it again; resuming by hand completes it.
+    std::fs::rename(&aside, &sealed[0]).expect("put the sealed copy back");
+    let out = pair.bob.ok(&["inbox", "fetch", &id]);
+    assert_eq!(out.trim(), "fetching 1 attachment");
+    let done = wait_complete(&pair.bob, &id);
+    assert!(done["error"].is_null(), "{done}");
+    let saved = work.path().join("saved");
+    std::fs::create_dir(&saved).expect("mkdir");
+    pair.bob
+        .ok(&["inbox", "save", &id, "--out", saved.to_str().expect("path")]);
+    assert!(same_bytes(&source, &saved.join("lost.bin")));
+    assert_eq!(
+        pair.bob.ok(&["inbox", "fetch", &id]).trim(),
+        "every attachment is complete"
+    );
+}

@@ -117,6 +117,11 @@ pub enum Request {
         /// Id or unique prefix.
         id: String,
     },
+    /// Fetch a message's attachments again, given up on or waiting out a retry delay.
+    InboxFetch {
+        /// Id or unique prefix.
+        id: String,
+    },
 }
 
 /// A node's answer.
@@ -148,6 +153,11 @@ pub enum Response {
     Updated {
         /// The message id.
         id: String,
+    },
+    /// For [`Request::InboxFetch`].
+    Fetching {
+        /// Attachments of the message that still miss chunks.
+        attachments: u32,
     },
     /// For [`Request::Peers`].
     Peers(Vec<PeerHealth>),
