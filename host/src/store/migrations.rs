@@ -112,6 +112,8 @@ CREATE INDEX labels_label ON labels (label);
 -- When fetching an incoming attachment began failing without a chunk since (ms); NULL while it
 -- makes progress. Past attachments.give_up_after the attachment is given up on.
 ALTER TABLE attachments ADD COLUMN failing_since INTEGER;
+-- Due messages are chosen peer by peer, so that one peer's backlog cannot crowd out the others.
+CREATE INDEX outbox_peer_due ON outbox (state, peer_id, next_attempt_at);
 "#,
         ),
     ])

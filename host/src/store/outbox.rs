@@ -149,6 +149,9 @@ impl Db {
 
     /// Due messages (queued, next attempt at or before `now`), earliest due first: for each peer at
     /// most `room[peer]` (`per_peer` if absent; 0 skips the peer), leaving out `in_flight`.
+    ///
+    /// Each peer is looked up on its own (`outbox_peer_due`), so a peer with a long backlog that
+    /// cannot take more (a slow or silent one) never crowds the others' due messages out.
     pub fn due(
         &self,
         now: u64,
@@ -156,53 +159,19 @@ impl Db {
         room: &HashMap<PeerId, usize>,
         in_flight: &HashSet<MessageId>,
     ) -> Result<Vec<DueBatch>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, peer_id, envelope, key_id, attempts, created_at FROM outbox
-             WHERE state = 'queued' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, rowid LIMIT ?2",
-        )?;
-        // Walks the (state, next_attempt_at) index: no sort, however long the queue.
-        let limit = (per_peer + in_flight.len() + 1024) as i64;
-        let mut rows = stmt.query(params![now as i64, limit])?;
         let mut batches: BTreeMap<PeerId, Vec<DueMessage>> = BTreeMap::new();
-        // Peer ids repeat row after row; parse each text once.
-        let mut parsed: Vec<(String, PeerId)> = Vec::new();
-        while let Some(r) = rows.next()? {
-            let text = r
-                .get_ref(1)?
-                .as_str()
+        for text in self.queued_peers()? {
+            let peer: PeerId = text
+                .parse()
                 .map_err(|_| StoreError::Corrupt("outbox peer id"))?;
-            let peer = match parsed.iter().find(|(t, _)| t == text) {
-                Some((_, peer)) => *peer,
-                None => {
-                    let peer: PeerId = text
-                        .parse()
-                        .map_err(|_| StoreError::Corrupt("outbox peer id"))?;
-                    parsed.push((text.to_owned(), peer));
-                    peer
-                }
-            };
             let limit = room.get(&peer).copied().unwrap_or(per_peer);
-            if batches.get(&peer).map_or(0, Vec::len) >= limit {
+            if limit == 0 {
                 continue;
             }
-            let row: String = r.get(0)?;
-            let id = parse_id(&row)?;
-            if in_flight.contains(&id) {
-                continue;
+            let messages = self.due_for(&text, now, limit, in_flight)?;
+            if !messages.is_empty() {
+                batches.insert(peer, messages);
             }
-            let Some(blob) = r.get::<_, Option<Vec<u8>>>(2)? else {
-                return Err(StoreError::Corrupt("queued message without envelope"));
-            };
-            let plain = self.open_sealed(TABLE, &row, r.get(3)?, &blob)?;
-            let envelope: Envelope = ciborium::from_reader(plain.as_slice())
-                .map_err(|_| StoreError::Corrupt("outbox envelope"))?;
-            batches.entry(peer).or_default().push(DueMessage {
-                id,
-                envelope,
-                attempts: r.get(4)?,
-                created_at: r.get::<_, i64>(5)? as u64,
-                size: plain.len(),
-            });
         }
         batches
             .into_iter()
@@ -214,6 +183,68 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    /// The peers (as stored) with queued messages: one index probe per peer (a loose index scan
+    /// of `outbox_peer_due`), however many messages each has queued.
+    fn queued_peers(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE peers(peer) AS (
+                 SELECT MIN(peer_id) FROM outbox WHERE state = 'queued'
+                 UNION ALL
+                 SELECT (SELECT MIN(peer_id) FROM outbox WHERE state = 'queued' AND peer_id > peer)
+                 FROM peers WHERE peer IS NOT NULL
+             )
+             SELECT peer FROM peers WHERE peer IS NOT NULL",
+        )?;
+        let peers = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(peers)
+    }
+
+    /// Up to `limit` due messages to `peer` (as stored), earliest due first, leaving out
+    /// `in_flight`.
+    fn due_for(
+        &self,
+        peer: &str,
+        now: u64,
+        limit: usize,
+        in_flight: &HashSet<MessageId>,
+    ) -> Result<Vec<DueMessage>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, envelope, key_id, attempts, created_at FROM outbox
+             WHERE state = 'queued' AND peer_id = ?1 AND next_attempt_at <= ?2
+             ORDER BY next_attempt_at, rowid LIMIT ?3",
+        )?;
+        // In-flight messages stay queued until acked: read past as many as there are.
+        let rows_wanted = (limit + in_flight.len()) as i64;
+        let mut rows = stmt.query(params![peer, now as i64, rows_wanted])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            if out.len() >= limit {
+                break;
+            }
+            let row: String = r.get(0)?;
+            let id = parse_id(&row)?;
+            if in_flight.contains(&id) {
+                continue;
+            }
+            let Some(blob) = r.get::<_, Option<Vec<u8>>>(1)? else {
+                return Err(StoreError::Corrupt("queued message without envelope"));
+            };
+            let plain = self.open_sealed(TABLE, &row, r.get(2)?, &blob)?;
+            let envelope: Envelope = ciborium::from_reader(plain.as_slice())
+                .map_err(|_| StoreError::Corrupt("outbox envelope"))?;
+            out.push(DueMessage {
+                id,
+                envelope,
+                attempts: r.get(3)?,
+                created_at: r.get::<_, i64>(4)? as u64,
+                size: plain.len(),
+            });
+        }
+        Ok(out)
     }
 
     /// The earliest time after `now` at which a queued message becomes due.
@@ -489,6 +520,33 @@ mod tests {
             enc: vec![2; 32],
             ct: vec![3; 40],
         }
+    }
+
+    #[test]
+    fn a_peer_with_a_long_backlog_does_not_crowd_out_the_others() {
+        let (_dir, mut db, _keys) = temp_db();
+        let (slow, other) = (Keys::generate().peer_id(), Keys::generate().peer_id());
+        // The slow peer's 3000 messages are all due before the other peer's one, and the slow
+        // peer has no room (its batches are all in flight).
+        let backlog: Vec<_> = (0..3000)
+            .map(|_| (MessageId::random(), slow, envelope()))
+            .collect();
+        db.enqueue_many(&backlog, 100).expect("enqueue the backlog");
+        let late = MessageId::random();
+        db.enqueue(&late, &other, &envelope(), &[], 150)
+            .expect("enqueue");
+        let due = db
+            .due(200, 64, &HashMap::from([(slow, 0)]), &HashSet::new())
+            .expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].peer, due[0].messages[0].id), (other, late));
+        // With room, both get their share, the slow peer at most its limit.
+        let due = db
+            .due(200, 64, &HashMap::new(), &HashSet::new())
+            .expect("due");
+        let sizes: HashMap<PeerId, usize> =
+            due.iter().map(|b| (b.peer, b.messages.len())).collect();
+        assert_eq!(sizes, HashMap::from([(slow, 64), (other, 1)]));
     }
 
     #[test]
