@@ -295,11 +295,12 @@ impl Runtime {
         deadline.as_micros().div_ceil(TICK.as_micros()) as u64 + 1
     }
 
-    /// Compiles `wasm` (or takes it from `cache`), checks its contract version and links it.
-    pub fn load(&self, wasm: &[u8], cache: Option<&Cache>) -> Result<Loaded, PluginError> {
+    /// Compiles `wasm` (or takes it from the cache: see [`Cached`]), checks its contract version
+    /// and links it.
+    pub fn load(&self, wasm: &[u8], cache: Option<Cached<'_>>) -> Result<Loaded, PluginError> {
         check_header(wasm)?;
         let component = match cache {
-            Some(cache) => cache.component(&self.engine, wasm)?,
+            Some(Cached { cache, name }) => cache.component(&self.engine, name, wasm)?,
             None => compile(&self.engine, wasm)?,
         };
         let (kind, api_version) = check_exports(
@@ -413,12 +414,55 @@ pub fn check_exports(
     })
 }
 
-/// Compiled components on disk, in `<home>/plugin-cache` (0700), keyed by the component's hash
-/// and the engine's. Each file carries a MAC under a key derived from the owner's data key, so a
-/// file nobody with the passphrase wrote is never loaded as native code.
+/// Compiled components on disk, in `<home>/plugin-cache` (0700), one per plugin name, component
+/// and engine. Each file carries a MAC under a key derived from the owner's data key over what it
+/// is for (the plugin's name, the blake2b-512 of its wasm, the engine's compatibility hash) and the
+/// compiled bytes: a file nobody with the passphrase wrote is never loaded as native code, and
+/// neither is the owner's own compilation of another plugin copied under this one's name.
 pub struct Cache {
     dir: PathBuf,
     mac_key: [u8; 32],
+}
+
+/// Where [`Runtime::load`] may take a compiled component from: `cache`, as plugin `name`'s.
+#[derive(Clone, Copy)]
+pub struct Cached<'a> {
+    /// The cache.
+    pub cache: &'a Cache,
+    /// The plugin's name.
+    pub name: &'a str,
+}
+
+/// What a cache entry is for.
+struct Entry {
+    name: String,
+    wasm_hash: [u8; 64],
+    engine_hash: u64,
+}
+
+impl Entry {
+    fn new(engine: &Engine, name: &str, wasm: &[u8]) -> Entry {
+        let mut hasher = Blake2b512::new();
+        Digest::update(&mut hasher, wasm);
+        let mut engine_hash = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut engine_hash);
+        Entry {
+            name: name.to_owned(),
+            wasm_hash: hasher.finalize().into(),
+            engine_hash: std::hash::Hasher::finish(&engine_hash),
+        }
+    }
+
+    /// The file name: plugin names are `[a-z0-9_-]` (checked with the config), so they are safe
+    /// in one.
+    fn file_name(&self) -> String {
+        format!(
+            "{}-{}-{:016x}.cwasm",
+            self.name,
+            hex::encode(&self.wasm_hash[..20]),
+            self.engine_hash
+        )
+    }
 }
 
 impl Cache {
@@ -427,36 +471,40 @@ impl Cache {
         Cache { dir, mac_key }
     }
 
-    fn path(&self, engine: &Engine, wasm: &[u8]) -> PathBuf {
-        let mut hasher = Blake2b512::new();
-        Digest::update(&mut hasher, wasm);
-        let mut engine_hash = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut engine_hash);
-        let engine_hash = std::hash::Hasher::finish(&engine_hash);
-        let wasm_hash = hex::encode(&hasher.finalize()[..20]);
-        self.dir
-            .join(format!("{wasm_hash}-{engine_hash:016x}.cwasm"))
+    fn path(&self, entry: &Entry) -> PathBuf {
+        self.dir.join(entry.file_name())
     }
 
-    fn mac(&self, bytes: &[u8]) -> [u8; 32] {
+    fn mac(&self, entry: &Entry, compiled: &[u8]) -> [u8; 32] {
         let mut mac =
             <CacheMac as KeyInit>::new_from_slice(&self.mac_key).expect("32 bytes is a valid key");
-        Update::update(&mut mac, bytes);
+        Update::update(&mut mac, b"pigeon plugin cache v2\0");
+        Update::update(&mut mac, &(entry.name.len() as u64).to_be_bytes());
+        Update::update(&mut mac, entry.name.as_bytes());
+        Update::update(&mut mac, &entry.wasm_hash);
+        Update::update(&mut mac, &entry.engine_hash.to_be_bytes());
+        Update::update(&mut mac, compiled);
         mac.finalize_fixed().into()
     }
 
-    /// The component for `wasm`, from the cache when a valid entry is there, else compiled and
-    /// stored. A cache that cannot be written only costs the next start a compile.
-    pub fn component(&self, engine: &Engine, wasm: &[u8]) -> Result<Component, PluginError> {
-        let path = self.path(engine, wasm);
-        if let Some(component) = self.read(engine, &path) {
+    /// The component for plugin `name`'s `wasm`, from the cache when a valid entry is there, else
+    /// compiled and stored. A cache that cannot be written only costs the next start a compile.
+    pub fn component(
+        &self,
+        engine: &Engine,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<Component, PluginError> {
+        let entry = Entry::new(engine, name, wasm);
+        if let Some(component) = self.read(engine, &entry) {
             return Ok(component);
         }
         let compiled = engine
             .precompile_component(wasm)
             .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
-        let mut file = self.mac(&compiled).to_vec();
+        let mut file = self.mac(&entry, &compiled).to_vec();
         file.extend_from_slice(&compiled);
+        let path = self.path(&entry);
         if let Err(e) = self.write(&path, &file) {
             tracing::warn!(path = %path.display(), error = %e, "cannot cache a compiled plugin");
         }
@@ -465,15 +513,16 @@ impl Cache {
             .map_err(|e| PluginError::Invalid(format!("{e:#}")))
     }
 
-    fn read(&self, engine: &Engine, path: &Path) -> Option<Component> {
-        let file = std::fs::read(path).ok()?;
+    fn read(&self, engine: &Engine, entry: &Entry) -> Option<Component> {
+        let path = self.path(entry);
+        let file = std::fs::read(&path).ok()?;
         let (mac, compiled) = file.split_at_checked(32)?;
-        if !constant_time_eq(mac, &self.mac(compiled)) {
+        if !constant_time_eq(mac, &self.mac(entry, compiled)) {
             tracing::warn!(path = %path.display(), "ignoring a cached plugin whose MAC is wrong");
             return None;
         }
-        // SAFETY: the MAC proves this engine's own `precompile_component` output, stored by this
-        // owner; the file name pins the engine's compatibility hash, and wasmtime checks it again.
+        // SAFETY: the MAC proves this engine's own `precompile_component` output of this very
+        // wasm for this plugin, stored by this owner; wasmtime checks the engine again.
         unsafe { Component::deserialize(engine, compiled) }.ok()
     }
 
@@ -504,12 +553,18 @@ mod tests {
         let wasm = super::super::builtin::BUILTINS[0].wasm;
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(dir.path().join("plugin-cache"), [7; 32]);
-        let path = cache.path(engine, wasm);
-        assert!(cache.read(engine, &path).is_none(), "empty at first");
+        let entry = Entry::new(engine, "labeler", wasm);
+        assert!(cache.read(engine, &entry).is_none(), "empty at first");
         runtime
-            .load(wasm, Some(&cache))
+            .load(
+                wasm,
+                Some(Cached {
+                    cache: &cache,
+                    name: "labeler",
+                }),
+            )
             .expect("compiles and stores");
-        assert!(cache.read(engine, &path).is_some(), "served from disk now");
+        assert!(cache.read(engine, &entry).is_some(), "served from disk now");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("plugin-cache"))
             .expect("dir")
@@ -519,21 +574,43 @@ mod tests {
 
         let other_owner = Cache::new(dir.path().join("plugin-cache"), [8; 32]);
         assert!(
-            other_owner.read(engine, &path).is_none(),
+            other_owner.read(engine, &entry).is_none(),
             "a file under another key is not loaded"
         );
+        // The owner's own compilation, copied under another plugin's name or another wasm's hash,
+        // is not loaded as that plugin.
+        let path = cache.path(&entry);
+        let other_wasm = super::super::builtin::BUILTINS[1].wasm;
+        for other in [
+            Entry::new(engine, "renamed", wasm),
+            Entry::new(engine, "labeler", other_wasm),
+        ] {
+            std::fs::copy(&path, cache.path(&other)).expect("copy");
+            assert!(
+                cache.read(engine, &other).is_none(),
+                "an entry for {} under {}",
+                entry.file_name(),
+                other.file_name()
+            );
+        }
         let mut bytes = std::fs::read(&path).expect("read");
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).expect("write");
         assert!(
-            cache.read(engine, &path).is_none(),
+            cache.read(engine, &entry).is_none(),
             "a changed byte is caught"
         );
         runtime
-            .load(wasm, Some(&cache))
+            .load(
+                wasm,
+                Some(Cached {
+                    cache: &cache,
+                    name: "labeler",
+                }),
+            )
             .expect("a bad entry is compiled again");
-        assert!(cache.read(engine, &path).is_some(), "and replaced");
+        assert!(cache.read(engine, &entry).is_some(), "and replaced");
     }
 
     #[test]

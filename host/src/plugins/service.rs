@@ -12,7 +12,7 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use super::bindings::{Message, WitAction, WitDiscoveryAction};
 use super::breaker::{Breaker, BreakerState};
 use super::instance::{Failure, Instance};
-use super::runtime::{Cache, Runtime};
+use super::runtime::{Cache, Cached, Runtime};
 use super::{
     DiscoveryAction, NodeEvent, PluginKind, PluginSpec, PluginState, PluginStatus, RuleMessage,
 };
@@ -453,7 +453,10 @@ impl Thread {
 fn load(slot: &mut Slot, runtime: &Runtime, cache: Option<&Cache>) {
     let name = slot.spec.name.clone();
     let started = Instant::now();
-    let loaded = slot.spec.wasm().and_then(|wasm| runtime.load(&wasm, cache));
+    let loaded = slot
+        .spec
+        .wasm()
+        .and_then(|wasm| runtime.load(&wasm, cache.map(|cache| Cached { cache, name: &name })));
     match loaded {
         Ok(loaded) => {
             let limits = slot.spec.limits(loaded.kind);

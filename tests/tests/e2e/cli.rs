@@ -96,13 +96,24 @@ fn wrong_or_missing_passphrase_is_a_clear_error_and_writes_nothing() {
 fn a_tampered_keystore_is_reported_as_damaged() {
     let home = TestHome::init("tamper");
     let path = home.path().join("keystore");
+    // `id --verify` derives the address from the unlocked keys: the same as the header's.
+    let verified = home.ok(&["id", "--verify"]);
+    assert_eq!(verified, home.ok(&["id"]));
+    let out = home
+        .cmd(&["id", "--verify"])
+        .env("PIGEON_PASSPHRASE", "not the passphrase")
+        .output_bounded();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let mut bytes = std::fs::read(&path).expect("keystore");
     let i = bytes.len() / 2;
     bytes[i] ^= 0x40;
     std::fs::write(&path, bytes).expect("write");
-    let out = home.run(&["contacts", "list"]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    // Every reader checks the checksum first: `id` (which needs no passphrase) too.
+    for args in [&["contacts", "list"][..], &["id"], &["id", "--verify"]] {
+        let out = home.run(args);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    }
 }
 
 #[test]
