@@ -207,8 +207,25 @@ impl Db {
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let before: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         migrations::MIGRATIONS.to_latest(&mut conn)?;
-        Ok(Db { conn, keys })
+        let mut db = Db { conn, keys };
+        if before > 0 && before < migrations::SEALED_ROWS {
+            // Rows from before they were sealed: this open is the one that migrated them, so
+            // they are sealed now, once. Later, a row without a seal is damage.
+            db.seal_old_rows()?;
+        }
+        Ok(db)
+    }
+
+    /// Seals the contact and inbox rows stored before [`migrations::SEALED_ROWS`].
+    fn seal_old_rows(&mut self) -> Result<(), StoreError> {
+        let keys = self.keys.clone();
+        let tx = self.conn.transaction()?;
+        contacts::seal_unsealed(&tx, keys.at_rest())?;
+        inbox::seal_unsealed_senders(&tx, keys.at_rest())?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn seal(&self, table: &str, row: &str, plaintext: &[u8]) -> (u32, Vec<u8>) {
@@ -317,5 +334,110 @@ mod tests {
         assert_eq!(clamp_time(u64::MAX), MAX_TIME_MS);
         assert!(i64::try_from(clamp_time(u64::MAX)).is_ok());
         assert_eq!(clamp_time(1_700_000_000_000), 1_700_000_000_000);
+    }
+
+    #[test]
+    fn rows_that_decide_where_messages_go_or_who_sent_them_are_checked() {
+        use crate::envelope::MessageId;
+        use crate::store::Received;
+        let (_dir, mut db, _keys) = test_support::temp_db();
+        let (bob, mallory) = (Keys::generate().address(), Keys::generate().address());
+        db.add_contact("bob", &bob, &[]).expect("add");
+        let id = MessageId::random();
+        let received = Received {
+            id,
+            sender: bob.peer_id(),
+            sent_at_ms: 1,
+            subject: None,
+            body: "from bob".into(),
+            attachments: vec![],
+            actions: vec![],
+        };
+        db.store_received(&[received], 2).expect("store");
+        assert_eq!(db.message(&id.to_string()).expect("read").from, "bob");
+        let damaged = |e: StoreError| e.kind() == ErrorKind::Corrupt;
+
+        // Someone with write access points bob's entry at their own key: refused, never followed.
+        let sql = |db: &Db, q: &str, p: &[&dyn rusqlite::ToSql]| {
+            db.conn.execute(q, p).expect("tamper");
+        };
+        let original = bob.to_string();
+        for (q, value) in [
+            ("UPDATE contacts SET address = ?1", mallory.to_string()),
+            ("UPDATE contacts SET name = ?1", "mom".to_owned()),
+            (
+                "UPDATE contacts SET peer_id = ?1",
+                mallory.peer_id().to_string(),
+            ),
+        ] {
+            sql(&db, q, &[&value]);
+            assert!(db.contacts().map_or_else(damaged, |_| false), "{q}");
+            sql(
+                &db,
+                "UPDATE contacts SET name = 'bob', address = ?1, peer_id = ?2",
+                &[&original, &bob.peer_id().to_string()],
+            );
+            assert!(db.contacts().is_ok(), "restored");
+        }
+        sql(&db, "UPDATE contacts SET seal = NULL", &[]);
+        assert!(
+            db.contact_by_peer(&bob.peer_id())
+                .map_or_else(damaged, |_| false)
+        );
+        db.seal_old_rows().expect("reseal");
+        assert!(db.contact_by_peer(&bob.peer_id()).is_ok());
+
+        // The message made to look as if it came from someone else: refused as damage.
+        sql(
+            &db,
+            "UPDATE inbox SET sender = ?1",
+            &[&mallory.peer_id().to_string()],
+        );
+        assert!(db.message(&id.to_string()).map_or_else(damaged, |_| false));
+        assert!(db.inbox(None, None, None).map_or_else(damaged, |_| false));
+        assert!(db.rule_candidates(0, 10).map_or_else(damaged, |_| false));
+    }
+
+    #[test]
+    fn rows_stored_before_they_were_sealed_are_sealed_once_by_the_migrating_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pigeon.db");
+        let keys = Arc::new(Keys::generate());
+        let bob = Keys::generate().address();
+        {
+            // A database as the version before sealed rows left it.
+            let mut conn = Connection::open(&path).expect("open");
+            migrations::MIGRATIONS
+                .to_version(&mut conn, migrations::SEALED_ROWS - 1)
+                .expect("old schema");
+            conn.execute(
+                "INSERT INTO contacts (name, peer_id, address, added_at) VALUES ('bob', ?1, ?2, 0)",
+                rusqlite::params![bob.peer_id().to_string(), bob.to_string()],
+            )
+            .expect("old contact");
+            let (key_id, body) =
+                keys.at_rest()
+                    .seal("inbox", "00112233445566778899aabbccddeeff", b"old");
+            conn.execute(
+                "INSERT INTO inbox (id, sender, sent_at, received_at, size, body, key_id)
+                 VALUES ('00112233445566778899aabbccddeeff', ?1, 1, 1, 3, ?2, ?3)",
+                rusqlite::params![bob.peer_id().to_string(), body, key_id],
+            )
+            .expect("old message");
+        }
+        let db = Db::open(&path, keys.clone()).expect("migrates and seals");
+        assert_eq!(db.contacts().expect("sealed").len(), 1);
+        let m = db.message("00112233").expect("sealed");
+        assert_eq!((m.from.as_str(), m.body.as_str()), ("bob", "old"));
+        // Only the migrating open seals: a seal removed later is damage, not an old row.
+        db.conn
+            .execute("UPDATE contacts SET seal = NULL", [])
+            .expect("tamper");
+        drop(db);
+        let db = Db::open(&path, keys).expect("open");
+        assert_eq!(
+            db.contacts().map(|_| ()).map_err(|e| e.kind()),
+            Err(ErrorKind::Corrupt)
+        );
     }
 }

@@ -78,7 +78,22 @@ impl AtRest {
     /// Seals `plaintext` for `table`/`row` under the current key; returns the key id and the blob.
     pub fn seal(&self, table: &str, row: &str, plaintext: &[u8]) -> (u32, Vec<u8>) {
         let key_id = self.current;
-        let key = &self.keys[&key_id];
+        let sealed = self
+            .seal_under(key_id, table, row, plaintext)
+            .expect("the current key is always held");
+        (key_id, sealed)
+    }
+
+    /// Like [`AtRest::seal`], under the key `key_id` (so that a row's parts share its key);
+    /// `None` if that key is not held.
+    pub fn seal_under(
+        &self,
+        key_id: u32,
+        table: &str,
+        row: &str,
+        plaintext: &[u8],
+    ) -> Option<Vec<u8>> {
+        let key = self.keys.get(&key_id)?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let cipher = XChaCha20Poly1305::new(key.as_ref().into());
@@ -95,7 +110,7 @@ impl AtRest {
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
-        (key_id, out)
+        Some(out)
     }
 
     /// Opens a blob made by [`AtRest::seal`] for the same table, row and key id.

@@ -1,10 +1,11 @@
 //! Contacts: a name, the contact's address (PeerId and X25519 key) and the multiaddrs to dial.
 
 use libp2p::{Multiaddr, PeerId};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{Db, StoreError, now_ms};
 use crate::keys::address::Address;
+use crate::keys::at_rest::AtRest;
 
 /// A contact as stored.
 #[derive(Debug, Clone)]
@@ -41,9 +42,15 @@ impl Db {
                 format!("that address is already the contact {existing:?}")
             }));
         }
+        let address = address.to_string();
+        let (key_id, seal) = self
+            .keys
+            .at_rest()
+            .seal(TABLE, &peer, &sealed_fields(name, &address));
         tx.execute(
-            "INSERT INTO contacts (name, peer_id, address, added_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, peer, address.to_string(), now_ms() as i64],
+            "INSERT INTO contacts (name, peer_id, address, added_at, seal, key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, peer, address, now_ms() as i64, seal, key_id],
         )?;
         for addr in addrs {
             tx.execute(
@@ -66,30 +73,23 @@ impl Db {
 
     /// Every contact, by name.
     pub fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, address FROM contacts ORDER BY name")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = self.conn.prepare(&format!("{SELECT} ORDER BY name"))?;
+        let rows = stmt.query_map([], Row::read)?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, address) = row?;
-            out.push(self.contact_from_row(name, &address)?);
+            out.push(self.contact_from_row(row?)?);
         }
         Ok(out)
     }
 
     /// The contact called `name`.
     pub fn contact_by_name(&self, name: &str) -> Result<Contact, StoreError> {
-        let address: Option<String> = self
+        let row = self
             .conn
-            .query_row(
-                "SELECT address FROM contacts WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
+            .query_row(&format!("{SELECT} WHERE name = ?1"), [name], Row::read)
             .optional()?;
-        match address {
-            Some(address) => self.contact_from_row(name.to_owned(), &address),
+        match row {
+            Some(row) => self.contact_from_row(row),
             None => Err(StoreError::NotFound {
                 what: "contact",
                 name: name.to_owned(),
@@ -99,16 +99,15 @@ impl Db {
 
     /// The contact with PeerId `peer`, if any.
     pub fn contact_by_peer(&self, peer: &PeerId) -> Result<Option<Contact>, StoreError> {
-        let row: Option<(String, String)> = self
+        let row = self
             .conn
             .query_row(
-                "SELECT name, address FROM contacts WHERE peer_id = ?1",
+                &format!("{SELECT} WHERE peer_id = ?1"),
                 [peer.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                Row::read,
             )
             .optional()?;
-        row.map(|(name, address)| self.contact_from_row(name, &address))
-            .transpose()
+        row.map(|row| self.contact_from_row(row)).transpose()
     }
 
     /// Removes the contact called `name` and its addresses.
@@ -140,17 +139,80 @@ impl Db {
         Ok(out)
     }
 
-    fn contact_from_row(&self, name: String, address: &str) -> Result<Contact, StoreError> {
-        let address: Address = address
+    /// A contact from its row, once the row's seal proves its name, peer id and address are the
+    /// ones the owner stored.
+    fn contact_from_row(&self, row: Row) -> Result<Contact, StoreError> {
+        let (Some(seal), Some(key_id)) = (&row.seal, row.key_id) else {
+            return Err(StoreError::Corrupt("contact row without its seal"));
+        };
+        let sealed = self.open_sealed(TABLE, &row.peer_id, key_id, seal)?;
+        if sealed != sealed_fields(&row.name, &row.address) {
+            return Err(StoreError::Corrupt(
+                "contact row that disagrees with its seal",
+            ));
+        }
+        let address: Address = row
+            .address
             .parse()
             .map_err(|_| StoreError::Corrupt("contact address"))?;
+        if address.peer_id().to_string() != row.peer_id {
+            return Err(StoreError::Corrupt("contact peer id"));
+        }
         let addrs = self.addrs_of(&address.peer_id())?;
         Ok(Contact {
-            name,
+            name: row.name,
             address,
             addrs,
         })
     }
+}
+
+const TABLE: &str = "contacts";
+const SELECT: &str = "SELECT name, peer_id, address, seal, key_id FROM contacts";
+
+/// A contacts row as stored.
+struct Row {
+    name: String,
+    peer_id: String,
+    address: String,
+    seal: Option<Vec<u8>>,
+    key_id: Option<u32>,
+}
+
+impl Row {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        Ok(Row {
+            name: r.get(0)?,
+            peer_id: r.get(1)?,
+            address: r.get(2)?,
+            seal: r.get(3)?,
+            key_id: r.get(4)?,
+        })
+    }
+}
+
+/// What a contact's seal holds: its name and address (the peer id is the seal's associated data).
+fn sealed_fields(name: &str, address: &str) -> Vec<u8> {
+    let mut out = (name.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(address.as_bytes());
+    out
+}
+
+/// Seals the contact rows stored before rows were sealed (inside the caller's transaction).
+pub(super) fn seal_unsealed(tx: &Transaction<'_>, at_rest: &AtRest) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String)> = tx
+        .prepare("SELECT name, peer_id, address FROM contacts WHERE seal IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (name, peer_id, address) in rows {
+        let (key_id, seal) = at_rest.seal(TABLE, &peer_id, &sealed_fields(&name, &address));
+        tx.execute(
+            "UPDATE contacts SET seal = ?2, key_id = ?3 WHERE peer_id = ?1",
+            params![peer_id, seal, key_id],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

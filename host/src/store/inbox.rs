@@ -3,14 +3,15 @@
 //! The message id is the sender's; receiving the same id from the same sender again is a duplicate
 //! (re-acked, never stored twice). A batch from the network commits in one durable transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use libp2p::PeerId;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Db, StoreError, format_time};
 use crate::envelope::MessageId;
+use crate::keys::at_rest::AtRest;
 
 pub(super) const TABLE: &str = "inbox";
 const PREVIEW_CHARS: usize = 60;
@@ -103,7 +104,8 @@ impl Db {
                     .subject
                     .as_ref()
                     .map(|s| self.seal(&format!("{TABLE}.subject"), &row, s.as_bytes()).1);
-                (row, key_id, body, subject)
+                let sender = self.seal(SENDER, &row, m.sender.to_string().as_bytes()).1;
+                (row, key_id, body, subject, sender)
             })
             .collect();
         let keys = self.keys.clone();
@@ -112,10 +114,10 @@ impl Db {
         {
             let mut find = tx.prepare_cached("SELECT sender FROM inbox WHERE id = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO inbox (id, sender, sent_at, received_at, size, subject, body, key_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO inbox (id, sender, sent_at, received_at, size, subject, body, key_id, sender_seal)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for (m, (row, key_id, body, subject)) in items.iter().zip(sealed) {
+            for (m, (row, key_id, body, subject, sender_seal)) in items.iter().zip(sealed) {
                 let sender = m.sender.to_string();
                 let existing: Option<String> = find.query_row([&row], |r| r.get(0)).optional()?;
                 outcomes.push(match existing {
@@ -131,7 +133,8 @@ impl Db {
                             size as i64,
                             subject,
                             body,
-                            key_id
+                            key_id,
+                            sender_seal
                         ])?;
                         super::attachments::insert_attachments(
                             &tx,
@@ -177,8 +180,8 @@ impl Db {
         after: Option<&str>,
     ) -> Result<Vec<InboxItem>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT i.id, COALESCE(c.name, i.sender), i.sender, i.received_at, i.subject, i.body, i.key_id
-             FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender
+            "SELECT i.id, i.sender, i.sender_seal, i.received_at, i.subject, i.body, i.key_id
+             FROM inbox i
              WHERE (?2 IS NULL OR EXISTS (SELECT 1 FROM labels l WHERE l.message_id = i.id AND l.label = ?2))
                AND (?3 IS NULL OR (i.received_at, i.rowid) < (SELECT received_at, rowid FROM inbox WHERE id = ?3))
              ORDER BY i.received_at DESC, i.rowid DESC LIMIT ?1",
@@ -200,16 +203,20 @@ impl Db {
         let limit = limit.map_or(-1, i64::from);
         let mut rows = stmt.query(params![limit, label, after])?;
         let mut out = Vec::new();
+        let mut names = Names::default();
         while let Some(r) = rows.next()? {
             let id: String = r.get(0)?;
             let key_id: u32 = r.get(6)?;
+            let sender = self.sender_of(&id, key_id, r.get(1)?, r.get(2)?)?;
             let body = self.open_text(TABLE, &id, key_id, &r.get::<_, Vec<u8>>(5)?)?;
             let subject = self.open_subject(&id, key_id, r.get(4)?)?;
             out.push(InboxItem {
                 labels: self.labels_of(&id)?,
                 preview: preview(&body),
-                from: r.get(1)?,
-                from_peer_id: r.get(2)?,
+                from: names
+                    .of(self, &sender)?
+                    .unwrap_or_else(|| sender.to_string()),
+                from_peer_id: sender.to_string(),
                 received_at: format_time(r.get::<_, i64>(3)? as u64),
                 subject,
                 id,
@@ -221,20 +228,29 @@ impl Db {
     /// The message whose id is `id` or starts with it (at least 4 hex digits).
     pub fn message(&self, id: &str) -> Result<MessageView, StoreError> {
         let id = self.resolve_id(id)?;
-        let (from, from_peer_id, sent_at, received_at, subject, body, key_id): (
-            String,
-            String,
-            i64,
-            i64,
-            Option<Vec<u8>>,
-            Vec<u8>,
-            u32,
-        ) = self.conn.query_row(
-            "SELECT COALESCE(c.name, i.sender), i.sender, i.sent_at, i.received_at, i.subject, i.body, i.key_id
-             FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender WHERE i.id = ?1",
+        let m = self.conn.query_row(
+            "SELECT sender, sender_seal, sent_at, received_at, subject, body, key_id
+             FROM inbox WHERE id = ?1",
             [&id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            |r| {
+                Ok(StoredMessage {
+                    sender: r.get(0)?,
+                    sender_seal: r.get(1)?,
+                    sent_at: r.get(2)?,
+                    received_at: r.get(3)?,
+                    subject: r.get(4)?,
+                    body: r.get(5)?,
+                    key_id: r.get(6)?,
+                })
+            },
         )?;
+        let (sent_at, received_at, subject, body, key_id) =
+            (m.sent_at, m.received_at, m.subject, m.body, m.key_id);
+        let sender = self.sender_of(&id, key_id, m.sender, m.sender_seal)?;
+        let from = Names::default()
+            .of(self, &sender)?
+            .unwrap_or_else(|| sender.to_string());
+        let from_peer_id = sender.to_string();
         Ok(MessageView {
             body: self.open_text(TABLE, &id, key_id, &body)?,
             subject: self.open_subject(&id, key_id, subject)?,
@@ -283,6 +299,26 @@ impl Db {
         Ok(labels)
     }
 
+    /// The sender of message `id` as stored in `sender`, once its seal (under the message's
+    /// key) proves the owner's node stored it: a row whose sender was changed is damage.
+    pub(super) fn sender_of(
+        &self,
+        id: &str,
+        key_id: u32,
+        sender: String,
+        seal: Option<Vec<u8>>,
+    ) -> Result<PeerId, StoreError> {
+        let seal = seal.ok_or(StoreError::Corrupt("message without its sender's seal"))?;
+        if self.open_sealed(SENDER, id, key_id, &seal)? != sender.as_bytes() {
+            return Err(StoreError::Corrupt(
+                "message whose sender disagrees with its seal",
+            ));
+        }
+        sender
+            .parse()
+            .map_err(|_| StoreError::Corrupt("message sender"))
+    }
+
     pub(super) fn open_text(
         &self,
         table: &str,
@@ -303,6 +339,58 @@ impl Db {
         blob.map(|b| self.open_text(&format!("{TABLE}.subject"), id, key_id, &b))
             .transpose()
     }
+}
+
+/// An inbox row as stored.
+struct StoredMessage {
+    sender: String,
+    sender_seal: Option<Vec<u8>>,
+    sent_at: i64,
+    received_at: i64,
+    subject: Option<Vec<u8>>,
+    body: Vec<u8>,
+    key_id: u32,
+}
+
+/// Where a message's sender is sealed (the message id is the row).
+const SENDER: &str = "inbox.sender";
+
+/// Contact names by sender, looked up (and their rows checked) once per listing.
+#[derive(Default)]
+pub(super) struct Names(HashMap<PeerId, Option<String>>);
+
+impl Names {
+    /// The name of the contact `peer` is, if it is one.
+    pub(super) fn of(&mut self, db: &Db, peer: &PeerId) -> Result<Option<String>, StoreError> {
+        if let Some(name) = self.0.get(peer) {
+            return Ok(name.clone());
+        }
+        let name = db.contact_by_peer(peer)?.map(|c| c.name);
+        self.0.insert(*peer, name.clone());
+        Ok(name)
+    }
+}
+
+/// Seals the senders of messages stored before senders were sealed (inside the caller's
+/// transaction), each under its message's key.
+pub(super) fn seal_unsealed_senders(
+    tx: &Transaction<'_>,
+    at_rest: &AtRest,
+) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, u32)> = tx
+        .prepare("SELECT id, sender, key_id FROM inbox WHERE sender_seal IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut update = tx.prepare("UPDATE inbox SET sender_seal = ?2 WHERE id = ?1")?;
+    for (id, sender, key_id) in rows {
+        let seal = at_rest
+            .seal_under(key_id, SENDER, &id, sender.as_bytes())
+            .ok_or(StoreError::Corrupt(
+                "message sealed under a key this node does not hold",
+            ))?;
+        update.execute(params![id, seal])?;
+    }
+    Ok(())
 }
 
 fn preview(body: &str) -> String {

@@ -6,6 +6,10 @@ use std::sync::LazyLock;
 
 use rusqlite_migration::{M, Migrations};
 
+/// The first schema version whose contact and inbox rows carry seals ([`super::Db::open`] seals
+/// older rows once, when it migrates past it).
+pub(super) const SEALED_ROWS: usize = 5;
+
 pub(super) static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
         M::up(
@@ -114,6 +118,17 @@ CREATE INDEX labels_label ON labels (label);
 ALTER TABLE attachments ADD COLUMN failing_since INTEGER;
 -- Due messages are chosen peer by peer, so that one peer's backlog cannot crowd out the others.
 CREATE INDEX outbox_peer_due ON outbox (state, peer_id, next_attempt_at);
+"#,
+        ),
+        M::up(
+            r#"
+-- The rows that decide where messages go and who sent them, authenticated under the data key:
+-- a contact's name and address sealed with its peer id as associated data, and each received
+-- message's sender sealed under the message's key. Rows stored before this migration get theirs
+-- in the same open (see `Db::open`); a row without one afterwards is refused as damaged.
+ALTER TABLE contacts ADD COLUMN seal BLOB;
+ALTER TABLE contacts ADD COLUMN key_id INTEGER;
+ALTER TABLE inbox ADD COLUMN sender_seal BLOB;
 "#,
         ),
     ])

@@ -161,24 +161,27 @@ impl Db {
         limit: u32,
     ) -> Result<Vec<RuleCandidate>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT i.rowid, i.id, COALESCE(c.name, i.sender), i.sender, c.name, i.sent_at,
+            "SELECT i.rowid, i.id, i.sender_seal, i.sender, i.sent_at,
                     i.subject, i.body, i.key_id, i.read, i.archived
-             FROM inbox i LEFT JOIN contacts c ON c.peer_id = i.sender
+             FROM inbox i
              WHERE i.rowid > ?1 ORDER BY i.rowid LIMIT ?2",
         )?;
         let mut rows = stmt.query(params![after, limit])?;
         let mut out = Vec::new();
+        let mut names = super::inbox::Names::default();
         while let Some(r) = rows.next()? {
             let id: String = r.get(1)?;
-            let key_id: u32 = r.get(8)?;
+            let key_id: u32 = r.get(7)?;
+            let sender = self.sender_of(&id, key_id, r.get(3)?, r.get(2)?)?;
+            let contact = names.of(self, &sender)?;
             let body =
-                self.open_text(super::inbox::TABLE, &id, key_id, &r.get::<_, Vec<u8>>(7)?)?;
-            let subject = self.open_subject(&id, key_id, r.get(6)?)?;
+                self.open_text(super::inbox::TABLE, &id, key_id, &r.get::<_, Vec<u8>>(6)?)?;
+            let subject = self.open_subject(&id, key_id, r.get(5)?)?;
             out.push(RuleCandidate {
                 rowid: r.get(0)?,
-                from: r.get(2)?,
-                read: r.get(9)?,
-                archived: r.get(10)?,
+                from: contact.clone().unwrap_or_else(|| sender.to_string()),
+                read: r.get(8)?,
+                archived: r.get(9)?,
                 message: RuleMessage {
                     labels: self.labels_of(&id)?,
                     attachments: self
@@ -186,9 +189,9 @@ impl Db {
                         .into_iter()
                         .map(|a| a.name)
                         .collect(),
-                    sender: r.get(3)?,
-                    contact: r.get(4)?,
-                    sent_at_ms: r.get::<_, i64>(5)? as u64,
+                    sender: sender.to_string(),
+                    contact,
+                    sent_at_ms: r.get::<_, i64>(4)? as u64,
                     subject: subject.unwrap_or_default(),
                     body,
                     id,

@@ -76,3 +76,41 @@ fn contacts_add_refuses_an_address_with_an_unusable_key() {
     let list = run(&["contacts", "list", "--json"]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
 }
+
+/// Someone who can write the home but not unlock it points a contact at their own key, in the
+/// database's clear columns: `send` refuses the damaged row (exit 6) instead of sealing to it.
+#[test]
+fn a_tampered_contact_row_is_refused_as_damaged() {
+    use pigeon::keys::Keys;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pigeon"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .env("PIGEON_PASSPHRASE", "tampered contact test")
+            .env_remove("PIGEON_HOME")
+            .output()
+            .expect("run pigeon")
+    };
+    assert!(run(&["init"]).status.success());
+    let bob = Keys::generate().address().to_string();
+    assert!(run(&["contacts", "add", "bob", &bob]).status.success());
+    assert!(run(&["send", "bob", "before"]).status.success());
+    let mallory = Keys::generate().address();
+    let db = rusqlite::Connection::open(home.join("pigeon.db")).expect("open the database");
+    db.execute(
+        "UPDATE contacts SET address = ?1, peer_id = ?2 WHERE name = 'bob'",
+        rusqlite::params![mallory.to_string(), mallory.peer_id().to_string()],
+    )
+    .expect("tamper");
+    drop(db);
+    for args in [&["send", "bob", "after"][..], &["contacts", "list"]] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {stderr}");
+        assert!(stderr.contains("damaged"), "{stderr}");
+    }
+}
