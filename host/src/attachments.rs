@@ -100,6 +100,13 @@ impl std::fmt::Debug for AttachmentRef {
     }
 }
 
+/// The content key does not outlive its reference in memory.
+impl Drop for AttachmentRef {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl AttachmentRef {
     /// The id as hex.
     pub fn id_hex(&self) -> String {
@@ -606,6 +613,40 @@ mod tests {
             file_hash: [3; 32],
             chunk_hashes: vec![0; hashes * 32],
         }
+    }
+
+    #[test]
+    fn save_never_follows_a_symlink_planted_in_the_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = sample(dir.path(), 1000);
+        let r = stage(dir.path(), &source, u64::MAX, |_| {}).expect("stage");
+        let file = file_path(dir.path(), &r.id_hex());
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("mkdir");
+        // The sender knows the attachment's id: it plants links at every name made from it (the
+        // old temporary name among them) pointing at a file of the victim's.
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, b"precious").expect("write");
+        for name in [
+            format!(".{}.pigeon-partial", r.id_hex()),
+            format!(".pigeon-partial-{}", r.id_hex()),
+        ] {
+            std::os::unix::fs::symlink(&victim, out.join(name)).expect("symlink");
+        }
+        let saved = save(&file, &r, &out, false, |_| {}).expect("save");
+        assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+        assert_eq!(
+            std::fs::read(&saved).expect("read"),
+            std::fs::read(&source).expect("read")
+        );
+        // And a link planted at the final name is refused, not written through.
+        std::fs::remove_file(&saved).expect("rm");
+        std::os::unix::fs::symlink(&victim, &saved).expect("symlink");
+        assert!(matches!(
+            save(&file, &r, &out, false, |_| {}),
+            Err(AttachmentError::Exists(_))
+        ));
+        assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
     }
 
     #[test]

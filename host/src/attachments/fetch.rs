@@ -84,6 +84,12 @@ struct Waiting {
     until: Instant,
 }
 
+/// Ends the retry delays a wake-up asked to cut short (all, or its peers'); a wake-up for new work
+/// asks none, so a sender that keeps failing is not asked again each time a message arrives.
+fn cut_short(waiting: &mut HashMap<String, Waiting>, retry: &Retry) {
+    waiting.retain(|_, w| !retry.all && !retry.peers.contains(&w.peer));
+}
+
 /// The delay after the `failures`th failure in a row.
 fn retry_delay(failures: u32) -> Duration {
     RETRY
@@ -158,11 +164,7 @@ impl Fetcher {
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = waker.notify.notified() => {
-                    let retry = waker.take_retry();
-                    self.waiting
-                        .retain(|_, w| !retry.all && !retry.peers.contains(&w.peer));
-                }
+                _ = waker.notify.notified() => cut_short(&mut self.waiting, &waker.take_retry()),
                 Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
                     self.in_flight.remove(&(done.id.clone(), done.index));
                     self.record(done).await;
@@ -496,6 +498,48 @@ mod tests {
         assert!(per_peer(&ready, &picked).values().all(|&n| n == 3));
         // Fewer free slots than senders: each of the first gets one.
         assert_eq!(per_peer(&ready, &pick(&ready, &[], 9, 2)).len(), 2);
+    }
+
+    #[test]
+    fn only_a_connection_or_the_user_cuts_a_retry_delay_short() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let waiting = || {
+            HashMap::from([
+                (
+                    "a".to_owned(),
+                    Waiting {
+                        peer: a,
+                        failures: 3,
+                        until: Instant::now() + MAX_RETRY,
+                    },
+                ),
+                (
+                    "b".to_owned(),
+                    Waiting {
+                        peer: b,
+                        failures: 1,
+                        until: Instant::now() + RETRY,
+                    },
+                ),
+            ])
+        };
+        let waker = FetchWaker::default();
+        let mut w = waiting();
+        waker.wake(); // a message arrived
+        cut_short(&mut w, &waker.take_retry());
+        assert_eq!(w.len(), 2, "a wake-up for new work keeps every delay");
+        waker.peer_connected(a);
+        cut_short(&mut w, &waker.take_retry());
+        assert!(
+            !w.contains_key("a") && w.contains_key("b"),
+            "only the connected peer's"
+        );
+        waker.retry_all();
+        cut_short(&mut w, &waker.take_retry());
+        assert!(w.is_empty(), "inbox fetch: all");
+        let mut w = waiting();
+        cut_short(&mut w, &waker.take_retry());
+        assert_eq!(w.len(), 2, "a request is taken once");
     }
 
     #[test]

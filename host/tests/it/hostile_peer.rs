@@ -224,3 +224,38 @@ async fn a_stranger_is_refused_before_its_frame_is_read() {
     assert_eq!(inbox_len(&victim).await, 1);
     victim.shutdown().await;
 }
+
+/// Strangers cannot open connections without end: past `node.max_established_incoming` a new
+/// one is closed at once, while the ones within the limit stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = pigeon::config::Config::default();
+    config.node.max_established_incoming = 2;
+    let victim = start_node_with(dir.path(), "victim", &config).await;
+    let (victim_address, victim_addr) = address_of(&victim).await;
+    let victim_peer = victim_address
+        .parse::<pigeon::keys::address::Address>()
+        .expect("address")
+        .peer_id();
+    let mut strangers: Vec<_> = (0..3)
+        .map(|_| rogue_swarm(&Arc::new(Keys::generate())))
+        .collect();
+    let mut errors = Vec::new();
+    for stranger in &mut strangers {
+        let e = raw_request(stranger, victim_peer, &victim_addr, vec![0, 0, 0, 1, 0])
+            .await
+            .expect_err("strangers get no answer");
+        errors.push(e);
+    }
+    // The first two hold a connection (only the protocol is refused); the third gets none.
+    for e in &errors[..2] {
+        assert!(e.contains("none of the requested protocols"), "{e}");
+    }
+    assert!(
+        errors[2].contains("Connection was closed") || errors[2].contains("Failed to dial"),
+        "a third connection was kept: {}",
+        errors[2]
+    );
+    victim.shutdown().await;
+}

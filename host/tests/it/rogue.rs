@@ -131,11 +131,15 @@ pub(crate) async fn raw_request(
 }
 
 pub(crate) async fn start_node(dir: &std::path::Path, name: &str) -> Node {
+    start_node_with(dir, name, &Config::default()).await
+}
+
+pub(crate) async fn start_node_with(dir: &std::path::Path, name: &str, config: &Config) -> Node {
     let home = Home::resolve(Some(dir.join(name))).expect("home");
     pigeon::init::create_home(&home, PASS).await.expect("init");
     let keys = keystore::unlock(&home.keystore(), PASS).expect("unlock");
     let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr");
-    Node::start(&home, keys, &Config::default(), &[listen])
+    Node::start(&home, keys, config, &[listen])
         .await
         .expect("start node")
 }
