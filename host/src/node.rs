@@ -207,6 +207,34 @@ impl Node {
 /// connection limits this bounds what peers can make the node hold.
 const MAX_HANDLERS: usize = 128;
 
+/// The tasks handling inbound batches and chunk requests, at most `max` at once.
+struct Handlers {
+    set: tokio::task::JoinSet<()>,
+    max: usize,
+}
+
+impl Handlers {
+    fn new(max: usize) -> Handlers {
+        Handlers {
+            set: tokio::task::JoinSet::new(),
+            max,
+        }
+    }
+
+    /// Whether a new handler must be refused.
+    fn full(&mut self) -> bool {
+        // Reap the finished ones first, so that only those still running count.
+        while self.set.try_join_next().is_some() {}
+        self.set.len() >= self.max
+    }
+
+    /// Runs `job`; call only when not [`Handlers::full`].
+    fn spawn(&mut self, job: impl std::future::Future<Output = ()> + Send + 'static) {
+        debug_assert!(self.set.len() < self.max);
+        self.set.spawn(job);
+    }
+}
+
 /// Hands the swarm's events to the rooms they concern.
 struct Pump {
     receiver: inbox::Receiver,
@@ -218,19 +246,19 @@ struct Pump {
 
 impl Pump {
     async fn run(self, mut events: mpsc::Receiver<NetEvent>, cancel: CancellationToken) {
-        let mut handlers = tokio::task::JoinSet::new();
+        let mut handlers = Handlers::new(MAX_HANDLERS);
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
+                Some(_) = handlers.set.join_next(), if !handlers.set.is_empty() => continue,
                 event = events.recv() => match event { Some(e) => e, None => break },
             };
             self.on_event(event, &mut handlers).await;
         }
-        handlers.shutdown().await;
+        handlers.set.shutdown().await;
     }
 
-    async fn on_event(&self, event: NetEvent, handlers: &mut tokio::task::JoinSet<()>) {
+    async fn on_event(&self, event: NetEvent, handlers: &mut Handlers) {
         let store = &self.receiver.store;
         let plugins = &self.receiver.plugins;
         match event {
@@ -274,7 +302,7 @@ impl Pump {
                 batch,
                 channel,
             } => {
-                if handlers.len() >= MAX_HANDLERS {
+                if handlers.full() {
                     // Busy: a transient refusal, so the sender keeps the batch and sends it later.
                     let outcomes =
                         vec![Outcome::Rejected(RejectReason::Unavailable); batch.envelopes.len()];
@@ -295,7 +323,7 @@ impl Pump {
                 relayed,
                 channel,
             } => {
-                if handlers.len() >= MAX_HANDLERS {
+                if handlers.full() {
                     // Unanswered: the channel drops and the fetcher asks again later.
                     return;
                 }
@@ -387,5 +415,33 @@ async fn dial_contacts(store: Store, net: Net) {
                 .await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn handlers_are_bounded_and_a_finished_one_frees_its_place() {
+        let mut handlers = Handlers::new(3);
+        let (release, wait) = tokio::sync::watch::channel(false);
+        for _ in 0..3 {
+            assert!(!handlers.full());
+            let mut wait = wait.clone();
+            handlers.spawn(async move {
+                let _ = wait.wait_for(|go| *go).await;
+            });
+        }
+        assert!(handlers.full(), "a fourth would be refused");
+        release.send(true).expect("release");
+        for _ in 0..100 {
+            if !handlers.full() {
+                return;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("finished handlers still count");
     }
 }
