@@ -10,6 +10,18 @@ fn pigeon(args: &[&str]) -> std::process::Output {
         .expect("run pigeon")
 }
 
+/// Runs `pigeon --home HOME ARGS` with a passphrase in the environment.
+fn in_home(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pigeon"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env("PIGEON_PASSPHRASE", "host cli test")
+        .env_remove("PIGEON_HOME")
+        .output()
+        .expect("run pigeon")
+}
+
 #[test]
 fn help_lists_every_command() {
     let out = pigeon(&["--help"]);
@@ -56,16 +68,7 @@ fn contacts_add_refuses_an_address_with_an_unusable_key() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_pigeon"))
-            .arg("--home")
-            .arg(&home)
-            .args(args)
-            .env("PIGEON_PASSPHRASE", "unusable key test")
-            .env_remove("PIGEON_HOME")
-            .output()
-            .expect("run pigeon")
-    };
+    let run = |args: &[&str]| in_home(&home, args);
     assert!(run(&["init"]).status.success());
     let zero = EncPublic::from_bytes(&[0; 32]).expect("32 bytes decode");
     let evil = Address::new(Keys::generate().identity().public(), zero).to_string();
@@ -85,16 +88,7 @@ fn a_tampered_contact_row_is_refused_as_damaged() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_pigeon"))
-            .arg("--home")
-            .arg(&home)
-            .args(args)
-            .env("PIGEON_PASSPHRASE", "tampered contact test")
-            .env_remove("PIGEON_HOME")
-            .output()
-            .expect("run pigeon")
-    };
+    let run = |args: &[&str]| in_home(&home, args);
     assert!(run(&["init"]).status.success());
     let bob = Keys::generate().address().to_string();
     assert!(run(&["contacts", "add", "bob", &bob]).status.success());
