@@ -11,7 +11,7 @@ pub mod rules;
 use libp2p::PeerId;
 
 use crate::attachments::Limits;
-use crate::envelope::{self, OpenError, Payload};
+use crate::envelope::{self, MessageId, OpenError, Payload};
 use crate::keys::Keys;
 use crate::metrics::METRICS;
 use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
@@ -41,6 +41,48 @@ pub struct Receiver {
     pub plugins: Plugins,
     /// A message whose attachments pass these is refused as too large.
     pub limits: crate::attachments::Limits,
+    /// Messages being received now (see [`InProgress`]).
+    pub in_progress: InProgress,
+}
+
+/// The ids of the messages whose batch is being handled. A sender that gave up waiting (its
+/// request timed out while the rules ran) sends the batch again; its messages that are still in
+/// progress are answered `unavailable` (it retries, and by then they are stored: `duplicate`),
+/// so the rules run once per message and no message is stored twice.
+#[derive(Clone, Default)]
+pub struct InProgress(Arc<std::sync::Mutex<HashSet<MessageId>>>);
+
+impl InProgress {
+    /// Claims the ids not claimed yet; returns which were claimed, in order.
+    fn claim(&self, ids: &[MessageId]) -> Vec<bool> {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.iter().map(|id| held.insert(*id)).collect()
+    }
+
+    fn release(&self, ids: &[MessageId]) {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in ids {
+            held.remove(id);
+        }
+    }
+}
+
+/// Releases claimed ids when the batch is done, however it ends (a cancelled task included).
+struct Claimed<'a> {
+    in_progress: &'a InProgress,
+    ids: Vec<MessageId>,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        self.in_progress.release(&self.ids);
+    }
 }
 
 /// Opens, stores and answers one inbound batch from the authenticated `peer`.
@@ -66,6 +108,7 @@ async fn receive(receiver: &Receiver, peer: PeerId, batch: Batch) -> BatchRespon
         Err(reason) => return reject_all(reason),
     };
     let mut admitted = admit(peer, opened, receiver.limits, sender.attachment_bytes);
+    let _claimed = claim(&receiver.in_progress, &mut admitted);
     let fresh = skip_known(receiver, &admitted.ids).await;
     run_rules(receiver, &sender, &mut admitted, &fresh, arrived).await;
     // Ack only after the durable commit: when it fails, the whole batch is refused as unavailable
@@ -192,6 +235,34 @@ fn admit(peer: PeerId, opened: Opened, limits: Limits, mut peer_bytes: u64) -> A
         outcomes,
         to_store,
         ids,
+    }
+}
+
+/// Claims the admitted messages for this batch; one that another batch is receiving now (the
+/// same batch, sent again) is answered `unavailable` instead.
+fn claim<'a>(in_progress: &'a InProgress, admitted: &mut Admitted) -> Claimed<'a> {
+    let ids: Vec<MessageId> = admitted.to_store.iter().map(|r| r.id).collect();
+    let claimed = in_progress.claim(&ids);
+    let mut kept = claimed.iter().copied();
+    let mut n = 0;
+    for outcome in admitted.outcomes.iter_mut().filter(|o| o.is_none()) {
+        if kept.next() == Some(false) {
+            *outcome = Some(Outcome::Rejected(RejectReason::Unavailable));
+        }
+        n += 1;
+    }
+    debug_assert_eq!(n, ids.len());
+    let mut flags = claimed.iter();
+    admitted.to_store.retain(|_| flags.next() == Some(&true));
+    let mut flags = claimed.iter();
+    admitted.ids.retain(|_| flags.next() == Some(&true));
+    Claimed {
+        in_progress,
+        ids: ids
+            .into_iter()
+            .zip(claimed)
+            .filter_map(|(id, c)| c.then_some(id))
+            .collect(),
     }
 }
 
@@ -341,5 +412,70 @@ fn reject_reason(e: OpenError) -> RejectReason {
         OpenError::WrongSender => RejectReason::WrongSender,
         OpenError::Decrypt => RejectReason::Undecryptable,
         _ => RejectReason::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(id: MessageId) -> Received {
+        Received {
+            id,
+            sender: Keys::generate().peer_id(),
+            sent_at_ms: 1,
+            subject: None,
+            body: String::new(),
+            attachments: vec![],
+            actions: vec![],
+        }
+    }
+
+    #[test]
+    fn a_batch_sent_again_while_the_first_is_handled_is_answered_unavailable_for_those() {
+        let (a, b, c) = (
+            MessageId::random(),
+            MessageId::random(),
+            MessageId::random(),
+        );
+        let in_progress = InProgress::default();
+        let first = in_progress.claim(&[a]);
+        assert_eq!(first, [true]);
+        // The resend holds a (still in progress), a refused envelope, then b and c.
+        let mut admitted = Admitted {
+            outcomes: vec![
+                None,
+                Some(Outcome::Rejected(RejectReason::Malformed)),
+                None,
+                None,
+            ],
+            to_store: vec![received(a), received(b), received(c)],
+            ids: vec![a.to_string(), b.to_string(), c.to_string()],
+        };
+        {
+            let claimed = claim(&in_progress, &mut admitted);
+            assert_eq!(
+                admitted.outcomes,
+                vec![
+                    Some(Outcome::Rejected(RejectReason::Unavailable)),
+                    Some(Outcome::Rejected(RejectReason::Malformed)),
+                    None,
+                    None
+                ]
+            );
+            assert_eq!(admitted.ids, [b.to_string(), c.to_string()]);
+            assert_eq!(admitted.to_store.len(), 2);
+            assert_eq!(claimed.ids, [b, c]);
+            assert_eq!(
+                in_progress.claim(&[b]),
+                [false],
+                "held while the batch runs"
+            );
+        }
+        assert_eq!(
+            in_progress.claim(&[b, c]),
+            [true, true],
+            "released when it ends"
+        );
     }
 }

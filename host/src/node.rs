@@ -123,6 +123,7 @@ impl Node {
                 store: store.clone(),
                 plugins: plugins.clone(),
                 limits: config.attachments.limits(),
+                in_progress: Default::default(),
             },
             net: net.clone(),
             waker,
