@@ -16,7 +16,6 @@ mod peers;
 mod plugins;
 mod send;
 mod status;
-mod terminal;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

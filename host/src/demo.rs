@@ -12,6 +12,7 @@ use crate::error::{Error, Result, RunError};
 use crate::home::Home;
 use crate::keys::keystore;
 use crate::node::Node;
+use crate::store::InboxQuery;
 
 pub(crate) const PASSPHRASE: &str = "demo passphrase, not a secret";
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -132,11 +133,7 @@ async fn send(ops: &Ops, to: &str, body: &str) -> Result<()> {
 async fn wait_for(ops: &Ops, count: usize) -> Result<Vec<String>> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let request = Request::InboxList {
-            limit: None,
-            label: None,
-            after: None,
-        };
+        let request = Request::InboxList(InboxQuery::default());
         let items = match ops.handle(request).await? {
             Response::Inbox(items) => items,
             other => return Err(other.unexpected().into()),

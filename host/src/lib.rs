@@ -26,6 +26,7 @@ pub mod node;
 pub mod passphrase;
 pub mod plugins;
 pub mod store;
+pub mod terminal;
 
 pub use error::{Error, Result};
 pub use exit::ErrorKind;

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use attachments::{AttachmentView, Download, MAX_BAD_CHUNKS, SaveInfo};
 pub use contacts::Contact;
 pub use health::{AddrHealth, PeerHealth};
-pub use inbox::{InboxItem, MessageView, ReceiveOutcome, Received};
+pub use inbox::{Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received};
 pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
 pub use rules::{RuleChange, RuleView, RulesApplied};
 
@@ -228,6 +228,14 @@ impl Db {
         Ok(())
     }
 
+    /// Copies the WAL into the database and truncates it, so that no older copy of a page (one
+    /// that held a row now deleted) stays in the WAL file; `secure_delete` zeroes the freed pages.
+    pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn seal(&self, table: &str, row: &str, plaintext: &[u8]) -> (u32, Vec<u8>) {
         self.keys.at_rest().seal(table, row, plaintext)
     }
@@ -394,7 +402,10 @@ mod tests {
             &[&mallory.peer_id().to_string()],
         );
         assert!(db.message(&id.to_string()).map_or_else(damaged, |_| false));
-        assert!(db.inbox(None, None, None).map_or_else(damaged, |_| false));
+        assert!(
+            db.inbox(&InboxQuery::default())
+                .map_or_else(damaged, |_| false)
+        );
         assert!(db.rule_candidates(0, 10).map_or_else(damaged, |_| false));
     }
 

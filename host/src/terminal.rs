@@ -1,16 +1,17 @@
-//! Text from peers and plugins made safe to print: no escape sequence of theirs may drive the
-//! user's terminal. JSON output needs none of this (serde escapes every control character).
+//! Text from peers and plugins made safe to print (CLI output and text logs): no escape sequence of
+//! theirs may drive the user's terminal. JSON output needs none of this (serde escapes every control
+//! character).
 
 use crate::attachments::is_hidden_or_control;
 
 /// `text` with every control, format or separator character shown as a visible `\u{..}` escape,
 /// newlines and tabs kept (a message body keeps its lines).
-pub(super) fn shown(text: &str) -> String {
+pub fn shown(text: &str) -> String {
     escape(text, |c| c == '\n' || c == '\t')
 }
 
 /// [`shown`] on one line: newlines and tabs become spaces (so `cut -f` columns hold).
-pub(super) fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     escape(&text.replace(['\t', '\n', '\r'], " "), |_| false)
 }
 

@@ -1,16 +1,17 @@
 //! `pigeon inbox list|read|save|fetch|label|rules`
 
-use super::terminal::{one_line, shown};
 use super::{Global, count, print_json, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentError};
 use crate::control::api::{Request, Response};
 use crate::error::{Result, UsageError};
-use crate::store::InboxItem;
+use crate::store::{Archived, InboxItem, InboxQuery};
+use crate::terminal::{one_line, shown};
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
-    /// List received messages, newest first, one tab-separated line each: id, from, received at,
-    /// labels (comma-separated, or -), subject (or -), the start of the text.
+    /// List received messages, newest first, one tab-separated line each: id, state (unread,
+    /// read or archived), from, received at, labels (comma-separated, or -), subject (or -), the
+    /// start of the text. Archived messages are left out unless --archived or --all.
     List {
         /// Show at most N messages.
         #[arg(long, value_name = "N")]
@@ -18,9 +19,45 @@ pub(super) enum Command {
         /// Only messages with this label.
         #[arg(long)]
         label: Option<String>,
+        /// Only unread messages.
+        #[arg(long)]
+        unread: bool,
+        /// Only archived messages.
+        #[arg(long, conflicts_with = "all")]
+        archived: bool,
+        /// Archived messages too.
+        #[arg(long)]
+        all: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Archive a message: it leaves `inbox list` (see --archived) and stays searchable and
+    /// readable.
+    Archive {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+    },
+    /// Bring an archived message back into `inbox list`.
+    Unarchive {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+    },
+    /// Mark a message read or unread (`inbox read` marks it read).
+    Mark {
+        /// `read` or `unread`.
+        state: MarkState,
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+    },
+    /// Delete a message entirely: its text, labels, attachments and their keys, with no older
+    /// copy left in the database files (asks first on a terminal; --yes otherwise).
+    Rm {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+        /// Do not ask.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Write a message's attachments to files, verified against their whole-file hash.
     ///
@@ -51,13 +88,19 @@ pub(super) enum Command {
         /// The message id, or a unique prefix of at least 4 characters.
         id: String,
     },
-    /// Show one whole message.
+    /// Show one whole message, and mark it read.
+    ///
+    /// Text from the sender is shown with control characters and escape sequences made visible
+    /// (`\u{1b}`), so none of them can drive the terminal; --json and --raw keep it exact.
     Read {
         /// The message id, or a unique prefix of at least 4 characters.
         id: String,
         /// Print JSON (with `body`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "raw")]
         json: bool,
+        /// Print only the body, exactly as it came (for pipes: not for a terminal).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -65,19 +108,30 @@ pub(super) enum Command {
 /// answer's size limit however many messages the inbox holds.
 const PAGE: u32 = 500;
 
-/// The inbox, newest first, at most `limit` (all without one), read page by page.
-async fn list(g: &Global, limit: Option<u32>, label: Option<String>) -> Result<Vec<InboxItem>> {
+/// `inbox mark` states.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum MarkState {
+    /// Read.
+    Read,
+    /// Unread.
+    Unread,
+}
+
+/// The inbox, newest first, at most `query.limit` (all without one), read page by page.
+async fn list(g: &Global, query: InboxQuery) -> Result<Vec<InboxItem>> {
     let mut items: Vec<InboxItem> = Vec::new();
     loop {
-        let want = limit.map_or(PAGE, |l| (l - l.min(items.len() as u32)).min(PAGE));
+        let want = query
+            .limit
+            .map_or(PAGE, |l| (l - l.min(items.len() as u32)).min(PAGE));
         if want == 0 {
             return Ok(items);
         }
-        let request = Request::InboxList {
+        let request = Request::InboxList(InboxQuery {
             limit: Some(want),
-            label: label.clone(),
             after: items.last().map(|i| i.id.clone()),
-        };
+            ..query.clone()
+        });
         let page = match g.call(request).await? {
             Response::Inbox(page) => page,
             other => return Err(unexpected(other)),
@@ -94,8 +148,27 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     match cmd {
         Command::Label(cmd) => label(g, cmd).await?,
         Command::Rules(cmd) => rules(g, cmd).await?,
-        Command::List { limit, label, json } => {
-            let items = list(g, limit, label).await?;
+        Command::List {
+            limit,
+            label,
+            unread,
+            archived,
+            all,
+            json,
+        } => {
+            let archived = match (archived, all) {
+                (true, _) => Archived::Only,
+                (false, true) => Archived::Include,
+                (false, false) => Archived::Hide,
+            };
+            let query = InboxQuery {
+                limit,
+                label,
+                after: None,
+                unread,
+                archived,
+            };
+            let items = list(g, query).await?;
             if json {
                 return print_json(&items);
             }
@@ -112,8 +185,13 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
                     .as_deref()
                     .filter(|s| !s.is_empty())
                     .unwrap_or("-");
+                let state = match (i.archived, i.read) {
+                    (true, _) => "archived",
+                    (false, false) => "unread",
+                    (false, true) => "read",
+                };
                 println!(
-                    "{}\t{}\t{}\t{labels}\t{}\t{}",
+                    "{}\t{state}\t{}\t{}\t{labels}\t{}\t{}",
                     i.id,
                     one_line(&i.from),
                     i.received_at,
@@ -123,6 +201,28 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             }
         }
         Command::Save { id, out, yes } => save(g, id, out, yes).await?,
+        Command::Archive { id } => {
+            update(g, Request::InboxArchive { id, archived: true }, "archived").await?
+        }
+        Command::Unarchive { id } => {
+            update(
+                g,
+                Request::InboxArchive {
+                    id,
+                    archived: false,
+                },
+                "unarchived",
+            )
+            .await?
+        }
+        Command::Mark { state, id } => {
+            let (read, verb) = match state {
+                MarkState::Read => (true, "marked read"),
+                MarkState::Unread => (false, "marked unread"),
+            };
+            update(g, Request::InboxMark { id, read }, verb).await?
+        }
+        Command::Rm { id, yes } => rm(g, id, yes).await?,
         Command::Fetch { id } => match g.call(Request::InboxFetch { id }).await? {
             Response::Fetching { attachments: 0 } => println!("every attachment is complete"),
             Response::Fetching { attachments } => {
@@ -130,11 +230,19 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             }
             other => return Err(unexpected(other)),
         },
-        Command::Read { id, json } => {
+        Command::Read { id, json, raw } => {
             let m = match g.call(Request::InboxRead { id }).await? {
                 Response::Message(m) => m,
                 other => return Err(unexpected(other)),
             };
+            if raw {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(m.body.as_bytes())
+                    .and_then(|()| out.flush())
+                    .map_err(crate::error::Error::io("cannot write the body".to_owned()))?;
+                return Ok(());
+            }
             if json {
                 return print_json(&m);
             }
@@ -289,6 +397,11 @@ async fn label(g: &Global, cmd: LabelCommand) -> Result<()> {
             format!("-{label}"),
         ),
     };
+    update(g, request, &verb).await
+}
+
+/// Sends a request that changes one message and prints `<id> <verb>`.
+async fn update(g: &Global, request: Request, verb: &str) -> Result<()> {
     match g.call(request).await? {
         Response::Updated { id } => println!("{id} {verb}"),
         other => return Err(unexpected(other)),
@@ -351,5 +464,35 @@ fn describe(action: &crate::inbox::rules::Action) -> String {
         Action::RemoveLabel(l) => format!("-{l}"),
         Action::MarkRead => "read".into(),
         Action::Archive => "archive".into(),
+    }
+}
+
+/// Deletes a message after asking (on a terminal; `--yes` otherwise), with its sealed attachment
+/// files.
+async fn rm(g: &Global, id: String, yes: bool) -> Result<()> {
+    if !super::confirm(
+        &format!("Delete message {id} and its attachments for good?"),
+        yes,
+    )? {
+        println!("kept {id}");
+        return Ok(());
+    }
+    let home = g.home()?;
+    match g.call(Request::InboxRm { id }).await? {
+        Response::Removed { id, attachments } => {
+            for a in attachments {
+                let path = attachments::file_path(home.root(), &a);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove an attachment file")
+                    }
+                }
+            }
+            println!("{id} deleted");
+            Ok(())
+        }
+        other => Err(unexpected(other)),
     }
 }

@@ -67,11 +67,11 @@ async fn list(g: &Global, json: bool) -> Result<()> {
     }
     for e in entries {
         let next = e.next_attempt.unwrap_or_else(|| "-".into());
-        let error = e.last_error.unwrap_or_default();
+        let error = crate::terminal::one_line(&e.last_error.unwrap_or_default());
         println!(
             "{}\t{}\t{}\tattempts={}\tnext={next}\t{error}",
             e.id,
-            e.to,
+            crate::terminal::one_line(&e.to),
             e.state.as_str(),
             e.attempts
         );

@@ -33,7 +33,7 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}ms"));
             println!(
                 "  {}\tscore={:.2}\tok={:.1}\tfailed={:.1}\trtt={rtt}",
-                super::terminal::one_line(&a.addr),
+                crate::terminal::one_line(&a.addr),
                 a.score,
                 a.successes,
                 a.failures

@@ -170,7 +170,7 @@ fn line(s: &PluginStatus) -> String {
         state.push_str(&format!(" ({} calls, {} failed)", s.calls, s.failures));
     }
     if let Some(f) = &s.last_failure {
-        state.push_str(&format!("; last failure: {}", super::terminal::one_line(f)));
+        state.push_str(&format!("; last failure: {}", crate::terminal::one_line(f)));
     }
     format!(
         "{}\t{}\t{}\t{}\t{}\t{state}",

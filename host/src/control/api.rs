@@ -96,14 +96,8 @@ impl Ops {
             }
             Request::Peers => self.peers().await,
             Request::Status => self.status().await,
-            Request::InboxList {
-                limit,
-                label,
-                after,
-            } => Ok(Response::Inbox(
-                self.store
-                    .call(move |db| db.inbox(limit, label.as_deref(), after.as_deref()))
-                    .await?,
+            Request::InboxList(query) => Ok(Response::Inbox(
+                self.store.call(move |db| db.inbox(&query)).await?,
             )),
             Request::RulesAdd { from, label } => {
                 validate_label(&label).map_err(UsageError::Label)?;
@@ -136,8 +130,29 @@ impl Ops {
                 Ok(Response::Updated { id })
             }
             Request::InboxRead { id } => Ok(Response::Message(
-                self.store.call(move |db| db.message(&id)).await?,
+                self.store
+                    .call(move |db| {
+                        // Reading a message marks it read; the view says so.
+                        let mut m = db.message(&id)?;
+                        db.set_read(&m.id, true)?;
+                        m.read = true;
+                        Ok(m)
+                    })
+                    .await?,
             )),
+            Request::InboxMark { id, read } => Ok(Response::Updated {
+                id: self.store.call(move |db| db.set_read(&id, read)).await?,
+            }),
+            Request::InboxArchive { id, archived } => Ok(Response::Updated {
+                id: self
+                    .store
+                    .call(move |db| db.set_archived(&id, archived))
+                    .await?,
+            }),
+            Request::InboxRm { id } => {
+                let (id, attachments) = self.store.call(move |db| db.remove_message(&id)).await?;
+                Ok(Response::Removed { id, attachments })
+            }
             Request::InboxFetch { id } => {
                 let attachments = self
                     .store

@@ -63,6 +63,44 @@ pub struct InboxItem {
     pub labels: Vec<String>,
     /// The start of the body, on one line.
     pub preview: String,
+    /// Whether it has been read (`inbox read`, `inbox mark read`, a rule).
+    #[serde(default)]
+    pub read: bool,
+    /// Whether it is archived (hidden from `inbox list` unless asked for).
+    #[serde(default)]
+    pub archived: bool,
+}
+
+/// Which messages `inbox list` shows as to archiving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Archived {
+    /// Not the archived ones (the default).
+    #[default]
+    Hide,
+    /// Only the archived ones.
+    Only,
+    /// Both.
+    Include,
+}
+
+/// What `inbox list` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxQuery {
+    /// At most this many, newest first.
+    pub limit: Option<u32>,
+    /// Only messages with this label.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Only messages listed after this one (its id), for reading the inbox page by page.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Only unread messages.
+    #[serde(default)]
+    pub unread: bool,
+    /// Archived messages hidden, alone, or with the others.
+    #[serde(default)]
+    pub archived: Archived,
 }
 
 /// A whole message, for `pigeon inbox read`.
@@ -86,6 +124,12 @@ pub struct MessageView {
     pub body: String,
     /// Attachments, with how much of each has arrived.
     pub attachments: Vec<super::AttachmentView>,
+    /// Whether it has been read.
+    #[serde(default)]
+    pub read: bool,
+    /// Whether it is archived.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 impl Db {
@@ -173,19 +217,29 @@ impl Db {
     /// `after` (a message id) continues a listing: only the messages that come after it in this
     /// order. Messages that arrive in between come before it, so a listing read page by page
     /// never shows one twice or skips one.
-    pub fn inbox(
-        &self,
-        limit: Option<u32>,
-        label: Option<&str>,
-        after: Option<&str>,
-    ) -> Result<Vec<InboxItem>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT i.id, i.sender, i.sender_seal, i.received_at, i.subject, i.body, i.key_id
+    pub fn inbox(&self, query: &InboxQuery) -> Result<Vec<InboxItem>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT i.id, i.sender, i.sender_seal, i.received_at, i.subject, i.body, i.key_id,
+                    i.read, i.archived
              FROM inbox i
              WHERE (?2 IS NULL OR EXISTS (SELECT 1 FROM labels l WHERE l.message_id = i.id AND l.label = ?2))
                AND (?3 IS NULL OR (i.received_at, i.rowid) < (SELECT received_at, rowid FROM inbox WHERE id = ?3))
+               AND (?4 = 0 OR i.read = 0)
+               AND (?5 = 'include' OR (?5 = 'only') = (i.archived = 1))
              ORDER BY i.received_at DESC, i.rowid DESC LIMIT ?1",
         )?;
+        let InboxQuery {
+            limit,
+            label,
+            after,
+            unread,
+            archived,
+        } = query;
+        let archived = match archived {
+            Archived::Hide => "hide",
+            Archived::Only => "only",
+            Archived::Include => "include",
+        };
         if let Some(after) = after {
             // A cursor that names no message would silently list everything.
             let known: bool = self.conn.query_row(
@@ -201,7 +255,7 @@ impl Db {
             }
         }
         let limit = limit.map_or(-1, i64::from);
-        let mut rows = stmt.query(params![limit, label, after])?;
+        let mut rows = stmt.query(params![limit, label, after, unread, archived])?;
         let mut out = Vec::new();
         let mut names = Names::default();
         while let Some(r) = rows.next()? {
@@ -217,6 +271,8 @@ impl Db {
                     .of(self, &sender)?
                     .unwrap_or_else(|| sender.to_string()),
                 from_peer_id: sender.to_string(),
+                read: r.get(7)?,
+                archived: r.get(8)?,
                 received_at: format_time(r.get::<_, i64>(3)? as u64),
                 subject,
                 id,
@@ -229,7 +285,7 @@ impl Db {
     pub fn message(&self, id: &str) -> Result<MessageView, StoreError> {
         let id = self.resolve_id(id)?;
         let m = self.conn.query_row(
-            "SELECT sender, sender_seal, sent_at, received_at, subject, body, key_id
+            "SELECT sender, sender_seal, sent_at, received_at, subject, body, key_id, read, archived
              FROM inbox WHERE id = ?1",
             [&id],
             |r| {
@@ -241,11 +297,20 @@ impl Db {
                     subject: r.get(4)?,
                     body: r.get(5)?,
                     key_id: r.get(6)?,
+                    read: r.get(7)?,
+                    archived: r.get(8)?,
                 })
             },
         )?;
-        let (sent_at, received_at, subject, body, key_id) =
-            (m.sent_at, m.received_at, m.subject, m.body, m.key_id);
+        let (sent_at, received_at, subject, body, key_id, read, archived) = (
+            m.sent_at,
+            m.received_at,
+            m.subject,
+            m.body,
+            m.key_id,
+            m.read,
+            m.archived,
+        );
         let sender = self.sender_of(&id, key_id, m.sender, m.sender_seal)?;
         let from = Names::default()
             .of(self, &sender)?
@@ -260,8 +325,58 @@ impl Db {
             from_peer_id,
             sent_at: format_time(sent_at as u64),
             received_at: format_time(received_at as u64),
+            read,
+            archived,
             id,
         })
+    }
+
+    /// Marks message `id` (or a unique prefix) read or unread; returns its full id.
+    pub fn set_read(&mut self, id: &str, read: bool) -> Result<String, StoreError> {
+        let id = self.resolve_id(id)?;
+        self.conn.execute(
+            "UPDATE inbox SET read = ?2 WHERE id = ?1",
+            params![id, read],
+        )?;
+        Ok(id)
+    }
+
+    /// Archives or unarchives message `id` (or a unique prefix); returns its full id.
+    pub fn set_archived(&mut self, id: &str, archived: bool) -> Result<String, StoreError> {
+        let id = self.resolve_id(id)?;
+        self.conn.execute(
+            "UPDATE inbox SET archived = ?2 WHERE id = ?1",
+            params![id, archived],
+        )?;
+        Ok(id)
+    }
+
+    /// Deletes message `id` (or a unique prefix) with its labels and attachment records, in one
+    /// transaction, then checkpoints the WAL so that no older copy of its pages stays in it (with
+    /// `secure_delete` the freed pages are zeroed). Returns its full id and the ids of its
+    /// attachments, whose sealed files the caller removes.
+    pub fn remove_message(&mut self, id: &str) -> Result<(String, Vec<String>), StoreError> {
+        let id = self.resolve_id(id)?;
+        let tx = self.conn.transaction()?;
+        let attachments: Vec<String> = tx
+            .prepare("SELECT id FROM attachments WHERE message_id = ?1 AND direction = 'in'")?
+            .query_map([&id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for a in &attachments {
+            tx.execute(
+                "DELETE FROM attachment_chunks WHERE attachment_id = ?1",
+                [a],
+            )?;
+        }
+        tx.execute(
+            "DELETE FROM attachments WHERE message_id = ?1 AND direction = 'in'",
+            [&id],
+        )?;
+        tx.execute("DELETE FROM labels WHERE message_id = ?1", [&id])?;
+        tx.execute("DELETE FROM inbox WHERE id = ?1", [&id])?;
+        tx.commit()?;
+        self.checkpoint()?;
+        Ok((id, attachments))
     }
 
     /// How many messages the inbox holds.
@@ -343,6 +458,8 @@ impl Db {
 
 /// An inbox row as stored.
 struct StoredMessage {
+    read: bool,
+    archived: bool,
     sender: String,
     sender_seal: Option<Vec<u8>>,
     sent_at: i64,
@@ -466,13 +583,24 @@ mod tests {
             10,
         )
         .expect("store");
-        let all = db.inbox(None, None, None).expect("list");
+        let all = db.inbox(&InboxQuery::default()).expect("list");
         assert_eq!(all.len(), 2);
         assert!(all.iter().any(|i| i.preview == "first line"));
         assert!(all.iter().any(|i| i.preview.ends_with('…') && i.preview.chars().count() == PREVIEW_CHARS + 1));
-        assert_eq!(db.inbox(Some(1), None, None).expect("limited").len(), 1);
+        assert_eq!(
+            db.inbox(&InboxQuery {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .expect("limited")
+            .len(),
+            1
+        );
         assert!(matches!(
-            db.inbox(None, None, Some("0000")),
+            db.inbox(&InboxQuery {
+                after: Some("0000".into()),
+                ..Default::default()
+            }),
             Err(StoreError::NotFound { .. })
         ));
         assert!(matches!(db.message("zz"), Err(StoreError::BadId(_))));
@@ -490,14 +618,25 @@ mod tests {
         // Five messages in one instant, so the order falls back to arrival (rowid).
         let first: Vec<Received> = (0..5).map(|i| received(alice, &format!("m{i}"))).collect();
         db.store_received(&first, 10).expect("store");
-        let page1 = db.inbox(Some(2), None, None).expect("page 1");
+        let page1 = db
+            .inbox(&InboxQuery {
+                limit: Some(2),
+                ..Default::default()
+            })
+            .expect("page 1");
         // One arrives between pages: it is newer, so it belongs before the cursor.
         db.store_received(&[received(alice, "late")], 20)
             .expect("store");
         let mut seen: Vec<String> = page1.iter().map(|i| i.preview.clone()).collect();
         let mut after = page1.last().map(|i| i.id.clone());
         for _ in 0..10 {
-            let page = db.inbox(Some(2), None, after.as_deref()).expect("page");
+            let page = db
+                .inbox(&InboxQuery {
+                    limit: Some(2),
+                    after: after.clone(),
+                    ..Default::default()
+                })
+                .expect("page");
             if page.is_empty() {
                 break;
             }

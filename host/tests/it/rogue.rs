@@ -165,11 +165,7 @@ pub(crate) async fn add_contact(node: &Node, name: &str, address: String, addrs:
 pub(crate) async fn inbox_len(node: &Node) -> usize {
     match node
         .ops()
-        .handle(Request::InboxList {
-            limit: None,
-            label: None,
-            after: None,
-        })
+        .handle(Request::InboxList(Default::default()))
         .await
         .expect("inbox")
     {

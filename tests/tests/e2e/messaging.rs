@@ -499,11 +499,96 @@ fn inbox_list_works_past_the_answer_size_limit() {
     let numbers: Vec<usize> = lines
         .iter()
         .map(|l| {
-            let subject = l.split('\t').nth(4).expect("subject column");
+            let subject = l.split('\t').nth(5).expect("subject column");
             subject[..6].parse().expect("number")
         })
         .collect();
     assert_eq!(numbers, (0..MESSAGES).rev().collect::<Vec<_>>());
     let json = home.json(&["inbox", "list", "--json", "--limit", "1200"]);
     assert_eq!(json.as_array().map(Vec::len), Some(1200));
+}
+
+/// The states a person sorts an inbox by: `inbox read` marks a message read, `inbox list` says
+/// which are unread and hides archived ones unless asked, and `inbox rm` deletes one for good,
+/// leaving none of its sealed bytes in any file of the home (the WAL included).
+#[test]
+fn read_archive_and_delete() {
+    let pair = Pair::start();
+    let ids: Vec<String> = ["first", "second", "third"]
+        .iter()
+        .map(|body| pair.alice.send("bob", body))
+        .collect();
+    for id in &ids {
+        pair.bob.wait_arrival(id);
+    }
+    let state = |id: &str, args: &[&str]| -> Option<String> {
+        let mut full = vec!["inbox", "list"];
+        full.extend_from_slice(args);
+        pair.bob
+            .ok(&full)
+            .lines()
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .find(|r| r[0] == id)
+            .map(|r| r[1].to_owned())
+    };
+    assert_eq!(state(&ids[0], &[]).as_deref(), Some("unread"));
+    pair.bob.ok(&["inbox", "read", &ids[0]]);
+    assert_eq!(state(&ids[0], &[]).as_deref(), Some("read"));
+    assert_eq!(state(&ids[0], &["--unread"]), None);
+    assert_eq!(state(&ids[1], &["--unread"]).as_deref(), Some("unread"));
+    pair.bob.ok(&["inbox", "mark", "unread", &ids[0]]);
+    assert_eq!(state(&ids[0], &["--unread"]).as_deref(), Some("unread"));
+    let json = pair.bob.json(&["inbox", "read", &ids[0], "--json"]);
+    assert_eq!(json["read"], true);
+
+    // Archived: out of the default listing, in --archived and --all.
+    assert!(
+        pair.bob
+            .ok(&["inbox", "archive", &ids[1]])
+            .contains("archived")
+    );
+    assert_eq!(state(&ids[1], &[]), None);
+    assert_eq!(state(&ids[1], &["--archived"]).as_deref(), Some("archived"));
+    assert_eq!(state(&ids[0], &["--archived"]), None);
+    assert_eq!(state(&ids[1], &["--all"]).as_deref(), Some("archived"));
+    pair.bob.ok(&["inbox", "unarchive", &ids[1]]);
+    assert!(state(&ids[1], &[]).is_some());
+
+    // Deleted: asked first (refused off a terminal without --yes), then gone for good.
+    let sealed = {
+        let db = rusqlite::Connection::open(pair.bob.path().join("pigeon.db")).expect("open");
+        let body: Vec<u8> = db
+            .query_row("SELECT body FROM inbox WHERE id = ?1", [&ids[2]], |r| {
+                r.get(0)
+            })
+            .expect("the sealed body");
+        body
+    };
+    let out = pair.bob.run(&["inbox", "rm", &ids[2]]);
+    assert_eq!(out.status.code(), Some(2), "off a terminal without --yes");
+    assert!(
+        state(&ids[2], &[]).is_some(),
+        "nothing deleted without --yes"
+    );
+    assert!(
+        pair.bob
+            .ok(&["inbox", "rm", &ids[2], "--yes"])
+            .contains("deleted")
+    );
+    assert_eq!(
+        pair.bob.run(&["inbox", "read", &ids[2]]).status.code(),
+        Some(4)
+    );
+    assert_eq!(state(&ids[2], &["--all"]), None);
+    let needle = &sealed[sealed.len() - 32..];
+    for file in files_under(pair.bob.path()) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{} still holds the deleted message's sealed bytes",
+            file.display()
+        );
+    }
+    // The others are untouched.
+    assert_eq!(pair.bob.inbox().len(), 2);
 }

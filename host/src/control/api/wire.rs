@@ -7,7 +7,8 @@ use crate::attachments::AttachmentRef;
 use crate::control::ControlError;
 use crate::plugins::PluginStatus;
 use crate::store::{
-    InboxItem, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleView, RulesApplied, SaveInfo,
+    InboxItem, InboxQuery, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleView,
+    RulesApplied, SaveInfo,
 };
 
 /// A request to a node.
@@ -67,16 +68,7 @@ pub enum Request {
     /// Counts and whether a node runs.
     Status,
     /// List the inbox.
-    InboxList {
-        /// At most this many, newest first.
-        limit: Option<u32>,
-        /// Only messages with this label.
-        #[serde(default)]
-        label: Option<String>,
-        /// Only messages listed after this one (its id), for reading the inbox page by page.
-        #[serde(default)]
-        after: Option<String>,
-    },
+    InboxList(InboxQuery),
     /// Add a built-in rule: messages from a contact get a label.
     RulesAdd {
         /// Contact name.
@@ -122,6 +114,25 @@ pub enum Request {
         /// Id or unique prefix.
         id: String,
     },
+    /// Mark a message read or unread.
+    InboxMark {
+        /// Id or unique prefix.
+        id: String,
+        /// Read (true) or unread.
+        read: bool,
+    },
+    /// Archive or unarchive a message.
+    InboxArchive {
+        /// Id or unique prefix.
+        id: String,
+        /// Archived (true) or not.
+        archived: bool,
+    },
+    /// Delete a message entirely.
+    InboxRm {
+        /// Id or unique prefix.
+        id: String,
+    },
 }
 
 /// A node's answer.
@@ -153,6 +164,14 @@ pub enum Response {
     Updated {
         /// The message id.
         id: String,
+    },
+    /// For [`Request::InboxRm`]: the full id, and the attachments whose sealed files the
+    /// caller removes.
+    Removed {
+        /// The message id.
+        id: String,
+        /// Its attachments' ids.
+        attachments: Vec<String>,
     },
     /// For [`Request::InboxFetch`].
     Fetching {
