@@ -1,4 +1,4 @@
-//! `pigeon inbox list|read|save|fetch|label|rules`
+//! `pigeon inbox list|read|save|fetch|archive|mark|rm|redact|label|rules`
 
 use super::{Global, count, print_json, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentError};
@@ -53,6 +53,16 @@ pub(super) enum Command {
     /// Delete a message entirely: its text, labels, attachments and their keys, with no older
     /// copy left in the database files (asks first on a terminal; --yes otherwise).
     Rm {
+        /// The message id, or a unique prefix of at least 4 characters.
+        id: String,
+        /// Do not ask.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Scrub a message's text, subject and attachments (files and keys) for good, keeping its id,
+    /// sender, times, size and labels; `inbox read` then shows it as redacted, with when. No older
+    /// copy stays in the database files. Asks first on a terminal; --yes otherwise.
+    Redact {
         /// The message id, or a unique prefix of at least 4 characters.
         id: String,
         /// Do not ask.
@@ -222,7 +232,14 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             };
             update(g, Request::InboxMark { id, read }, verb).await?
         }
-        Command::Rm { id, yes } => rm(g, id, yes).await?,
+        Command::Rm { id, yes } => {
+            let question = format!("Delete message {id} and its attachments for good?");
+            scrub(g, Request::InboxRm { id }, &question, "deleted", yes).await?
+        }
+        Command::Redact { id, yes } => {
+            let question = format!("Redact message {id}: its text and attachments, for good?");
+            scrub(g, Request::InboxRedact { id }, &question, "redacted", yes).await?
+        }
         Command::Fetch { id } => match g.call(Request::InboxFetch { id }).await? {
             Response::Fetching { attachments: 0 } => println!("every attachment is complete"),
             Response::Fetching { attachments } => {
@@ -270,6 +287,12 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
                     a.chunks_held,
                     a.chunks_total
                 );
+            }
+            if let Some(when) = &m.redacted_at {
+                println!("redacted: {when}");
+                println!();
+                println!("(its text and attachments were redacted)");
+                return Ok(());
             }
             println!();
             println!("{}", shown(&m.body));
@@ -467,18 +490,15 @@ fn describe(action: &crate::inbox::rules::Action) -> String {
     }
 }
 
-/// Deletes a message after asking (on a terminal; `--yes` otherwise), with its sealed attachment
-/// files.
-async fn rm(g: &Global, id: String, yes: bool) -> Result<()> {
-    if !super::confirm(
-        &format!("Delete message {id} and its attachments for good?"),
-        yes,
-    )? {
-        println!("kept {id}");
+/// Deletes or redacts a message (`request`) after asking (on a terminal; `--yes` otherwise), and
+/// removes its sealed attachment files.
+async fn scrub(g: &Global, request: Request, question: &str, verb: &str, yes: bool) -> Result<()> {
+    if !super::confirm(question, yes)? {
+        println!("nothing changed");
         return Ok(());
     }
     let home = g.home()?;
-    match g.call(Request::InboxRm { id }).await? {
+    match g.call(request).await? {
         Response::Removed { id, attachments } => {
             for a in attachments {
                 let path = attachments::file_path(home.root(), &a);
@@ -490,7 +510,7 @@ async fn rm(g: &Global, id: String, yes: bool) -> Result<()> {
                     }
                 }
             }
-            println!("{id} deleted");
+            println!("{id} {verb}");
             Ok(())
         }
         other => Err(unexpected(other)),

@@ -153,6 +153,13 @@ impl Ops {
                 let (id, attachments) = self.store.call(move |db| db.remove_message(&id)).await?;
                 Ok(Response::Removed { id, attachments })
             }
+            Request::InboxRedact { id } => {
+                let (id, attachments) = self
+                    .store
+                    .call(move |db| db.redact_message(&id, now_ms()))
+                    .await?;
+                Ok(Response::Removed { id, attachments })
+            }
             Request::InboxFetch { id } => {
                 let attachments = self
                     .store

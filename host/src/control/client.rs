@@ -150,7 +150,7 @@ async fn exchange(home: &Home, request: &Request) -> Result<Option<Result<Respon
         ));
     }
     match serde_json::from_str::<Reply>(&answer).map_err(|e| protocol(&e))? {
-        Reply::Ok(response) => Ok(Some(Ok(response))),
+        Reply::Ok(response) => Ok(Some(Ok(*response))),
         Reply::Err { kind, message } => Ok(Some(Err(Error::Remote { kind, message }))),
     }
 }

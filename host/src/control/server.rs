@@ -27,7 +27,8 @@ pub const REQUEST_WITHIN: Duration = Duration::from_secs(10);
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Reply {
-    Ok(Response),
+    // Boxed: a response is much larger than an error.
+    Ok(Box<Response>),
     Err { kind: ErrorKind, message: String },
 }
 
@@ -158,7 +159,7 @@ async fn serve_one(stream: UnixStream, ops: Ops) {
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => match ops.handle(request).await {
-                Ok(response) => Reply::Ok(response),
+                Ok(response) => Reply::Ok(Box::new(response)),
                 Err(e) => error_reply(&e),
             },
             Err(e) => Reply::Err {

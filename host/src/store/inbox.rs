@@ -130,6 +130,9 @@ pub struct MessageView {
     /// Whether it is archived.
     #[serde(default)]
     pub archived: bool,
+    /// When it was redacted (RFC 3339): its text and attachments are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted_at: Option<String>,
 }
 
 impl Db {
@@ -220,7 +223,7 @@ impl Db {
     pub fn inbox(&self, query: &InboxQuery) -> Result<Vec<InboxItem>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT i.id, i.sender, i.sender_seal, i.received_at, i.subject, i.body, i.key_id,
-                    i.read, i.archived
+                    i.read, i.archived, i.redacted_at
              FROM inbox i
              WHERE (?2 IS NULL OR EXISTS (SELECT 1 FROM labels l WHERE l.message_id = i.id AND l.label = ?2))
                AND (?3 IS NULL OR (i.received_at, i.rowid) < (SELECT received_at, rowid FROM inbox WHERE id = ?3))
@@ -262,11 +265,16 @@ impl Db {
             let id: String = r.get(0)?;
             let key_id: u32 = r.get(6)?;
             let sender = self.sender_of(&id, key_id, r.get(1)?, r.get(2)?)?;
-            let body = self.open_text(TABLE, &id, key_id, &r.get::<_, Vec<u8>>(5)?)?;
+            let redacted = r.get::<_, Option<i64>>(9)?.is_some();
+            let body = self.body_of(&id, key_id, &r.get::<_, Vec<u8>>(5)?, redacted)?;
             let subject = self.open_subject(&id, key_id, r.get(4)?)?;
             out.push(InboxItem {
                 labels: self.labels_of(&id)?,
-                preview: preview(&body),
+                preview: if redacted {
+                    "(redacted)".to_owned()
+                } else {
+                    preview(&body)
+                },
                 from: names
                     .of(self, &sender)?
                     .unwrap_or_else(|| sender.to_string()),
@@ -285,7 +293,8 @@ impl Db {
     pub fn message(&self, id: &str) -> Result<MessageView, StoreError> {
         let id = self.resolve_id(id)?;
         let m = self.conn.query_row(
-            "SELECT sender, sender_seal, sent_at, received_at, subject, body, key_id, read, archived
+            "SELECT sender, sender_seal, sent_at, received_at, subject, body, key_id, read, archived,
+                    redacted_at
              FROM inbox WHERE id = ?1",
             [&id],
             |r| {
@@ -299,6 +308,7 @@ impl Db {
                     key_id: r.get(6)?,
                     read: r.get(7)?,
                     archived: r.get(8)?,
+                    redacted_at: r.get(9)?,
                 })
             },
         )?;
@@ -317,7 +327,8 @@ impl Db {
             .unwrap_or_else(|| sender.to_string());
         let from_peer_id = sender.to_string();
         Ok(MessageView {
-            body: self.open_text(TABLE, &id, key_id, &body)?,
+            body: self.body_of(&id, key_id, &body, m.redacted_at.is_some())?,
+            redacted_at: m.redacted_at.map(|t| format_time(t as u64)),
             subject: self.open_subject(&id, key_id, subject)?,
             labels: self.labels_of(&id)?,
             attachments: self.attachment_views(&id)?,
@@ -351,6 +362,28 @@ impl Db {
         Ok(id)
     }
 
+    /// Redacts message `id` (or a unique prefix) at `now`: its body and subject scrubbed, its
+    /// attachment records (content keys included) and chunk records deleted, in one transaction,
+    /// then the WAL checkpointed like [`Db::remove_message`]. The id, sender, times, size and labels
+    /// stay. Returns the full id and the attachment ids whose sealed files the caller removes.
+    pub fn redact_message(
+        &mut self,
+        id: &str,
+        now: u64,
+    ) -> Result<(String, Vec<String>), StoreError> {
+        let id = self.resolve_id(id)?;
+        let tx = self.conn.transaction()?;
+        let attachments = delete_incoming_attachments(&tx, &id)?;
+        tx.execute(
+            "UPDATE inbox SET body = X'', subject = NULL, redacted_at = COALESCE(redacted_at, ?2)
+             WHERE id = ?1",
+            params![id, now as i64],
+        )?;
+        tx.commit()?;
+        self.checkpoint()?;
+        Ok((id, attachments))
+    }
+
     /// Deletes message `id` (or a unique prefix) with its labels and attachment records, in one
     /// transaction, then checkpoints the WAL so that no older copy of its pages stays in it (with
     /// `secure_delete` the freed pages are zeroed). Returns its full id and the ids of its
@@ -358,20 +391,7 @@ impl Db {
     pub fn remove_message(&mut self, id: &str) -> Result<(String, Vec<String>), StoreError> {
         let id = self.resolve_id(id)?;
         let tx = self.conn.transaction()?;
-        let attachments: Vec<String> = tx
-            .prepare("SELECT id FROM attachments WHERE message_id = ?1 AND direction = 'in'")?
-            .query_map([&id], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for a in &attachments {
-            tx.execute(
-                "DELETE FROM attachment_chunks WHERE attachment_id = ?1",
-                [a],
-            )?;
-        }
-        tx.execute(
-            "DELETE FROM attachments WHERE message_id = ?1 AND direction = 'in'",
-            [&id],
-        )?;
+        let attachments = delete_incoming_attachments(&tx, &id)?;
         tx.execute("DELETE FROM labels WHERE message_id = ?1", [&id])?;
         tx.execute("DELETE FROM inbox WHERE id = ?1", [&id])?;
         tx.commit()?;
@@ -434,6 +454,21 @@ impl Db {
             .map_err(|_| StoreError::Corrupt("message sender"))
     }
 
+    /// A message's body: opened, or empty once redacted. An empty blob is never a sealed one, so
+    /// a body emptied without the redaction mark is damage.
+    pub(super) fn body_of(
+        &self,
+        id: &str,
+        key_id: u32,
+        blob: &[u8],
+        redacted: bool,
+    ) -> Result<String, StoreError> {
+        if redacted {
+            return Ok(String::new());
+        }
+        self.open_text(TABLE, id, key_id, blob)
+    }
+
     pub(super) fn open_text(
         &self,
         table: &str,
@@ -458,6 +493,7 @@ impl Db {
 
 /// An inbox row as stored.
 struct StoredMessage {
+    redacted_at: Option<i64>,
     read: bool,
     archived: bool,
     sender: String,
@@ -467,6 +503,26 @@ struct StoredMessage {
     subject: Option<Vec<u8>>,
     body: Vec<u8>,
     key_id: u32,
+}
+
+/// Deletes the records of message `id`'s incoming attachments and their chunks (inside the
+/// caller's transaction); returns their ids.
+fn delete_incoming_attachments(tx: &Transaction<'_>, id: &str) -> Result<Vec<String>, StoreError> {
+    let attachments: Vec<String> = tx
+        .prepare("SELECT id FROM attachments WHERE message_id = ?1 AND direction = 'in'")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for a in &attachments {
+        tx.execute(
+            "DELETE FROM attachment_chunks WHERE attachment_id = ?1",
+            [a],
+        )?;
+    }
+    tx.execute(
+        "DELETE FROM attachments WHERE message_id = ?1 AND direction = 'in'",
+        [id],
+    )?;
+    Ok(attachments)
 }
 
 /// Where a message's sender is sealed (the message id is the row).

@@ -131,6 +131,13 @@ ALTER TABLE contacts ADD COLUMN key_id INTEGER;
 ALTER TABLE inbox ADD COLUMN sender_seal BLOB;
 "#,
         ),
+        M::up(
+            r#"
+-- When a message was redacted (ms): its body is then an empty blob, its subject NULL, and its
+-- attachments gone; the rest (id, sender, times, size, labels) stays.
+ALTER TABLE inbox ADD COLUMN redacted_at INTEGER;
+"#,
+        ),
     ])
 });
 

@@ -162,7 +162,7 @@ impl Db {
     ) -> Result<Vec<RuleCandidate>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT i.rowid, i.id, i.sender_seal, i.sender, i.sent_at,
-                    i.subject, i.body, i.key_id, i.read, i.archived
+                    i.subject, i.body, i.key_id, i.read, i.archived, i.redacted_at
              FROM inbox i
              WHERE i.rowid > ?1 ORDER BY i.rowid LIMIT ?2",
         )?;
@@ -174,8 +174,8 @@ impl Db {
             let key_id: u32 = r.get(7)?;
             let sender = self.sender_of(&id, key_id, r.get(3)?, r.get(2)?)?;
             let contact = names.of(self, &sender)?;
-            let body =
-                self.open_text(super::inbox::TABLE, &id, key_id, &r.get::<_, Vec<u8>>(6)?)?;
+            let redacted = r.get::<_, Option<i64>>(10)?.is_some();
+            let body = self.body_of(&id, key_id, &r.get::<_, Vec<u8>>(6)?, redacted)?;
             let subject = self.open_subject(&id, key_id, r.get(5)?)?;
             out.push(RuleCandidate {
                 rowid: r.get(0)?,

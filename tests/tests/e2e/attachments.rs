@@ -478,3 +478,75 @@ fn an_attachment_that_cannot_be_fetched_is_given_up_and_resumed_by_hand() {
         "every attachment is complete"
     );
 }
+
+/// `inbox redact` scrubs a message's text, subject and attachments, wherever they lived: none of
+/// their sealed bytes (row blobs, chunk file) is in any file of the home afterwards, WAL included,
+/// while the id, sender, times and labels stay and the node goes on.
+#[test]
+fn redaction_leaves_nothing_of_the_message_behind() {
+    let pair = Pair::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = random_file(work.path(), "secret.bin", 300 * 1024, b"");
+    let id = pair
+        .alice
+        .ok(&[
+            "send",
+            "bob",
+            "the secret text",
+            "--subject",
+            "secret subject",
+            "--attach",
+            source.to_str().expect("path"),
+        ])
+        .trim()
+        .to_owned();
+    pair.bob.wait_arrival(&id);
+    wait_complete(&pair.bob, &id);
+    pair.bob.ok(&["inbox", "label", "add", &id, "keep"]);
+    // What an attacker with the disk would look for: the sealed bytes as stored.
+    let mut needles: Vec<Vec<u8>> = Vec::new();
+    {
+        let db = rusqlite::Connection::open(pair.bob.path().join("pigeon.db")).expect("open");
+        let (body, subject): (Vec<u8>, Vec<u8>) = db
+            .query_row("SELECT body, subject FROM inbox WHERE id = ?1", [&id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("the sealed row");
+        let reference: Vec<u8> = db
+            .query_row("SELECT ref FROM attachments WHERE message_id = ?1", [&id], |r| r.get(0))
+            .expect("the sealed attachment reference");
+        for blob in [body, subject, reference] {
+            needles.push(blob[blob.len() - 32..].to_vec());
+        }
+    }
+    let chunk_file = files_under(&pair.bob.path().join("attachments"));
+    assert_eq!(chunk_file.len(), 1, "{chunk_file:?}");
+    let chunks = std::fs::read(&chunk_file[0]).expect("chunks");
+    needles.push(chunks[1000..1032].to_vec());
+
+    let out = pair.bob.run(&["inbox", "redact", &id]);
+    assert_eq!(out.status.code(), Some(2), "off a terminal without --yes");
+    assert!(pair.bob.ok(&["inbox", "redact", &id, "--yes"]).contains("redacted"));
+    for file in files_under(pair.bob.path()) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for needle in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == &needle[..]),
+                "{} still holds sealed bytes of the redacted message",
+                file.display()
+            );
+        }
+    }
+    let view = pair.bob.json(&["inbox", "read", &id, "--json"]);
+    assert!(view["redacted_at"].is_string(), "{view}");
+    assert_eq!(view["body"], "");
+    assert!(view["subject"].is_null(), "{view}");
+    assert_eq!(view["attachments"].as_array().map(Vec::len), Some(0));
+    assert_eq!(view["labels"][0], "keep");
+    assert_eq!(view["from"], "alice");
+    let text = pair.bob.ok(&["inbox", "read", &id]);
+    assert!(text.contains("redacted:") && !text.contains("secret"), "{text}");
+    // The node goes on.
+    let next = pair.alice.send("bob", "after the redaction");
+    pair.bob.wait_arrival(&next);
+}

@@ -133,6 +133,11 @@ pub enum Request {
         /// Id or unique prefix.
         id: String,
     },
+    /// Scrub a message's text and attachments, keeping its metadata.
+    InboxRedact {
+        /// Id or unique prefix.
+        id: String,
+    },
 }
 
 /// A node's answer.
@@ -165,8 +170,8 @@ pub enum Response {
         /// The message id.
         id: String,
     },
-    /// For [`Request::InboxRm`]: the full id, and the attachments whose sealed files the
-    /// caller removes.
+    /// For [`Request::InboxRm`] and [`Request::InboxRedact`]: the full id, and the attachments
+    /// whose sealed files the caller removes.
     Removed {
         /// The message id.
         id: String,
