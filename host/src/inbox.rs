@@ -6,6 +6,7 @@
 //! peer id only. The sender keeps the messages queued and retries with backoff, so they arrive once
 //! the recipient adds the sender as a contact; until then nothing from strangers reaches the inbox.
 
+pub mod query;
 pub mod rules;
 
 use libp2p::PeerId;

@@ -508,12 +508,18 @@ fn redaction_leaves_nothing_of_the_message_behind() {
     {
         let db = rusqlite::Connection::open(pair.bob.path().join("pigeon.db")).expect("open");
         let (body, subject): (Vec<u8>, Vec<u8>) = db
-            .query_row("SELECT body, subject FROM inbox WHERE id = ?1", [&id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT body, subject FROM inbox WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .expect("the sealed row");
         let reference: Vec<u8> = db
-            .query_row("SELECT ref FROM attachments WHERE message_id = ?1", [&id], |r| r.get(0))
+            .query_row(
+                "SELECT ref FROM attachments WHERE message_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
             .expect("the sealed attachment reference");
         for blob in [body, subject, reference] {
             needles.push(blob[blob.len() - 32..].to_vec());
@@ -526,7 +532,11 @@ fn redaction_leaves_nothing_of_the_message_behind() {
 
     let out = pair.bob.run(&["inbox", "redact", &id]);
     assert_eq!(out.status.code(), Some(2), "off a terminal without --yes");
-    assert!(pair.bob.ok(&["inbox", "redact", &id, "--yes"]).contains("redacted"));
+    assert!(
+        pair.bob
+            .ok(&["inbox", "redact", &id, "--yes"])
+            .contains("redacted")
+    );
     for file in files_under(pair.bob.path()) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         for needle in &needles {
@@ -545,7 +555,10 @@ fn redaction_leaves_nothing_of_the_message_behind() {
     assert_eq!(view["labels"][0], "keep");
     assert_eq!(view["from"], "alice");
     let text = pair.bob.ok(&["inbox", "read", &id]);
-    assert!(text.contains("redacted:") && !text.contains("secret"), "{text}");
+    assert!(
+        text.contains("redacted:") && !text.contains("secret"),
+        "{text}"
+    );
     // The node goes on.
     let next = pair.alice.send("bob", "after the redaction");
     pair.bob.wait_arrival(&next);
