@@ -237,9 +237,9 @@ impl TestHome {
         self.ok(&["config", "set", key, value]);
     }
 
-    /// The inbox as JSON items.
+    /// The whole inbox (archived messages too) as JSON items.
     pub fn inbox(&self) -> Vec<Value> {
-        self.json(&["inbox", "list", "--json"])
+        self.json(&["inbox", "list", "--all", "--json"])
             .as_array()
             .expect("inbox array")
             .clone()
