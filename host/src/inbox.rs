@@ -244,27 +244,23 @@ fn admit(peer: PeerId, opened: Opened, limits: Limits, mut peer_bytes: u64) -> A
 fn claim<'a>(in_progress: &'a InProgress, admitted: &mut Admitted) -> Claimed<'a> {
     let ids: Vec<MessageId> = admitted.to_store.iter().map(|r| r.id).collect();
     let claimed = in_progress.claim(&ids);
-    let mut kept = claimed.iter().copied();
-    let mut n = 0;
-    for outcome in admitted.outcomes.iter_mut().filter(|o| o.is_none()) {
-        if kept.next() == Some(false) {
-            *outcome = Some(Outcome::Rejected(RejectReason::Unavailable));
-        }
-        n += 1;
+    // The `n`th `None` outcome is the `n`th message to store (see `answer`).
+    let pending = admitted.outcomes.iter_mut().filter(|o| o.is_none());
+    for (outcome, _) in pending.zip(&claimed).filter(|(_, ok)| !**ok) {
+        *outcome = Some(Outcome::Rejected(RejectReason::Unavailable));
     }
-    debug_assert_eq!(n, ids.len());
     let mut flags = claimed.iter();
-    admitted.to_store.retain(|_| flags.next() == Some(&true));
+    admitted
+        .to_store
+        .retain(|_| *flags.next().unwrap_or(&false));
     let mut flags = claimed.iter();
-    admitted.ids.retain(|_| flags.next() == Some(&true));
-    Claimed {
-        in_progress,
-        ids: ids
-            .into_iter()
-            .zip(claimed)
-            .filter_map(|(id, c)| c.then_some(id))
-            .collect(),
-    }
+    admitted.ids.retain(|_| *flags.next().unwrap_or(&false));
+    let mut flags = claimed.iter();
+    let ids = ids
+        .into_iter()
+        .filter(|_| *flags.next().unwrap_or(&false))
+        .collect();
+    Claimed { in_progress, ids }
 }
 
 /// The indices of the messages in `ids` that the inbox does not hold yet.

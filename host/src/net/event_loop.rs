@@ -155,9 +155,10 @@ impl EventLoop {
                 self.batch_sizes.insert(id, n);
             }
             Command::SetContacts { peers } => {
+                // Both gates hold the same set, so the message gate's changes are the chunk gate's.
                 let behaviour = self.swarm.behaviour_mut();
-                let mut changed = behaviour.msg.set_allowed(peers.clone());
-                changed.extend(behaviour.chunk.set_allowed(peers));
+                let changed = behaviour.msg.set_allowed(peers.clone());
+                behaviour.chunk.set_allowed(peers);
                 for peer in changed {
                     // Its connections were gated by the old set: the next one gets the new.
                     if self.swarm.is_connected(&peer) {

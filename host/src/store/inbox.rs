@@ -312,32 +312,24 @@ impl Db {
                 })
             },
         )?;
-        let (sent_at, received_at, subject, body, key_id, read, archived) = (
-            m.sent_at,
-            m.received_at,
-            m.subject,
-            m.body,
-            m.key_id,
-            m.read,
-            m.archived,
-        );
+        let key_id = m.key_id;
         let sender = self.sender_of(&id, key_id, m.sender, m.sender_seal)?;
         let from = Names::default()
             .of(self, &sender)?
             .unwrap_or_else(|| sender.to_string());
         let from_peer_id = sender.to_string();
         Ok(MessageView {
-            body: self.body_of(&id, key_id, &body, m.redacted_at.is_some())?,
+            body: self.body_of(&id, key_id, &m.body, m.redacted_at.is_some())?,
             redacted_at: m.redacted_at.map(|t| format_time(t as u64)),
-            subject: self.open_subject(&id, key_id, subject)?,
+            subject: self.open_subject(&id, key_id, m.subject)?,
             labels: self.labels_of(&id)?,
             attachments: self.attachment_views(&id)?,
             from,
             from_peer_id,
-            sent_at: format_time(sent_at as u64),
-            received_at: format_time(received_at as u64),
-            read,
-            archived,
+            sent_at: format_time(m.sent_at as u64),
+            received_at: format_time(m.received_at as u64),
+            read: m.read,
+            archived: m.archived,
             id,
         })
     }
