@@ -178,17 +178,28 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// A progress bar on stderr when it is a terminal; `None` (quiet) otherwise.
+/// A progress bar in bytes on stderr when it is a terminal; `None` (quiet) otherwise.
 fn progress_bar(len: u64, label: &str) -> Option<indicatif::ProgressBar> {
+    bar(
+        len,
+        label,
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+}
+
+/// A progress bar counting items on stderr when it is a terminal; `None` otherwise.
+fn count_bar(label: &str) -> Option<indicatif::ProgressBar> {
+    bar(0, label, "{msg} [{bar:30}] {pos}/{len} {per_sec} {eta}")
+}
+
+fn bar(len: u64, label: &str, template: &str) -> Option<indicatif::ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template(template)
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_message(label.to_owned());
     Some(bar)

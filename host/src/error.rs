@@ -50,6 +50,9 @@ pub enum Error {
     /// An attachment could not be staged, fetched or saved.
     #[error(transparent)]
     Attachment(#[from] crate::attachments::AttachmentError),
+    /// A search failed, or its query does not parse.
+    #[error(transparent)]
+    Search(#[from] crate::inbox::search::SearchError),
     /// A plugin file could not be read, checked or loaded, or its configuration is refused.
     #[error(transparent)]
     Plugin(#[from] crate::plugins::PluginError),
@@ -129,6 +132,7 @@ impl Error {
             Error::Store(e) => e.kind(),
             Error::Attachment(e) => e.kind(),
             Error::Plugin(e) => e.kind(),
+            Error::Search(e) => e.kind(),
             Error::Scaffold(e) => e.kind(),
             Error::Net(_)
             | Error::Control(_)

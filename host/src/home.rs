@@ -149,6 +149,10 @@ impl Home {
     pub fn plugin_cache(&self) -> PathBuf {
         self.root.join("plugin-cache")
     }
+    /// The search index (sealed files; rebuilt from the inbox when missing or damaged).
+    pub fn search_index(&self) -> PathBuf {
+        self.root.join("search")
+    }
     /// The control socket of a running node.
     pub fn socket(&self) -> PathBuf {
         self.root.join("pigeon.sock")

@@ -8,6 +8,7 @@
 
 pub mod query;
 pub mod rules;
+pub mod search;
 
 use libp2p::PeerId;
 

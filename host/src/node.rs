@@ -28,6 +28,7 @@ use crate::delivery::{self, Waker};
 use crate::error::{Result, UsageError};
 use crate::home::{Home, HomeLock, NODE_LOCK_WAIT};
 use crate::inbox;
+use crate::inbox::search::LazySearch;
 use crate::keys::Keys;
 use crate::metrics::METRICS;
 use crate::metrics::MetricsServer;
@@ -47,6 +48,7 @@ pub struct Node {
     net: Net,
     store: Store,
     plugins: Plugins,
+    search: LazySearch,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
@@ -95,6 +97,9 @@ impl Node {
         let (discovery_tx, discovery_rx) = mpsc::unbounded_channel();
         let plugins = crate::plugins::start(home, config, &keys, Some(discovery_tx));
         let fetcher = FetchWaker::default();
+        // Opens at once; the index catches up with the inbox (or is rebuilt) in the background.
+        let search = LazySearch::new(&home.search_index(), keys.clone(), store.clone());
+        search.get().await?;
         let ops = Ops::new(
             keys.clone(),
             store.clone(),
@@ -104,6 +109,7 @@ impl Node {
                 fetcher: fetcher.clone(),
             }),
             LazyPlugins::running(plugins.clone()),
+            search.clone(),
         );
         let control_task = server::serve(&home.socket(), ops.clone(), cancel.child_token())?;
         let fetch_task = fetch::spawn(
@@ -142,6 +148,7 @@ impl Node {
             net,
             store,
             plugins: plugins.clone(),
+            search,
             cancel,
             tasks: vec![
                 net_task,
@@ -197,6 +204,7 @@ impl Node {
             let _ = task.await;
         }
         self.plugins.close().await;
+        self.search.close().await;
         self.store.close().await;
         drop(self.metrics);
         drop(self.lock);

@@ -14,6 +14,7 @@ mod inbox;
 mod migrations;
 mod outbox;
 mod rules;
+mod search;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received};
 pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
 pub use rules::{RuleChange, RuleView, RulesApplied};
+pub use search::{FeedDoc, HitRow, SearchLink};
 
 use crate::exit::ErrorKind;
 use crate::keys::Keys;
@@ -115,6 +117,8 @@ pub struct Store {
 pub struct Db {
     conn: Connection,
     keys: Arc<Keys>,
+    /// The search index following the inbox, if one is open.
+    search: Option<SearchLink>,
 }
 
 impl Store {
@@ -166,20 +170,26 @@ impl Store {
         F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |db| {
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(db)));
-            let failed = result.is_err();
-            let _ = tx.send(result.unwrap_or(Err(StoreError::Failed)));
-            if failed {
-                tracing::error!("a store job panicked; it failed, the store goes on");
-            }
-        });
+        let (job, rx) = job(f);
         self.jobs
             .send(Msg::Job(job))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`Store::call`], from a thread outside the async runtime (the search follower): waits
+    /// by blocking. Never call it from async code.
+    pub fn call_blocking<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (job, rx) = job(f);
+        self.jobs
+            .blocking_send(Msg::Job(job))
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Lets the jobs already queued finish, closes the database and waits for the store thread to
@@ -198,6 +208,25 @@ impl Store {
     }
 }
 
+/// `f` as a job for the store thread, and where its result comes back. A job that panics fails
+/// alone: its transaction rolls back as it unwinds, and the store goes on.
+fn job<R, F>(f: F) -> (Job, oneshot::Receiver<Result<R, StoreError>>)
+where
+    F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
+    R: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |db| {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(db)));
+        let failed = result.is_err();
+        let _ = tx.send(result.unwrap_or(Err(StoreError::Failed)));
+        if failed {
+            tracing::error!("a store job panicked; it failed, the store goes on");
+        }
+    });
+    (job, rx)
+}
+
 impl Db {
     /// Opens the database directly on this thread (the store thread, tests and tools).
     pub fn open(path: &Path, keys: Arc<Keys>) -> Result<Db, StoreError> {
@@ -209,7 +238,11 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let before: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         migrations::MIGRATIONS.to_latest(&mut conn)?;
-        let mut db = Db { conn, keys };
+        let mut db = Db {
+            conn,
+            keys,
+            search: None,
+        };
         if before > 0 && before < migrations::SEALED_ROWS {
             // Rows from before they were sealed: this open is the one that migrated them, so
             // they are sealed now, once. Later, a row without a seal is damage.

@@ -1,4 +1,6 @@
-//! `pigeon inbox list|read|save|fetch|archive|mark|rm|redact|label|rules`
+//! `pigeon inbox list|search|reindex|read|save|fetch|archive|mark|rm|redact|label|rules`
+
+mod search;
 
 use super::{Global, count, print_json, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentError};
@@ -28,6 +30,41 @@ pub(super) enum Command {
         /// Archived messages too.
         #[arg(long)]
         all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search the inbox: subjects and texts, with filters. Newest first; each hit is a line like
+    /// `inbox list` with a snippet after it, the matched words in [brackets].
+    ///
+    /// Words must all match (accents and case do not matter: `cafe` finds `Café`). `AND`, `OR`,
+    /// `NOT` (or `-word`) and parentheses combine them; "an exact phrase" in quotes; `invoic*`
+    /// for words that start so. Filters: from:CONTACT, label:L, subject:WORD, has:attachment,
+    /// attachment:NAME, is:unread, is:read, is:archived, after:DATE, before:DATE (YYYY-MM-DD,
+    /// UTC, or RFC 3339). A filter alone is a query. Quote the whole query for the shell when it
+    /// holds quotes or parentheses:
+    ///
+    ///   pigeon inbox search 'invoice (march OR april) -paid from:alice'
+    ///
+    ///   pigeon inbox search label:work is:unread after:2026-11-01
+    Search {
+        /// The query (several arguments are joined with spaces; `-word` is a word to exclude,
+        /// not an option).
+        #[arg(required = true, value_name = "QUERY", allow_hyphen_values = true)]
+        query: Vec<String>,
+        /// Show at most N hits.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+        /// Newest first (date) or best match first (relevance).
+        #[arg(long, value_enum, default_value_t = search::SortBy::Date)]
+        sort: search::SortBy,
+        /// Print JSON: the fields of `inbox list --json`, with `snippet` and `score`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the search index again from the inbox (it repairs itself on start; this is for
+    /// doing it by hand). The inbox is not touched.
+    Reindex {
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -127,6 +164,35 @@ pub(super) enum MarkState {
     Unread,
 }
 
+/// One tab-separated line for a message, a column each (`cut -f` works): id, state, from, received
+/// at, labels, subject, the start of the text; an empty label list or subject is "-". Peer text
+/// goes through `one_line`.
+fn line(i: &InboxItem) -> String {
+    let labels = if i.labels.is_empty() {
+        "-".to_owned()
+    } else {
+        one_line(&i.labels.join(","))
+    };
+    let subject = i
+        .subject
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("-");
+    let state = match (i.archived, i.read) {
+        (true, _) => "archived",
+        (false, false) => "unread",
+        (false, true) => "read",
+    };
+    format!(
+        "{}\t{state}\t{}\t{}\t{labels}\t{}\t{}",
+        i.id,
+        one_line(&i.from),
+        i.received_at,
+        one_line(subject),
+        one_line(&i.preview)
+    )
+}
+
 /// The inbox, newest first, at most `query.limit` (all without one), read page by page.
 async fn list(g: &Global, query: InboxQuery) -> Result<Vec<InboxItem>> {
     let mut items: Vec<InboxItem> = Vec::new();
@@ -182,34 +248,17 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             if json {
                 return print_json(&items);
             }
-            // One tab-separated line per message, a column each (`cut -f` works): an empty
-            // label list or subject is "-", and the text follows the subject.
-            for i in items {
-                let labels = if i.labels.is_empty() {
-                    "-".to_owned()
-                } else {
-                    one_line(&i.labels.join(","))
-                };
-                let subject = i
-                    .subject
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("-");
-                let state = match (i.archived, i.read) {
-                    (true, _) => "archived",
-                    (false, false) => "unread",
-                    (false, true) => "read",
-                };
-                println!(
-                    "{}\t{state}\t{}\t{}\t{labels}\t{}\t{}",
-                    i.id,
-                    one_line(&i.from),
-                    i.received_at,
-                    one_line(subject),
-                    one_line(&i.preview)
-                );
+            for i in &items {
+                println!("{}", line(i));
             }
         }
+        Command::Search {
+            query,
+            limit,
+            sort,
+            json,
+        } => search::search(g, query, limit, sort, json).await?,
+        Command::Reindex { json } => search::reindex(g, json).await?,
         Command::Save { id, out, yes } => save(g, id, out, yes).await?,
         Command::Archive { id } => {
             update(g, Request::InboxArchive { id, archived: true }, "archived").await?

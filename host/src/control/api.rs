@@ -17,6 +17,7 @@ use crate::inbox::rules::validate_label;
 use crate::keys::Keys;
 use crate::keys::address::Address;
 use crate::net::Net;
+use crate::inbox::search::{LazySearch, SearchError};
 use crate::plugins::LazyPlugins;
 use crate::store::{RuleChange, RulesApplied, Store, now_ms};
 
@@ -40,6 +41,7 @@ pub struct Ops {
     store: Store,
     node: Option<NodeLink>,
     plugins: LazyPlugins,
+    search: LazySearch,
 }
 
 /// Messages `rules apply` runs through the pipeline at a time.
@@ -49,12 +51,19 @@ const APPLY_CHUNK: usize = 16;
 
 impl Ops {
     /// Operations on `store` with `keys`; `node` when a node is running in this process.
-    pub fn new(keys: Arc<Keys>, store: Store, node: Option<NodeLink>, plugins: LazyPlugins) -> Ops {
+    pub fn new(
+        keys: Arc<Keys>,
+        store: Store,
+        node: Option<NodeLink>,
+        plugins: LazyPlugins,
+        search: LazySearch,
+    ) -> Ops {
         Ops {
             keys,
             store,
             node,
             plugins,
+            search,
         }
     }
 
@@ -151,6 +160,8 @@ impl Ops {
             }),
             Request::InboxRm { id } => {
                 let (id, attachments) = self.store.call(move |db| db.remove_message(&id)).await?;
+                // Gone from the index (its words out of every file) before the answer.
+                self.search.get().await?.sync().await?;
                 Ok(Response::Removed { id, attachments })
             }
             Request::InboxRedact { id } => {
@@ -158,8 +169,30 @@ impl Ops {
                     .store
                     .call(move |db| db.redact_message(&id, now_ms()))
                     .await?;
+                self.search.get().await?.sync().await?;
                 Ok(Response::Removed { id, attachments })
             }
+            Request::InboxSearch { query, limit, sort } => {
+                // A malformed query is refused before anything is opened.
+                crate::inbox::query::parse(&query).map_err(SearchError::from)?;
+                let hits = self
+                    .search
+                    .get()
+                    .await?
+                    .search(&self.store, &query, limit as usize, sort)
+                    .await?;
+                Ok(Response::Hits(hits))
+            }
+            Request::InboxReindex => {
+                let search = self.search.get().await?;
+                if self.node.is_some() {
+                    search.start_reindex();
+                } else {
+                    search.reindex().await?;
+                }
+                Ok(Response::Index(search.status()))
+            }
+            Request::IndexStatus => Ok(Response::Index(self.search.get().await?.status())),
             Request::InboxFetch { id } => {
                 let attachments = self
                     .store

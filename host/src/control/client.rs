@@ -13,6 +13,7 @@ use super::server::{MAX_LINE, Reply};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::home::{Holder, Home, HomeError, Role};
+use crate::inbox::search::LazySearch;
 use crate::keys::keystore;
 use crate::passphrase::{self, Confirm};
 use crate::plugins::LazyPlugins;
@@ -80,9 +81,11 @@ async fn run_here(
     let (home2, keys2) = (home.clone(), keys.clone());
     let plugins =
         LazyPlugins::on_demand(move || crate::plugins::start(&home2, &config, &keys2, None));
-    let reply = Ops::new(keys, store.clone(), None, plugins.clone())
+    let search = LazySearch::new(&home.search_index(), keys.clone(), store.clone());
+    let reply = Ops::new(keys, store.clone(), None, plugins.clone(), search.clone())
         .handle(request)
         .await;
+    search.close().await;
     plugins.close().await;
     store.close().await;
     reply

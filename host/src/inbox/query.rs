@@ -25,7 +25,7 @@ pub enum Query {
     Or(Vec<Query>),
     /// The part does not match.
     Not(Box<Query>),
-    /// A word of the subject or body (lower-cased; accents are folded by the index).
+    /// A word of the subject or body (folded: lower-cased, accents off).
     Word(String),
     /// Words starting with this.
     Prefix(String),
@@ -377,13 +377,10 @@ fn date(value: &str, token: &Token) -> Result<u64, QueryError> {
     u64::try_from(ms).map_err(|_| bad())
 }
 
-/// The words of `text` as the index sees them: split at anything that is not a letter or a
-/// digit, lower-cased.
+/// The words of `text` as the index sees them ([`super::search::tokens`]: Unicode word
+/// boundaries, accents folded, lower-cased).
 pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+    super::search::tokens::words(text).map(|w| w.text).collect()
 }
 
 impl fmt::Display for State {
@@ -441,7 +438,8 @@ mod tests {
             Query::Phrase(vec!["quarterly".into(), "report".into()])
         );
         assert_eq!(parse("inv*").expect("parse"), Query::Prefix("inv".into()));
-        assert_eq!(parse("café").expect("parse"), w("café"));
+        // Folded as the index folds them.
+        assert_eq!(parse("Café").expect("parse"), w("cafe"));
         assert_eq!(
             parse("label:work is:unread").expect("parse"),
             Query::And(vec![

@@ -158,12 +158,16 @@ impl Db {
         let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(items.len());
+        let mut stored = Vec::new();
         {
             let mut find = tx.prepare_cached("SELECT sender FROM inbox WHERE id = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO inbox (id, sender, sent_at, received_at, size, subject, body, key_id, sender_seal)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO inbox (id, sender, sent_at, received_at, size, subject, body, key_id, sender_seal, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                         (SELECT value + 1 FROM counters WHERE name = 'inbox_seq'))",
             )?;
+            let mut next_seq =
+                tx.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'inbox_seq'")?;
             for (m, (row, key_id, body, subject, sender_seal)) in items.iter().zip(sealed) {
                 let sender = m.sender.to_string();
                 let existing: Option<String> = find.query_row([&row], |r| r.get(0)).optional()?;
@@ -183,6 +187,7 @@ impl Db {
                             key_id,
                             sender_seal
                         ])?;
+                        next_seq.execute([])?;
                         super::attachments::insert_attachments(
                             &tx,
                             keys.at_rest(),
@@ -192,12 +197,18 @@ impl Db {
                             &m.attachments,
                         )?;
                         super::rules::apply_actions(&tx, &row, &m.actions)?;
+                        stored.push(row);
                         ReceiveOutcome::Stored
                     }
                 });
             }
         }
         tx.commit()?;
+        if !stored.is_empty() {
+            let ids: Vec<&str> = stored.iter().map(String::as_str).collect();
+            self.refresh_states(&ids)?;
+            self.wake_search();
+        }
         Ok(outcomes)
     }
 
@@ -262,31 +273,42 @@ impl Db {
         let mut out = Vec::new();
         let mut names = Names::default();
         while let Some(r) = rows.next()? {
-            let id: String = r.get(0)?;
-            let key_id: u32 = r.get(6)?;
-            let sender = self.sender_of(&id, key_id, r.get(1)?, r.get(2)?)?;
-            let redacted = r.get::<_, Option<i64>>(9)?.is_some();
-            let body = self.body_of(&id, key_id, &r.get::<_, Vec<u8>>(5)?, redacted)?;
-            let subject = self.open_subject(&id, key_id, r.get(4)?)?;
-            out.push(InboxItem {
-                labels: self.labels_of(&id)?,
-                preview: if redacted {
-                    "(redacted)".to_owned()
-                } else {
-                    preview(&body)
-                },
-                from: names
-                    .of(self, &sender)?
-                    .unwrap_or_else(|| sender.to_string()),
-                from_peer_id: sender.to_string(),
-                read: r.get(7)?,
-                archived: r.get(8)?,
-                received_at: format_time(r.get::<_, i64>(3)? as u64),
-                subject,
-                id,
-            });
+            out.push(self.list_item(r, &mut names)?.0);
         }
         Ok(out)
+    }
+
+    /// A listing row from `r`, whose columns are `id, sender, sender_seal, received_at, subject,
+    /// body, key_id, read, archived, redacted_at`; with the opened body.
+    pub(super) fn list_item(
+        &self,
+        r: &rusqlite::Row<'_>,
+        names: &mut Names,
+    ) -> Result<(InboxItem, String), StoreError> {
+        let id: String = r.get(0)?;
+        let key_id: u32 = r.get(6)?;
+        let sender = self.sender_of(&id, key_id, r.get(1)?, r.get(2)?)?;
+        let redacted = r.get::<_, Option<i64>>(9)?.is_some();
+        let body = self.body_of(&id, key_id, &r.get::<_, Vec<u8>>(5)?, redacted)?;
+        let subject = self.open_subject(&id, key_id, r.get(4)?)?;
+        let item = InboxItem {
+            labels: self.labels_of(&id)?,
+            preview: if redacted {
+                "(redacted)".to_owned()
+            } else {
+                preview(&body)
+            },
+            from: names
+                .of(self, &sender)?
+                .unwrap_or_else(|| sender.to_string()),
+            from_peer_id: sender.to_string(),
+            read: r.get(7)?,
+            archived: r.get(8)?,
+            received_at: format_time(r.get::<_, i64>(3)? as u64),
+            subject,
+            id,
+        };
+        Ok((item, body))
     }
 
     /// The message whose id is `id` or starts with it (at least 4 hex digits).
@@ -341,6 +363,7 @@ impl Db {
             "UPDATE inbox SET read = ?2 WHERE id = ?1",
             params![id, read],
         )?;
+        self.refresh_states(&[&id])?;
         Ok(id)
     }
 
@@ -351,6 +374,7 @@ impl Db {
             "UPDATE inbox SET archived = ?2 WHERE id = ?1",
             params![id, archived],
         )?;
+        self.refresh_states(&[&id])?;
         Ok(id)
     }
 
@@ -371,8 +395,10 @@ impl Db {
              WHERE id = ?1",
             params![id, now as i64],
         )?;
+        purge_from_search(&tx, &id)?;
         tx.commit()?;
         self.checkpoint()?;
+        self.wake_search();
         Ok((id, attachments))
     }
 
@@ -384,10 +410,13 @@ impl Db {
         let id = self.resolve_id(id)?;
         let tx = self.conn.transaction()?;
         let attachments = delete_incoming_attachments(&tx, &id)?;
+        let seq = purge_from_search(&tx, &id)?;
         tx.execute("DELETE FROM labels WHERE message_id = ?1", [&id])?;
         tx.execute("DELETE FROM inbox WHERE id = ?1", [&id])?;
         tx.commit()?;
         self.checkpoint()?;
+        self.forget_state(seq);
+        self.wake_search();
         Ok((id, attachments))
     }
 
@@ -517,6 +546,17 @@ fn delete_incoming_attachments(tx: &Transaction<'_>, id: &str) -> Result<Vec<Str
     Ok(attachments)
 }
 
+/// Records (inside the caller's transaction) that the search index must let go of message `id`;
+/// returns its seq.
+fn purge_from_search(tx: &Transaction<'_>, id: &str) -> Result<u64, StoreError> {
+    let seq: i64 = tx.query_row("SELECT seq FROM inbox WHERE id = ?1", [id], |r| r.get(0))?;
+    tx.execute(
+        "INSERT OR IGNORE INTO search_purge (seq) VALUES (?1)",
+        [seq],
+    )?;
+    Ok(seq as u64)
+}
+
 /// Where a message's sender is sealed (the message id is the row).
 const SENDER: &str = "inbox.sender";
 
@@ -558,7 +598,7 @@ pub(super) fn seal_unsealed_senders(
     Ok(())
 }
 
-fn preview(body: &str) -> String {
+pub(super) fn preview(body: &str) -> String {
     let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut chars = one_line.chars();
     let mut out: String = chars.by_ref().take(PREVIEW_CHARS).collect();

@@ -138,6 +138,21 @@ ALTER TABLE inbox ADD COLUMN sender_seal BLOB;
 ALTER TABLE inbox ADD COLUMN redacted_at INTEGER;
 "#,
         ),
+        M::up(
+            r#"
+-- The search index follows the inbox by `seq`, a number each message gets once, in the order
+-- they were stored, never reused (unlike a rowid once the newest row is deleted): the index keeps
+-- the highest seq it holds, and catches up from there.
+ALTER TABLE inbox ADD COLUMN seq INTEGER;
+UPDATE inbox SET seq = rowid;
+CREATE UNIQUE INDEX inbox_seq ON inbox (seq);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO counters (name, value) VALUES ('inbox_seq', COALESCE((SELECT MAX(seq) FROM inbox), 0));
+-- Messages deleted or redacted whose words the search index may still hold; written in the
+-- transaction that deletes or redacts, removed once the index has let go of them.
+CREATE TABLE search_purge (seq INTEGER PRIMARY KEY);
+"#,
+        ),
     ])
 });
 

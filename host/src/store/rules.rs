@@ -141,6 +141,7 @@ impl Db {
     pub fn add_label(&mut self, id: &str, label: &str) -> Result<String, StoreError> {
         let id = self.resolve_id(id)?;
         apply_actions(&self.conn, &id, &[Action::AddLabel(label.to_owned())])?;
+        self.refresh_states(&[&id])?;
         Ok(id)
     }
 
@@ -148,6 +149,7 @@ impl Db {
     pub fn remove_label(&mut self, id: &str, label: &str) -> Result<String, StoreError> {
         let id = self.resolve_id(id)?;
         apply_actions(&self.conn, &id, &[Action::RemoveLabel(label.to_owned())])?;
+        self.refresh_states(&[&id])?;
         Ok(id)
     }
 
@@ -208,7 +210,9 @@ impl Db {
             apply_actions(&tx, &change.id, &change.actions)?;
         }
         tx.commit()?;
-        Ok(())
+        let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
+        self.refresh_states(&ids)
+
     }
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attachments::AttachmentRef;
 use crate::control::ControlError;
+use crate::inbox::search::{Hit, IndexStatus, Sort};
 use crate::plugins::PluginStatus;
 use crate::store::{
     InboxItem, InboxQuery, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleView,
@@ -138,6 +139,21 @@ pub enum Request {
         /// Id or unique prefix.
         id: String,
     },
+    /// Search the inbox.
+    InboxSearch {
+        /// The query, in the search language (`inbox::query`).
+        query: String,
+        /// At most this many hits.
+        limit: u32,
+        /// Newest or most relevant first.
+        #[serde(default)]
+        sort: Sort,
+    },
+    /// Build the search index again from the inbox. A node starts it and answers at once (follow
+    /// it with [`Request::IndexStatus`]); without a node it is done before the answer.
+    InboxReindex,
+    /// Where the search index stands.
+    IndexStatus,
 }
 
 /// A node's answer.
@@ -198,6 +214,10 @@ pub enum Response {
     RuleChanges(RulesApplied),
     /// For [`Request::Status`].
     Status(StatusInfo),
+    /// For [`Request::InboxSearch`].
+    Hits(Vec<Hit>),
+    /// For [`Request::InboxReindex`] and [`Request::IndexStatus`].
+    Index(IndexStatus),
 }
 
 impl Response {

@@ -1,0 +1,667 @@
+//! Full-text search over the inbox: a tantivy index sealed at rest that follows the inbox.
+//!
+//! - [`tokens`]: the words (Unicode word boundaries, folded) that the index, the query parser and
+//!   the snippets share.
+//! - [`sealed_dir`]: the tantivy `Directory` whose files are sealed under keys of their own, each
+//!   sealed under the data key; no term reaches the disk in clear.
+//! - `index`: the schema and one message as a document; `compile`: a parsed
+//!   [`crate::inbox::query::Query`] as a tantivy query; `state`: read, archived and labels kept
+//!   in memory from the database, so that changes show in filters at once; `snippet`.
+//!
+//! The follower thread (`pigeon-search`) owns the index writer. The store rings it after each
+//! commit that stores, deletes or redacts messages; it then lets go of what was deleted or
+//! redacted (`search_purge`: delete, commit, merge the segments that held the message, collect the
+//! old files), takes in the messages after the highest seq it holds (its high-water mark, kept in
+//! each commit), and commits, at most every [`COMMIT_EVERY`] unless someone waits on it. On open
+//! it catches up the same way, checks that it holds as many messages as the inbox, reads every
+//! file once to find damage, and starts afresh when anything is wrong: the inbox is never touched.
+
+pub mod compile;
+mod index;
+pub mod sealed_dir;
+mod snippet;
+mod state;
+pub mod tokens;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tantivy::IndexWriter;
+use tokio::sync::{oneshot, watch};
+
+pub use self::index::Engine;
+pub use self::state::{MsgState, SeqSetQuery, StateFilter, States};
+use crate::exit::ErrorKind;
+use crate::inbox::query::{self, QueryError};
+use crate::keys::Keys;
+use crate::store::{FeedDoc, InboxItem, SearchLink, Store, StoreError};
+
+/// The shortest time between two commits while messages keep arriving (a message is searchable
+/// within about this long after it is stored).
+pub const COMMIT_EVERY: Duration = Duration::from_millis(250);
+/// Messages read from the store per round trip.
+const PAGE: u32 = 2000;
+/// A failed step (a merge that met a background one, say) is tried again after this.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Errors from the search.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SearchError {
+    /// The query does not parse.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// `from:` names no contact (and is not a PeerId).
+    #[error("from:{0} names no contact; give a contact's name or a PeerId")]
+    UnknownSender(String),
+    /// The index failed.
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    /// The index's files could not be read or written.
+    #[error("search index: {0}")]
+    Io(std::io::Error),
+    /// What is on disk is not a usable index.
+    #[error("search index is damaged: {0}")]
+    Damaged(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A state filter was compiled before the state table was loaded (a bug).
+    #[error("search: message states are not loaded")]
+    StatesNotLoaded,
+    /// The follower thread has stopped.
+    #[error("the search index is closed")]
+    Closed,
+}
+
+impl From<tantivy::directory::error::OpenReadError> for SearchError {
+    fn from(e: tantivy::directory::error::OpenReadError) -> SearchError {
+        SearchError::Damaged(e.to_string())
+    }
+}
+
+impl SearchError {
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            SearchError::Query(_) | SearchError::UnknownSender(_) => ErrorKind::Usage,
+            SearchError::Store(e) => e.kind(),
+            SearchError::Damaged(_) => ErrorKind::Corrupt,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// How hits are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sort {
+    /// Newest first.
+    #[default]
+    Date,
+    /// Best match first.
+    Relevance,
+}
+
+/// One hit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hit {
+    /// What `inbox list` shows of it.
+    #[serde(flatten)]
+    pub item: InboxItem,
+    /// Its text around the first match, matched words in `[...]`.
+    pub snippet: String,
+    /// Its relevance (BM25; filters alone score 1 each).
+    pub score: f32,
+}
+
+/// Where the index stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IndexStatus {
+    /// Messages taken in so far.
+    pub indexed: u64,
+    /// Messages the inbox holds.
+    pub total: u64,
+    /// Whether it is being built from scratch.
+    pub rebuilding: bool,
+}
+
+/// A handle to the search: cloneable; [`Search::close`] stops the follower.
+#[derive(Clone)]
+pub struct Search {
+    shared: Arc<Shared>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    ready: watch::Receiver<bool>,
+}
+
+struct Shared {
+    engine: RwLock<Arc<Engine>>,
+    states: Arc<States>,
+    bell: Bell,
+    indexed: AtomicU64,
+    total: AtomicU64,
+    rebuilding: std::sync::atomic::AtomicBool,
+}
+
+/// The search last opened in this process, for a progress bar beside a request that runs here.
+static OPEN_HERE: Mutex<std::sync::Weak<Shared>> = Mutex::new(std::sync::Weak::new());
+
+/// Where the search open in this process stands, if one is.
+pub fn status_here() -> Option<IndexStatus> {
+    OPEN_HERE.lock().ok()?.upgrade().map(|s| s.status())
+}
+
+impl Shared {
+    fn status(&self) -> IndexStatus {
+        IndexStatus {
+            indexed: self.indexed.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            rebuilding: self.rebuilding.load(Ordering::Relaxed),
+        }
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        match self.engine.read() {
+            Ok(e) => e.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    wake: bool,
+    syncs: Vec<oneshot::Sender<Result<(), String>>>,
+    reindex: Vec<oneshot::Sender<Result<u64, String>>>,
+    close: bool,
+}
+
+/// What the follower is asked to do, and the condition variable it sleeps on.
+#[derive(Default)]
+struct Bell {
+    pending: Mutex<Pending>,
+    ring: Condvar,
+}
+
+impl Bell {
+    fn with(&self, f: impl FnOnce(&mut Pending)) {
+        if let Ok(mut p) = self.pending.lock() {
+            f(&mut p);
+            self.ring.notify_one();
+        }
+    }
+
+    /// Waits until there is something to do: a close, a reindex or a sync at once; a wake not
+    /// before `not_before`.
+    fn wait(&self, not_before: Instant) -> Pending {
+        let Ok(mut p) = self.pending.lock() else {
+            return Pending {
+                close: true,
+                ..Pending::default()
+            };
+        };
+        loop {
+            let urgent = p.close || !p.reindex.is_empty() || !p.syncs.is_empty();
+            let now = Instant::now();
+            if urgent || (p.wake && now >= not_before) {
+                return std::mem::take(&mut *p);
+            }
+            let timeout = if p.wake {
+                not_before - now
+            } else {
+                Duration::from_secs(3600)
+            };
+            p = match self.ring.wait_timeout(p, timeout) {
+                Ok((p, _)) => p,
+                Err(_) => {
+                    return Pending {
+                        close: true,
+                        ..Pending::default()
+                    };
+                }
+            };
+        }
+    }
+}
+
+impl Search {
+    /// Opens (or makes, or repairs) the index in `dir` and starts following the inbox of
+    /// `store`. Returns at once; searches wait until the index has caught up.
+    pub async fn open(dir: &Path, keys: Arc<Keys>, store: Store) -> Result<Search, SearchError> {
+        let (d, k) = (dir.to_owned(), keys.clone());
+        let (engine, mark) = tokio::task::spawn_blocking(move || open_or_create(&d, k))
+            .await
+            .map_err(|_| SearchError::Closed)??;
+        let shared = Arc::new(Shared {
+            engine: RwLock::new(Arc::new(engine)),
+            states: Arc::new(States::default()),
+            bell: Bell::default(),
+            indexed: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            rebuilding: Default::default(),
+        });
+        let ring = shared.clone();
+        let states = shared.states.clone();
+        store
+            .call(move |db| {
+                db.attach_search(SearchLink {
+                    wake: Box::new(move || ring.bell.with(|p| p.wake = true)),
+                    states,
+                })
+            })
+            .await?;
+        if let Ok(mut open) = OPEN_HERE.lock() {
+            *open = Arc::downgrade(&shared);
+        }
+        let (ready_tx, ready) = watch::channel(false);
+        let follower = Follower {
+            shared: shared.clone(),
+            store,
+            dir: dir.to_owned(),
+            keys,
+            writer: None,
+            mark,
+        };
+        let thread = std::thread::Builder::new()
+            .name("pigeon-search".into())
+            .spawn(move || follower.run(ready_tx))
+            .map_err(SearchError::Io)?;
+        Ok(Search {
+            shared,
+            thread: Arc::new(Mutex::new(Some(thread))),
+            ready,
+        })
+    }
+
+    async fn wait_ready(&self) -> Result<(), SearchError> {
+        let mut ready = self.ready.clone();
+        ready
+            .wait_for(|r| *r)
+            .await
+            .map(drop)
+            .map_err(|_| SearchError::Closed)
+    }
+
+    /// Waits until everything the store committed before this call is in the index (deletions
+    /// and redactions let go of, to the merge).
+    pub async fn sync(&self) -> Result<(), SearchError> {
+        self.wait_ready().await?;
+        let (tx, rx) = oneshot::channel();
+        self.shared.bell.with(|p| p.syncs.push(tx));
+        rx.await
+            .map_err(|_| SearchError::Closed)?
+            .map_err(SearchError::Damaged)
+    }
+
+    /// Builds the index again from the inbox; returns how many messages it holds.
+    pub async fn reindex(&self) -> Result<u64, SearchError> {
+        self.wait_ready().await?;
+        let (tx, rx) = oneshot::channel();
+        self.shared.bell.with(|p| p.reindex.push(tx));
+        rx.await
+            .map_err(|_| SearchError::Closed)?
+            .map_err(SearchError::Damaged)
+    }
+
+    /// Starts building the index again and returns at once; [`Search::status`] follows it.
+    pub fn start_reindex(&self) {
+        self.shared.rebuilding.store(true, Ordering::Relaxed);
+        let (tx, _) = oneshot::channel();
+        self.shared.bell.with(|p| p.reindex.push(tx));
+    }
+
+    /// Where the index stands.
+    pub fn status(&self) -> IndexStatus {
+        self.shared.status()
+    }
+
+    /// The hits of `text`, at most `limit`, in `sort` order, filled in from `store`. `senders`
+    /// resolves a `from:` value to a PeerId (`None`: no such contact).
+    pub async fn search(
+        &self,
+        store: &Store,
+        text: &str,
+        limit: usize,
+        sort: Sort,
+    ) -> Result<Vec<Hit>, SearchError> {
+        let query = query::parse(text)?;
+        self.wait_ready().await?;
+        if compile::needs_states(&query) && !self.shared.states.loaded() {
+            store.call(|db| db.load_states()).await?;
+        }
+        let mut wanted = Vec::new();
+        compile::senders(&query, &mut wanted);
+        let senders = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            store.call(move |db| resolve_senders(db, &wanted)).await?
+        };
+        let shared = self.shared.clone();
+        let q = query.clone();
+        let top = tokio::task::spawn_blocking(move || -> Result<_, SearchError> {
+            let engine = shared.engine();
+            let cx = compile::Context {
+                fields: engine.fields,
+                states: &shared.states,
+                senders: &senders,
+            };
+            let compiled = compile::compile(&q, &cx)?;
+            engine.top(&*compiled, limit, sort == Sort::Relevance)
+        })
+        .await
+        .map_err(|_| SearchError::Closed)??;
+        let seqs: Vec<u64> = top.iter().map(|(s, _)| *s).collect();
+        let scores: HashMap<u64, f32> = top.into_iter().collect();
+        let rows = store
+            .call(move |db| {
+                let rows = db.search_hits(&seqs)?;
+                Ok(seqs.into_iter().zip(rows).collect::<Vec<_>>())
+            })
+            .await?;
+        let mut marks = compile::Highlights::default();
+        compile::highlights(&query, &mut marks);
+        let text_query = !marks.is_empty();
+        Ok(rows
+            .into_iter()
+            // A message redacted a moment ago matches words it no longer has until the index
+            // lets go of it.
+            .filter(|(_, r)| !(r.redacted && text_query))
+            .map(|(seq, r)| Hit {
+                snippet: snippet::snippet(&r.subject, &r.body, &marks),
+                score: scores.get(&seq).copied().unwrap_or(0.0),
+                item: r.item,
+            })
+            .collect())
+    }
+
+    /// Stops the follower (after what it is doing) and waits for it.
+    pub async fn close(&self) {
+        self.shared.bell.with(|p| p.close = true);
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// The search, opened when first needed (a CLI command without a node) or at once (a node).
+#[derive(Clone)]
+pub struct LazySearch {
+    cell: Arc<tokio::sync::OnceCell<Search>>,
+    dir: PathBuf,
+    keys: Arc<Keys>,
+    store: Store,
+}
+
+impl LazySearch {
+    /// The index in `dir` over the inbox of `store`, not opened yet.
+    pub fn new(dir: &Path, keys: Arc<Keys>, store: Store) -> LazySearch {
+        LazySearch {
+            cell: Arc::default(),
+            dir: dir.to_owned(),
+            keys,
+            store,
+        }
+    }
+
+    /// The search, opened now if need be.
+    pub async fn get(&self) -> Result<&Search, SearchError> {
+        self.cell
+            .get_or_try_init(|| Search::open(&self.dir, self.keys.clone(), self.store.clone()))
+            .await
+    }
+
+    /// The search if it is open.
+    pub fn opened(&self) -> Option<&Search> {
+        self.cell.get()
+    }
+
+    /// Stops the follower if it was started, and waits for it.
+    pub async fn close(&self) {
+        if let Some(search) = self.cell.get() {
+            search.close().await;
+        }
+    }
+}
+
+/// `from:` values to PeerIds: a contact's name, or a PeerId as given.
+fn resolve_senders(
+    db: &mut crate::store::Db,
+    wanted: &[String],
+) -> Result<HashMap<String, String>, StoreError> {
+    let mut out = HashMap::new();
+    for who in wanted {
+        match db.contact_by_name(who) {
+            Ok(c) => {
+                out.insert(who.clone(), c.address.peer_id().to_string());
+            }
+            Err(StoreError::NotFound { .. }) => {
+                if who.parse::<libp2p::PeerId>().is_ok() {
+                    out.insert(who.clone(), who.clone());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn open_or_create(dir: &Path, keys: Arc<Keys>) -> Result<(Engine, u64), SearchError> {
+    match Engine::open(dir, keys.clone()) {
+        Ok(opened) => Ok(opened),
+        Err(e) => {
+            tracing::warn!(error = %e, "the search index does not open; building it again from the inbox");
+            Ok((Engine::create(dir, keys)?, 0))
+        }
+    }
+}
+
+/// The follower thread's state.
+struct Follower {
+    shared: Arc<Shared>,
+    store: Store,
+    dir: PathBuf,
+    keys: Arc<Keys>,
+    writer: Option<IndexWriter>,
+    mark: u64,
+}
+
+impl Follower {
+    fn run(mut self, ready: watch::Sender<bool>) {
+        if let Err(e) = self.first_step() {
+            tracing::warn!(error = %e, "the search index could not catch up; building it again");
+            if let Err(e) = self.rebuild() {
+                tracing::error!(error = %e, "the search index could not be built; search is unavailable");
+            }
+        }
+        let _ = ready.send(true);
+        if let Err(e) = self.shared.engine().verify() {
+            tracing::warn!(error = %e, "the search index is damaged; building it again");
+            if let Err(e) = self.rebuild() {
+                tracing::error!(error = %e, "the search index could not be built");
+            }
+        }
+        let mut not_before = Instant::now();
+        loop {
+            let job = self.shared.bell.wait(not_before);
+            if job.close {
+                for s in job.syncs {
+                    let _ = s.send(Err("the search index is closing".into()));
+                }
+                break;
+            }
+            if !job.reindex.is_empty() {
+                let result = self.rebuild().map_err(|e| e.to_string());
+                for r in job.reindex {
+                    let _ = r.send(result.clone());
+                }
+            }
+            let result = self.step().map(drop);
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "the search index could not take in the latest changes; trying again");
+                if self.shared.engine().verify().is_err() {
+                    let _ = self.rebuild();
+                }
+                self.shared.bell.with(|p| p.wake = true);
+                not_before = Instant::now() + RETRY;
+            } else {
+                not_before = Instant::now() + COMMIT_EVERY;
+            }
+            let answer = result.map_err(|e| e.to_string());
+            for s in job.syncs {
+                let _ = s.send(answer.clone());
+            }
+        }
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.wait_merging_threads();
+        }
+    }
+
+    fn writer(&mut self) -> Result<&mut IndexWriter, SearchError> {
+        if self.writer.is_none() {
+            self.writer = Some(self.shared.engine().writer()?);
+        }
+        self.writer.as_mut().ok_or(SearchError::Closed)
+    }
+
+    /// Catches up after opening, then checks the index against the inbox.
+    fn first_step(&mut self) -> Result<(), SearchError> {
+        let issued = self.store.call_blocking(|db| db.max_seq())?;
+        if self.mark > issued {
+            return Err(SearchError::Damaged(
+                "it holds messages the inbox never had (the database was restored?)".into(),
+            ));
+        }
+        self.step()?;
+        let mark = self.mark;
+        let count = self.store.call_blocking(move |db| db.search_census(mark))?;
+        let held = self.shared.engine().num_docs();
+        if held != count {
+            return Err(SearchError::Damaged(format!(
+                "it holds {held} messages, the inbox {count}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Lets go of what was deleted or redacted, takes in what is new, commits if anything changed.
+    fn step(&mut self) -> Result<bool, SearchError> {
+        let engine = self.shared.engine();
+        let purges = self.store.call_blocking(|db| db.search_purges())?;
+        let mut changed = false;
+        if !purges.is_empty() {
+            self.purge(&engine, purges)?;
+            changed = true;
+        }
+        let total = self.store.call_blocking(|db| db.inbox_count())?;
+        self.shared.total.store(total, Ordering::Relaxed);
+        let mut added = false;
+        loop {
+            let after = self.mark;
+            let docs = self
+                .store
+                .call_blocking(move |db| db.search_feed(after, PAGE))?;
+            let Some(last) = docs.last().map(|d| d.seq) else {
+                break;
+            };
+            let writer = self.writer()?;
+            for d in &docs {
+                writer.add_document(engine.document(d))?;
+            }
+            self.mark = last;
+            added = true;
+            self.shared
+                .indexed
+                .fetch_add(docs.len() as u64, Ordering::Relaxed);
+            if docs.len() < PAGE as usize {
+                break;
+            }
+        }
+        if added {
+            let mark = self.mark;
+            engine.commit(self.writer()?, mark)?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Deletes `purges` from the index (a redacted message goes back in with its metadata only),
+    /// commits, merges the segments that held them so that their words leave the files, and
+    /// collects the files no longer used; then tells the store.
+    fn purge(
+        &mut self,
+        engine: &Engine,
+        purges: Vec<(u64, Option<FeedDoc>)>,
+    ) -> Result<(), SearchError> {
+        let searcher = engine.reader.searcher();
+        let mut segments = HashSet::new();
+        for (seq, _) in &purges {
+            let term = engine.seq_term(*seq);
+            for segment in searcher.segment_readers() {
+                let inverted = segment.inverted_index(engine.fields.seq)?;
+                if inverted.get_term_info(&term).map_err(SearchError::Io)?.is_some() {
+                    segments.insert(segment.segment_id());
+                }
+            }
+        }
+        drop(searcher);
+        let mark = self.mark;
+        let writer = self.writer()?;
+        for (seq, doc) in &purges {
+            writer.delete_term(engine.seq_term(*seq));
+            if let Some(doc) = doc.as_ref().filter(|_| *seq <= mark) {
+                writer.add_document(engine.document(doc))?;
+            }
+        }
+        engine.commit(writer, mark)?;
+        let live: HashSet<_> = engine.index.searchable_segment_ids()?.into_iter().collect();
+        let merge: Vec<_> = segments.into_iter().filter(|s| live.contains(s)).collect();
+        if !merge.is_empty() {
+            writer.merge(&merge).wait()?;
+        }
+        engine.reader.reload()?;
+        writer.garbage_collect_files().wait()?;
+        let seqs: Vec<u64> = purges.iter().map(|(s, _)| *s).collect();
+        self.store.call_blocking(move |db| db.search_purged(&seqs))?;
+        Ok(())
+    }
+
+    /// Starts afresh: an empty index, then every message of the inbox.
+    fn rebuild(&mut self) -> Result<u64, SearchError> {
+        self.shared.rebuilding.store(true, Ordering::Relaxed);
+        let result = self.rebuild_inner();
+        self.shared.rebuilding.store(false, Ordering::Relaxed);
+        result
+    }
+
+    fn rebuild_inner(&mut self) -> Result<u64, SearchError> {
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.wait_merging_threads();
+        }
+        let engine = Engine::create(&self.dir, self.keys.clone())?;
+        if let Ok(mut e) = self.shared.engine.write() {
+            *e = Arc::new(engine);
+        }
+        self.mark = 0;
+        self.shared.indexed.store(0, Ordering::Relaxed);
+        // Everything still to purge is gone with the old index.
+        let pending: Vec<u64> = self
+            .store
+            .call_blocking(|db| db.search_purges())?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        self.store.call_blocking(move |db| db.search_purged(&pending))?;
+        self.step()?;
+        if self.mark == 0 {
+            // An empty inbox: commit anyway so the index exists on disk.
+            let engine = self.shared.engine();
+            engine.commit(self.writer()?, 0)?;
+        }
+        Ok(self.shared.engine().num_docs())
+    }
+}
