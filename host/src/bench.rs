@@ -6,6 +6,7 @@
 //! compared with one message per batch in the same run.
 
 pub mod rules;
+pub mod search;
 
 use std::time::{Duration, Instant};
 

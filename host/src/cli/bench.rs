@@ -1,10 +1,24 @@
-//! `pigeon bench delivery|attachment|rules`
+//! `pigeon bench delivery|attachment|rules|search`
 
 use super::print_json;
 use crate::error::{Result, UsageError};
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
+    /// Time the inbox search: indexing rate, time from opening to the first answer, and p50/p99
+    /// for a mix of queries (one word, AND, OR, phrase, prefix, filter + word).
+    ///
+    /// Fills a temporary inbox with MESSAGES generated messages (Zipf vocabulary, sizes from a
+    /// line to a few pages, eight senders, six labels) through the store, sealed like real ones.
+    /// Build with --release for meaningful figures.
+    Search {
+        /// Messages in the inbox.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the rules pipeline per incoming message: built-in rules only, with keyword-labeler,
     /// and with three plugins; prints the cost per message and per plugin per message.
     ///
@@ -63,7 +77,41 @@ pub(super) async fn run(cmd: Command) -> Result<()> {
             json,
         } => rules(messages, size, json).await,
         delivery @ Command::Delivery { .. } => run_delivery(delivery).await,
+        Command::Search { messages, json } => search(messages, json).await,
     }
+}
+
+async fn search(messages: usize, json: bool) -> Result<()> {
+    if messages == 0 || messages > 10_000_000 {
+        return Err(
+            UsageError::OutOfRange("--messages must be between 1 and 10000000".into()).into(),
+        );
+    }
+    let run = crate::bench::search::search(messages).await?;
+    if json {
+        return print_json(&run);
+    }
+    println!(
+        "{} messages: filled in {:.1} s; indexed in {:.1} s ({:.0} messages/s); index {:.1} MB, database {:.1} MB",
+        run.messages,
+        run.fill_seconds,
+        run.index_seconds,
+        run.index_per_second,
+        run.index_bytes as f64 / 1e6,
+        run.database_bytes as f64 / 1e6
+    );
+    println!("first query after opening: {:.0} ms", run.first_query_ms);
+    for q in &run.queries {
+        println!(
+            "{:<18} p50 {:>7.2} ms   p99 {:>7.2} ms   {:>5.1} hits   e.g. {}",
+            q.kind, q.p50_ms, q.p99_ms, q.mean_hits, q.example
+        );
+    }
+    println!(
+        "{:<18} p50 {:>7.2} ms   p99 {:>7.2} ms",
+        "all", run.all_p50_ms, run.all_p99_ms
+    );
+    Ok(())
 }
 
 async fn rules(messages: usize, size: usize, json: bool) -> Result<()> {
