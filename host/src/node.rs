@@ -359,6 +359,9 @@ async fn serve_chunk(
         return ChunkResponse::Refused;
     }
     let id = hex::encode(request.attachment);
+    if request.release {
+        return release_chunks(store, root, peer, id).await;
+    }
     let key = id.clone();
     let Ok(Some(attachment)) = store
         .call(move |db| db.outgoing_attachment(&key, &peer))
@@ -380,6 +383,35 @@ async fn serve_chunk(
             ChunkResponse::Data(data)
         }
         _ => ChunkResponse::NotFound,
+    }
+}
+
+/// The recipient of attachment `id` holds all of it: the sealed copy kept to serve it goes.
+async fn release_chunks(
+    store: &Store,
+    root: &std::path::Path,
+    peer: PeerId,
+    id: String,
+) -> ChunkResponse {
+    let key = id.clone();
+    match store
+        .call(move |db| db.release_outgoing(&key, &peer))
+        .await
+    {
+        Ok(true) => {
+            let path = attachments::file_path(root, &id);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => tracing::info!(%peer, attachment = %id, "the recipient holds the attachment; dropped the sealed copy"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(attachment = %id, error = %e, "cannot remove a released attachment's file"),
+            }
+            ChunkResponse::Released
+        }
+        Ok(false) => ChunkResponse::NotFound,
+        Err(e) => {
+            tracing::error!(attachment = %id, error = %e, "cannot record a release");
+            ChunkResponse::NotFound
+        }
     }
 }
 

@@ -138,6 +138,7 @@ pub fn spawn(
         in_flight: HashMap::new(),
         waiting: HashMap::new(),
         started: HashMap::new(),
+        releasing: HashMap::new(),
     };
     tokio::spawn(fetcher.run(waker, cancel))
 }
@@ -153,26 +154,52 @@ struct Fetcher {
     waiting: HashMap<String, Waiting>,
     /// When each attachment's first chunk was asked for (for the throughput histogram).
     started: HashMap<String, Instant>,
+    /// Attachments held whole whose sender is being told (or will be, after a delay) that it may
+    /// drop its copy.
+    releasing: HashMap<String, Release>,
+}
+
+/// A release owed to a sender.
+struct Release {
+    peer: PeerId,
+    failures: u32,
+    /// When to try next; `None` while a try is under way.
+    next: Option<Instant>,
 }
 
 impl Fetcher {
     async fn run(mut self, waker: FetchWaker, cancel: CancellationToken) {
         let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut releases: JoinSet<(String, bool)> = JoinSet::new();
         loop {
             if tasks.len() < self.config.window {
                 self.fill(&mut tasks).await;
             }
+            self.release(&mut releases).await;
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = waker.notify.notified() => cut_short(&mut self.waiting, &waker.take_retry()),
+                _ = waker.notify.notified() => {
+                    let retry = waker.take_retry();
+                    cut_short(&mut self.waiting, &retry);
+                    // A sender that connects (or a user's `inbox fetch`) gets its release now.
+                    for r in self.releasing.values_mut() {
+                        if r.next.is_some() && (retry.all || retry.peers.contains(&r.peer)) {
+                            r.next = Some(Instant::now());
+                        }
+                    }
+                }
                 Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
                     self.in_flight.remove(&(done.id.clone(), done.index));
                     self.record(done).await;
+                }
+                Some(Ok((id, released))) = releases.join_next(), if !releases.is_empty() => {
+                    self.released(id, released).await;
                 }
                 _ = tokio::time::sleep(RETRY) => {}
             }
         }
         tasks.shutdown().await;
+        releases.shutdown().await;
     }
 
     /// Starts fetches for the free slots of the window, shared fairly between senders.
@@ -222,6 +249,69 @@ impl Fetcher {
                 index,
                 file_path(&self.home_root, &id),
             ));
+        }
+    }
+
+    /// Tells the senders of attachments held whole that they may drop their copies.
+    async fn release(&mut self, tasks: &mut JoinSet<(String, bool)>) {
+        let due: Vec<([u8; 16], PeerId)> = match self.store.call(|db| db.unreleased()).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read attachments to release");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (raw, peer) in due {
+            let id = hex::encode(raw);
+            let entry = self.releasing.entry(id.clone()).or_insert(Release {
+                peer,
+                failures: 0,
+                next: Some(now),
+            });
+            if entry.next.is_none_or(|next| next > now) {
+                continue;
+            }
+            if tasks.len() >= self.config.window {
+                break;
+            }
+            entry.next = None;
+            let addrs = self
+                .store
+                .call(move |db| db.dial_addrs(&peer, now_ms()))
+                .await
+                .unwrap_or_default();
+            let net = self.net.clone();
+            tasks.spawn(async move {
+                let request = ChunkRequest {
+                    attachment: raw,
+                    index: 0,
+                    release: true,
+                };
+                let answer = net.fetch_chunk(peer, addrs, request).await;
+                // `NotFound`: the sender no longer has it (redacted, or released before a lost
+                // answer); nothing more is owed either way.
+                let done = matches!(
+                    answer,
+                    Ok(ChunkResponse::Released | ChunkResponse::NotFound)
+                );
+                (id, done)
+            });
+        }
+    }
+
+    async fn released(&mut self, id: String, released: bool) {
+        if released {
+            self.releasing.remove(&id);
+            let key = id.clone();
+            if let Err(e) = self.store.call(move |db| db.mark_released(&key)).await {
+                tracing::error!(attachment = %id, error = %e, "cannot record a release");
+            }
+            return;
+        }
+        if let Some(r) = self.releasing.get_mut(&id) {
+            r.failures += 1;
+            r.next = Some(Instant::now() + retry_delay(r.failures));
         }
     }
 
@@ -383,6 +473,7 @@ async fn fetch_one(
             ChunkRequest {
                 attachment: attachment.id,
                 index,
+                release: false,
             },
         )
         .await;
@@ -396,6 +487,12 @@ async fn fetch_one(
         }
         Ok(ChunkResponse::Refused) => {
             return done(Outcome::Unavailable("the sender refused".into()), 0);
+        }
+        Ok(ChunkResponse::Released) => {
+            return done(
+                Outcome::Unavailable("the sender has dropped it".into()),
+                0,
+            );
         }
         Err(e) => return done(Outcome::Unavailable(e.0), 0),
     };

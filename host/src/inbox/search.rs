@@ -665,3 +665,127 @@ impl Follower {
         Ok(self.shared.engine().num_docs())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::MessageId;
+    use crate::store::Received;
+
+    fn received(sender: libp2p::PeerId, body: &str) -> Received {
+        Received {
+            id: MessageId::random(),
+            sender,
+            sent_at_ms: 1,
+            subject: Some("subject line".into()),
+            body: body.into(),
+            attachments: vec![],
+            actions: vec![],
+        }
+    }
+
+    async fn ids(search: &Search, store: &Store, q: &str) -> Vec<String> {
+        search
+            .search(store, q, 100, Sort::Date)
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|h| h.item.id)
+            .collect()
+    }
+
+    fn terms(engine: &Engine, field: tantivy::schema::Field) -> Vec<Vec<u8>> {
+        let searcher = engine.reader.searcher();
+        let mut out = Vec::new();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field).expect("inverted index");
+            let mut stream = inverted.terms().stream().expect("terms");
+            while stream.advance() {
+                out.push(stream.key().to_vec());
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleted_and_redacted_words_leave_every_segment_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Arc::new(Keys::generate());
+        let store = Store::open(&dir.path().join("pigeon.db"), keys.clone())
+            .await
+            .expect("store");
+        let sender = Keys::generate().peer_id();
+        let batch = vec![
+            received(sender, "alpha redactedterm"),
+            received(sender, "beta deletedterm"),
+            received(sender, "gamma keptterm"),
+        ];
+        let ids_of: Vec<String> = batch.iter().map(|m| m.id.to_string()).collect();
+        store
+            .call(move |db| db.store_received(&batch, 1000).map(drop))
+            .await
+            .expect("store");
+        let index = dir.path().join("search");
+        let search = Search::open(&index, keys.clone(), store.clone())
+            .await
+            .expect("open");
+        search.sync().await.expect("sync");
+        assert_eq!(ids(&search, &store, "redactedterm").await, [ids_of[0].clone()]);
+        // More segments, so that the merge has to pick the right one.
+        let more = vec![received(sender, "delta later")];
+        store
+            .call(move |db| db.store_received(&more, 2000).map(drop))
+            .await
+            .expect("store");
+        search.sync().await.expect("sync");
+
+        let (r, d) = (ids_of[0].clone(), ids_of[1].clone());
+        store
+            .call(move |db| {
+                db.redact_message(&r, 3000)?;
+                db.remove_message(&d)
+            })
+            .await
+            .expect("scrub");
+        search.sync().await.expect("sync");
+        assert!(ids(&search, &store, "redactedterm").await.is_empty());
+        assert!(ids(&search, &store, "deletedterm").await.is_empty());
+        assert_eq!(ids(&search, &store, "keptterm").await, [ids_of[2].clone()]);
+        let engine = search.shared.engine();
+        let words = terms(&engine, engine.fields.text);
+        for gone in ["redactedterm", "alpha", "deletedterm", "beta"] {
+            assert!(!words.contains(&gone.as_bytes().to_vec()), "{gone} is still a term");
+        }
+        assert!(words.contains(&b"keptterm".to_vec()));
+        // The redacted message is still there for filters; the deleted one is not.
+        assert_eq!(engine.num_docs(), 3);
+        // No file of an older segment is left.
+        let live: HashSet<String> = engine
+            .index
+            .searchable_segment_ids()
+            .expect("segments")
+            .into_iter()
+            .map(|s| s.uuid_string())
+            .collect();
+        for entry in std::fs::read_dir(&index).expect("dir").map_while(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.split('.').next().unwrap_or_default().to_owned();
+            assert!(
+                name == "meta.json" || name == ".managed.json" || live.contains(&stem),
+                "{name} is left over"
+            );
+        }
+        assert_eq!(
+            store.call(|db| db.search_purges()).await.expect("purges").len(),
+            0
+        );
+        search.close().await;
+
+        // Reopened: caught up from its mark, the same answers.
+        let search = Search::open(&index, keys, store.clone()).await.expect("reopen");
+        assert_eq!(ids(&search, &store, "keptterm").await, [ids_of[2].clone()]);
+        assert_eq!(ids(&search, &store, "delta").await.len(), 1);
+        search.close().await;
+        store.close().await;
+    }
+}

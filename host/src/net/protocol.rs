@@ -105,6 +105,10 @@ pub struct ChunkRequest {
     pub attachment: [u8; 16],
     /// The chunk index.
     pub index: u32,
+    /// Not a request for a chunk: the receiver holds every chunk, verified, and the sender may drop
+    /// its sealed copy (answered [`ChunkResponse::Released`]; `index` is ignored).
+    #[serde(default)]
+    pub release: bool,
 }
 
 /// The answer to a [`ChunkRequest`].
@@ -117,6 +121,8 @@ pub enum ChunkResponse {
     NotFound,
     /// Refused (for example over a relayed connection).
     Refused,
+    /// For a release: the sender has dropped its copy (or had already).
+    Released,
 }
 
 /// A frame type: its size limit and any check beyond decoding.

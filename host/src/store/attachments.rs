@@ -113,13 +113,58 @@ impl Db {
         let row: Option<(Vec<u8>, u32)> = self
             .conn
             .query_row(
-                "SELECT ref, key_id FROM attachments WHERE id = ?1 AND direction = 'out' AND peer_id = ?2",
+                "SELECT ref, key_id FROM attachments
+                 WHERE id = ?1 AND direction = 'out' AND peer_id = ?2 AND released = 0",
                 params![id, peer.to_string()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         row.map(|(sealed, key_id)| self.attachment_ref(id, &sealed, key_id))
             .transpose()
+    }
+
+    /// Records that `peer`, the recipient of outgoing attachment `id`, holds all of it; returns
+    /// whether there was such an attachment (released now or before). The caller removes the file.
+    pub fn release_outgoing(&mut self, id: &str, peer: &PeerId) -> Result<bool, StoreError> {
+        let found = self.conn.execute(
+            "UPDATE attachments SET released = 1, held = 0
+             WHERE id = ?1 AND direction = 'out' AND peer_id = ?2",
+            params![id, peer.to_string()],
+        )?;
+        Ok(found > 0)
+    }
+
+    /// Incoming attachments held whole whose sender has not confirmed dropping its copy: `(id,
+    /// sender)`.
+    pub fn unreleased(&self) -> Result<Vec<([u8; 16], PeerId)>, StoreError> {
+        let rows: Vec<(String, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, peer_id FROM attachments
+                 WHERE direction = 'in' AND held >= chunk_count AND released = 0 ORDER BY rowid",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, peer)| {
+                let mut raw = [0u8; 16];
+                hex::decode_to_slice(&id, &mut raw)
+                    .map_err(|_| StoreError::Corrupt("attachment id"))?;
+                let peer = peer
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("attachment peer"))?;
+                Ok((raw, peer))
+            })
+            .collect()
+    }
+
+    /// The sender of incoming attachment `id` has dropped its copy.
+    pub fn mark_released(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE attachments SET released = 1 WHERE id = ?1 AND direction = 'in'",
+            [id],
+        )?;
+        Ok(())
     }
 
     /// Bytes of the attachments received from `peer` that the node holds or fetches (what

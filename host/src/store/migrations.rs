@@ -153,6 +153,13 @@ INSERT INTO counters (name, value) VALUES ('inbox_seq', COALESCE((SELECT MAX(seq
 CREATE TABLE search_purge (seq INTEGER PRIMARY KEY);
 "#,
         ),
+        M::up(
+            r#"
+-- An attachment the receiver has confirmed it holds whole: for the sender ('out') its sealed copy
+-- is dropped; for the receiver ('in') the sender has said so, and nothing more is owed.
+ALTER TABLE attachments ADD COLUMN released INTEGER NOT NULL DEFAULT 0;
+"#,
+        ),
     ])
 });
 

@@ -136,6 +136,28 @@ fn ten_megabytes_arrive_identical_and_never_in_clear() {
         "--yes",
     ]);
 
+    // Once the recipient holds every chunk it says so, and the sender drops its sealed copy;
+    // the recipient records that nothing more is owed.
+    let sent_copy = pair.alice.path().join("attachments").join(format!(
+        "{}.sealed",
+        a["id"].as_str().expect("attachment id")
+    ));
+    wait_for("the sender to drop its copy", TRANSFER_TIMEOUT, || {
+        (!sent_copy.exists()).then_some(())
+    });
+    wait_for("the release to be recorded", TRANSFER_TIMEOUT, || {
+        let db = rusqlite::Connection::open(pair.bob.path().join("pigeon.db")).ok()?;
+        let released: i64 = db
+            .query_row("SELECT released FROM attachments", [], |r| r.get(0))
+            .ok()?;
+        (released == 1).then_some(())
+    });
+    // The recipient still has all of it.
+    std::fs::remove_file(&saved).expect("rm");
+    pair.bob
+        .ok(&["inbox", "save", &id, "--out", out.to_str().expect("path")]);
+    assert!(same_bytes(&source, &saved), "the saved file differs");
+
     // The sender's copy was sealed at send time: deleting the original changes nothing.
     std::fs::remove_file(&source).expect("rm");
     pair.alice_node.take().expect("alice").stop();

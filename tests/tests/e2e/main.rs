@@ -11,3 +11,4 @@ mod messaging;
 mod plugins;
 mod rules;
 mod sdk_agrees;
+mod search;

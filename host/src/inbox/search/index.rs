@@ -16,8 +16,9 @@ use super::tokens;
 use crate::keys::Keys;
 use crate::store::FeedDoc;
 
-/// Bumped when the schema or what is indexed changes: an index of another version is rebuilt.
-const VERSION: u32 = 1;
+/// Bumped when the schema, the settings or what is indexed changes: an index of another version
+/// is rebuilt.
+const VERSION: u32 = 2;
 /// Memory for the writer's indexing, in all.
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
 
@@ -111,7 +112,16 @@ impl Engine {
         }
         let sealed = SealedDir::open(dir, keys).map_err(SearchError::Io)?;
         let (schema, fields) = schema();
-        let index = Index::create(sealed, schema, tantivy::IndexSettings::default())?;
+        // Every segment holds its messages newest first, so that a newest-first search stops
+        // after the first hits of each segment instead of visiting every match.
+        let settings = tantivy::IndexSettings {
+            sort_by_field: Some(tantivy::IndexSortByField {
+                field: "seq".into(),
+                order: tantivy::Order::Desc,
+            }),
+            ..tantivy::IndexSettings::default()
+        };
+        let index = Index::create(sealed, schema, settings)?;
         Engine::with(index, fields)
     }
 
@@ -227,25 +237,11 @@ impl Engine {
         by_relevance: bool,
     ) -> Result<Vec<(u64, f32)>, SearchError> {
         let searcher = self.reader.searcher();
-        let hits: Vec<(f32, DocAddress)> = if by_relevance {
-            searcher.search(query, &TopDocs::with_limit(limit).order_by_score())?
-        } else {
-            let newest = TopDocs::with_limit(limit).tweak_score(|segment: &tantivy::SegmentReader| {
-                let received = segment
-                    .fast_fields()
-                    .u64("received")
-                    .ok()
-                    .map(|c| c.first_or_default_col(0));
-                move |doc: tantivy::DocId, score: f32| {
-                    (received.as_ref().map_or(0, |c| c.get_val(doc)), doc, score)
-                }
-            });
-            searcher
-                .search(query, &newest)?
-                .into_iter()
-                .map(|((_, _, score), addr)| (score, addr))
-                .collect()
-        };
+        if !by_relevance {
+            return newest(&searcher, query, limit);
+        }
+        let hits: Vec<(f32, DocAddress)> =
+            searcher.search(query, &TopDocs::with_limit(limit).order_by_score())?;
         let mut out = Vec::with_capacity(hits.len());
         for (score, addr) in hits {
             let seq = searcher
@@ -259,4 +255,35 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The `limit` newest hits of `query`, with their scores. Segments hold their messages newest
+/// first (the index is sorted by seq, descending), so each segment gives its first `limit` live
+/// matches and the walk stops there; the candidates of all segments are then ordered by seq.
+fn newest(
+    searcher: &tantivy::Searcher,
+    query: &dyn Query,
+    limit: usize,
+) -> Result<Vec<(u64, f32)>, SearchError> {
+    let weight = query.weight(tantivy::query::EnableScoring::enabled_from_searcher(searcher))?;
+    let mut found = Vec::new();
+    for segment in searcher.segment_readers() {
+        let seqs = segment.fast_fields().u64("seq")?;
+        let alive = segment.alive_bitset();
+        let mut scorer = weight.scorer(segment, 1.0)?;
+        let mut taken = 0;
+        let mut doc = scorer.doc();
+        while doc != tantivy::TERMINATED && taken < limit {
+            if alive.is_none_or(|a| a.is_alive(doc))
+                && let Some(seq) = seqs.first(doc)
+            {
+                found.push((seq, scorer.score()));
+                taken += 1;
+            }
+            doc = scorer.advance();
+        }
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.truncate(limit);
+    Ok(found)
 }
