@@ -57,7 +57,7 @@ pub enum Filter {
 }
 
 /// A message state for `is:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     /// Not read yet.
     Unread,

@@ -319,7 +319,7 @@ fn malformed_queries_are_refused_with_where_they_broke() {
 
 #[test]
 fn no_word_of_a_message_reaches_a_file_and_hostile_text_stays_inert() {
-    let pair = Pair::start();
+    let mut pair = Pair::start();
     let canary = "zqxcanaryword";
     let id = pair
         .alice
@@ -347,7 +347,8 @@ fn no_word_of_a_message_reaches_a_file_and_hostile_text_stays_inert() {
     pair.bob.wait_arrival(&big_id);
     pair.bob.wait_arrival(&id);
     wait_for("the index", Duration::from_secs(30), || {
-        (search_ids(&pair.bob, canary).len() == 1).then_some(())
+        (search_ids(&pair.bob, canary).len() == 1 && search_ids(&pair.bob, "needlemb").len() == 1)
+            .then_some(())
     });
     assert_eq!(search_ids(&pair.bob, &format!("{canary}subject")).len(), 1);
     assert_eq!(
@@ -365,8 +366,9 @@ fn no_word_of_a_message_reaches_a_file_and_hostile_text_stays_inert() {
     assert!(exact[0]["subject"].as_str().expect("subject").starts_with('\u{1b}'));
 
     // No file of the home holds a word of it in clear: database, WAL, index, attachments.
+    let bob_home = pair.bob.path().to_owned();
     let scan = |what: &str| {
-        for file in files_under(pair.bob.path()) {
+        for file in files_under(&bob_home) {
             let bytes = std::fs::read(&file).unwrap_or_default();
             for needle in [canary, "hostileword", "needlemb", "filler words"] {
                 assert!(
@@ -378,7 +380,6 @@ fn no_word_of_a_message_reaches_a_file_and_hostile_text_stays_inert() {
         }
     };
     scan("running");
-    let mut pair = pair;
     pair.bob_node.take().expect("bob").stop();
     scan("stopped");
 }

@@ -20,7 +20,7 @@ use crate::store::FeedDoc;
 /// is rebuilt.
 const VERSION: u32 = 2;
 /// Memory for the writer's indexing, in all.
-const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+const WRITER_MEMORY: usize = 128 * 1024 * 1024;
 
 /// The fields.
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +162,10 @@ impl Engine {
             d.add_text(f.text, &doc.body);
             d.add_text(f.subject, &doc.subject);
             for name in &doc.attachments {
+                // As given (`photo.jpg` is one word to Unicode) and cut at the punctuation of
+                // file names, so that `attachment:photo` finds it too.
                 d.add_text(f.attachment, name);
+                d.add_text(f.attachment, name.replace(['.', '_', '-'], " "));
             }
             if !doc.attachments.is_empty() {
                 d.add_u64(f.has_attachment, 1);

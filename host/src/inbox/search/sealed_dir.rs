@@ -3,7 +3,7 @@
 //!
 //! Each file has its own random key. The key is sealed under the data key (`AtRest`, table
 //! `search-index`, the file's name as the row, so a file renamed or moved does not open) and kept in
-//! the file's header with the data key's id, which a rekey reads. The contents are cut into 64 KiB
+//! the file's header with the data key's id, which a rekey reads. The contents are cut into 16 KiB
 //! chunks sealed with the STREAM construction (`aead::stream::StreamBE32` over
 //! XChaCha20-Poly1305: chunk counter and last-chunk flag in the nonce), so a chunk can be read on
 //! its own and a file cut short at a chunk boundary does not open. Decrypted chunks are kept in a
@@ -47,13 +47,14 @@ const MAGIC: &[u8; 8] = b"PGNIDX1\0";
 const SEALED_KEY_LEN: usize = 24 + 32 + 16;
 const PREFIX_LEN: usize = 19;
 const HEADER_LEN: usize = MAGIC.len() + 4 + SEALED_KEY_LEN + PREFIX_LEN;
-/// Plaintext bytes per chunk.
-const CHUNK: usize = 64 * 1024;
+/// Plaintext bytes per chunk: small, because a query reads many short posting lists, and each
+/// read decrypts whole chunks.
+const CHUNK: usize = 16 * 1024;
 const TAG: usize = 16;
 /// The AtRest table a file key is sealed for.
 const TABLE: &str = "search-index";
 /// Decrypted chunks kept in memory, in all.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+const CACHE_BYTES: usize = 96 * 1024 * 1024;
 
 type Stream = StreamBE32<XChaCha20Poly1305>;
 

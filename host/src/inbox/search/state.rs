@@ -42,6 +42,8 @@ struct Entry {
 /// Every message's state, by seq.
 #[derive(Debug, Default)]
 struct Table {
+    /// Bumped by every change, so that a filter's set can be reused until the next one.
+    version: u64,
     entries: Vec<Entry>,
     label_ids: HashMap<String, u32>,
     /// Distinct label sets (few: messages share them).
@@ -54,6 +56,7 @@ impl Table {
         let Ok(seq) = usize::try_from(m.seq) else {
             return;
         };
+        self.version += 1;
         let mut ids: Vec<u32> = m
             .labels
             .iter()
@@ -83,6 +86,7 @@ impl Table {
     }
 
     fn remove(&mut self, seq: u64) {
+        self.version += 1;
         if let Some(e) = usize::try_from(seq)
             .ok()
             .and_then(|s| self.entries.get_mut(s))
@@ -93,7 +97,7 @@ impl Table {
 }
 
 /// A filter on state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum StateFilter {
     /// `is:...`.
     Is(State),
@@ -105,6 +109,8 @@ pub enum StateFilter {
 #[derive(Debug, Default)]
 pub struct States {
     table: RwLock<Option<Table>>,
+    /// The last set made for each filter, with the table version it was made at.
+    made: std::sync::Mutex<HashMap<StateFilter, (u64, Arc<BitSet>)>>,
 }
 
 impl States {
@@ -120,6 +126,7 @@ impl States {
             table.set(&m);
         }
         if let Ok(mut t) = self.table.write() {
+            table.version = t.as_ref().map_or(0, |old| old.version + 1);
             *t = Some(table);
         }
     }
@@ -146,6 +153,19 @@ impl States {
     pub fn matching(&self, filter: &StateFilter) -> Option<Arc<BitSet>> {
         let guard = self.table.read().ok()?;
         let t = guard.as_ref()?;
+        if let Some((version, bits)) = self.made.lock().ok()?.get(filter)
+            && *version == t.version
+        {
+            return Some(bits.clone());
+        }
+        let bits = Arc::new(Self::make(t, filter));
+        if let Ok(mut made) = self.made.lock() {
+            made.insert(filter.clone(), (t.version, bits.clone()));
+        }
+        Some(bits)
+    }
+
+    fn make(t: &Table, filter: &StateFilter) -> BitSet {
         let max = u32::try_from(t.entries.len()).unwrap_or(u32::MAX).max(1);
         let mut bits = BitSet::with_max_value(max);
         let pass: Box<dyn Fn(&Entry) -> bool> = match filter {
@@ -154,7 +174,7 @@ impl States {
             StateFilter::Is(State::Archived) => Box::new(|e| e.flags & ARCHIVED != 0),
             StateFilter::Label(label) => {
                 let Some(&id) = t.label_ids.get(label) else {
-                    return Some(Arc::new(bits));
+                    return bits;
                 };
                 let with: Vec<bool> = t.sets.iter().map(|s| s.contains(&id)).collect();
                 Box::new(move |e| with.get(e.set as usize).copied().unwrap_or(false))
@@ -165,7 +185,7 @@ impl States {
                 bits.insert(seq as u32);
             }
         }
-        Some(Arc::new(bits))
+        bits
     }
 }
 
