@@ -394,16 +394,17 @@ async fn release_chunks(
     id: String,
 ) -> ChunkResponse {
     let key = id.clone();
-    match store
-        .call(move |db| db.release_outgoing(&key, &peer))
-        .await
-    {
+    match store.call(move |db| db.release_outgoing(&key, &peer)).await {
         Ok(true) => {
             let path = attachments::file_path(root, &id);
             match tokio::fs::remove_file(&path).await {
-                Ok(()) => tracing::info!(%peer, attachment = %id, "the recipient holds the attachment; dropped the sealed copy"),
+                Ok(()) => {
+                    tracing::info!(%peer, attachment = %id, "the recipient holds the attachment; dropped the sealed copy")
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(attachment = %id, error = %e, "cannot remove a released attachment's file"),
+                Err(e) => {
+                    tracing::warn!(attachment = %id, error = %e, "cannot remove a released attachment's file")
+                }
             }
             ChunkResponse::Released
         }

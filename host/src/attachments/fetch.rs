@@ -489,10 +489,7 @@ async fn fetch_one(
             return done(Outcome::Unavailable("the sender refused".into()), 0);
         }
         Ok(ChunkResponse::Released) => {
-            return done(
-                Outcome::Unavailable("the sender has dropped it".into()),
-                0,
-            );
+            return done(Outcome::Unavailable("the sender has dropped it".into()), 0);
         }
         Err(e) => return done(Outcome::Unavailable(e.0), 0),
     };

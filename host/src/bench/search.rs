@@ -218,8 +218,10 @@ pub async fn search(messages: usize) -> Result<SearchRun> {
     search.search(&store, &first, LIMIT, Sort::Date).await?;
     let first_query_ms = opened.elapsed().as_secs_f64() * 1e3;
 
-    let by_rank = |rng: &mut StdRng, from: usize, to: usize| corpus.words[rng.gen_range(from..to)].clone();
-    let kinds: Vec<(&'static str, Box<dyn Fn(&mut StdRng) -> String>)> = vec![
+    let by_rank =
+        |rng: &mut StdRng, from: usize, to: usize| corpus.words[rng.gen_range(from..to)].clone();
+    type MakeQuery<'a> = Box<dyn Fn(&mut StdRng) -> String + 'a>;
+    let kinds: Vec<(&'static str, MakeQuery<'_>)> = vec![
         ("one word", Box::new(move |r| by_rank(r, 10, 2000))),
         (
             "AND",
@@ -253,7 +255,13 @@ pub async fn search(messages: usize) -> Result<SearchRun> {
         ),
         (
             "from + word",
-            Box::new(move |r| format!("from:{} {}", senders[r.gen_range(0..8)], by_rank(r, 10, 1000))),
+            Box::new(move |r| {
+                format!(
+                    "from:{} {}",
+                    senders[r.gen_range(0..8)],
+                    by_rank(r, 10, 1000)
+                )
+            }),
         ),
         (
             "is:unread + word",

@@ -14,10 +14,10 @@ use crate::delivery::Waker;
 use crate::envelope::{self, MAX_BODY, MAX_SUBJECT, MessageId, Payload};
 use crate::error::{Result, UsageError};
 use crate::inbox::rules::validate_label;
+use crate::inbox::search::{LazySearch, SearchError};
 use crate::keys::Keys;
 use crate::keys::address::Address;
 use crate::net::Net;
-use crate::inbox::search::{LazySearch, SearchError};
 use crate::plugins::LazyPlugins;
 use crate::store::{RuleChange, RulesApplied, Store, now_ms};
 

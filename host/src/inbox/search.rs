@@ -603,7 +603,11 @@ impl Follower {
             let term = engine.seq_term(*seq);
             for segment in searcher.segment_readers() {
                 let inverted = segment.inverted_index(engine.fields.seq)?;
-                if inverted.get_term_info(&term).map_err(SearchError::Io)?.is_some() {
+                if inverted
+                    .get_term_info(&term)
+                    .map_err(SearchError::Io)?
+                    .is_some()
+                {
                     segments.insert(segment.segment_id());
                 }
             }
@@ -626,7 +630,8 @@ impl Follower {
         engine.reader.reload()?;
         writer.garbage_collect_files().wait()?;
         let seqs: Vec<u64> = purges.iter().map(|(s, _)| *s).collect();
-        self.store.call_blocking(move |db| db.search_purged(&seqs))?;
+        self.store
+            .call_blocking(move |db| db.search_purged(&seqs))?;
         Ok(())
     }
 
@@ -655,7 +660,8 @@ impl Follower {
             .into_iter()
             .map(|(s, _)| s)
             .collect();
-        self.store.call_blocking(move |db| db.search_purged(&pending))?;
+        self.store
+            .call_blocking(move |db| db.search_purged(&pending))?;
         self.step()?;
         if self.mark == 0 {
             // An empty inbox: commit anyway so the index exists on disk.
@@ -730,7 +736,10 @@ mod tests {
             .await
             .expect("open");
         search.sync().await.expect("sync");
-        assert_eq!(ids(&search, &store, "redactedterm").await, [ids_of[0].clone()]);
+        assert_eq!(
+            ids(&search, &store, "redactedterm").await,
+            [ids_of[0].clone()]
+        );
         // More segments, so that the merge has to pick the right one.
         let more = vec![received(sender, "delta later")];
         store
@@ -754,7 +763,10 @@ mod tests {
         let engine = search.shared.engine();
         let words = terms(&engine, engine.fields.text);
         for gone in ["redactedterm", "alpha", "deletedterm", "beta"] {
-            assert!(!words.contains(&gone.as_bytes().to_vec()), "{gone} is still a term");
+            assert!(
+                !words.contains(&gone.as_bytes().to_vec()),
+                "{gone} is still a term"
+            );
         }
         assert!(words.contains(&b"keptterm".to_vec()));
         // The redacted message is still there for filters; the deleted one is not.
@@ -767,7 +779,10 @@ mod tests {
             .into_iter()
             .map(|s| s.uuid_string())
             .collect();
-        for entry in std::fs::read_dir(&index).expect("dir").map_while(Result::ok) {
+        for entry in std::fs::read_dir(&index)
+            .expect("dir")
+            .map_while(Result::ok)
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             let stem = name.split('.').next().unwrap_or_default().to_owned();
             assert!(
@@ -776,13 +791,19 @@ mod tests {
             );
         }
         assert_eq!(
-            store.call(|db| db.search_purges()).await.expect("purges").len(),
+            store
+                .call(|db| db.search_purges())
+                .await
+                .expect("purges")
+                .len(),
             0
         );
         search.close().await;
 
         // Reopened: caught up from its mark, the same answers.
-        let search = Search::open(&index, keys, store.clone()).await.expect("reopen");
+        let search = Search::open(&index, keys, store.clone())
+            .await
+            .expect("reopen");
         assert_eq!(ids(&search, &store, "keptterm").await, [ids_of[2].clone()]);
         assert_eq!(ids(&search, &store, "delta").await.len(), 1);
         search.close().await;

@@ -166,8 +166,8 @@ impl Db {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
                          (SELECT value + 1 FROM counters WHERE name = 'inbox_seq'))",
             )?;
-            let mut next_seq =
-                tx.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'inbox_seq'")?;
+            let mut next_seq = tx
+                .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'inbox_seq'")?;
             for (m, (row, key_id, body, subject, sender_seal)) in items.iter().zip(sealed) {
                 let sender = m.sender.to_string();
                 let existing: Option<String> = find.query_row([&row], |r| r.get(0)).optional()?;

@@ -212,7 +212,6 @@ impl Db {
         tx.commit()?;
         let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
         self.refresh_states(&ids)
-
     }
 }
 

@@ -172,7 +172,9 @@ impl Db {
             seq,
             sender: r.get(2)?,
             received_at: r.get::<_, i64>(3)? as u64,
-            subject: self.open_subject(id, key_id, r.get(4)?)?.unwrap_or_default(),
+            subject: self
+                .open_subject(id, key_id, r.get(4)?)?
+                .unwrap_or_default(),
             body: self.body_of(id, key_id, &r.get::<_, Vec<u8>>(5)?, redacted)?,
             attachments: if has_attachments && !redacted {
                 self.attachment_views(id)?

@@ -124,13 +124,22 @@ fn the_query_language_finds_exactly_what_it_says() {
         });
     }
     let files = tempfile::tempdir().expect("tempdir");
-    for (n, name) in ["report-q3.pdf", "holiday photo.jpg"].into_iter().enumerate() {
+    for (n, name) in ["report-q3.pdf", "holiday photo.jpg"]
+        .into_iter()
+        .enumerate()
+    {
         let path = files.path().join(name);
         std::fs::write(&path, format!("file {n}")).expect("write");
         let body = format!("see the file tag9{n:02}");
         let id = pair
             .alice
-            .ok(&["send", "bob", &body, "--attach", path.to_str().expect("path")])
+            .ok(&[
+                "send",
+                "bob",
+                &body,
+                "--attach",
+                path.to_str().expect("path"),
+            ])
             .trim()
             .to_owned();
         sent.push(Sent {
@@ -170,7 +179,12 @@ fn the_query_language_finds_exactly_what_it_says() {
             m.archived = true;
         }
     }
-    let unlabelled = sent.iter().find(|m| m.i == 16).expect("message 16").id.clone();
+    let unlabelled = sent
+        .iter()
+        .find(|m| m.i == 16)
+        .expect("message 16")
+        .id
+        .clone();
     pair.bob.ok(&["inbox", "label", "rm", &unlabelled, "work"]);
     for m in sent.iter_mut().filter(|m| m.i == 16) {
         m.label = false;
@@ -181,11 +195,26 @@ fn the_query_language_finds_exactly_what_it_says() {
     let phrase = |m: &Sent| m.body.contains("red apple");
     let cases: Vec<(&str, Check)> = vec![
         ("amber", Box::new(w("amber"))),
-        ("amber birch", Box::new(|m: &Sent| m.has("amber") && m.has("birch"))),
-        ("amber AND birch", Box::new(|m: &Sent| m.has("amber") && m.has("birch"))),
-        ("amber OR cedar", Box::new(|m: &Sent| m.has("amber") || m.has("cedar"))),
-        ("amber -birch", Box::new(|m: &Sent| m.has("amber") && !m.has("birch"))),
-        ("amber NOT birch", Box::new(|m: &Sent| m.has("amber") && !m.has("birch"))),
+        (
+            "amber birch",
+            Box::new(|m: &Sent| m.has("amber") && m.has("birch")),
+        ),
+        (
+            "amber AND birch",
+            Box::new(|m: &Sent| m.has("amber") && m.has("birch")),
+        ),
+        (
+            "amber OR cedar",
+            Box::new(|m: &Sent| m.has("amber") || m.has("cedar")),
+        ),
+        (
+            "amber -birch",
+            Box::new(|m: &Sent| m.has("amber") && !m.has("birch")),
+        ),
+        (
+            "amber NOT birch",
+            Box::new(|m: &Sent| m.has("amber") && !m.has("birch")),
+        ),
         (
             "(amber OR cedar) delta",
             Box::new(|m: &Sent| (m.has("amber") || m.has("cedar")) && m.has("delta")),
@@ -203,19 +232,40 @@ fn the_query_language_finds_exactly_what_it_says() {
         ),
         ("invoice", Box::new(w("invoice"))),
         ("\"red apple\"", Box::new(phrase)),
-        ("red apple", Box::new(|m: &Sent| m.has("red") && m.has("apple"))),
+        (
+            "red apple",
+            Box::new(|m: &Sent| m.has("red") && m.has("apple")),
+        ),
         ("subject:amber", Box::new(|m: &Sent| m.subject.is_some())),
-        ("subject:quarterly birch", Box::new(|m: &Sent| m.subject.is_some() && m.has("birch"))),
+        (
+            "subject:quarterly birch",
+            Box::new(|m: &Sent| m.subject.is_some() && m.has("birch")),
+        ),
         ("from:carol", Box::new(|m: &Sent| m.from == "carol")),
-        ("from:alice ember", Box::new(|m: &Sent| m.from == "alice" && m.has("ember"))),
+        (
+            "from:alice ember",
+            Box::new(|m: &Sent| m.from == "alice" && m.has("ember")),
+        ),
         ("label:work", Box::new(|m: &Sent| m.label)),
-        ("label:work amber", Box::new(|m: &Sent| m.label && m.has("amber"))),
-        ("label:work is:unread", Box::new(|m: &Sent| m.label && !m.read)),
+        (
+            "label:work amber",
+            Box::new(|m: &Sent| m.label && m.has("amber")),
+        ),
+        (
+            "label:work is:unread",
+            Box::new(|m: &Sent| m.label && !m.read),
+        ),
         ("is:read", Box::new(|m: &Sent| m.read)),
         ("is:unread", Box::new(|m: &Sent| !m.read)),
         ("is:archived", Box::new(|m: &Sent| m.archived)),
-        ("-is:archived cedar", Box::new(|m: &Sent| !m.archived && m.has("cedar"))),
-        ("has:attachment", Box::new(|m: &Sent| m.attachment.is_some())),
+        (
+            "-is:archived cedar",
+            Box::new(|m: &Sent| !m.archived && m.has("cedar")),
+        ),
+        (
+            "has:attachment",
+            Box::new(|m: &Sent| m.attachment.is_some()),
+        ),
         (
             "attachment:report",
             Box::new(|m: &Sent| m.attachment == Some("report-q3.pdf")),
@@ -245,9 +295,14 @@ fn the_query_language_finds_exactly_what_it_says() {
         .map(|h| h["received_at"].as_str().expect("time"))
         .collect();
     assert!(times.windows(2).all(|p| p[0] >= p[1]), "{times:?}");
-    let ranked = pair
-        .bob
-        .json(&["inbox", "search", "--json", "--sort", "relevance", "amber OR tag005"]);
+    let ranked = pair.bob.json(&[
+        "inbox",
+        "search",
+        "--json",
+        "--sort",
+        "relevance",
+        "amber OR tag005",
+    ]);
     let scores: Vec<f64> = ranked
         .as_array()
         .expect("hits")
@@ -263,7 +318,10 @@ fn the_query_language_finds_exactly_what_it_says() {
     let one = hits(&pair.bob, "tag010");
     assert_eq!(one.len(), 1);
     assert!(
-        one[0]["snippet"].as_str().expect("snippet").contains("[tag010]"),
+        one[0]["snippet"]
+            .as_str()
+            .expect("snippet")
+            .contains("[tag010]"),
         "{one:?}"
     );
     // The text output: a line like `inbox list`, then the snippet.
@@ -310,7 +368,10 @@ fn malformed_queries_are_refused_with_where_they_broke() {
     let out = home.run(&["inbox", "search", "anything"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty());
-    assert_eq!(home.json(&["inbox", "search", "--json", "x"]), Value::Array(vec![]));
+    assert_eq!(
+        home.json(&["inbox", "search", "--json", "x"]),
+        Value::Array(vec![])
+    );
     // from: a name that is no contact.
     let out = home.run(&["inbox", "search", "from:nobody"]);
     assert_eq!(out.status.code(), Some(2));
@@ -359,11 +420,25 @@ fn no_word_of_a_message_reaches_a_file_and_hostile_text_stays_inert() {
     // Text output neutralises every escape; JSON keeps the text exact.
     let out = pair.bob.run(&["inbox", "search", "hostileword"]);
     assert!(out.status.success());
-    assert!(!out.stdout.contains(&0x1b), "{:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.stdout.contains(&0x1b),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\\u{1b}"));
     let exact = hits(&pair.bob, "hostileword");
-    assert!(exact[0]["snippet"].as_str().expect("snippet").contains('\u{1b}'));
-    assert!(exact[0]["subject"].as_str().expect("subject").starts_with('\u{1b}'));
+    assert!(
+        exact[0]["snippet"]
+            .as_str()
+            .expect("snippet")
+            .contains('\u{1b}')
+    );
+    assert!(
+        exact[0]["subject"]
+            .as_str()
+            .expect("subject")
+            .starts_with('\u{1b}')
+    );
 
     // No file of the home holds a word of it in clear: database, WAL, index, attachments.
     let bob_home = pair.bob.path().to_owned();
@@ -389,13 +464,21 @@ fn a_deleted_or_damaged_index_is_rebuilt_on_start_and_answers_the_same() {
     let mut pair = Pair::start();
     let mut ids = Vec::new();
     for i in 0..30 {
-        ids.push(pair.alice.send("bob", &format!("rebuild test {} number{i}", WORDS[i % 6])));
+        ids.push(
+            pair.alice
+                .send("bob", &format!("rebuild test {} number{i}", WORDS[i % 6])),
+        );
     }
     pair.bob.wait_arrival(ids.last().expect("ids"));
     wait_for("the index", Duration::from_secs(30), || {
         (search_ids(&pair.bob, "number29").len() == 1).then_some(())
     });
-    let queries = ["rebuild", "amber OR cedar", "number1*", "\"rebuild test\" -delta"];
+    let queries = [
+        "rebuild",
+        "amber OR cedar",
+        "number1*",
+        "\"rebuild test\" -delta",
+    ];
     let before: Vec<_> = queries.iter().map(|q| search_ids(&pair.bob, q)).collect();
     assert_eq!(before[0].len(), 30);
     let index = pair.bob.path().join("search");
@@ -451,7 +534,8 @@ fn deleted_and_redacted_messages_leave_the_index_at_once() {
     pair.bob.wait_arrival(&scrubbed);
     pair.bob.wait_arrival(&gone);
     pair.bob.wait_arrival(&keep);
-    pair.bob.ok(&["inbox", "label", "add", &scrubbed, "kept-label"]);
+    pair.bob
+        .ok(&["inbox", "label", "add", &scrubbed, "kept-label"]);
     wait_for("the index", Duration::from_secs(30), || {
         (search_ids(&pair.bob, "purgetest").len() == 3).then_some(())
     });
@@ -488,7 +572,13 @@ fn a_kill_during_redaction_leaves_the_whole_message_or_the_redacted_one() {
         let body = format!("killtest word{k}");
         let id = pair
             .alice
-            .ok(&["send", "bob", &body, "--attach", file.to_str().expect("path")])
+            .ok(&[
+                "send",
+                "bob",
+                &body,
+                "--attach",
+                file.to_str().expect("path"),
+            ])
             .trim()
             .to_owned();
         sent.push((id, body));
@@ -535,5 +625,8 @@ fn a_kill_during_redaction_leaves_the_whole_message_or_the_redacted_one() {
         pair.bob.ok(&["inbox", "redact", "--yes", id]);
     }
     assert!(search_ids(&pair.bob, "killtest").is_empty());
-    eprintln!("{redacted} of {} redactions had committed when killed", sent.len());
+    eprintln!(
+        "{redacted} of {} redactions had committed when killed",
+        sent.len()
+    );
 }

@@ -110,7 +110,10 @@ fn filter(f: &Filter, cx: &Context<'_>) -> Result<Box<dyn TQuery>, SearchError> 
 }
 
 fn state(filter: StateFilter, cx: &Context<'_>) -> Result<Box<dyn TQuery>, SearchError> {
-    let seqs = cx.states.matching(&filter).ok_or(SearchError::StatesNotLoaded)?;
+    let seqs = cx
+        .states
+        .matching(&filter)
+        .ok_or(SearchError::StatesNotLoaded)?;
     Ok(Box::new(SeqSetQuery::new("seq", seqs)))
 }
 

@@ -86,7 +86,9 @@ impl Engine {
         let index = Index::open(sealed)?;
         let (schema, fields) = schema();
         if index.schema() != schema {
-            return Err(SearchError::Damaged("its schema is not this version's".into()));
+            return Err(SearchError::Damaged(
+                "its schema is not this version's".into(),
+            ));
         }
         let mark = match index.load_metas()?.payload {
             Some(p) => {
@@ -145,9 +147,7 @@ impl Engine {
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .clamp(1, 2);
-        Ok(self
-            .index
-            .writer_with_num_threads(threads, WRITER_MEMORY)?)
+        Ok(self.index.writer_with_num_threads(threads, WRITER_MEMORY)?)
     }
 
     /// `doc` as the index takes it in.
@@ -205,7 +205,14 @@ impl Engine {
         use tantivy::index::SegmentComponent as C;
         let mut files = Vec::new();
         for meta in self.index.searchable_segment_metas()? {
-            for c in [C::Postings, C::Positions, C::Terms, C::Store, C::FastFields, C::FieldNorms] {
+            for c in [
+                C::Postings,
+                C::Positions,
+                C::Terms,
+                C::Store,
+                C::FastFields,
+                C::FieldNorms,
+            ] {
                 files.push(meta.relative_path(c));
             }
             if meta.has_deletes() {
@@ -268,7 +275,9 @@ fn newest(
     query: &dyn Query,
     limit: usize,
 ) -> Result<Vec<(u64, f32)>, SearchError> {
-    let weight = query.weight(tantivy::query::EnableScoring::enabled_from_searcher(searcher))?;
+    let weight = query.weight(tantivy::query::EnableScoring::enabled_from_searcher(
+        searcher,
+    ))?;
     let mut found = Vec::new();
     for segment in searcher.segment_readers() {
         let seqs = segment.fast_fields().u64("seq")?;
@@ -286,7 +295,7 @@ fn newest(
             doc = scorer.advance();
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|&(seq, _)| std::cmp::Reverse(seq));
     found.truncate(limit);
     Ok(found)
 }

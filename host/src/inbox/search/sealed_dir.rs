@@ -215,8 +215,10 @@ impl SealedFile {
         let start = index as usize * CHUNK;
         let plain = if last { self.len - start } else { CHUNK };
         let mut buf = vec![0u8; plain + TAG];
-        self.file
-            .read_exact_at(&mut buf, (HEADER_LEN + index as usize * (CHUNK + TAG)) as u64)?;
+        self.file.read_exact_at(
+            &mut buf,
+            (HEADER_LEN + index as usize * (CHUNK + TAG)) as u64,
+        )?;
         self.stream
             .decrypt_in_place(index, last, self.name.as_bytes(), &mut buf)
             .map_err(|_| {
@@ -237,7 +239,10 @@ impl SealedFile {
     }
 }
 
-fn parse_header<'a>(header: &'a [u8; HEADER_LEN], name: &str) -> io::Result<(u32, &'a [u8], &'a [u8])> {
+fn parse_header<'a>(
+    header: &'a [u8; HEADER_LEN],
+    name: &str,
+) -> io::Result<(u32, &'a [u8], &'a [u8])> {
     if &header[..MAGIC.len()] != MAGIC {
         return Err(invalid(format!("{name} is not a sealed index file")));
     }
@@ -249,8 +254,8 @@ fn parse_header<'a>(header: &'a [u8; HEADER_LEN], name: &str) -> io::Result<(u32
 }
 
 fn stream(key: &[u8], prefix: &[u8]) -> io::Result<Stream> {
-    let cipher =
-        XChaCha20Poly1305::new_from_slice(key).map_err(|_| invalid("a file key of the wrong size"))?;
+    let cipher = XChaCha20Poly1305::new_from_slice(key)
+        .map_err(|_| invalid("a file key of the wrong size"))?;
     Ok(Stream::from_aead(cipher, prefix.into()))
 }
 
@@ -475,11 +480,7 @@ impl Directory for SealedDir {
             filepath: path.to_owned(),
         };
         let full = self.resolve(path).map_err(io_error)?;
-        let file = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&full)
-        {
+        let file = match OpenOptions::new().write(true).create_new(true).open(&full) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(OpenWriteError::FileAlreadyExists(path.to_owned()));
@@ -512,11 +513,10 @@ impl Directory for SealedDir {
     }
 
     fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {
-        let mut locks = self
-            .inner
-            .locks
-            .lock()
-            .map_err(|_| LockError::IoError(Arc::new(io::Error::other("lock table poisoned"))))?;
+        let mut locks =
+            self.inner.locks.lock().map_err(|_| {
+                LockError::IoError(Arc::new(io::Error::other("lock table poisoned")))
+            })?;
         if !locks.insert(lock.filepath.clone()) {
             return Err(LockError::LockBusy);
         }
@@ -561,7 +561,13 @@ mod tests {
         write(&d, "seg.idx", &data);
         let handle = d.get_file_handle(Path::new("seg.idx")).expect("handle");
         assert_eq!(tantivy::HasLen::len(&*handle), data.len());
-        for range in [0..0, 0..10, CHUNK - 5..CHUNK + 5, 10..3 * CHUNK + 100, 0..data.len()] {
+        for range in [
+            0..0,
+            0..10,
+            CHUNK - 5..CHUNK + 5,
+            10..3 * CHUNK + 100,
+            0..data.len(),
+        ] {
             let got = handle.read_bytes(range.clone()).expect("read");
             assert_eq!(got.as_slice(), &data[range]);
         }

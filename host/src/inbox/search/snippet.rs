@@ -116,7 +116,10 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_subject_then_the_start() {
-        assert_eq!(snippet("Quarterly report", "see attached", &h(&["report"], &[])), "Quarterly [report]");
+        assert_eq!(
+            snippet("Quarterly report", "see attached", &h(&["report"], &[])),
+            "Quarterly [report]"
+        );
         assert_eq!(snippet("", "just text", &h(&[], &[])), "just text");
         assert_eq!(snippet("", "", &h(&["x"], &[])), "");
     }

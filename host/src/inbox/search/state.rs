@@ -319,7 +319,9 @@ mod tests {
     }
 
     fn seqs(bits: &BitSet) -> Vec<u32> {
-        (0..bits.max_value()).filter(|&s| bits.contains(s)).collect()
+        (0..bits.max_value())
+            .filter(|&s| bits.contains(s))
+            .collect()
     }
 
     #[test]
@@ -336,15 +338,23 @@ mod tests {
         assert_eq!(seqs(&read), [1]);
         let unread = s.matching(&StateFilter::Is(State::Unread)).expect("loaded");
         assert_eq!(seqs(&unread), [2, 4]);
-        let work = s.matching(&StateFilter::Label("work".into())).expect("loaded");
+        let work = s
+            .matching(&StateFilter::Label("work".into()))
+            .expect("loaded");
         assert_eq!(seqs(&work), [1, 2]);
         s.set(&m(4, true, true, &["work"]));
         s.remove(1);
-        let work = s.matching(&StateFilter::Label("work".into())).expect("loaded");
+        let work = s
+            .matching(&StateFilter::Label("work".into()))
+            .expect("loaded");
         assert_eq!(seqs(&work), [2, 4]);
-        let archived = s.matching(&StateFilter::Is(State::Archived)).expect("loaded");
+        let archived = s
+            .matching(&StateFilter::Is(State::Archived))
+            .expect("loaded");
         assert_eq!(seqs(&archived), [2, 4]);
-        let none = s.matching(&StateFilter::Label("nope".into())).expect("loaded");
+        let none = s
+            .matching(&StateFilter::Label("nope".into()))
+            .expect("loaded");
         assert!(seqs(&none).is_empty());
     }
 }

@@ -27,17 +27,18 @@ pub struct Word {
 
 /// The words of `text`, in order, folded.
 pub fn words(text: &str) -> impl Iterator<Item = Word> + '_ {
-    text.split_word_bound_indices().filter_map(|(start, piece)| {
-        if !piece.chars().any(char::is_alphanumeric) {
-            return None;
-        }
-        let folded = fold(piece);
-        (!folded.is_empty() && folded.len() <= MAX_WORD_BYTES).then(|| Word {
-            start,
-            end: start + piece.len(),
-            text: folded,
+    text.split_word_bound_indices()
+        .filter_map(|(start, piece)| {
+            if !piece.chars().any(char::is_alphanumeric) {
+                return None;
+            }
+            let folded = fold(piece);
+            (!folded.is_empty() && folded.len() <= MAX_WORD_BYTES).then(|| Word {
+                start,
+                end: start + piece.len(),
+                text: folded,
+            })
         })
-    })
 }
 
 /// `text` decomposed, without combining marks, lower-cased.
@@ -98,11 +99,17 @@ impl tantivy::tokenizer::TokenStream for Stream<'_> {
     }
 
     fn token(&self) -> &tantivy::tokenizer::Token {
-        &self.tokens[self.next.saturating_sub(1).min(self.tokens.len().saturating_sub(1))]
+        &self.tokens[self
+            .next
+            .saturating_sub(1)
+            .min(self.tokens.len().saturating_sub(1))]
     }
 
     fn token_mut(&mut self) -> &mut tantivy::tokenizer::Token {
-        let i = self.next.saturating_sub(1).min(self.tokens.len().saturating_sub(1));
+        let i = self
+            .next
+            .saturating_sub(1)
+            .min(self.tokens.len().saturating_sub(1));
         &mut self.tokens[i]
     }
 }
@@ -117,9 +124,10 @@ mod tests {
 
     #[test]
     fn splits_folds_and_lowercases() {
-        assert_eq!(texts("Café au LAIT, s'il vous plaît!"), [
-            "cafe", "au", "lait", "s'il", "vous", "plait"
-        ]);
+        assert_eq!(
+            texts("Café au LAIT, s'il vous plaît!"),
+            ["cafe", "au", "lait", "s'il", "vous", "plait"]
+        );
         assert_eq!(texts("ﬁne Ａbc naïve Ærø"), ["fine", "abc", "naive", "ærø"]);
         assert_eq!(texts("e-mail 3.14 -- ..."), ["e", "mail", "3.14"]);
         assert_eq!(texts("東京タワー"), ["東", "京", "タワー"]);
