@@ -212,6 +212,14 @@ impl TestHome {
         self.ok(&["send", contact, body]).trim().to_owned()
     }
 
+    /// Sends `body` to `contact` with the file `attach`; returns the message id.
+    pub fn send_attached(&self, contact: &str, body: &str, attach: &Path) -> String {
+        let path = attach.to_str().expect("a UTF-8 path");
+        self.ok(&["send", contact, body, "--attach", path])
+            .trim()
+            .to_owned()
+    }
+
     /// The labels of message `id`, as `inbox read` shows them.
     pub fn labels(&self, id: &str) -> Vec<String> {
         let m = self.json(&["inbox", "read", id, "--json"]);

@@ -536,6 +536,7 @@ impl Follower {
                 "it holds messages the inbox never had (the database was restored?)".into(),
             ));
         }
+        self.count_total()?;
         self.step()?;
         let mark = self.mark;
         let count = self.store.call_blocking(move |db| db.search_census(mark))?;
@@ -548,6 +549,14 @@ impl Follower {
         Ok(())
     }
 
+    /// Counts the inbox for [`IndexStatus::total`]: when a catch-up or a rebuild starts, not at
+    /// every step (a count of a million rows is not free, and only a progress bar reads it).
+    fn count_total(&self) -> Result<(), SearchError> {
+        let total = self.store.call_blocking(|db| db.inbox_count())?;
+        self.shared.total.store(total, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Lets go of what was deleted or redacted, takes in what is new, commits if anything changed.
     fn step(&mut self) -> Result<bool, SearchError> {
         let engine = self.shared.engine();
@@ -557,8 +566,6 @@ impl Follower {
             self.purge(&engine, purges)?;
             changed = true;
         }
-        let total = self.store.call_blocking(|db| db.inbox_count())?;
-        self.shared.total.store(total, Ordering::Relaxed);
         let mut added = false;
         loop {
             let after = self.mark;
@@ -653,6 +660,7 @@ impl Follower {
         }
         self.mark = 0;
         self.shared.indexed.store(0, Ordering::Relaxed);
+        self.count_total()?;
         // Everything still to purge is gone with the old index.
         let pending: Vec<u64> = self
             .store

@@ -131,17 +131,7 @@ fn the_query_language_finds_exactly_what_it_says() {
         let path = files.path().join(name);
         std::fs::write(&path, format!("file {n}")).expect("write");
         let body = format!("see the file tag9{n:02}");
-        let id = pair
-            .alice
-            .ok(&[
-                "send",
-                "bob",
-                &body,
-                "--attach",
-                path.to_str().expect("path"),
-            ])
-            .trim()
-            .to_owned();
+        let id = pair.alice.send_attached("bob", &body, &path);
         sent.push(Sent {
             id,
             i: 900 + n,
@@ -570,17 +560,7 @@ fn a_kill_during_redaction_leaves_the_whole_message_or_the_redacted_one() {
         let file = work.path().join(format!("file{k}.bin"));
         std::fs::write(&file, vec![k as u8; 200 * 1024]).expect("write");
         let body = format!("killtest word{k}");
-        let id = pair
-            .alice
-            .ok(&[
-                "send",
-                "bob",
-                &body,
-                "--attach",
-                file.to_str().expect("path"),
-            ])
-            .trim()
-            .to_owned();
+        let id = pair.alice.send_attached("bob", &body, &file);
         sent.push((id, body));
     }
     for (id, _) in &sent {
