@@ -52,8 +52,9 @@ pub(super) enum Command {
         /// not an option).
         #[arg(required = true, value_name = "QUERY", allow_hyphen_values = true)]
         query: Vec<String>,
-        /// Show at most N hits.
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        /// Show at most N hits (1 to 10000).
+        #[arg(long, value_name = "N", default_value_t = 50,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::inbox::search::MAX_HITS)))]
         limit: u32,
         /// Newest first (date) or best match first (relevance).
         #[arg(long, value_enum, default_value_t = search::SortBy::Date)]

@@ -46,6 +46,8 @@ use crate::store::{FeedDoc, InboxItem, SearchLink, Store, StoreError};
 pub const COMMIT_EVERY: Duration = Duration::from_millis(250);
 /// Messages read from the store per round trip.
 const PAGE: u32 = 2000;
+/// The most hits one search returns.
+pub const MAX_HITS: u32 = 10_000;
 /// A failed step (a merge that met a background one, say) is tried again after this.
 const RETRY: Duration = Duration::from_secs(1);
 

@@ -288,6 +288,7 @@ impl Db {
         let id: String = r.get(0)?;
         let key_id: u32 = r.get(6)?;
         let sender = self.sender_of(&id, key_id, r.get(1)?, r.get(2)?)?;
+        let peer_id = sender.to_string();
         let redacted = r.get::<_, Option<i64>>(9)?.is_some();
         let body = self.body_of(&id, key_id, &r.get::<_, Vec<u8>>(5)?, redacted)?;
         let subject = self.open_subject(&id, key_id, r.get(4)?)?;
@@ -300,8 +301,8 @@ impl Db {
             },
             from: names
                 .of(self, &sender)?
-                .unwrap_or_else(|| sender.to_string()),
-            from_peer_id: sender.to_string(),
+                .unwrap_or_else(|| peer_id.clone()),
+            from_peer_id: peer_id,
             read: r.get(7)?,
             archived: r.get(8)?,
             received_at: format_time(r.get::<_, i64>(3)? as u64),
@@ -599,11 +600,36 @@ pub(super) fn seal_unsealed_senders(
 }
 
 pub(super) fn preview(body: &str) -> String {
-    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut chars = one_line.chars();
-    let mut out: String = chars.by_ref().take(PREVIEW_CHARS).collect();
-    if chars.next().is_some() {
-        out.push('…');
+    opening(body, PREVIEW_CHARS)
+}
+
+/// The start of `text` on one line: whitespace runs as one space, none at the ends, at most
+/// `max` characters and `…` if there was more. Reads no further than it needs (a body may be a
+/// megabyte).
+pub fn opening(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut taken = 0;
+    let mut gap = false;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            gap = taken > 0;
+            continue;
+        }
+        if taken == max {
+            out.push('…');
+            break;
+        }
+        if gap {
+            out.push(' ');
+            taken += 1;
+            gap = false;
+            if taken == max {
+                out.push('…');
+                break;
+            }
+        }
+        out.push(c);
+        taken += 1;
     }
     out
 }
@@ -659,6 +685,36 @@ mod tests {
             .known_received(&[m.id.to_string(), other.id.to_string()])
             .expect("known");
         assert_eq!(known, HashSet::from([m.id.to_string()]));
+    }
+
+    #[test]
+    fn the_preview_is_the_body_on_one_line_cut_short() {
+        let reference = |body: &str| {
+            let one_line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+            let mut chars = one_line.chars();
+            let mut out: String = chars.by_ref().take(PREVIEW_CHARS).collect();
+            if chars.next().is_some() {
+                out.push('…');
+            }
+            out
+        };
+        let p = PREVIEW_CHARS;
+        let cases = [
+            String::new(),
+            "  \n ".into(),
+            "  lead and trail  \n".into(),
+            "a\n\n b\tc".into(),
+            "x".repeat(p),
+            "x".repeat(p + 1),
+            format!("{} y", "x".repeat(p - 1)),
+            format!("{} y", "x".repeat(p)),
+            format!("{}   ", "x".repeat(p)),
+            format!("{} y", "é".repeat(p - 2)),
+            "word ".repeat(200),
+        ];
+        for body in &cases {
+            assert_eq!(preview(body), reference(body), "{body:?}");
+        }
     }
 
     #[test]

@@ -247,6 +247,10 @@ impl Engine {
         by_relevance: bool,
     ) -> Result<Vec<(u64, f32)>, SearchError> {
         let searcher = self.reader.searcher();
+        let limit = limit.min(super::MAX_HITS as usize);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         if !by_relevance {
             return newest(&searcher, query, limit);
         }
@@ -268,8 +272,10 @@ impl Engine {
 }
 
 /// The `limit` newest hits of `query`, with their scores. Segments hold their messages newest
-/// first (the index is sorted by seq, descending), so each segment gives its first `limit` live
-/// matches and the walk stops there; the candidates of all segments are then ordered by seq.
+/// first (the index is sorted by seq, descending), so each segment gives at most its first
+/// `limit` live matches. Segments are visited newest first (by their highest seq), and the walk
+/// stops as soon as nothing left can beat the `limit` hits in hand: usually after the newest
+/// segment or two.
 fn newest(
     searcher: &tantivy::Searcher,
     query: &dyn Query,
@@ -278,9 +284,19 @@ fn newest(
     let weight = query.weight(tantivy::query::EnableScoring::enabled_from_searcher(
         searcher,
     ))?;
-    let mut found = Vec::new();
+    let mut segments = Vec::with_capacity(searcher.segment_readers().len());
     for segment in searcher.segment_readers() {
         let seqs = segment.fast_fields().u64("seq")?;
+        segments.push((seqs.max_value(), segment, seqs));
+    }
+    segments.sort_by_key(|(max, _, _)| std::cmp::Reverse(*max));
+    let mut found: Vec<(u64, f32)> = Vec::new();
+    for (max, segment, seqs) in segments {
+        // The oldest of the hits in hand, once there are enough of them.
+        let bar = found.get(limit.wrapping_sub(1)).map(|&(seq, _)| seq);
+        if bar.is_some_and(|bar| max < bar) {
+            break;
+        }
         let alive = segment.alive_bitset();
         let mut scorer = weight.scorer(segment, 1.0)?;
         let mut taken = 0;
@@ -289,13 +305,16 @@ fn newest(
             if alive.is_none_or(|a| a.is_alive(doc))
                 && let Some(seq) = seqs.first(doc)
             {
+                if bar.is_some_and(|bar| seq < bar) {
+                    break;
+                }
                 found.push((seq, scorer.score()));
                 taken += 1;
             }
             doc = scorer.advance();
         }
+        found.sort_by_key(|&(seq, _)| std::cmp::Reverse(seq));
+        found.truncate(limit);
     }
-    found.sort_by_key(|&(seq, _)| std::cmp::Reverse(seq));
-    found.truncate(limit);
     Ok(found)
 }

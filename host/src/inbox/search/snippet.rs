@@ -18,13 +18,7 @@ pub(super) fn snippet(subject: &str, body: &str, h: &Highlights) -> String {
             }
         }
     }
-    let one_line = collapse(body);
-    let mut chars = one_line.chars();
-    let mut out: String = chars.by_ref().take(LENGTH).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
+    crate::store::opening(body, LENGTH)
 }
 
 fn around_first(text: &str, h: &Highlights) -> Option<String> {

@@ -24,11 +24,10 @@ pub struct Word {
     pub text: String,
 }
 
-/// The words of `text`, in order, folded.
+/// The words of `text`, in order, folded. Lazy: a caller that stops at the first match does not
+/// pay for the rest of a long text.
 pub fn words(text: &str) -> impl Iterator<Item = Word> + '_ {
-    let mut spans = Vec::new();
-    pieces(text, |start, end| spans.push((start, end)));
-    spans.into_iter().filter_map(move |(start, end)| {
+    pieces(text).filter_map(move |(start, end)| {
         let mut folded = String::with_capacity(end - start);
         fold_into(&text[start..end], &mut folded);
         (!folded.is_empty() && folded.len() <= MAX_WORD_BYTES).then_some(Word {
@@ -39,18 +38,15 @@ pub fn words(text: &str) -> impl Iterator<Item = Word> + '_ {
     })
 }
 
-/// Calls `each(start, end)` with the byte span of every UAX #29 word of `text` that holds a
-/// letter or a digit, in order.
-fn pieces(text: &str, mut each: impl FnMut(usize, usize)) {
-    if latin::covers(text) {
-        latin::pieces(text, each);
-        return;
-    }
-    for (start, piece) in text.split_word_bound_indices() {
-        if piece.chars().any(char::is_alphanumeric) {
-            each(start, start + piece.len());
-        }
-    }
+/// The byte spans of the UAX #29 words of `text` that hold a letter or a digit, in order.
+fn pieces(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let latin = latin::covers(text).then(|| latin::Pieces::new(text));
+    let general = latin.is_none().then(|| {
+        text.split_word_bound_indices()
+            .filter(|(_, piece)| piece.chars().any(char::is_alphanumeric))
+            .map(|(start, piece)| (start, start + piece.len()))
+    });
+    latin.into_iter().flatten().chain(general.into_iter().flatten())
 }
 
 /// `text` decomposed, without combining marks, lower-cased.
@@ -103,69 +99,101 @@ mod latin {
         Other,
     }
 
-    fn class(c: char) -> Option<Class> {
+    /// Whether every character of `text` is ASCII or a letter of U+00C0..U+024F: in UTF-8,
+    /// lead bytes C3 to C9 (without U+00D7 `×` and U+00F7 `÷`, and nothing past C9 8F).
+    pub(super) fn covers(text: &str) -> bool {
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                0..=0x7f => i += 1,
+                0xc3 if !matches!(b.get(i + 1), Some(0x97 | 0xb7)) => i += 2,
+                0xc4..=0xc8 => i += 2,
+                0xc9 if b.get(i + 1).is_some_and(|&c| c <= 0x8f) => i += 2,
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// The class and the length in bytes of the character at byte `at` of a covered text.
+    fn at(b: &[u8], at: usize) -> Option<(Class, usize)> {
+        let c = *b.get(at)?;
         Some(match c {
-            'a'..='z' | 'A'..='Z' => Class::Letter,
-            '0'..='9' => Class::Digit,
-            '_' => Class::Joiner,
-            ':' => Class::MidLetter,
-            '.' | '\'' => Class::MidNumLet,
-            ',' | ';' => Class::MidNum,
-            '\0'..='\x7f' => Class::Other,
-            '\u{c0}'..='\u{24f}' if c != '\u{d7}' && c != '\u{f7}' => Class::Letter,
-            _ => return None,
+            b'a'..=b'z' | b'A'..=b'Z' => (Class::Letter, 1),
+            b'0'..=b'9' => (Class::Digit, 1),
+            b'_' => (Class::Joiner, 1),
+            b':' => (Class::MidLetter, 1),
+            b'.' | b'\'' => (Class::MidNumLet, 1),
+            b',' | b';' => (Class::MidNum, 1),
+            0..=0x7f => (Class::Other, 1),
+            _ => (Class::Letter, 2),
         })
     }
 
-    /// Whether every character of `text` is one this module knows.
-    pub(super) fn covers(text: &str) -> bool {
-        text.is_ascii() || text.chars().all(|c| class(c).is_some())
+    fn wordish(c: Class) -> bool {
+        matches!(c, Class::Letter | Class::Digit | Class::Joiner)
     }
 
-    /// The spans of the words of `text` (which [`covers`]) that hold a letter or a digit.
-    pub(super) fn pieces(text: &str, mut each: impl FnMut(usize, usize)) {
-        let chars: Vec<(usize, Class)> = text
-            .char_indices()
-            .map(|(at, c)| (at, class(c).unwrap_or(Class::Other)))
-            .collect();
-        let end_of = |i: usize| chars.get(i + 1).map_or(text.len(), |&(at, _)| at);
-        let class_at = |i: usize| chars.get(i).map(|&(_, c)| c);
-        let wordish = |c: Class| matches!(c, Class::Letter | Class::Digit | Class::Joiner);
-        let mut i = 0;
-        while i < chars.len() {
-            let first = chars[i].1;
-            if !wordish(first) {
-                i += 1;
-                continue;
+    /// The spans of the words of a covered text that hold a letter or a digit.
+    pub(super) struct Pieces<'a> {
+        bytes: &'a [u8],
+        next: usize,
+    }
+
+    impl Pieces<'_> {
+        pub(super) fn new(text: &str) -> Pieces<'_> {
+            Pieces {
+                bytes: text.as_bytes(),
+                next: 0,
             }
-            let start = i;
-            let mut alnum = first != Class::Joiner;
-            // Letters, digits and `_` never break between them (WB5, WB8-10, WB13a-b); a
-            // middle character joins two letters (WB6-7) or two digits (WB11-12).
-            while let Some(next) = class_at(i + 1) {
-                let here = chars[i].1;
-                if wordish(next) {
-                    alnum |= next != Class::Joiner;
-                    i += 1;
+        }
+    }
+
+    impl Iterator for Pieces<'_> {
+        type Item = (usize, usize);
+
+        fn next(&mut self) -> Option<(usize, usize)> {
+            let b = self.bytes;
+            loop {
+                let (first, len) = at(b, self.next)?;
+                if !wordish(first) {
+                    self.next += len;
                     continue;
                 }
-                let after = class_at(i + 2);
-                let joins = match (here, next, after) {
-                    (Class::Letter, Class::MidLetter | Class::MidNumLet, Some(Class::Letter)) => {
-                        true
+                let start = self.next;
+                let mut alnum = first != Class::Joiner;
+                let mut here = first;
+                let mut end = start + len;
+                // Letters, digits and `_` never break between them (WB5, WB8-10, WB13a-b); a
+                // middle character joins two letters (WB6-7) or two digits (WB11-12).
+                while let Some((next, len)) = at(b, end) {
+                    if wordish(next) {
+                        alnum |= next != Class::Joiner;
+                        here = next;
+                        end += len;
+                        continue;
                     }
-                    (Class::Digit, Class::MidNum | Class::MidNumLet, Some(Class::Digit)) => true,
-                    _ => false,
-                };
-                if !joins {
-                    break;
+                    let Some((after, after_len)) = at(b, end + len) else {
+                        break;
+                    };
+                    let joins = match (here, next, after) {
+                        (Class::Letter, Class::MidLetter | Class::MidNumLet, Class::Letter) => true,
+                        (Class::Digit, Class::MidNum | Class::MidNumLet, Class::Digit) => true,
+                        _ => false,
+                    };
+                    if !joins {
+                        break;
+                    }
+                    here = after;
+                    alnum = true;
+                    end += len + after_len;
                 }
-                i += 2;
+                self.next = end;
+                if alnum {
+                    return Some((start, end));
+                }
             }
-            if alnum {
-                each(chars[start].0, end_of(i));
-            }
-            i += 1;
         }
     }
 }
@@ -192,7 +220,7 @@ impl tantivy::tokenizer::Tokenizer for Tokenizer {
     fn token_stream<'a>(&'a mut self, text: &'a str) -> Stream<'a> {
         let tokens = &mut self.tokens;
         let mut n = 0;
-        pieces(text, |start, end| {
+        for (start, end) in pieces(text) {
             if tokens.len() == n {
                 tokens.push(tantivy::tokenizer::Token::default());
             }
@@ -200,14 +228,14 @@ impl tantivy::tokenizer::Tokenizer for Tokenizer {
             token.text.clear();
             fold_into(&text[start..end], &mut token.text);
             if token.text.is_empty() || token.text.len() > MAX_WORD_BYTES {
-                return;
+                continue;
             }
             token.offset_from = start;
             token.offset_to = end;
             token.position = n;
             token.position_length = 1;
             n += 1;
-        });
+        }
         Stream {
             tokens: &mut tokens[..n],
             next: 0,
@@ -290,17 +318,17 @@ mod tests {
                 })
                 .collect();
             assert!(latin::covers(&text), "case {case}: {text:?}");
-            let mut fast = Vec::new();
-            latin::pieces(&text, |s, e| fast.push((s, e)));
+            let fast: Vec<_> = latin::Pieces::new(&text).collect();
             assert_eq!(fast, reference_pieces(&text), "case {case}: {text:?}");
         }
         for text in ["don't", "e.g.", "a:b", "3.14", "1,000;2", "a_.b", "__", "_a", "a..b", "x'"] {
-            let mut fast = Vec::new();
-            latin::pieces(text, |s, e| fast.push((s, e)));
+            let fast: Vec<_> = latin::Pieces::new(text).collect();
             assert_eq!(fast, reference_pieces(text), "{text:?}");
         }
-        assert!(!latin::covers("naïve ×"));
-        assert!(!latin::covers("東京"));
+        assert!(latin::covers("naïve ǅ ɏ"));
+        for outside in ["×", "÷", "\u{250}", "µ", "東京", "\u{301}"] {
+            assert!(!latin::covers(outside), "{outside:?}");
+        }
     }
 
     #[test]
