@@ -28,9 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use attachments::{AttachmentView, Download, MAX_BAD_CHUNKS, SaveInfo};
 pub use contacts::Contact;
 pub use health::{AddrHealth, PeerHealth};
-pub use inbox::{
-    Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received, opening,
-};
+pub use inbox::{Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received, opening};
 pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
 pub use rules::{RuleChange, RuleView, RulesApplied};
 pub use search::{FeedDoc, HitRow, SearchLink};

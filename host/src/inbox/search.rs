@@ -724,6 +724,62 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn newest_first_takes_the_newest_hits_across_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Arc::new(Keys::generate());
+        let store = Store::open(&dir.path().join("pigeon.db"), keys.clone())
+            .await
+            .expect("store");
+        let search = Search::open(&dir.path().join("search"), keys, store.clone())
+            .await
+            .expect("open");
+        let sender = Keys::generate().peer_id();
+        // Four commits, so four segments; every third message has the word.
+        let mut with_word = Vec::new();
+        for round in 0..4u64 {
+            let batch: Vec<Received> = (0..15)
+                .map(|i| received(sender, if i % 3 == 0 { "common word" } else { "other" }))
+                .collect();
+            with_word.extend(
+                batch
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % 3 == 0)
+                    .map(|(_, m)| m.id.to_string()),
+            );
+            store
+                .call(move |db| db.store_received(&batch, 1000 + round).map(drop))
+                .await
+                .expect("store");
+            search.sync().await.expect("sync");
+        }
+        assert!(
+            search
+                .shared
+                .engine()
+                .reader
+                .searcher()
+                .segment_readers()
+                .len()
+                > 1
+        );
+        with_word.reverse();
+        for limit in [1, 3, 5, 7, 19, 20, 50] {
+            let got: Vec<String> = search
+                .search(&store, "common", limit, Sort::Date)
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|h| h.item.id)
+                .collect();
+            let want: Vec<String> = with_word.iter().take(limit).cloned().collect();
+            assert_eq!(got, want, "limit {limit}");
+        }
+        search.close().await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deleted_and_redacted_words_leave_every_segment_and_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys = Arc::new(Keys::generate());

@@ -299,9 +299,7 @@ impl Db {
             } else {
                 preview(&body)
             },
-            from: names
-                .of(self, &sender)?
-                .unwrap_or_else(|| peer_id.clone()),
+            from: names.of(self, &sender)?.unwrap_or_else(|| peer_id.clone()),
             from_peer_id: peer_id,
             read: r.get(7)?,
             archived: r.get(8)?,

@@ -362,6 +362,14 @@ fn malformed_queries_are_refused_with_where_they_broke() {
         home.json(&["inbox", "search", "--json", "x"]),
         Value::Array(vec![])
     );
+    // A limit out of range is refused by the argument parser, before anything opens.
+    for limit in ["0", "10001", "-3", "many"] {
+        let out = home.run(&["inbox", "search", "--limit", limit, "x"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--limit {limit}: {err}");
+        assert!(err.contains("--limit"), "--limit {limit}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
     // from: a name that is no contact.
     let out = home.run(&["inbox", "search", "from:nobody"]);
     assert_eq!(out.status.code(), Some(2));
@@ -502,6 +510,23 @@ fn a_deleted_or_damaged_index_is_rebuilt_on_start_and_answers_the_same() {
 
     // Garbage in meta.json, and `inbox reindex` by hand without a node.
     std::fs::write(index.join("meta.json"), b"garbage").expect("write");
+    // A reindex killed at any moment (documents added and not committed, a commit half done)
+    // leaves an index that the next command repairs on its own.
+    for delay_ms in [100, 300, 600, 1000] {
+        let mut child = pair
+            .bob
+            .cmd(&["inbox", "reindex"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let after: Vec<_> = queries.iter().map(|q| search_ids(&pair.bob, q)).collect();
+        assert_eq!(after, before, "after a reindex killed at {delay_ms} ms");
+        std::fs::write(index.join("meta.json"), b"garbage").expect("write");
+    }
     let out = pair.bob.ok(&["inbox", "reindex"]);
     assert!(out.contains("indexed 30 messages"), "{out}");
     let after: Vec<_> = queries.iter().map(|q| search_ids(&pair.bob, q)).collect();

@@ -46,7 +46,10 @@ fn pieces(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
             .filter(|(_, piece)| piece.chars().any(char::is_alphanumeric))
             .map(|(start, piece)| (start, start + piece.len()))
     });
-    latin.into_iter().flatten().chain(general.into_iter().flatten())
+    latin
+        .into_iter()
+        .flatten()
+        .chain(general.into_iter().flatten())
 }
 
 /// `text` decomposed, without combining marks, lower-cased.
@@ -177,11 +180,14 @@ mod latin {
                     let Some((after, after_len)) = at(b, end + len) else {
                         break;
                     };
-                    let joins = match (here, next, after) {
-                        (Class::Letter, Class::MidLetter | Class::MidNumLet, Class::Letter) => true,
-                        (Class::Digit, Class::MidNum | Class::MidNumLet, Class::Digit) => true,
-                        _ => false,
-                    };
+                    let joins = matches!(
+                        (here, next, after),
+                        (
+                            Class::Letter,
+                            Class::MidLetter | Class::MidNumLet,
+                            Class::Letter
+                        ) | (Class::Digit, Class::MidNum | Class::MidNumLet, Class::Digit)
+                    );
                     if !joins {
                         break;
                     }
@@ -321,7 +327,9 @@ mod tests {
             let fast: Vec<_> = latin::Pieces::new(&text).collect();
             assert_eq!(fast, reference_pieces(&text), "case {case}: {text:?}");
         }
-        for text in ["don't", "e.g.", "a:b", "3.14", "1,000;2", "a_.b", "__", "_a", "a..b", "x'"] {
+        for text in [
+            "don't", "e.g.", "a:b", "3.14", "1,000;2", "a_.b", "__", "_a", "a..b", "x'",
+        ] {
             let fast: Vec<_> = latin::Pieces::new(text).collect();
             assert_eq!(fast, reference_pieces(text), "{text:?}");
         }
@@ -344,7 +352,12 @@ mod tests {
             let s = c.to_string();
             assert_eq!(fold(&s), reference(&s), "U+{:04X}", c as u32);
         }
-        for s in ["e\u{301}\u{327}x", "A\u{30a}\u{323}", "\u{1e69}\u{323}", "ǅ ﬃ Ⅻ"] {
+        for s in [
+            "e\u{301}\u{327}x",
+            "A\u{30a}\u{323}",
+            "\u{1e69}\u{323}",
+            "ǅ ﬃ Ⅻ",
+        ] {
             assert_eq!(fold(s), reference(s), "{s:?}");
         }
     }
