@@ -10,6 +10,7 @@ mod demo;
 mod id;
 mod inbox;
 mod init;
+mod keys;
 mod node;
 mod outbox;
 mod peers;
@@ -88,6 +89,9 @@ enum Command {
     /// List and read received messages.
     #[command(subcommand)]
     Inbox(inbox::Command),
+    /// Change the passphrase (rekeying everything at rest) and show the keys in use.
+    #[command(subcommand)]
+    Keys(keys::Command),
     /// Show known peers and the health of their addresses.
     Peers(peers::Args),
     /// Show whether the node runs, and the outbox and inbox counts.
@@ -141,6 +145,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => send::run(g, args).await,
         Command::Outbox(cmd) => outbox::run(g, cmd).await,
         Command::Inbox(cmd) => inbox::run(g, cmd).await,
+        Command::Keys(cmd) => keys::run(g, cmd).await,
         Command::Peers(args) => peers::run(g, args).await,
         Command::Status(args) => status::run(g, args).await,
         Command::Plugins(cmd) => plugins::run(g, cmd).await,

@@ -8,6 +8,8 @@ pub mod address;
 pub mod at_rest;
 pub mod keystore;
 
+use std::sync::Arc;
+
 use hpke::Kem as _;
 use hpke::kem::X25519HkdfSha256;
 use libp2p::PeerId;
@@ -54,6 +56,9 @@ pub enum KeysError {
     /// Reading or writing the file failed.
     #[error(transparent)]
     Io(#[from] HomeError),
+    /// A rekey stopped short of its end.
+    #[error("the rekey could not finish ({0}); `pigeon keys rekey --resume` carries on")]
+    Rekey(String),
 }
 
 impl KeysError {
@@ -63,6 +68,7 @@ impl KeysError {
             KeysError::Damaged { .. } | KeysError::AtRest(_) => ErrorKind::Corrupt,
             KeysError::KdfLimits { .. } => ErrorKind::Corrupt,
             KeysError::Io(e) => e.kind(),
+            KeysError::Rekey(_) => ErrorKind::Other,
         }
     }
 }
@@ -73,6 +79,9 @@ pub struct Keys {
     enc_secret: EncSecret,
     enc_public: EncPublic,
     at_rest: AtRest,
+    /// What the passphrase derived, when the keys came from the keystore: a rekey writes the
+    /// keystore again with it.
+    wrapping: std::sync::RwLock<Option<Arc<keystore::Wrapping>>>,
 }
 
 impl Keys {
@@ -85,6 +94,7 @@ impl Keys {
             enc_secret,
             enc_public,
             at_rest: AtRest::generate(),
+            wrapping: Default::default(),
         }
     }
 
@@ -99,6 +109,19 @@ impl Keys {
             enc_secret,
             enc_public,
             at_rest,
+            wrapping: Default::default(),
+        }
+    }
+
+    /// What the passphrase that unlocked these keys derived (`None` for keys made in memory).
+    pub fn wrapping(&self) -> Option<Arc<keystore::Wrapping>> {
+        self.wrapping.read().map_or(None, |w| w.clone())
+    }
+
+    /// Records the wrapping the keystore is now written under.
+    pub(crate) fn set_wrapping(&self, wrapping: keystore::Wrapping) {
+        if let Ok(mut w) = self.wrapping.write() {
+            *w = Some(Arc::new(wrapping));
         }
     }
 

@@ -25,6 +25,7 @@ pub mod net;
 pub mod node;
 pub mod passphrase;
 pub mod plugins;
+pub mod rekey;
 pub mod store;
 pub mod terminal;
 

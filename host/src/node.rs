@@ -100,6 +100,13 @@ impl Node {
         // Opens at once; the index catches up with the inbox (or is rebuilt) in the background.
         let search = LazySearch::new(&home.search_index(), keys.clone(), store.clone());
         search.get().await?;
+        let rekey = crate::rekey::Rekey::new(
+            keys.clone(),
+            store.clone(),
+            search.clone(),
+            home.keystore(),
+            home.search_index(),
+        );
         let ops = Ops::new(
             keys.clone(),
             store.clone(),
@@ -110,7 +117,12 @@ impl Node {
             }),
             LazyPlugins::running(plugins.clone()),
             search.clone(),
+            rekey.clone(),
         );
+        if rekey.under_way() {
+            tracing::info!("a rekey after a passphrase change is unfinished; carrying it on");
+            rekey.start();
+        }
         let control_task = server::serve(&home.socket(), ops.clone(), cancel.child_token())?;
         let fetch_task = fetch::spawn(
             home.root().to_owned(),

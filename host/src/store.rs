@@ -13,6 +13,7 @@ mod health;
 mod inbox;
 mod migrations;
 mod outbox;
+mod rekey;
 mod rules;
 mod search;
 

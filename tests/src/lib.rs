@@ -121,6 +121,8 @@ pub struct TestHome {
     dir: tempfile::TempDir,
     /// A label for messages.
     pub name: String,
+    /// The passphrase its commands are given ([`PASSPHRASE`] until a test changes it).
+    passphrase: std::sync::Mutex<String>,
 }
 
 impl TestHome {
@@ -139,6 +141,22 @@ impl TestHome {
                 .tempdir()
                 .expect("tempdir"),
             name: name.into(),
+            passphrase: std::sync::Mutex::new(PASSPHRASE.to_owned()),
+        }
+    }
+
+    /// The passphrase its commands are given.
+    pub fn passphrase(&self) -> String {
+        self.passphrase
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Gives its commands `passphrase` from now on (after a `keys passwd`).
+    pub fn set_passphrase(&self, passphrase: &str) {
+        if let Ok(mut p) = self.passphrase.lock() {
+            *p = passphrase.to_owned();
         }
     }
 
@@ -151,7 +169,7 @@ impl TestHome {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(pigeon_bin());
         cmd.arg("--home").arg(self.path()).args(args);
-        cmd.env("PIGEON_PASSPHRASE", PASSPHRASE)
+        cmd.env("PIGEON_PASSPHRASE", self.passphrase())
             .env_remove("PIGEON_HOME")
             .env_remove("PIGEON_LOG");
         cmd.stdin(Stdio::null());

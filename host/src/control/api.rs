@@ -2,6 +2,7 @@
 //! the running node's network, when there is one). The request and response types themselves are
 //! in `api/wire.rs`.
 
+mod keys;
 mod wire;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::net::Net;
 use crate::plugins::LazyPlugins;
 use crate::store::{RuleChange, RulesApplied, Store, now_ms};
 
-pub use wire::{ContactInfo, IdInfo, Request, Response, StatusInfo};
+pub use wire::{ContactInfo, IdInfo, Request, Response, Secret, StatusInfo};
 
 /// The running node's parts that requests may use.
 #[derive(Clone)]
@@ -42,6 +43,7 @@ pub struct Ops {
     node: Option<NodeLink>,
     plugins: LazyPlugins,
     search: LazySearch,
+    rekey: crate::rekey::Rekey,
 }
 
 /// Messages `rules apply` runs through the pipeline at a time.
@@ -57,6 +59,7 @@ impl Ops {
         node: Option<NodeLink>,
         plugins: LazyPlugins,
         search: LazySearch,
+        rekey: crate::rekey::Rekey,
     ) -> Ops {
         Ops {
             keys,
@@ -64,6 +67,7 @@ impl Ops {
             node,
             plugins,
             search,
+            rekey,
         }
     }
 
@@ -193,6 +197,14 @@ impl Ops {
                 Ok(Response::Index(search.status()))
             }
             Request::IndexStatus => Ok(Response::Index(self.search.get().await?.status())),
+            Request::KeysPasswd {
+                current,
+                new,
+                kdf_m_kib,
+                kdf_passes,
+            } => self.passwd(&current, &new, kdf_m_kib, kdf_passes).await,
+            Request::KeysRekey => self.carry_rekey_on().await,
+            Request::KeysStatus => Ok(Response::Keys(self.rekey.status().await?)),
             Request::InboxFetch { id } => {
                 let attachments = self
                     .store

@@ -17,6 +17,7 @@ use crate::inbox::search::LazySearch;
 use crate::keys::keystore;
 use crate::passphrase::{self, Confirm};
 use crate::plugins::LazyPlugins;
+use crate::rekey::Rekey;
 use crate::store::Store;
 
 /// How long to wait for whoever holds the home: a node that has not opened its socket yet, or
@@ -30,6 +31,19 @@ pub async fn call(
     passphrase_file: Option<&Path>,
     request: Request,
 ) -> Result<Response> {
+    call_with(home, Unlock::Obtain(passphrase_file), request).await
+}
+
+/// How a request carried out here unlocks the keystore.
+pub enum Unlock<'a> {
+    /// With the passphrase from this file, the environment or a prompt.
+    Obtain(Option<&'a Path>),
+    /// With this passphrase, which the caller has already (`keys passwd`).
+    Given(&'a str),
+}
+
+/// [`call`], unlocking as `unlock` says if the request runs here.
+pub async fn call_with(home: &Home, unlock: Unlock<'_>, request: Request) -> Result<Response> {
     home.require()?;
     if let Some(reply) = try_node(home, &request).await? {
         return reply;
@@ -39,7 +53,7 @@ pub async fn call(
     loop {
         match home.try_lock(Role::Command(&op)) {
             Ok(lock) => {
-                let reply = run_here(home, passphrase_file, request).await;
+                let reply = run_here(home, &unlock, request).await;
                 drop(lock);
                 return reply;
             }
@@ -63,12 +77,11 @@ pub async fn call(
 
 /// Runs `request` in this process, which holds the home's lock; the store and plugin threads are
 /// closed and joined before it returns, so nothing runs on once the lock is let go.
-async fn run_here(
-    home: &Home,
-    passphrase_file: Option<&Path>,
-    request: Request,
-) -> Result<Response> {
-    let pass = passphrase::obtain(passphrase_file, Confirm::Once)?;
+async fn run_here(home: &Home, unlock: &Unlock<'_>, request: Request) -> Result<Response> {
+    let pass = match unlock {
+        Unlock::Obtain(file) => passphrase::obtain(*file, Confirm::Once)?,
+        Unlock::Given(pass) => zeroize::Zeroizing::new((*pass).to_owned()),
+    };
     let keys = Arc::new(keystore::unlock(&home.keystore(), &pass)?);
     let store = Store::open(&home.database(), keys.clone()).await?;
     let config = match Config::load(&home.config()) {
@@ -82,9 +95,29 @@ async fn run_here(
     let plugins =
         LazyPlugins::on_demand(move || crate::plugins::start(&home2, &config, &keys2, None));
     let search = LazySearch::new(&home.search_index(), keys.clone(), store.clone());
-    let reply = Ops::new(keys, store.clone(), None, plugins.clone(), search.clone())
-        .handle(request)
-        .await;
+    let rekey = Rekey::new(
+        keys.clone(),
+        store.clone(),
+        search.clone(),
+        home.keystore(),
+        home.search_index(),
+    );
+    if rekey.under_way() && !matches!(request, Request::KeysRekey | Request::KeysPasswd { .. }) {
+        eprintln!(
+            "note: a rekey after a passphrase change is unfinished; `pigeon keys rekey --resume` \
+             finishes it (a node does when it starts)"
+        );
+    }
+    let reply = Ops::new(
+        keys,
+        store.clone(),
+        None,
+        plugins.clone(),
+        search.clone(),
+        rekey,
+    )
+    .handle(request)
+    .await;
     search.close().await;
     plugins.close().await;
     store.close().await;

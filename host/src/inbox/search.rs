@@ -79,6 +79,14 @@ pub enum SearchError {
     /// The follower thread has stopped.
     #[error("the search index is closed")]
     Closed,
+    /// The index could not be built from the inbox.
+    #[error("search is unavailable: the index could not be built ({reason})")]
+    Unavailable {
+        /// The kind of the failure that stopped it.
+        kind: ErrorKind,
+        /// What it was.
+        reason: String,
+    },
 }
 
 impl From<tantivy::directory::error::OpenReadError> for SearchError {
@@ -93,6 +101,7 @@ impl SearchError {
             SearchError::Query(_) | SearchError::UnknownSender(_) => ErrorKind::Usage,
             SearchError::Store(e) => e.kind(),
             SearchError::Damaged(_) => ErrorKind::Corrupt,
+            SearchError::Unavailable { kind, .. } => *kind,
             _ => ErrorKind::Other,
         }
     }
@@ -147,6 +156,9 @@ struct Shared {
     indexed: AtomicU64,
     total: AtomicU64,
     rebuilding: std::sync::atomic::AtomicBool,
+    /// Why the index could not be built, while it cannot: searches fail with it rather than
+    /// answer nothing.
+    broken: Mutex<Option<(ErrorKind, String)>>,
 }
 
 /// The search last opened in this process, for a progress bar beside a request that runs here.
@@ -245,6 +257,7 @@ impl Search {
             indexed: AtomicU64::new(0),
             total: AtomicU64::new(0),
             rebuilding: Default::default(),
+            broken: Mutex::new(None),
         });
         let ring = shared.clone();
         let states = shared.states.clone();
@@ -279,7 +292,8 @@ impl Search {
         })
     }
 
-    async fn wait_ready(&self) -> Result<(), SearchError> {
+    /// Waits until the follower's first catch-up (or rebuild) is over.
+    async fn wait_started(&self) -> Result<(), SearchError> {
         let mut ready = self.ready.clone();
         ready
             .wait_for(|r| *r)
@@ -288,10 +302,19 @@ impl Search {
             .map_err(|_| SearchError::Closed)
     }
 
+    /// [`Search::wait_started`], and then an error if the index could not be built.
+    async fn wait_ready(&self) -> Result<(), SearchError> {
+        self.wait_started().await?;
+        match self.shared.broken.lock().ok().and_then(|b| b.clone()) {
+            Some((kind, reason)) => Err(SearchError::Unavailable { kind, reason }),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until everything the store committed before this call is in the index (deletions
     /// and redactions let go of, to the merge).
     pub async fn sync(&self) -> Result<(), SearchError> {
-        self.wait_ready().await?;
+        self.wait_started().await?;
         let (tx, rx) = oneshot::channel();
         self.shared.bell.with(|p| p.syncs.push(tx));
         rx.await
@@ -301,7 +324,7 @@ impl Search {
 
     /// Builds the index again from the inbox; returns how many messages it holds.
     pub async fn reindex(&self) -> Result<u64, SearchError> {
-        self.wait_ready().await?;
+        self.wait_started().await?;
         let (tx, rx) = oneshot::channel();
         self.shared.bell.with(|p| p.reindex.push(tx));
         rx.await
@@ -378,6 +401,17 @@ impl Search {
                 item: r.item,
             })
             .collect())
+    }
+
+    /// Seals the key of every index file under the current data key (a rekey's part here);
+    /// returns how many files it moved.
+    pub async fn rekey_files(&self) -> Result<usize, SearchError> {
+        self.wait_started().await?;
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.engine().sealed.rekey())
+            .await
+            .map_err(|_| SearchError::Closed)?
+            .map_err(SearchError::Io)
     }
 
     /// Stops the follower (after what it is doing) and waits for it.
@@ -478,6 +512,7 @@ impl Follower {
             tracing::warn!(error = %e, "the search index could not catch up; building it again");
             if let Err(e) = self.rebuild() {
                 tracing::error!(error = %e, "the search index could not be built; search is unavailable");
+                self.set_broken(Some(&e));
             }
         }
         let _ = ready.send(true);
@@ -485,6 +520,7 @@ impl Follower {
             tracing::warn!(error = %e, "the search index is damaged; building it again");
             if let Err(e) = self.rebuild() {
                 tracing::error!(error = %e, "the search index could not be built");
+                self.set_broken(Some(&e));
             }
         }
         let mut not_before = Instant::now();
@@ -497,7 +533,9 @@ impl Follower {
                 break;
             }
             if !job.reindex.is_empty() {
-                let result = self.rebuild().map_err(|e| e.to_string());
+                let result = self.rebuild();
+                self.set_broken(result.as_ref().err());
+                let result = result.map_err(|e| e.to_string());
                 for r in job.reindex {
                     let _ = r.send(result.clone());
                 }
@@ -520,6 +558,13 @@ impl Follower {
         }
         if let Some(writer) = self.writer.take() {
             let _ = writer.wait_merging_threads();
+        }
+    }
+
+    /// Records why the index cannot be built (`None`: it was built).
+    fn set_broken(&self, error: Option<&SearchError>) {
+        if let Ok(mut broken) = self.shared.broken.lock() {
+            *broken = error.map(|e| (e.kind(), e.to_string()));
         }
     }
 

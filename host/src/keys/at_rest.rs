@@ -6,6 +6,7 @@
 //! in batches and resume after a crash.
 
 use std::collections::BTreeMap;
+use std::sync::RwLock;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -38,29 +39,77 @@ pub enum AtRestError {
     },
 }
 
-/// The set of data-encryption keys, one of them current.
+/// The set of data-encryption keys, one of them current. A rekey adds a key and makes it current
+/// ([`AtRest::install`]), then drops the others once nothing is sealed under them
+/// ([`AtRest::retire_old`]); every holder of the set (store, index, plugins) sees the change at once.
 pub struct AtRest {
+    inner: RwLock<Inner>,
+}
+
+struct Inner {
     current: u32,
     keys: BTreeMap<u32, Zeroizing<[u8; 32]>>,
 }
 
+/// A data key: its id and its bytes.
+pub type Dek = (u32, Zeroizing<[u8; 32]>);
+
 impl AtRest {
     /// A fresh set with one random key, id 1.
     pub fn generate() -> AtRest {
-        let mut key = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(key.as_mut());
-        AtRest {
-            current: 1,
-            keys: BTreeMap::from([(1, key)]),
-        }
+        AtRest::from_parts(1, BTreeMap::from([(1, random_key())]))
     }
 
     pub(crate) fn from_parts(current: u32, keys: BTreeMap<u32, Zeroizing<[u8; 32]>>) -> AtRest {
-        AtRest { current, keys }
+        AtRest {
+            inner: RwLock::new(Inner { current, keys }),
+        }
     }
 
-    pub(crate) fn parts(&self) -> (u32, &BTreeMap<u32, Zeroizing<[u8; 32]>>) {
-        (self.current, &self.keys)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // A panic while the lock was held cannot leave the map half changed (each change is one
+        // insert or one retain), so a poisoned lock is still good to read.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current key's id and every key held.
+    pub(crate) fn parts(&self) -> (u32, BTreeMap<u32, Zeroizing<[u8; 32]>>) {
+        let inner = self.read();
+        (inner.current, inner.keys.clone())
+    }
+
+    /// The id of the key new seals use.
+    pub fn current(&self) -> u32 {
+        self.read().current
+    }
+
+    /// The ids of every key held, oldest first.
+    pub fn ids(&self) -> Vec<u32> {
+        self.read().keys.keys().copied().collect()
+    }
+
+    /// A fresh random key with an id above every id held, not installed yet.
+    pub fn next_key(&self) -> Dek {
+        let next = self.read().keys.keys().max().map_or(1, |m| m + 1);
+        (next, random_key())
+    }
+
+    /// Adds `dek` and makes it the current key.
+    pub fn install(&self, dek: Dek) {
+        let mut inner = self.write();
+        inner.current = dek.0;
+        inner.keys.insert(dek.0, dek.1);
+    }
+
+    /// Drops (and zeroizes) every key but the current one.
+    pub fn retire_old(&self) {
+        let mut inner = self.write();
+        let current = inner.current;
+        inner.keys.retain(|id, _| *id == current);
     }
 
     /// A 32-byte key for `purpose`, derived from the current data key with keyed BLAKE2b used as
@@ -68,7 +117,12 @@ impl AtRest {
     pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
         use blake2::digest::{FixedOutput, KeyInit, Update};
         type Prf = blake2::Blake2bMac<blake2::digest::consts::U32>;
-        let mut prf = <Prf as KeyInit>::new_from_slice(self.keys[&self.current].as_ref())
+        let inner = self.read();
+        let key = inner
+            .keys
+            .get(&inner.current)
+            .expect("the current key is always held");
+        let mut prf = <Prf as KeyInit>::new_from_slice(key.as_ref())
             .expect("32 bytes is a valid BLAKE2b key");
         prf.update(b"pigeon key derivation v1\0");
         prf.update(purpose.as_bytes());
@@ -77,11 +131,17 @@ impl AtRest {
 
     /// Seals `plaintext` for `table`/`row` under the current key; returns the key id and the blob.
     pub fn seal(&self, table: &str, row: &str, plaintext: &[u8]) -> (u32, Vec<u8>) {
-        let key_id = self.current;
-        let sealed = self
-            .seal_under(key_id, table, row, plaintext)
+        // One look at the set: the id returned is the key that sealed, even if a rekey installs
+        // another one meanwhile.
+        let inner = self.read();
+        let key = inner
+            .keys
+            .get(&inner.current)
             .expect("the current key is always held");
-        (key_id, sealed)
+        (
+            inner.current,
+            seal_with(key, inner.current, table, row, plaintext),
+        )
     }
 
     /// Like [`AtRest::seal`], under the key `key_id` (so that a row's parts share its key);
@@ -93,24 +153,9 @@ impl AtRest {
         row: &str,
         plaintext: &[u8],
     ) -> Option<Vec<u8>> {
-        let key = self.keys.get(&key_id)?;
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let cipher = XChaCha20Poly1305::new(key.as_ref().into());
-        let aad = associated_data(table, row, key_id);
-        let ct = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 seals anything under 256 GiB, and rows are far smaller");
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        Some(out)
+        let inner = self.read();
+        let key = inner.keys.get(&key_id)?;
+        Some(seal_with(key, key_id, table, row, plaintext))
     }
 
     /// Opens a blob made by [`AtRest::seal`] for the same table, row and key id.
@@ -121,7 +166,8 @@ impl AtRest {
         key_id: u32,
         blob: &[u8],
     ) -> Result<Vec<u8>, AtRestError> {
-        let key = self
+        let inner = self.read();
+        let key = inner
             .keys
             .get(&key_id)
             .ok_or_else(|| AtRestError::UnknownKey {
@@ -143,6 +189,32 @@ impl AtRest {
             .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
             .map_err(|_| tampered())
     }
+}
+
+fn seal_with(key: &[u8; 32], key_id: u32, table: &str, row: &str, plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let aad = associated_data(table, row, key_id);
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 seals anything under 256 GiB, and rows are far smaller");
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+fn random_key() -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(key.as_mut());
+    key
 }
 
 fn associated_data(table: &str, row: &str, key_id: u32) -> Vec<u8> {

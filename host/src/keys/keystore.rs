@@ -134,20 +134,54 @@ struct Dek {
     key: Vec<u8>,
 }
 
+/// What a passphrase gives: the KDF parameters, the salt and the key derived from them. Kept by
+/// an unlocked node so that a rekey can write the keystore again when it drops the old data key,
+/// without asking for the passphrase again (it opens nothing the node does not hold already).
+pub struct Wrapping {
+    kdf: KdfParams,
+    salt: Vec<u8>,
+    kek: Zeroizing<[u8; 32]>,
+}
+
+impl Wrapping {
+    /// A wrapping for `passphrase` with a fresh salt; `Err` with the reason if `kdf` is out of
+    /// bounds.
+    pub fn new(passphrase: &str, kdf: KdfParams) -> Result<Wrapping, String> {
+        kdf.check()?;
+        let mut salt = vec![0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let kek = kdf.derive(passphrase, &salt)?;
+        Ok(Wrapping { kdf, salt, kek })
+    }
+
+    /// Its KDF parameters.
+    pub fn kdf(&self) -> KdfParams {
+        self.kdf
+    }
+}
+
 /// Seals `keys` under `passphrase` and writes the keystore at `path` atomically.
 pub fn write(path: &Path, keys: &Keys, passphrase: &str, kdf: KdfParams) -> Result<(), KeysError> {
-    let mut rng = rand::rngs::OsRng;
-    let mut salt = vec![0u8; 16];
-    rng.fill_bytes(&mut salt);
+    let wrapping = Wrapping::new(passphrase, kdf).map_err(|reason| KeysError::KdfLimits {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let (current, deks) = keys.at_rest().parts();
+    write_parts(path, keys, current, &deks, &wrapping)
+}
+
+/// Writes the keystore at `path` atomically: `keys` with the data keys `deks` (`current` the
+/// current one), under `wrapping` with a fresh nonce.
+fn write_parts(
+    path: &Path,
+    keys: &Keys,
+    current: u32,
+    deks: &BTreeMap<u32, Zeroizing<[u8; 32]>>,
+    wrapping: &Wrapping,
+) -> Result<(), KeysError> {
     let mut nonce = vec![0u8; 24];
-    rng.fill_bytes(&mut nonce);
-    let kek = kdf
-        .derive(passphrase, &salt)
-        .map_err(|reason| KeysError::KdfLimits {
-            path: path.to_owned(),
-            reason,
-        })?;
-    let secrets = secrets_of(keys)?;
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let secrets = secrets_of(keys, current, deks)?;
     let plain = Zeroizing::new(to_cbor(&secrets));
     let address = keys.address();
     let identity_public = keys
@@ -156,13 +190,13 @@ pub fn write(path: &Path, keys: &Keys, passphrase: &str, kdf: KdfParams) -> Resu
         .try_into_ed25519()
         .map(|k| k.to_bytes().to_vec());
     let header = to_cbor(&Header {
-        kdf,
-        salt,
+        kdf: wrapping.kdf,
+        salt: wrapping.salt.clone(),
         nonce: nonce.clone(),
         identity_public: identity_public.unwrap_or_default(),
         enc_public: address.enc_public().to_bytes().to_vec(),
     });
-    let sealed = XChaCha20Poly1305::new(kek.as_ref().into())
+    let sealed = XChaCha20Poly1305::new(wrapping.kek.as_ref().into())
         .encrypt(
             XNonce::from_slice(&nonce),
             Payload {
@@ -183,6 +217,55 @@ pub fn write(path: &Path, keys: &Keys, passphrase: &str, kdf: KdfParams) -> Resu
     Ok(())
 }
 
+/// Where a passphrase change writes the new keystore before it replaces the old one.
+pub fn pending_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    path.with_file_name(name)
+}
+
+/// The first half of a passphrase change, in restic's order. The keystore, with a fresh data key
+/// added as the current one, is written under `new` beside the old file ([`pending_path`],
+/// atomically), read back and opened, and only then renamed over the old file (and the directory
+/// synced). A crash before the rename leaves the old keystore and a pending file that opens with
+/// the new passphrase but holds a key nothing uses; a crash after it, the new keystore. Either
+/// way exactly one passphrase opens `path`.
+///
+/// Returns the new data key; the caller installs it ([`super::at_rest::AtRest::install`]) and
+/// rekeys.
+pub fn rewrap(path: &Path, keys: &Keys, new: &Wrapping) -> Result<super::at_rest::Dek, KeysError> {
+    let dek = keys.at_rest().next_key();
+    let (_, mut deks) = keys.at_rest().parts();
+    deks.insert(dek.0, dek.1.clone());
+    let pending = pending_path(path);
+    write_parts(&pending, keys, dek.0, &deks, new)?;
+    let reopened = open_with(&pending, &new.kek)?;
+    if reopened.peer_id() != keys.peer_id() || reopened.at_rest().current() != dek.0 {
+        return Err(KeysError::Damaged {
+            path: pending,
+            reason: "the new keystore does not read back as written".into(),
+        });
+    }
+    std::fs::rename(&pending, path).map_err(|e| HomeError::io("renaming into", path, e))?;
+    crate::home::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(dek)
+}
+
+/// Writes the keystore at `path` again under `wrapping`, holding only the current data key: the
+/// end of a rekey, when nothing is sealed under the others any more.
+pub fn drop_old_keys(path: &Path, keys: &Keys, wrapping: &Wrapping) -> Result<(), KeysError> {
+    let (current, mut deks) = keys.at_rest().parts();
+    deks.retain(|id, _| *id == current);
+    write_parts(path, keys, current, &deks, wrapping)
+}
+
+/// What the keystore says without the passphrase: its format version and KDF parameters.
+pub fn describe(path: &Path) -> Result<(u32, KdfParams), KeysError> {
+    let file = read_file(path)?;
+    let header = from_header(path, &file.header)?;
+    Ok((file.version, header.kdf))
+}
+
 /// Reads the public half of the keystore without the passphrase (for `pigeon id`).
 pub fn read_public(path: &Path) -> Result<Address, KeysError> {
     let file = read_file(path)?;
@@ -191,20 +274,21 @@ pub fn read_public(path: &Path) -> Result<Address, KeysError> {
 }
 
 /// Opens the keystore with `passphrase`.
+/// The keys remember what the passphrase derived ([`Keys::wrapping`]).
 pub fn unlock(path: &Path, passphrase: &str) -> Result<Keys, KeysError> {
+    let (keys, wrapping) = unlock_wrapped(path, passphrase)?;
+    keys.set_wrapping(wrapping);
+    Ok(keys)
+}
+
+/// Opens the keystore with `passphrase`, and returns what the passphrase derived too.
+pub fn unlock_wrapped(path: &Path, passphrase: &str) -> Result<(Keys, Wrapping), KeysError> {
     let file = read_file(path)?;
     let header = from_header(path, &file.header)?;
     header.kdf.check().map_err(|reason| KeysError::KdfLimits {
         path: path.to_owned(),
         reason,
     })?;
-    let damaged = |reason: &str| KeysError::Damaged {
-        path: path.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if header.nonce.len() != 24 {
-        return Err(damaged("bad nonce length"));
-    }
     let kek = header
         .kdf
         .derive(passphrase, &header.salt)
@@ -212,7 +296,33 @@ pub fn unlock(path: &Path, passphrase: &str) -> Result<Keys, KeysError> {
             path: path.to_owned(),
             reason,
         })?;
-    let plain = XChaCha20Poly1305::new(kek.as_ref().into())
+    let keys = open_file(path, &file, &header, &kek)?;
+    Ok((
+        keys,
+        Wrapping {
+            kdf: header.kdf,
+            salt: header.salt,
+            kek,
+        },
+    ))
+}
+
+/// Opens the keystore at `path` with a key already derived.
+fn open_with(path: &Path, kek: &[u8; 32]) -> Result<Keys, KeysError> {
+    let file = read_file(path)?;
+    let header = from_header(path, &file.header)?;
+    open_file(path, &file, &header, kek)
+}
+
+fn open_file(path: &Path, file: &File, header: &Header, kek: &[u8; 32]) -> Result<Keys, KeysError> {
+    let damaged = |reason: &str| KeysError::Damaged {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if header.nonce.len() != 24 {
+        return Err(damaged("bad nonce length"));
+    }
+    let plain = XChaCha20Poly1305::new(kek.into())
         .decrypt(
             XNonce::from_slice(&header.nonce),
             Payload {
@@ -225,7 +335,7 @@ pub fn unlock(path: &Path, passphrase: &str) -> Result<Keys, KeysError> {
     let secrets: Secrets =
         ciborium::from_reader(plain.as_slice()).map_err(|_| damaged("secrets"))?;
     let keys = keys_of(&secrets).ok_or_else(|| damaged("secret keys do not decode"))?;
-    let public = public_of(path, &header)?;
+    let public = public_of(path, header)?;
     if public.peer_id() != keys.peer_id() || public.enc_public() != keys.enc_public() {
         return Err(damaged("public keys do not match the secret ones"));
     }
@@ -281,7 +391,11 @@ fn public_of(path: &Path, header: &Header) -> Result<Address, KeysError> {
     Ok(Address::new(PublicKey::from(ed), enc))
 }
 
-fn secrets_of(keys: &Keys) -> Result<Secrets, KeysError> {
+fn secrets_of(
+    keys: &Keys,
+    current_dek: u32,
+    deks: &BTreeMap<u32, Zeroizing<[u8; 32]>>,
+) -> Result<Secrets, KeysError> {
     let ed = keys
         .identity()
         .clone()
@@ -290,7 +404,6 @@ fn secrets_of(keys: &Keys) -> Result<Secrets, KeysError> {
             path: Default::default(),
             reason: "identity is not ed25519".to_owned(),
         })?;
-    let (current_dek, deks) = keys.at_rest().parts();
     Ok(Secrets {
         identity_seed: ed.secret().as_ref().to_vec(),
         enc_secret: keys.enc_secret().to_bytes().to_vec(),

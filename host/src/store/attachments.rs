@@ -9,7 +9,7 @@ use super::{Db, StoreError};
 use crate::attachments::AttachmentRef;
 use crate::keys::at_rest::AtRest;
 
-const TABLE: &str = "attachments";
+pub(super) const TABLE: &str = "attachments";
 /// Bad chunks from a peer before an attachment is given up on.
 pub const MAX_BAD_CHUNKS: u32 = 3;
 

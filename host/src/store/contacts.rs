@@ -167,7 +167,7 @@ impl Db {
     }
 }
 
-const TABLE: &str = "contacts";
+pub(super) const TABLE: &str = "contacts";
 const SELECT: &str = "SELECT name, peer_id, address, seal, key_id FROM contacts";
 
 /// A contacts row as stored.

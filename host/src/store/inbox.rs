@@ -14,6 +14,8 @@ use crate::envelope::MessageId;
 use crate::keys::at_rest::AtRest;
 
 pub(super) const TABLE: &str = "inbox";
+/// The table name a subject is sealed for.
+pub(super) const SUBJECT: &str = "inbox.subject";
 const PREVIEW_CHARS: usize = 60;
 
 /// A message that arrived and opened.
@@ -150,7 +152,7 @@ impl Db {
                 let subject = m
                     .subject
                     .as_ref()
-                    .map(|s| self.seal(&format!("{TABLE}.subject"), &row, s.as_bytes()).1);
+                    .map(|s| self.seal(SUBJECT, &row, s.as_bytes()).1);
                 let sender = self.seal(SENDER, &row, m.sender.to_string().as_bytes()).1;
                 (row, key_id, body, subject, sender)
             })
@@ -506,7 +508,7 @@ impl Db {
         key_id: u32,
         blob: Option<Vec<u8>>,
     ) -> Result<Option<String>, StoreError> {
-        blob.map(|b| self.open_text(&format!("{TABLE}.subject"), id, key_id, &b))
+        blob.map(|b| self.open_text(SUBJECT, id, key_id, &b))
             .transpose()
     }
 }
@@ -557,7 +559,7 @@ fn purge_from_search(tx: &Transaction<'_>, id: &str) -> Result<u64, StoreError> 
 }
 
 /// Where a message's sender is sealed (the message id is the row).
-const SENDER: &str = "inbox.sender";
+pub(super) const SENDER: &str = "inbox.sender";
 
 /// Contact names by sender, looked up (and their rows checked) once per listing.
 #[derive(Default)]

@@ -106,7 +106,7 @@ pub struct DueBatch {
     pub messages: Vec<DueMessage>,
 }
 
-const TABLE: &str = "outbox";
+pub(super) const TABLE: &str = "outbox";
 
 impl Db {
     /// Queues a sealed envelope for `peer`, with the attachments it carries, in one durable

@@ -7,6 +7,7 @@
 mod attachments;
 mod cli;
 mod delivery;
+mod keys;
 mod messaging;
 mod plugins;
 mod rules;

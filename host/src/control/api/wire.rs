@@ -154,6 +154,42 @@ pub enum Request {
     InboxReindex,
     /// Where the search index stands.
     IndexStatus,
+    /// Change the passphrase: re-wrap the keystore under `new` with a fresh data key, then rekey
+    /// everything at rest. A node starts the rekey and answers at once (follow it with
+    /// [`Request::KeysStatus`]); without a node it is done before the answer.
+    KeysPasswd {
+        /// The passphrase the keystore opens with now.
+        current: Secret,
+        /// The one it is to open with.
+        new: Secret,
+        /// Argon2id memory, KiB (the keystore's own when absent).
+        #[serde(default)]
+        kdf_m_kib: Option<u32>,
+        /// Argon2id passes (the keystore's own when absent).
+        #[serde(default)]
+        kdf_passes: Option<u32>,
+    },
+    /// Carry an unfinished rekey on (a node starts it and answers at once).
+    KeysRekey,
+    /// The keystore and the data keys in use.
+    KeysStatus,
+}
+
+/// A passphrase on its way to the node: never printed, not even by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// A node's answer.
@@ -218,6 +254,8 @@ pub enum Response {
     Hits(Vec<Hit>),
     /// For [`Request::InboxReindex`] and [`Request::IndexStatus`].
     Index(IndexStatus),
+    /// For [`Request::KeysPasswd`], [`Request::KeysRekey`] and [`Request::KeysStatus`].
+    Keys(crate::rekey::KeysStatus),
 }
 
 impl Response {

@@ -63,6 +63,8 @@ fn schema() -> (Schema, Fields) {
 /// An open index and its reader.
 pub struct Engine {
     pub(super) index: Index,
+    /// The directory under the index (the same one tantivy reads through), for a rekey.
+    pub(super) sealed: SealedDir,
     pub(super) reader: IndexReader,
     pub(super) fields: Fields,
 }
@@ -83,7 +85,7 @@ impl Engine {
         if !Index::exists(&sealed)? {
             return Ok((Engine::create(dir, keys)?, 0));
         }
-        let index = Index::open(sealed)?;
+        let index = Index::open(sealed.clone())?;
         let (schema, fields) = schema();
         if index.schema() != schema {
             return Err(SearchError::Damaged(
@@ -104,7 +106,7 @@ impl Engine {
             }
             None => 0,
         };
-        Ok((Engine::with(index, fields)?, mark))
+        Ok((Engine::with(index, sealed, fields)?, mark))
     }
 
     /// Removes whatever is in `dir` and makes an empty index there.
@@ -123,11 +125,11 @@ impl Engine {
             }),
             ..tantivy::IndexSettings::default()
         };
-        let index = Index::create(sealed, schema, settings)?;
-        Engine::with(index, fields)
+        let index = Index::create(sealed.clone(), schema, settings)?;
+        Engine::with(index, sealed, fields)
     }
 
-    fn with(index: Index, fields: Fields) -> Result<Engine, SearchError> {
+    fn with(index: Index, sealed: SealedDir, fields: Fields) -> Result<Engine, SearchError> {
         index
             .tokenizers()
             .register(tokens::NAME, tokens::Tokenizer::default());
@@ -137,6 +139,7 @@ impl Engine {
             .try_into()?;
         Ok(Engine {
             index,
+            sealed,
             reader,
             fields,
         })

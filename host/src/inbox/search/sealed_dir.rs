@@ -27,7 +27,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::KeyInit;
@@ -70,6 +70,8 @@ struct Inner {
     cache: Mutex<Cache>,
     next_file: AtomicU64,
     locks: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Held to read a header, and to rewrite one in a rekey, so no reader sees half of it.
+    headers: RwLock<()>,
 }
 
 impl std::fmt::Debug for SealedDir {
@@ -96,6 +98,7 @@ impl SealedDir {
                 cache: Mutex::new(Cache::default()),
                 next_file: AtomicU64::new(1),
                 locks: Arc::default(),
+                headers: RwLock::new(()),
             }),
         })
     }
@@ -123,7 +126,11 @@ impl SealedDir {
             }
             Err(e) => return Err(OpenReadError::wrap_io_error(e, path.to_owned())),
         };
-        SealedFile::open(file, path, self.inner.keys.at_rest())
+        let opened = {
+            let _header = self.inner.headers.read().unwrap_or_else(|p| p.into_inner());
+            SealedFile::open(file, path, self.inner.keys.at_rest())
+        };
+        opened
             .map(|mut f| {
                 f.id = self.inner.next_file.fetch_add(1, Ordering::Relaxed);
                 f.dir = Some(self.clone());
@@ -537,6 +544,93 @@ pub fn key_id_of(path: &Path) -> io::Result<u32> {
     let mut header = [0u8; HEADER_LEN];
     File::open(path)?.read_exact_at(&mut header, 0)?;
     parse_header(&header, &path.display().to_string()).map(|(id, _, _)| id)
+}
+
+/// How many index files in `root` have their key sealed under each data key.
+pub fn key_counts(root: &Path) -> io::Result<std::collections::BTreeMap<u32, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for path in index_files(root)? {
+        match key_id_of(&path) {
+            Ok(id) => *out.entry(id).or_insert(0) += 1,
+            // Gone meanwhile (a merge), or not a sealed file: nothing sealed to count.
+            Err(_) => continue,
+        }
+    }
+    Ok(out)
+}
+
+/// The regular files of `root`, if it exists.
+fn index_files(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl SealedDir {
+    /// Seals again, under the current data key, the key of every file sealed under another one:
+    /// the header's key id and sealed key are overwritten in place (the contents, under the
+    /// file's own key, stay as they are) and synced. Returns how many files it moved.
+    ///
+    /// A crash in the middle of a header's write can at worst leave that one file unopenable,
+    /// which the index treats as damage and repairs by a rebuild from the inbox.
+    pub fn rekey(&self) -> io::Result<usize> {
+        let at_rest = self.inner.keys.at_rest();
+        let current = at_rest.current();
+        let mut moved = 0;
+        for path in index_files(&self.inner.root)? {
+            let _header = self
+                .inner
+                .headers
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut header = [0u8; HEADER_LEN];
+            if file.read_exact_at(&mut header, 0).is_err() {
+                continue;
+            }
+            let Some(file_name) = path.file_name() else {
+                continue;
+            };
+            let name = associated_name(Path::new(file_name));
+            let Ok((key_id, sealed_key, _)) = parse_header(&header, &name) else {
+                // Not a sealed file: nothing of ours to move.
+                continue;
+            };
+            if key_id == current {
+                continue;
+            }
+            let key = Zeroizing::new(
+                at_rest
+                    .open(TABLE, &name, key_id, sealed_key)
+                    .map_err(|e| invalid(e.to_string()))?,
+            );
+            let sealed = at_rest
+                .seal_under(current, TABLE, &name, &key)
+                .ok_or_else(|| invalid("the current data key is not held"))?;
+            let mut part = Vec::with_capacity(4 + SEALED_KEY_LEN);
+            part.extend_from_slice(&current.to_le_bytes());
+            part.extend_from_slice(&sealed);
+            file.write_all_at(&part, MAGIC.len() as u64)?;
+            file.sync_data()?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,187 @@
+//! A rekey's part in the database: every sealed row moved from an older data key to the current
+//! one, in batches (one transaction each, so a node keeps working between them and a crash loses
+//! at most the batch in hand), and the count of what each key seals.
+//!
+//! A row's key id says which key sealed it, so a batch is just "the next rows whose key id is not
+//! the current one": resuming after a crash needs no record of where it stopped.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Db, StoreError};
+
+/// Where each table's sealed values are, for [`Db::rekey_batch`] and [`Db::key_counts`]: the rows
+/// that count as sealed (a delivered outbox row no longer holds its envelope; a contact added
+/// before rows were sealed holds no seal).
+const COUNTS: &str = "
+    SELECT key_id, COUNT(*) FROM inbox GROUP BY key_id
+    UNION ALL SELECT key_id, COUNT(*) FROM outbox WHERE envelope IS NOT NULL GROUP BY key_id
+    UNION ALL SELECT key_id, COUNT(*) FROM attachments GROUP BY key_id
+    UNION ALL SELECT key_id, COUNT(*) FROM contacts WHERE seal IS NOT NULL GROUP BY key_id";
+
+impl Db {
+    /// Re-seals under the current key up to `limit` rows sealed under another one, in one
+    /// transaction; returns how many it moved (0 when none is left).
+    pub fn rekey_batch(&mut self, limit: usize) -> Result<usize, StoreError> {
+        let keys = self.keys.clone();
+        let at_rest = keys.at_rest();
+        let current = at_rest.current();
+        let open = |table: &str, row: &str, key_id: u32, blob: &[u8]| {
+            at_rest
+                .open(table, row, key_id, blob)
+                .map_err(StoreError::from)
+        };
+        let seal = |table: &str, row: &str, plain: &[u8]| {
+            at_rest
+                .seal_under(current, table, row, plain)
+                .ok_or(StoreError::Corrupt("the current data key is not held"))
+        };
+        let tx = self.conn.transaction()?;
+        let mut moved = 0;
+
+        type InboxRow = (String, u32, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, bool);
+        let rows: Vec<InboxRow> = tx
+            .prepare_cached(
+                "SELECT id, key_id, body, subject, sender_seal, redacted_at IS NOT NULL
+                 FROM inbox WHERE key_id != ?1 LIMIT ?2",
+            )?
+            .query_map(params![current, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (id, key_id, body, subject, sender, redacted) in rows {
+            let body = if redacted {
+                // Scrubbed: nothing sealed is left in it.
+                body
+            } else {
+                seal(
+                    super::inbox::TABLE,
+                    &id,
+                    &open(super::inbox::TABLE, &id, key_id, &body)?,
+                )?
+            };
+            let subject = match subject {
+                Some(s) => Some(seal(
+                    super::inbox::SUBJECT,
+                    &id,
+                    &open(super::inbox::SUBJECT, &id, key_id, &s)?,
+                )?),
+                None => None,
+            };
+            let sender = match sender {
+                Some(s) => Some(seal(
+                    super::inbox::SENDER,
+                    &id,
+                    &open(super::inbox::SENDER, &id, key_id, &s)?,
+                )?),
+                None => None,
+            };
+            tx.prepare_cached(
+                "UPDATE inbox SET body = ?2, subject = ?3, sender_seal = ?4, key_id = ?5
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, body, subject, sender, current])?;
+            moved += 1;
+        }
+
+        let left = limit.saturating_sub(moved);
+        let rows: Vec<(String, u32, Option<Vec<u8>>)> = tx
+            .prepare_cached(
+                "SELECT id, key_id, envelope FROM outbox
+                 WHERE key_id IS NOT NULL AND key_id != ?1 LIMIT ?2",
+            )?
+            .query_map(params![current, left as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (id, key_id, envelope) in rows {
+            let envelope = match envelope {
+                Some(e) => Some(seal(
+                    super::outbox::TABLE,
+                    &id,
+                    &open(super::outbox::TABLE, &id, key_id, &e)?,
+                )?),
+                None => None,
+            };
+            tx.prepare_cached("UPDATE outbox SET envelope = ?2, key_id = ?3 WHERE id = ?1")?
+                .execute(params![id, envelope, current])?;
+            moved += 1;
+        }
+
+        let left = limit.saturating_sub(moved);
+        let rows: Vec<(String, u32, Vec<u8>)> = tx
+            .prepare_cached("SELECT id, key_id, ref FROM attachments WHERE key_id != ?1 LIMIT ?2")?
+            .query_map(params![current, left as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (id, key_id, sealed) in rows {
+            let plain =
+                zeroize::Zeroizing::new(open(super::attachments::TABLE, &id, key_id, &sealed)?);
+            let sealed = seal(super::attachments::TABLE, &id, &plain)?;
+            tx.prepare_cached("UPDATE attachments SET ref = ?2, key_id = ?3 WHERE id = ?1")?
+                .execute(params![id, sealed, current])?;
+            moved += 1;
+        }
+
+        let left = limit.saturating_sub(moved);
+        let rows: Vec<(String, u32, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT peer_id, key_id, seal FROM contacts
+                 WHERE seal IS NOT NULL AND key_id != ?1 LIMIT ?2",
+            )?
+            .query_map(params![current, left as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (peer, key_id, sealed) in rows {
+            let plain = open(super::contacts::TABLE, &peer, key_id, &sealed)?;
+            let sealed = seal(super::contacts::TABLE, &peer, &plain)?;
+            tx.prepare_cached("UPDATE contacts SET seal = ?2, key_id = ?3 WHERE peer_id = ?1")?
+                .execute(params![peer, sealed, current])?;
+            moved += 1;
+        }
+        tx.commit()?;
+        Ok(moved)
+    }
+
+    /// How many sealed rows each data key seals.
+    pub fn key_counts(&self) -> Result<BTreeMap<u32, u64>, StoreError> {
+        let mut out = BTreeMap::new();
+        let mut stmt = self.conn.prepare_cached(COUNTS)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key_id: Option<u32> = r.get(0)?;
+            let n: i64 = r.get(1)?;
+            if let Some(key_id) = key_id {
+                *out.entry(key_id).or_insert(0) += n as u64;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether any row is still sealed under a key other than `current`.
+    pub fn rekey_left(&self, current: u32) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM inbox WHERE key_id != ?1
+                 UNION ALL SELECT 1 FROM outbox WHERE key_id IS NOT NULL AND key_id != ?1
+                 UNION ALL SELECT 1 FROM attachments WHERE key_id != ?1
+                 UNION ALL SELECT 1 FROM contacts WHERE seal IS NOT NULL AND key_id != ?1
+                 LIMIT 1",
+                [current],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+}
