@@ -184,13 +184,7 @@ impl Rekey {
             let n = inner.search.get().await?.rekey_files().await?;
             inner.moved.fetch_add(n as u64, Ordering::Relaxed);
             let rows_left = inner.store.call(move |db| db.rekey_left(current)).await?;
-            let index = inner.index.clone();
-            let files_left = tokio::task::spawn_blocking(move || sealed_dir::key_counts(&index))
-                .await
-                .map_err(|_| KeysError::Rekey("the index count stopped".into()))?
-                .map_err(|e| KeysError::Rekey(format!("counting the index files: {e}")))?
-                .keys()
-                .any(|id| *id != current);
+            let files_left = self.index_counts().await?.keys().any(|id| *id != current);
             if !rows_left && !files_left {
                 self.retire().await?;
                 return Ok(inner.moved.load(Ordering::Relaxed));
@@ -220,12 +214,18 @@ impl Rekey {
     /// Rows and index files per key id.
     async fn counts(&self) -> Result<(BTreeMap<u32, u64>, BTreeMap<u32, u64>)> {
         let rows = self.inner.store.call(|db| db.key_counts()).await?;
+        Ok((rows, self.index_counts().await?))
+    }
+
+    /// Index files per key id.
+    async fn index_counts(&self) -> Result<BTreeMap<u32, u64>> {
         let index = self.inner.index.clone();
-        let files = tokio::task::spawn_blocking(move || sealed_dir::key_counts(&index))
-            .await
-            .map_err(|_| KeysError::Rekey("the index count stopped".into()))?
-            .map_err(|e| KeysError::Rekey(format!("counting the index files: {e}")))?;
-        Ok((rows, files))
+        Ok(
+            tokio::task::spawn_blocking(move || sealed_dir::key_counts(&index))
+                .await
+                .map_err(|_| KeysError::Rekey("the index count stopped".into()))?
+                .map_err(|e| KeysError::Rekey(format!("counting the index files: {e}")))?,
+        )
     }
 
     /// Where the keys stand.
