@@ -3,6 +3,7 @@
 //! A handler parses what the user typed, calls one library function and prints the result, as text
 //! for people or, with `--json`, as JSON for scripts.
 
+mod backup;
 mod bench;
 mod config;
 mod contacts;
@@ -15,6 +16,7 @@ mod node;
 mod outbox;
 mod peers;
 mod plugins;
+mod restore;
 mod send;
 mod status;
 
@@ -92,6 +94,11 @@ enum Command {
     /// Change the passphrase (rekeying everything at rest) and show the keys in use.
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Write and verify backups (age-encrypted tar files of the home).
+    #[command(subcommand)]
+    Backup(backup::Command),
+    /// Restore a backup into a new, empty home.
+    Restore(restore::Args),
     /// Show known peers and the health of their addresses.
     Peers(peers::Args),
     /// Show whether the node runs, and the outbox and inbox counts.
@@ -146,6 +153,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Outbox(cmd) => outbox::run(g, cmd).await,
         Command::Inbox(cmd) => inbox::run(g, cmd).await,
         Command::Keys(cmd) => keys::run(g, cmd).await,
+        Command::Backup(cmd) => backup::run(g, cmd).await,
+        Command::Restore(args) => restore::run(g, args).await,
         Command::Peers(args) => peers::run(g, args).await,
         Command::Status(args) => status::run(g, args).await,
         Command::Plugins(cmd) => plugins::run(g, cmd).await,

@@ -59,6 +59,9 @@ pub enum Error {
     /// `pigeon plugins new` could not make the plugin crate.
     #[error(transparent)]
     Scaffold(#[from] crate::plugins::scaffold::ScaffoldError),
+    /// A backup could not be made, verified or restored.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     /// A value, argument or request the user gave was refused.
     #[error(transparent)]
     Usage(#[from] UsageError),
@@ -134,6 +137,7 @@ impl Error {
             Error::Plugin(e) => e.kind(),
             Error::Search(e) => e.kind(),
             Error::Scaffold(e) => e.kind(),
+            Error::Backup(e) => e.kind(),
             Error::Net(_)
             | Error::Control(_)
             | Error::Io { .. }

@@ -5,6 +5,7 @@
 //! [`store`] under everything and [`keys`] sealing what it keeps.
 
 pub mod attachments;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -8,6 +8,7 @@
 //! and the sender reports a message as queued right after it.
 
 mod attachments;
+mod audit;
 mod contacts;
 mod health;
 mod inbox;
@@ -27,6 +28,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 pub use attachments::{AttachmentView, Download, MAX_BAD_CHUNKS, SaveInfo};
+pub use audit::{Audit, AuditedAttachment, Unopened, audit, schema_version};
 pub use contacts::Contact;
 pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received, opening};

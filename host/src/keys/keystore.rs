@@ -283,7 +283,17 @@ pub fn unlock(path: &Path, passphrase: &str) -> Result<Keys, KeysError> {
 
 /// Opens the keystore with `passphrase`, and returns what the passphrase derived too.
 pub fn unlock_wrapped(path: &Path, passphrase: &str) -> Result<(Keys, Wrapping), KeysError> {
-    let file = read_file(path)?;
+    unlock_file(path, read_file(path)?, passphrase)
+}
+
+/// Opens a keystore held in memory (one inside a backup); `label` names it in errors.
+pub fn unlock_bytes(label: &Path, bytes: &[u8], passphrase: &str) -> Result<Keys, KeysError> {
+    let (keys, wrapping) = unlock_file(label, parse_file(label, bytes)?, passphrase)?;
+    keys.set_wrapping(wrapping);
+    Ok(keys)
+}
+
+fn unlock_file(path: &Path, file: File, passphrase: &str) -> Result<(Keys, Wrapping), KeysError> {
     let header = from_header(path, &file.header)?;
     header.kdf.check().map_err(|reason| KeysError::KdfLimits {
         path: path.to_owned(),
@@ -349,6 +359,10 @@ fn read_file(path: &Path) -> Result<File, KeysError> {
         }
         _ => HomeError::io("reading", path, e),
     })?;
+    parse_file(path, &bytes)
+}
+
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<File, KeysError> {
     let damaged = |reason: &str| KeysError::Damaged {
         path: path.to_owned(),
         reason: reason.to_owned(),
@@ -357,8 +371,7 @@ fn read_file(path: &Path) -> Result<File, KeysError> {
     if bytes.len() > 64 * 1024 {
         return Err(damaged("file too large"));
     }
-    let file: File =
-        ciborium::from_reader(bytes.as_slice()).map_err(|_| damaged("not a keystore"))?;
+    let file: File = ciborium::from_reader(bytes).map_err(|_| damaged("not a keystore"))?;
     if file.magic != MAGIC {
         return Err(damaged("not a keystore"));
     }

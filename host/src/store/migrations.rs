@@ -9,6 +9,8 @@ use rusqlite_migration::{M, Migrations};
 /// The first schema version whose contact and inbox rows carry seals ([`super::Db::open`] seals
 /// older rows once, when it migrates past it).
 pub(super) const SEALED_ROWS: usize = 5;
+/// The schema version of the last migration below (a database past it is from a newer pigeon).
+pub(super) const LATEST: usize = 8;
 
 pub(super) static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
@@ -170,5 +172,15 @@ mod tests {
         super::MIGRATIONS
             .validate()
             .expect("migrations apply to an empty database");
+    }
+
+    #[test]
+    fn latest_is_the_last_migration() {
+        let mut conn = rusqlite::Connection::open_in_memory().expect("memory db");
+        super::MIGRATIONS.to_latest(&mut conn).expect("migrate");
+        let v: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(v, super::LATEST);
     }
 }

@@ -1,0 +1,334 @@
+//! Backups: one file in the age format around a plain tar of the home, and its verify and restore.
+//!
+//! `backup create` takes a consistent snapshot of the database with SQLite's online backup (a
+//! running node keeps receiving meanwhile), and adds the keystore, the configuration, every
+//! attachment file (complete and partial) and the other files of the home, each hashed with
+//! blake2b into a manifest written last. The tar goes through age: encrypted to age X25519
+//! recipients (an unattended backup needs no passphrase on the machine) or, with none, under the
+//! node's passphrase with age's scrypt, so `age -d` and `tar` open it with the standard tools.
+//! The search index and the plugin cache are not in it: both are rebuilt from what is (the
+//! inbox, the plugin files) when the restored node first unlocks.
+//!
+//! `backup verify` reads the whole file and writes nothing: age authenticates every byte, the
+//! manifest must list exactly the parts read with their sums, the keystore inside must open with
+//! the node passphrase, and every sealed row and attachment chunk must open under its keys.
+//! `restore` does the same while it writes the parts into a new directory beside the target, and
+//! renames that directory into place only once everything checked out.
+//!
+//! age cannot tell a wrong identity from a damaged stanza for the right one: both fail to unwrap
+//! the file key. So that `verify` can say "damaged" rather than "wrong identity" in that case, a
+//! backup to recipients also carries, per recipient, a stanza of its own (`pigeon-hint`, a keyed
+//! hash of the recipient's public key) that every age implementation ignores.
+
+mod create;
+mod read;
+mod restore;
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+
+use age::x25519;
+use age_core::format::{FileKey, Stanza};
+use blake2::digest::consts::U16;
+use blake2::{Blake2b, Digest};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use create::{Counts, Created, create};
+pub use read::{Contents, verify};
+pub use restore::{Restored, restore};
+
+use crate::exit::ErrorKind;
+
+/// The directory every entry of the tar sits in.
+pub const ROOT: &str = "pigeon-backup";
+/// The manifest's name in the tar, its last entry.
+pub const MANIFEST: &str = "MANIFEST.json";
+/// The manifest format this pigeon writes and reads.
+pub const FORMAT: u32 = 1;
+/// The largest scrypt work factor (log2 N) a passphrase backup may ask for: age's own bound is
+/// relative to this machine's speed, and a backup made on a fast machine must open on a slow one.
+const MAX_SCRYPT_LOG_N: u8 = 22;
+/// The tag of the hint stanza.
+const HINT_TAG: &str = "pigeon-hint";
+
+/// Errors making, verifying or restoring a backup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backup is damaged or is not a pigeon backup.
+    #[error("the backup is damaged: {part}: {reason}")]
+    Damaged {
+        /// The part of the file that did not check out.
+        part: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The passphrase or identity does not open the backup or the keystore in it.
+    #[error("{0}")]
+    WrongKey(String),
+    /// What the user asked for cannot be done as asked (a recipient or identity that does not
+    /// parse, a target inside the home).
+    #[error("{0}")]
+    Usage(String),
+    /// The backup file exists.
+    #[error("{0} exists; pass --yes to replace it")]
+    Exists(PathBuf),
+    /// `restore` into a home that has something in it.
+    #[error(
+        "{0} exists and is not empty; restore only into a new or empty directory (it never merges)"
+    )]
+    NotEmpty(PathBuf),
+    /// The home is in a state a backup cannot be taken of.
+    #[error("{0}")]
+    NotNow(String),
+    /// The keystore, read outside a backup, failed.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeysError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl BackupError {
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            BackupError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            BackupError::Io { .. } | BackupError::NotNow(_) => ErrorKind::Other,
+            BackupError::Damaged { .. } => ErrorKind::Corrupt,
+            BackupError::WrongKey(_) => ErrorKind::Passphrase,
+            BackupError::Usage(_) => ErrorKind::Usage,
+            BackupError::Exists(_) => ErrorKind::Conflict,
+            BackupError::NotEmpty(_) => ErrorKind::Conflict,
+            BackupError::Keys(e) => e.kind(),
+            BackupError::Store(e) => e.kind(),
+        }
+    }
+
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
+        let path = path.to_owned();
+        move |source| BackupError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    fn damaged(part: impl Into<String>, reason: impl Into<String>) -> BackupError {
+        BackupError::Damaged {
+            part: part.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The manifest: what the backup holds, written as its last entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The pigeon version that wrote it.
+    pub pigeon_version: String,
+    /// When the snapshot was taken (RFC 3339).
+    pub created_at: String,
+    /// The node's PeerId.
+    pub peer_id: String,
+    /// What it holds, from the database's clear columns.
+    pub counts: Counts,
+    /// Every other entry, in the order written, with its size and blake2b-256.
+    pub parts: Vec<Part>,
+    /// What was left out, and why (a plugin file outside the home, an attachment file removed
+    /// while the backup ran).
+    pub left_out: Vec<String>,
+}
+
+/// One entry of the tar.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Part {
+    /// Its path under [`ROOT`].
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// blake2b-256 of its bytes, in hex.
+    pub blake2b: String,
+}
+
+/// How a backup is sealed: to age recipients, or under the node's passphrase.
+pub enum Seal {
+    /// age X25519 recipients (`age1...`).
+    Recipients(Vec<x25519::Recipient>),
+    /// The node's passphrase, with age's scrypt.
+    Passphrase(Zeroizing<String>),
+}
+
+/// What opens a backup: the node's passphrase always (the keystore inside needs it), and the age
+/// identities when the backup was made to recipients.
+pub struct Opener {
+    /// The node passphrase.
+    pub passphrase: Zeroizing<String>,
+    /// The identities of `--identity`; empty for a passphrase backup.
+    pub identities: Vec<x25519::Identity>,
+}
+
+/// Reads `age1...` recipients from the command line and from a recipients file (one per line,
+/// `#` comments and blank lines allowed, as age's `-R`).
+pub fn recipients(
+    given: &[String],
+    file: Option<&Path>,
+) -> Result<Vec<x25519::Recipient>, BackupError> {
+    let mut out = Vec::new();
+    for r in given {
+        out.push(
+            parse_recipient(r.trim())
+                .map_err(|e| BackupError::Usage(format!("--recipient {r:?}: {e}")))?,
+        );
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(BackupError::io("reading", path))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            out.push(parse_recipient(line).map_err(|e| {
+                BackupError::Usage(format!("{} line {}: {e}", path.display(), n + 1))
+            })?);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_recipient(text: &str) -> Result<x25519::Recipient, String> {
+    text.parse::<x25519::Recipient>()
+        .map_err(|_| "not an age X25519 recipient (age1..., as `age-keygen -y` prints)".to_owned())
+}
+
+/// Reads the age X25519 identities of an identity file (`age-keygen` output: `AGE-SECRET-KEY-1...`
+/// lines, `#` comments).
+pub fn identities(path: &Path) -> Result<Vec<x25519::Identity>, BackupError> {
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(BackupError::io("reading", path))?);
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push(line.parse::<x25519::Identity>().map_err(|_| {
+            BackupError::Usage(format!(
+                "{} line {}: not an age X25519 identity (AGE-SECRET-KEY-1..., as `age-keygen` writes)",
+                path.display(),
+                n + 1
+            ))
+        })?);
+    }
+    if out.is_empty() {
+        return Err(BackupError::Usage(format!(
+            "{} holds no age identity",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// The hint stanza's argument for a recipient: a keyed blake2b of its public key, so that the
+/// stanza names no key to someone who does not already hold it.
+fn hint(recipient: &x25519::Recipient) -> String {
+    let mut h = Blake2b::<U16>::new();
+    h.update(b"pigeon/backup-hint/1\0");
+    h.update(recipient.to_string().as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The hint stanza for one recipient, as an age [`age::Recipient`] that wraps nothing.
+struct Hint(String);
+
+impl age::Recipient for Hint {
+    fn wrap_file_key(
+        &self,
+        _: &FileKey,
+    ) -> Result<(Vec<Stanza>, HashSet<String>), age::EncryptError> {
+        Ok((
+            vec![Stanza {
+                tag: HINT_TAG.to_owned(),
+                args: vec![self.0.clone()],
+                body: Vec::new(),
+            }],
+            HashSet::new(),
+        ))
+    }
+}
+
+/// The hints in an age header (the text up to its `---` line), for telling a damaged stanza from
+/// a wrong identity.
+fn header_hints(file: &Path) -> Vec<String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if std::fs::File::open(file)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.lines()
+        .take_while(|l| !l.starts_with("---"))
+        .filter_map(|l| l.strip_prefix("-> "))
+        .filter_map(|l| {
+            let mut words = l.split(' ');
+            (words.next() == Some(HINT_TAG)).then(|| words.next().map(str::to_owned))?
+        })
+        .collect()
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Checks a path from a tar entry: relative, plain components only, no control characters.
+/// Returns it as a string with `/` separators.
+fn entry_path(path: &Path) -> Result<String, BackupError> {
+    let bad = |why: &str| {
+        BackupError::damaged(
+            format!(
+                "entry {}",
+                crate::terminal::one_line(&path.display().to_string())
+            ),
+            why,
+        )
+    };
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => {
+                let p = p.to_str().ok_or_else(|| bad("the name is not UTF-8"))?;
+                if p.chars().any(char::is_control) || p.len() > 255 {
+                    return Err(bad("the name has control characters or is too long"));
+                }
+                parts.push(p);
+            }
+            _ => return Err(bad("not a plain relative path")),
+        }
+    }
+    if parts.first() != Some(&ROOT) || parts.len() < 2 || parts.len() > 8 {
+        return Err(bad(&format!("not under {ROOT}/")));
+    }
+    Ok(parts[1..].join("/"))
+}
