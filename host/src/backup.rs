@@ -332,3 +332,28 @@ fn entry_path(path: &Path) -> Result<String, BackupError> {
     }
     Ok(parts[1..].join("/"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::entry_path;
+
+    #[test]
+    fn entry_paths_stay_under_the_backup_root() {
+        assert_eq!(
+            entry_path(Path::new("pigeon-backup/attachments/ab.sealed")).ok(),
+            Some("attachments/ab.sealed".to_owned())
+        );
+        for bad in [
+            "pigeon-backup/../escape",
+            "/pigeon-backup/keystore",
+            "other/keystore",
+            "pigeon-backup",
+            "pigeon-backup/a\u{1b}[2J",
+            "pigeon-backup/a/b/c/d/e/f/g/h/i",
+        ] {
+            assert!(entry_path(Path::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

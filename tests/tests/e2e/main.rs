@@ -5,6 +5,7 @@
 //! `plugin_memory` measures the whole process's RSS.
 
 mod attachments;
+mod backup;
 mod cli;
 mod delivery;
 mod keys;
