@@ -249,3 +249,235 @@ fn a_passphrase_change_while_the_node_runs_and_a_peer_keeps_sending() {
     assert_eq!(refused.status.code(), Some(3));
     assert_eq!(pair.bob.inbox().len(), sent.len());
 }
+
+/// Messages in the inbox of the crash test.
+const KILL_INBOX: usize = 20_000;
+/// Points in time at which `keys passwd` is killed, spread over one uninterrupted run.
+const KILL_POINTS: usize = 20;
+
+/// Fills `home`'s inbox with `n` messages through pigeon's own store (sealed as received ones
+/// are): body `killtest body <i>`, subject `killtest subject <i>`.
+fn fill_inbox(home: &TestHome, n: usize) {
+    let keys = pigeon::keys::keystore::unlock(&home.path().join("keystore"), &home.passphrase())
+        .expect("unlock");
+    let mut db = pigeon::store::Db::open(&home.path().join("pigeon.db"), std::sync::Arc::new(keys))
+        .expect("open the database");
+    let sender = pigeon::keys::Keys::generate().peer_id();
+    let now = pigeon::store::now_ms();
+    let ids: Vec<usize> = (0..n).collect();
+    for chunk in ids.chunks(1000) {
+        let batch: Vec<pigeon::store::Received> = chunk
+            .iter()
+            .map(|i| pigeon::store::Received {
+                id: pigeon::envelope::MessageId::random(),
+                sender,
+                sent_at_ms: now,
+                subject: Some(format!("killtest subject {i}")),
+                body: format!("killtest body {i} and some more words to seal"),
+                attachments: Vec::new(),
+                actions: Vec::new(),
+            })
+            .collect();
+        db.store_received(&batch, now).expect("store");
+    }
+}
+
+/// Every message of the crash test reads back: all `n` bodies, each once.
+fn all_read_back(home: &TestHome, n: usize) {
+    let inbox = home.json(&["inbox", "list", "--all", "--json", "--limit", "100000"]);
+    let inbox = inbox.as_array().expect("inbox");
+    assert_eq!(inbox.len(), n);
+    let got: BTreeSet<usize> = inbox
+        .iter()
+        .filter_map(|m| {
+            m["preview"]
+                .as_str()?
+                .strip_prefix("killtest body ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(got.len(), n, "every body opens and is there once");
+}
+
+/// Which of `passphrases` opens the home; asserts that exactly one does and that the others are
+/// refused as wrong (exit 3), never as damage.
+fn the_one_that_opens(home: &TestHome, passphrases: &[&str]) -> (String, Value) {
+    let mut opened = Vec::new();
+    for p in passphrases {
+        let out = run_with(home, p, &["keys", "status", "--json"]);
+        match out.status.code() {
+            Some(0) => opened.push((
+                (*p).to_owned(),
+                serde_json::from_slice::<Value>(&out.stdout).expect("status JSON"),
+            )),
+            Some(3) => {}
+            other => panic!(
+                "keys status with {p:?} exited {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    assert_eq!(
+        opened.len(),
+        1,
+        "exactly one passphrase opens the home: {:?}",
+        opened.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    opened.remove(0)
+}
+
+/// Starts `args` as `home`'s user with `current` (and `new` for a passwd), and SIGKILLs it after
+/// `after` unless it ended first; returns whether it was killed.
+fn kill_after(home: &TestHome, current: &str, new: &str, args: &[&str], after: Duration) -> bool {
+    let mut child = home
+        .cmd(args)
+        .env("PIGEON_PASSPHRASE", current)
+        .env("PIGEON_NEW_PASSPHRASE", new)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + after;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "{args:?} failed on its own: {status}");
+            return false;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn keys_passwd_killed_at_any_point_leaves_a_home_that_opens_with_one_passphrase() {
+    let home = TestHome::init("bob");
+    fill_inbox(&home, KILL_INBOX);
+    home.ok(&["inbox", "reindex"]);
+
+    // One uninterrupted change, to know how long one takes here.
+    let started = std::time::Instant::now();
+    let out = output_within(
+        home.cmd(&["keys", "passwd", "--json"])
+            .env("PIGEON_NEW_PASSPHRASE", "pass-0"),
+        COMMAND_TIMEOUT,
+        "keys passwd",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let whole = started.elapsed();
+    home.set_passphrase("pass-0");
+
+    let (mut before_rename, mut mid_rekey, mut killed_resumes) = (0, 0, 0);
+    for round in 1..=KILL_POINTS {
+        let old = home.passphrase();
+        let new = format!("pass-{round}");
+        // Kill points spread over the whole change, a little past its end.
+        let after = whole.mul_f64(round as f64 / KILL_POINTS as f64 * 1.1);
+        kill_after(&home, &old, &new, &["keys", "passwd", "--json"], after);
+        let (current, status) = the_one_that_opens(&home, &[&old, &new]);
+        if current == old {
+            before_rename += 1;
+        }
+        home.set_passphrase(&current);
+        if status["rekey_under_way"] == true {
+            mid_rekey += 1;
+            // The rekey's own resume, killed too, every other time.
+            if round % 2 == 0
+                && kill_after(
+                    &home,
+                    &current,
+                    "",
+                    &["keys", "rekey", "--resume"],
+                    after / 3,
+                )
+            {
+                killed_resumes += 1;
+                the_one_that_opens(&home, &[&old, &new]);
+            }
+        }
+        all_read_back(&home, KILL_INBOX);
+    }
+    assert!(
+        before_rename > 0 && mid_rekey > 0,
+        "the kills fell before the rename {before_rename} times and in the rekey {mid_rekey} \
+         times; both must happen for the test to mean anything"
+    );
+    eprintln!(
+        "{KILL_POINTS} kills over {whole:?}: {before_rename} before the rename, {mid_rekey} in \
+         the rekey, {killed_resumes} resumes killed"
+    );
+
+    // The rekey completes: one data key, holding every row.
+    let done = output_within(
+        &mut home.cmd(&["keys", "rekey", "--resume", "--json"]),
+        COMMAND_TIMEOUT,
+        "keys rekey --resume",
+    );
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let status = status(&home);
+    let uses = key_uses(&status);
+    assert_eq!(uses.len(), 1, "{status}");
+    assert!(uses[0].1 >= KILL_INBOX as u64 && uses[0].2 > 0, "{status}");
+    all_read_back(&home, KILL_INBOX);
+    assert_eq!(search_count(&home, "killtest"), 1000);
+}
+
+#[test]
+fn keys_passwd_raises_the_kdf_cost_within_bounds() {
+    let home = TestHome::init("alice");
+    let out = output_within(
+        home.cmd(&[
+            "keys",
+            "passwd",
+            "--kdf-memory",
+            "96",
+            "--kdf-passes",
+            "4",
+            "--json",
+        ])
+        .env("PIGEON_NEW_PASSPHRASE", NEW),
+        COMMAND_TIMEOUT,
+        "keys passwd",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    home.set_passphrase(NEW);
+    let s = status(&home);
+    assert_eq!(s["kdf"]["m_kib"], 96 * 1024, "{s}");
+    assert_eq!(s["kdf"]["t"], 4, "{s}");
+    // Out of bounds: refused before anything is asked or written.
+    for (flag, value) in [
+        ("--kdf-memory", "4"),
+        ("--kdf-memory", "2048"),
+        ("--kdf-passes", "0"),
+        ("--kdf-passes", "17"),
+    ] {
+        let out = output_within(
+            home.cmd(&["keys", "passwd", flag, value])
+                .env("PIGEON_NEW_PASSPHRASE", "another"),
+            COMMAND_TIMEOUT,
+            "keys passwd",
+        );
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+    }
+    let s = status(&home);
+    assert_eq!(s["kdf"]["m_kib"], 96 * 1024, "unchanged: {s}");
+    home.ok(&["inbox", "list"]);
+}
