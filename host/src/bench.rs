@@ -5,6 +5,7 @@
 //! sender has an ack for every message. Repeated for each batch size asked for, so batching can be
 //! compared with one message per batch in the same run.
 
+pub mod keys;
 pub mod rules;
 pub mod search;
 

@@ -172,6 +172,9 @@ pub enum RunError {
     /// `bench rules`: the plugins added nothing, so what was timed was not them.
     #[error("bench: the plugins labelled nothing; they did not run")]
     PluginsIdle,
+    /// A benchmark could not set itself up.
+    #[error("bench: {0}")]
+    Bench(String),
     /// A built-in plugin a benchmark needs is not in this build.
     #[error("bench: {0} is not built in")]
     NotBuiltIn(&'static str),

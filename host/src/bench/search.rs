@@ -153,18 +153,15 @@ fn body_words(rng: &mut StdRng) -> usize {
 
 const LABELS: [&str; 6] = ["work", "family", "receipts", "travel", "alerts", "later"];
 
-/// Fills, indexes and queries an inbox of `messages` messages in a temporary directory.
-pub async fn search(messages: usize) -> Result<SearchRun> {
-    let dir = tempfile::tempdir().map_err(Error::io("a temporary directory"))?;
-    let db_path = dir.path().join("pigeon.db");
-    let index_dir = dir.path().join("search");
-    let keys = Arc::new(Keys::generate());
-    let mut rng = StdRng::seed_from_u64(0x5eed);
-    let corpus = Corpus::new(&mut rng);
-    let senders: Vec<libp2p::PeerId> = (0..8).map(|_| Keys::generate().peer_id()).collect();
-
-    let store = Store::open(&db_path, keys.clone()).await?;
-    let filled = Instant::now();
+/// Stores `messages` generated messages in `store`'s inbox, from `senders`, spread over three
+/// years, in transactions of [`FILL_BATCH`].
+async fn fill(
+    store: &Store,
+    messages: usize,
+    rng: &mut StdRng,
+    corpus: &Corpus,
+    senders: &[libp2p::PeerId],
+) -> Result<()> {
     let now = crate::store::now_ms();
     let span = 3 * 365 * 24 * 3600 * 1000u64;
     let mut done = 0;
@@ -181,16 +178,16 @@ pub async fn search(messages: usize) -> Result<SearchRun> {
                 if rng.gen_bool(0.7) {
                     actions.push(Action::MarkRead);
                 }
-                let words = body_words(&mut rng);
+                let words = body_words(rng);
                 Received {
                     id: MessageId::random(),
                     sender: senders[rng.gen_range(0..senders.len())],
                     sent_at_ms: now,
                     subject: rng.gen_bool(0.7).then(|| {
                         let n = rng.gen_range(2..7);
-                        corpus.text(&mut rng, n)
+                        corpus.text(rng, n)
                     }),
-                    body: corpus.text(&mut rng, words),
+                    body: corpus.text(rng, words),
                     attachments: Vec::new(),
                     actions,
                 }
@@ -202,6 +199,31 @@ pub async fn search(messages: usize) -> Result<SearchRun> {
             .await?;
         done += n;
     }
+    Ok(())
+}
+
+/// Fills `store`'s inbox with `messages` generated messages from eight senders (seeded: every
+/// run fills the same inbox), as `bench search` does.
+pub(super) async fn fill_inbox(store: &Store, messages: usize) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let corpus = Corpus::new(&mut rng);
+    let senders: Vec<libp2p::PeerId> = (0..8).map(|_| Keys::generate().peer_id()).collect();
+    fill(store, messages, &mut rng, &corpus, &senders).await
+}
+
+/// Fills, indexes and queries an inbox of `messages` messages in a temporary directory.
+pub async fn search(messages: usize) -> Result<SearchRun> {
+    let dir = tempfile::tempdir().map_err(Error::io("a temporary directory"))?;
+    let db_path = dir.path().join("pigeon.db");
+    let index_dir = dir.path().join("search");
+    let keys = Arc::new(Keys::generate());
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let corpus = Corpus::new(&mut rng);
+    let senders: Vec<libp2p::PeerId> = (0..8).map(|_| Keys::generate().peer_id()).collect();
+
+    let store = Store::open(&db_path, keys.clone()).await?;
+    let filled = Instant::now();
+    fill(&store, messages, &mut rng, &corpus, &senders).await?;
     let fill_seconds = filled.elapsed().as_secs_f64();
 
     let indexing = Instant::now();

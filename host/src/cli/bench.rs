@@ -1,4 +1,4 @@
-//! `pigeon bench delivery|attachment|rules|search`
+//! `pigeon bench delivery|attachment|rules|search|keys`
 
 use super::print_json;
 use crate::error::{Result, UsageError};
@@ -12,6 +12,20 @@ pub(super) enum Command {
     /// line to a few pages, eight senders, six labels) through the store, sealed like real ones.
     /// Build with --release for meaningful figures.
     Search {
+        /// Messages in the inbox.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time a rekey (items/s and MB/s of sealed data) and a backup's writing and verifying.
+    ///
+    /// Fills a temporary home with MESSAGES generated messages (as `bench search` does) and
+    /// builds its index, then in this process re-wraps the keystore with a fresh data key and
+    /// times the rekey to the old key's destruction, then `backup create` to an age recipient and
+    /// `backup verify` of that file. Build with --release for meaningful figures.
+    Keys {
         /// Messages in the inbox.
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
@@ -78,7 +92,38 @@ pub(super) async fn run(cmd: Command) -> Result<()> {
         } => rules(messages, size, json).await,
         delivery @ Command::Delivery { .. } => run_delivery(delivery).await,
         Command::Search { messages, json } => search(messages, json).await,
+        Command::Keys { messages, json } => keys(messages, json).await,
     }
+}
+
+async fn keys(messages: usize, json: bool) -> Result<()> {
+    if messages == 0 || messages > 10_000_000 {
+        return Err(
+            UsageError::OutOfRange("--messages must be between 1 and 10000000".into()).into(),
+        );
+    }
+    let run = crate::bench::keys::keys(messages).await?;
+    if json {
+        return print_json(&run);
+    }
+    println!(
+        "{} messages: rekey moved {} items ({:.1} MB sealed) in {:.2} s: {:.0} items/s, {:.1} MB/s",
+        run.messages,
+        run.rekey_items,
+        run.rekey_bytes as f64 / 1e6,
+        run.rekey_seconds,
+        run.rekey_items_per_second,
+        run.rekey_mb_per_second
+    );
+    println!(
+        "backup: {:.1} MB written in {:.2} s ({:.1} MB/s); verified in {:.2} s ({:.1} MB/s)",
+        run.backup_bytes as f64 / 1e6,
+        run.backup_seconds,
+        run.backup_mb_per_second,
+        run.verify_seconds,
+        run.verify_mb_per_second
+    );
+    Ok(())
 }
 
 async fn search(messages: usize, json: bool) -> Result<()> {

@@ -168,6 +168,20 @@ impl Db {
         Ok(out)
     }
 
+    /// Bytes of sealed values in the database (what a rekey opens and seals again).
+    pub fn sealed_bytes(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE((SELECT SUM(LENGTH(body) + IFNULL(LENGTH(subject), 0)
+                                      + IFNULL(LENGTH(sender_seal), 0)) FROM inbox), 0)
+                  + COALESCE((SELECT SUM(LENGTH(envelope)) FROM outbox), 0)
+                  + COALESCE((SELECT SUM(LENGTH(ref)) FROM attachments), 0)
+                  + COALESCE((SELECT SUM(LENGTH(seal)) FROM contacts), 0)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     /// Whether any row is still sealed under a key other than `current`.
     pub fn rekey_left(&self, current: u32) -> Result<bool, StoreError> {
         Ok(self

@@ -481,3 +481,41 @@ fn keys_passwd_raises_the_kdf_cost_within_bounds() {
     assert_eq!(s["kdf"]["m_kib"], 96 * 1024, "unchanged: {s}");
     home.ok(&["inbox", "list"]);
 }
+
+#[test]
+fn bench_keys_reports_the_rekey_and_backup_rates() {
+    let out = output_within(
+        std::process::Command::new(pigeon_e2e::pigeon_bin()).args([
+            "bench",
+            "keys",
+            "--messages",
+            "500",
+            "--json",
+        ]),
+        COMMAND_TIMEOUT,
+        "bench keys",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(run["messages"], 500);
+    assert!(
+        run["rekey_items"].as_u64() > Some(500),
+        "rows and index files: {run}"
+    );
+    for figure in [
+        "rekey_items_per_second",
+        "rekey_mb_per_second",
+        "backup_mb_per_second",
+        "verify_mb_per_second",
+    ] {
+        assert!(
+            run[figure].as_f64().is_some_and(|f| f > 0.0),
+            "{figure}: {run}"
+        );
+    }
+    assert!(run["backup_bytes"].as_u64() > Some(100_000), "{run}");
+}
