@@ -67,7 +67,7 @@ pub fn create(
     let peer_id = keystore::read_public(&home.keystore())?
         .peer_id()
         .to_string();
-    let snapshot = Snapshot::path(home);
+    let snapshot = snapshot_path(home);
     let _cleanup = Cleanup(snapshot.clone());
     let (keystore_bytes, counts) = take_snapshot(home, &snapshot)?;
     let (files, mut left_out) = other_files(home, out)?;
@@ -230,14 +230,23 @@ impl Drop for Cleanup {
     }
 }
 
-struct Snapshot;
-
-impl Snapshot {
-    /// Where the database snapshot is written: in the home (private, 0700), removed afterwards.
-    fn path(home: &Home) -> PathBuf {
-        home.root()
-            .join(format!(".backup-{}.db", std::process::id()))
+/// Where the database snapshot is written: in the home (private, 0700), removed afterwards.
+/// Snapshots left by a backup that was killed are removed first.
+fn snapshot_path(home: &Home) -> PathBuf {
+    if let Ok(entries) = std::fs::read_dir(home.root()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(".backup-")
+                .and_then(|n| n.split('.').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !crate::home::process_alive(pid)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
+    home.root()
+        .join(format!(".backup-{}.db", std::process::id()))
 }
 
 /// Copies the database into `snapshot` with SQLite's online backup, between two reads of the

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use age::x25519;
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
-use rusqlite::{Connection, MAIN_DB};
+use rusqlite::{Connection, MAIN_DB, OpenFlags};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -419,8 +419,13 @@ fn attachment_id(rel: &str) -> Option<&str> {
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
-/// Reads the database part, into memory (verify) or through to its file (restore), and opens
-/// every sealed value in it.
+/// A database up to this size is checked in memory by `verify`; a larger one from a temporary
+/// copy (SQLite's in-memory databases are limited to 2 GiB, and memory is better spared).
+const IN_MEMORY_MAX: u64 = 1 << 30;
+
+/// Reads the database part and opens every sealed value in it: from the restored file (restore),
+/// in memory (verify), or from a temporary copy in a private directory, removed at once, for a
+/// database too large for memory.
 fn audit_database(
     rel: &str,
     size: u64,
@@ -428,10 +433,28 @@ fn audit_database(
     keys: &Keys,
 ) -> Result<Audit, BackupError> {
     let sql = |e: rusqlite::Error| BackupError::damaged(rel, e.to_string());
-    let size = usize::try_from(size).map_err(|_| BackupError::damaged(rel, "too large"))?;
-    let mut conn = Connection::open_in_memory().map_err(sql)?;
-    conn.deserialize_read_exact(MAIN_DB, &mut *part, size, true)
-        .map_err(|e| part.blame_sqlite(rel, e))?;
+    let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut _spill = None;
+    let conn = if let Some(path) = part.out_path() {
+        part.drain(rel)?;
+        Connection::open_with_flags(path, read_only).map_err(sql)?
+    } else if size <= IN_MEMORY_MAX {
+        let mut conn = Connection::open_in_memory().map_err(sql)?;
+        conn.deserialize_read_exact(MAIN_DB, &mut *part, size as usize, true)
+            .map_err(|e| part.blame_sqlite(rel, e))?;
+        conn
+    } else {
+        let dir = tempfile::Builder::new()
+            .prefix("pigeon-verify-")
+            .tempdir()
+            .map_err(BackupError::io("creating", &std::env::temp_dir()))?;
+        let path = dir.path().join("pigeon.db");
+        let mut copy = File::create(&path).map_err(BackupError::io("creating", &path))?;
+        std::io::copy(&mut *part, &mut copy)
+            .map_err(|e| part.blame(BackupError::damaged(rel, e.to_string())))?;
+        _spill = Some(dir);
+        Connection::open_with_flags(&path, read_only).map_err(sql)?
+    };
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(sql)?;
@@ -522,6 +545,11 @@ impl<'a> PartReader<'a> {
             out,
             write_error: None,
         }
+    }
+
+    /// The file the part is written to, for a restore.
+    fn out_path(&self) -> Option<PathBuf> {
+        self.out.as_ref().map(|(_, p)| p.clone())
     }
 
     /// Reads what is left of the part.
