@@ -17,8 +17,8 @@
 //!
 //! age cannot tell a wrong identity from a damaged stanza for the right one: both fail to unwrap
 //! the file key. So that `verify` can say "damaged" rather than "wrong identity" in that case, a
-//! backup to recipients also carries, per recipient, a stanza of its own (`pigeon-hint`, a keyed
-//! hash of the recipient's public key) that every age implementation ignores.
+//! backup to recipients also carries, per recipient, a stanza of its own (`pigeon-hint`: a tiny
+//! age file to that recipient alone) that every age implementation ignores.
 
 mod create;
 mod read;
@@ -29,8 +29,6 @@ use std::path::{Component, Path, PathBuf};
 
 use age::x25519;
 use age_core::format::{FileKey, Stanza};
-use blake2::digest::consts::U16;
-use blake2::{Blake2b, Digest};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -49,6 +47,23 @@ pub const FORMAT: u32 = 1;
 /// The largest scrypt work factor (log2 N) a passphrase backup may ask for: age's own bound is
 /// relative to this machine's speed, and a backup made on a fast machine must open on a slow one.
 const MAX_SCRYPT_LOG_N: u8 = 22;
+/// The scrypt work factor (log2 N) of a passphrase backup: about a second on a laptop, 256 MiB.
+const SCRYPT_LOG_N: u8 = 18;
+/// Names at the top of a home that are never parts of a backup, besides the keystore and the
+/// database taken first: rebuilt (the index, the plugin cache), of the running node (the lock,
+/// the socket), or SQLite's own files that would change the database a restore opens.
+const NOT_PARTS: [&str; 10] = [
+    "keystore",
+    "keystore.new",
+    "pigeon.db",
+    "pigeon.db-wal",
+    "pigeon.db-shm",
+    "pigeon.db-journal",
+    "node.lock",
+    "pigeon.sock",
+    "search",
+    "plugin-cache",
+];
 /// The tag of the hint stanza.
 const HINT_TAG: &str = "pigeon-hint";
 
@@ -93,6 +108,9 @@ pub enum BackupError {
     /// The home is in a state a backup cannot be taken of.
     #[error("{0}")]
     NotNow(String),
+    /// The home is missing or cannot be read.
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
     /// The keystore, read outside a backup, failed.
     #[error(transparent)]
     Keys(#[from] crate::keys::KeysError),
@@ -114,6 +132,7 @@ impl BackupError {
             BackupError::Exists(_) => ErrorKind::Conflict,
             BackupError::NotEmpty(_) => ErrorKind::Conflict,
             BackupError::Keys(e) => e.kind(),
+            BackupError::Home(e) => e.kind(),
             BackupError::Store(e) => e.kind(),
         }
     }
@@ -244,17 +263,21 @@ pub fn identities(path: &Path) -> Result<Vec<x25519::Identity>, BackupError> {
     Ok(out)
 }
 
-/// The hint stanza's argument for a recipient: a keyed blake2b of its public key, so that the
-/// stanza names no key to someone who does not already hold it.
-fn hint(recipient: &x25519::Recipient) -> String {
-    let mut h = Blake2b::<U16>::new();
-    h.update(b"pigeon/backup-hint/1\0");
-    h.update(recipient.to_string().as_bytes());
-    hex::encode(h.finalize())
-}
+/// What a hint holds, encrypted.
+const HINT_TEXT: &[u8] = b"pigeon backup hint 1";
 
-/// The hint stanza for one recipient, as an age [`age::Recipient`] that wraps nothing.
-struct Hint(String);
+/// The hint stanza for one recipient: a small age file of its own, encrypted to that recipient
+/// alone, as an age [`age::Recipient`] that wraps no file key. Being age's own construction, it
+/// names no recipient to anyone without the matching identity.
+struct Hint(Vec<u8>);
+
+impl Hint {
+    fn to(recipient: &x25519::Recipient) -> Result<Hint, BackupError> {
+        age::encrypt(recipient, HINT_TEXT)
+            .map(Hint)
+            .map_err(|e| BackupError::Usage(format!("cannot encrypt to {recipient}: {e}")))
+    }
+}
 
 impl age::Recipient for Hint {
     fn wrap_file_key(
@@ -264,34 +287,61 @@ impl age::Recipient for Hint {
         Ok((
             vec![Stanza {
                 tag: HINT_TAG.to_owned(),
-                args: vec![self.0.clone()],
-                body: Vec::new(),
+                args: Vec::new(),
+                body: self.0.clone(),
             }],
             HashSet::new(),
         ))
     }
 }
 
-/// The hints in an age header (the text up to its `---` line), for telling a damaged stanza from
-/// a wrong identity.
-fn header_hints(file: &Path) -> Vec<String> {
-    use std::io::Read;
-    let mut head = Vec::new();
-    if std::fs::File::open(file)
-        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
-        .is_err()
-    {
-        return Vec::new();
+/// An identity that, when none of a header's stanzas opens with it, notes whether a hint does:
+/// then the identity is the right one and its stanza is damaged.
+struct Noticing<'a> {
+    inner: &'a x25519::Identity,
+    hinted: &'a std::cell::Cell<bool>,
+}
+
+impl age::Identity for Noticing<'_> {
+    fn unwrap_stanza(&self, stanza: &Stanza) -> Option<Result<FileKey, age::DecryptError>> {
+        self.inner.unwrap_stanza(stanza)
     }
-    let text = String::from_utf8_lossy(&head);
-    text.lines()
-        .take_while(|l| !l.starts_with("---"))
-        .filter_map(|l| l.strip_prefix("-> "))
-        .filter_map(|l| {
-            let mut words = l.split(' ');
-            (words.next() == Some(HINT_TAG)).then(|| words.next().map(str::to_owned))?
-        })
-        .collect()
+
+    fn unwrap_stanzas(&self, stanzas: &[Stanza]) -> Option<Result<FileKey, age::DecryptError>> {
+        let found = stanzas.iter().find_map(|s| self.inner.unwrap_stanza(s));
+        if found.is_none()
+            && stanzas.iter().any(|s| {
+                s.tag == HINT_TAG && age::decrypt(self.inner, &s.body).is_ok_and(|t| t == HINT_TEXT)
+            })
+        {
+            self.hinted.set(true);
+        }
+        found
+    }
+}
+
+/// Removes what a killed backup or restore left in `dir`: entries named `<prefix><pid>...` whose
+/// process is gone (directories too when `dirs`).
+fn sweep(dir: &Path, prefix: &str, dirs: bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(prefix)
+            .and_then(|n| n.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_none_or(crate::home::process_alive) {
+            continue;
+        }
+        let path = entry.path();
+        if dirs && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// The directory `path` is in (`.` for a bare name).

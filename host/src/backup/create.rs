@@ -11,7 +11,7 @@ use blake2::{Blake2b, Digest};
 use rusqlite::{Connection, OpenFlags, backup::StepResult};
 use serde::{Deserialize, Serialize};
 
-use super::{BackupError, FORMAT, Hint, MANIFEST, Manifest, Part, ROOT, Seal, hint};
+use super::{BackupError, FORMAT, Hint, MANIFEST, Manifest, Part, ROOT, Seal};
 use crate::home::Home;
 use crate::keys::keystore;
 
@@ -45,6 +45,27 @@ pub struct Created {
     pub left_out: Vec<String>,
 }
 
+/// The tar record size GNU tar pads archives to.
+const RECORD: u64 = 10240;
+
+/// A writer that counts what passes.
+struct Counting<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Tries at a snapshot whose keystore did not change while it was taken.
 const TRIES: usize = 3;
 
@@ -57,23 +78,23 @@ pub fn create(
     overwrite: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Created, BackupError> {
-    home.require()
-        .map_err(|e| BackupError::NotNow(e.to_string()))?;
+    home.require()?;
     check_target(home, out, overwrite)?;
-    if let Seal::Passphrase(pass) = &seal {
-        // The backup opens with the node's passphrase: make sure it is the one.
-        keystore::unlock(&home.keystore(), pass)?;
-    }
     let peer_id = keystore::read_public(&home.keystore())?
         .peer_id()
         .to_string();
     let snapshot = snapshot_path(home);
     let _cleanup = Cleanup(snapshot.clone());
-    let (keystore_bytes, counts) = take_snapshot(home, &snapshot)?;
+    let (keystore_bytes, counts, expected) = take_snapshot(home, &snapshot)?;
+    if let Seal::Passphrase(pass) = &seal {
+        // The backup opens with the node's passphrase: it must open the keystore it holds.
+        keystore::unlock_bytes(&home.keystore(), &keystore_bytes, pass)?;
+    }
     let (files, mut left_out) = other_files(home, out)?;
     left_out.extend(plugins_outside(home));
 
     let temp = temp_path(out);
+    super::sweep(&super::parent_of(out), &temp_prefix(out), false);
     let _cleanup_temp = Cleanup(temp.clone());
     let file = OpenOptions::new()
         .write(true)
@@ -83,10 +104,18 @@ pub fn create(
         .map_err(BackupError::io("creating", &temp))?;
     let encryptor = match &seal {
         Seal::Passphrase(pass) => {
-            age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(pass.to_string()))
+            let mut scrypt =
+                age::scrypt::Recipient::new(age::secrecy::SecretString::from(pass.to_string()));
+            // A fixed cost rather than one tuned to this machine: the backup must open on a
+            // slower one too (verify accepts up to MAX_SCRYPT_LOG_N).
+            scrypt.set_work_factor(super::SCRYPT_LOG_N);
+            age::Encryptor::with_recipients(std::iter::once(&scrypt as &dyn age::Recipient))
+                .map_err(|e| {
+                    BackupError::Usage(format!("cannot encrypt under the passphrase: {e}"))
+                })?
         }
         Seal::Recipients(list) => {
-            let hints: Vec<Hint> = list.iter().map(|r| Hint(hint(r))).collect();
+            let hints = list.iter().map(Hint::to).collect::<Result<Vec<_>, _>>()?;
             let all = list
                 .iter()
                 .map(|r| r as &dyn age::Recipient)
@@ -99,7 +128,10 @@ pub fn create(
     let sink = encryptor
         .wrap_output(BufWriter::with_capacity(1 << 20, &file))
         .map_err(BackupError::io("writing", &temp))?;
-    let mut tar = tar::Builder::new(sink);
+    let mut tar = tar::Builder::new(Counting {
+        inner: sink,
+        written: 0,
+    });
 
     let snapshot_len = std::fs::metadata(&snapshot)
         .map_err(BackupError::io("reading", &snapshot))?
@@ -140,6 +172,16 @@ pub fn create(
             .len();
         writer.add(&mut tar, rel, len, &mut (&mut f).take(len))?;
     }
+    // An attachment file the snapshot says is held, gone before it was listed or read (released
+    // or redacted meanwhile): said so, so that verify does not take it for damage.
+    for id in &expected {
+        let rel = format!("attachments/{id}.sealed");
+        if !writer.parts.iter().any(|p| p.path == rel)
+            && !left_out.iter().any(|l| l.starts_with(&rel))
+        {
+            left_out.push(format!("{rel}: removed while the backup ran"));
+        }
+    }
     let manifest = Manifest {
         format: FORMAT,
         pigeon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -154,10 +196,18 @@ pub fn create(
     append(&mut tar, MANIFEST, json.len() as u64, json.as_slice())
         .map_err(BackupError::io("writing", &temp))?;
     let parts = writer.parts.len() + 1;
-    let sink = tar
+    let mut sink = tar
         .into_inner()
         .map_err(BackupError::io("writing", &temp))?;
-    let mut buffered = sink.finish().map_err(BackupError::io("writing", &temp))?;
+    // Padded to whole 10240-byte records, as GNU tar writes them, so that its appending and
+    // deleting work on the archive too.
+    let pad = (RECORD - sink.written % RECORD) % RECORD;
+    sink.write_all(&vec![0u8; pad as usize])
+        .map_err(BackupError::io("writing", &temp))?;
+    let mut buffered = sink
+        .inner
+        .finish()
+        .map_err(BackupError::io("writing", &temp))?;
     buffered
         .flush()
         .map_err(BackupError::io("writing", &temp))?;
@@ -213,11 +263,16 @@ fn check_target(home: &Home, out: &Path, overwrite: bool) -> Result<(), BackupEr
 
 /// The temp name a backup is written under: hidden, beside the target, unique to this process.
 fn temp_path(out: &Path) -> PathBuf {
+    out.with_file_name(format!("{}{}", temp_prefix(out), std::process::id()))
+}
+
+/// The temp names' start, before the process id.
+fn temp_prefix(out: &Path) -> String {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "backup".into());
-    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    format!(".{name}.partial-")
 }
 
 /// Removes a temporary file when dropped (after a rename, there is nothing left to remove).
@@ -233,33 +288,25 @@ impl Drop for Cleanup {
 /// Where the database snapshot is written: in the home (private, 0700), removed afterwards.
 /// Snapshots left by a backup that was killed are removed first.
 fn snapshot_path(home: &Home) -> PathBuf {
-    if let Ok(entries) = std::fs::read_dir(home.root()) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix(".backup-")
-                .and_then(|n| n.split('.').next())
-                .and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|pid| !crate::home::process_alive(pid)) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
+    super::sweep(home.root(), ".backup-", false);
     home.root()
         .join(format!(".backup-{}.db", std::process::id()))
 }
 
+/// The keystore, the counts, and the attachment files the snapshot says are held.
+type Snapshot = (Vec<u8>, Counts, Vec<String>);
+
 /// Copies the database into `snapshot` with SQLite's online backup, between two reads of the
 /// keystore that must agree (else a passphrase change or the end of a rekey happened meanwhile,
 /// and the keystore would not match the rows: take it again).
-fn take_snapshot(home: &Home, snapshot: &Path) -> Result<(Vec<u8>, Counts), BackupError> {
+fn take_snapshot(home: &Home, snapshot: &Path) -> Result<Snapshot, BackupError> {
     let keystore = home.keystore();
     for _ in 0..TRIES {
         let before = std::fs::read(&keystore).map_err(BackupError::io("reading", &keystore))?;
-        let counts = copy_database(&home.database(), snapshot)?;
+        let (counts, expected) = copy_database(&home.database(), snapshot)?;
         let after = std::fs::read(&keystore).map_err(BackupError::io("reading", &keystore))?;
         if before == after {
-            return Ok((before, counts));
+            return Ok((before, counts, expected));
         }
         let _ = std::fs::remove_file(snapshot);
     }
@@ -270,7 +317,7 @@ fn take_snapshot(home: &Home, snapshot: &Path) -> Result<(Vec<u8>, Counts), Back
     ))
 }
 
-fn copy_database(source: &Path, snapshot: &Path) -> Result<Counts, BackupError> {
+fn copy_database(source: &Path, snapshot: &Path) -> Result<(Counts, Vec<String>), BackupError> {
     let src = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -310,12 +357,24 @@ fn copy_database(source: &Path, snapshot: &Path) -> Result<Counts, BackupError> 
             .map(|n| n as u64)
             .map_err(|e| BackupError::Store(e.into()))
     };
-    Ok(Counts {
+    let counts = Counts {
         contacts: count("SELECT COUNT(*) FROM contacts")?,
         messages: count("SELECT COUNT(*) FROM inbox")?,
         queued: count("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")?,
         attachments: count("SELECT COUNT(*) FROM attachments")?,
-    })
+    };
+    let expected = dst
+        .prepare(
+            "SELECT id FROM attachments
+             WHERE (direction = 'out' AND released = 0)
+                OR (direction = 'in' AND id IN (SELECT attachment_id FROM attachment_chunks))",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| BackupError::Store(e.into()))?;
+    Ok((counts, expected))
 }
 
 /// A file to put in the backup: its path under the home and its size when listed.
@@ -324,18 +383,6 @@ type Listed = (String, u64);
 /// Files of the home that are not rebuilt, not the database (taken by snapshot) and not the
 /// keystore (taken first): relative path and size, sorted. Symbolic links are not followed.
 fn other_files(home: &Home, out: &Path) -> Result<(Vec<Listed>, Vec<String>), BackupError> {
-    const SKIP_TOP: [&str; 10] = [
-        "keystore",
-        "keystore.new",
-        "pigeon.db",
-        "pigeon.db-wal",
-        "pigeon.db-shm",
-        "pigeon.db-journal",
-        "node.lock",
-        "pigeon.sock",
-        "search",
-        "plugin-cache",
-    ];
     let mut files = Vec::new();
     let mut left_out = Vec::new();
     let mut dirs = vec![(home.root().to_owned(), String::new())];
@@ -344,7 +391,8 @@ fn other_files(home: &Home, out: &Path) -> Result<(Vec<Listed>, Vec<String>), Ba
         for entry in entries {
             let entry = entry.map_err(BackupError::io("reading", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if rel.is_empty() && (SKIP_TOP.contains(&name.as_str()) || name.starts_with(".backup-"))
+            if rel.is_empty()
+                && (super::NOT_PARTS.contains(&name.as_str()) || name.starts_with(".backup-"))
             {
                 continue;
             }
@@ -362,6 +410,8 @@ fn other_files(home: &Home, out: &Path) -> Result<(Vec<Listed>, Vec<String>), Ba
                 .map_err(BackupError::io("reading", &path))?;
             if meta.is_dir() {
                 dirs.push((path, child));
+            } else if meta.is_file() && super::entry_path(&Path::new(ROOT).join(&child)).is_err() {
+                left_out.push(format!("{child}: a name or depth a backup cannot hold"));
             } else if meta.is_file() {
                 let len = entry
                     .metadata()

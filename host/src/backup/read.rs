@@ -8,7 +8,6 @@ use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use age::x25519;
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
@@ -16,8 +15,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{
-    BackupError, FORMAT, MANIFEST, MAX_SCRYPT_LOG_N, Manifest, Opener, Part, entry_path,
-    header_hints, hint,
+    BackupError, FORMAT, MANIFEST, MAX_SCRYPT_LOG_N, Manifest, Noticing, Opener, Part, entry_path,
 };
 use crate::attachments;
 use crate::keys::{Keys, KeysError, keystore};
@@ -85,7 +83,7 @@ pub(super) fn read(
         .map_err(BackupError::io("reading", file))?
         .len();
     let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 20, input))
-        .map_err(|e| header_error(file, e, &[]))?;
+        .map_err(|e| header_error(file, e, Key::Passphrase))?;
     let scrypt = decryptor.is_scrypt();
     let stream = if scrypt {
         let mut identity = age::scrypt::Identity::new(age::secrecy::SecretString::from(
@@ -94,16 +92,33 @@ pub(super) fn read(
         identity.set_max_work_factor(MAX_SCRYPT_LOG_N);
         decryptor
             .decrypt(std::iter::once(&identity as &dyn age::Identity))
-            .map_err(|e| header_error(file, e, &[]))?
+            .map_err(|e| header_error(file, e, Key::Passphrase))?
     } else {
         if opener.identities.is_empty() {
             return Err(BackupError::Usage(
                 "this backup is encrypted to age recipients: pass --identity KEYFILE".into(),
             ));
         }
+        let hinted = std::cell::Cell::new(false);
+        let noticing: Vec<Noticing<'_>> = opener
+            .identities
+            .iter()
+            .map(|inner| Noticing {
+                inner,
+                hinted: &hinted,
+            })
+            .collect();
         decryptor
-            .decrypt(opener.identities.iter().map(|i| i as &dyn age::Identity))
-            .map_err(|e| header_error(file, e, &opener.identities))?
+            .decrypt(noticing.iter().map(|i| i as &dyn age::Identity))
+            .map_err(|e| {
+                header_error(
+                    file,
+                    e,
+                    Key::Identities {
+                        hinted: hinted.get(),
+                    },
+                )
+            })?
     };
 
     let mut archive = tar::Archive::new(stream);
@@ -142,6 +157,7 @@ pub(super) fn read(
                 .map_err(|e| BackupError::damaged(MANIFEST, format!("does not parse: {e}")))?;
             manifest = Some(m);
         } else {
+            state.admit(&rel)?;
             let out = match into {
                 Some(dir) if state.keeps(&rel) => Some((create_in(dir, &rel)?, dir.join(&rel))),
                 _ => None,
@@ -174,42 +190,51 @@ pub(super) fn read(
     state.finish(file, bytes, scrypt, manifest)
 }
 
+/// What opened (or failed to open) the age layer.
+#[derive(Clone, Copy)]
+enum Key {
+    /// The node passphrase (scrypt).
+    Passphrase,
+    /// Identities; `hinted` when a hint stanza opened with one of them.
+    Identities { hinted: bool },
+}
+
 /// What age's header errors mean: a wrong key (exit 3) or a damaged header (exit 6). With
-/// identities, a hint that names one of them says the key was right and its stanza is damaged.
-fn header_error(file: &Path, e: age::DecryptError, identities: &[x25519::Identity]) -> BackupError {
+/// identities, a hint that opens with one of them says the key was right and its stanza is
+/// damaged.
+fn header_error(file: &Path, e: age::DecryptError, key: Key) -> BackupError {
     use age::DecryptError as D;
     let part = "the age header";
-    match e {
-        D::NoMatchingKeys | D::DecryptionFailed | D::KeyDecryptionFailed => {
-            if identities.is_empty() {
-                return BackupError::WrongKey(format!(
-                    "the passphrase does not open {} (a backup without recipients opens with the \
-                     node passphrase it was made under)",
-                    file.display()
-                ));
-            }
-            let hints = header_hints(file);
-            if identities
-                .iter()
-                .any(|i| hints.contains(&hint(&i.to_public())))
-            {
-                BackupError::damaged(part, "the stanza for your identity does not open")
-            } else {
-                BackupError::WrongKey(format!(
-                    "none of the identities given opens {}",
-                    file.display()
-                ))
-            }
+    match (e, key) {
+        (D::NoMatchingKeys | D::DecryptionFailed | D::KeyDecryptionFailed, Key::Passphrase) => {
+            BackupError::WrongKey(format!(
+                "the passphrase does not open {} (a backup without recipients opens with the \
+                 node passphrase it was made under)",
+                file.display()
+            ))
         }
-        D::InvalidMac => BackupError::damaged(part, "its MAC does not match"),
-        D::ExcessiveWork { required, .. } => BackupError::damaged(
+        (
+            D::NoMatchingKeys | D::DecryptionFailed | D::KeyDecryptionFailed,
+            Key::Identities { hinted: true },
+        ) => BackupError::damaged(part, "the stanza for your identity does not open"),
+        (
+            D::NoMatchingKeys | D::DecryptionFailed | D::KeyDecryptionFailed,
+            Key::Identities { hinted: false },
+        ) => BackupError::WrongKey(format!(
+            "none of the identities given opens {}",
+            file.display()
+        )),
+        (D::InvalidMac, _) => BackupError::damaged(part, "its MAC does not match"),
+        (D::ExcessiveWork { required, .. }, _) => BackupError::damaged(
             part,
             format!(
                 "it asks for scrypt work 2^{required}, beyond the 2^{MAX_SCRYPT_LOG_N} a pigeon backup uses"
             ),
         ),
-        D::UnknownFormat => BackupError::damaged(part, "not an age file, or one from a newer age"),
-        other => BackupError::damaged(part, other.to_string()),
+        (D::UnknownFormat, _) => {
+            BackupError::damaged(part, "not an age file, or one from a newer age")
+        }
+        (other, _) => BackupError::damaged(part, other.to_string()),
     }
 }
 
@@ -255,6 +280,20 @@ impl State {
         }
     }
 
+    /// Refuses a part before anything of it is read or written: one seen already, or one a
+    /// backup never holds (after the keystore and the database, which come first).
+    fn admit(&mut self, rel: &str) -> Result<(), BackupError> {
+        if self.seen.insert(rel.to_owned(), ()).is_some() {
+            return Err(BackupError::damaged(rel, "appears twice"));
+        }
+        let top = rel.split('/').next().unwrap_or(rel);
+        if self.parts.len() >= 2 && (super::NOT_PARTS.contains(&top) || top.starts_with(".backup-"))
+        {
+            return Err(BackupError::damaged(rel, "not a part a backup holds"));
+        }
+        Ok(())
+    }
+
     fn part(
         &mut self,
         rel: &str,
@@ -262,9 +301,6 @@ impl State {
         part: &mut PartReader<'_>,
         opener: &Opener,
     ) -> Result<(), BackupError> {
-        if self.seen.insert(rel.to_owned(), ()).is_some() {
-            return Err(BackupError::damaged(rel, "appears twice"));
-        }
         match (rel, self.parts.len()) {
             ("keystore", 0) => {
                 if size > 64 * 1024 {

@@ -106,7 +106,9 @@ fn staging_path(home: &Path) -> Result<PathBuf, BackupError> {
         .into_owned();
     let parent = parent_of(home);
     std::fs::create_dir_all(&parent).map_err(BackupError::io("creating", &parent))?;
-    Ok(parent.join(format!(".{name}.restoring-{}", std::process::id())))
+    let prefix = format!(".{name}.restoring-");
+    super::sweep(&parent, &prefix, true);
+    Ok(parent.join(format!("{prefix}{}", std::process::id())))
 }
 
 /// Makes every directory entry under `dir` durable (the files were synced as they were written).

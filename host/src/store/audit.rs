@@ -89,8 +89,11 @@ impl Opener<'_> {
         key_id: Option<u32>,
         blob: Option<&[u8]>,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, Stop> {
-        let (Some(key_id), Some(blob)) = (key_id, blob) else {
-            return Ok(None);
+        let (key_id, blob) = match (key_id, blob) {
+            (Some(k), Some(b)) => (k, b),
+            (_, None) => return Ok(None),
+            // A value with no key to open it: damage, not something to trust unopened.
+            (None, Some(_)) => return Err(Stop::Unopened(table.to_owned(), row.to_owned())),
         };
         let plain = self
             .at_rest
@@ -164,8 +167,9 @@ fn walk(conn: &Connection, at_rest: &AtRest) -> Result<Audit, Stop> {
         let plain = o
             .open(table, &id, Some(key_id), Some(&sealed))?
             .unwrap_or_default();
-        let Ok(reference) = ciborium::from_reader::<AttachmentRef, _>(plain.as_slice()) else {
-            return Err(Stop::Unopened(table.to_owned(), id));
+        let reference = match ciborium::from_reader::<AttachmentRef, _>(plain.as_slice()) {
+            Ok(r) if r.is_well_formed() => r,
+            _ => return Err(Stop::Unopened(table.to_owned(), id)),
         };
         if outgoing && released {
             // The receiver holds it whole; the sender's copy is gone.

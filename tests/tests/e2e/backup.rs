@@ -330,8 +330,25 @@ fn verify_refuses_every_flipped_byte_a_wrong_key_and_a_cut_file() {
     let file = work.path().join("a.bin");
     std::fs::write(&file, vec![7u8; 150_000]).expect("write");
     home.send_attached("bob", "with a file", &file);
+    // A file deeper than a backup holds is left out, and said so; the rest is still sound.
+    let deep = home.path().join("plugins/a/b/c/d/e/f/g");
+    std::fs::create_dir_all(&deep).expect("mkdir");
+    std::fs::write(deep.join("x.wasm"), b"wasm").expect("write");
     let backup = work.path().join("a.age");
-    home.ok(&["backup", "create", path(&backup), "--recipient", &public]);
+    let created = home.json(&[
+        "backup",
+        "create",
+        path(&backup),
+        "--recipient",
+        &public,
+        "--json",
+    ]);
+    assert!(
+        created["left_out"].as_array().is_some_and(|l| l
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("x.wasm")))),
+        "{created}"
+    );
     let sound = verify(&home, &backup, Some(&key));
     assert!(
         sound.status.success(),
@@ -439,6 +456,25 @@ fn verify_refuses_every_flipped_byte_a_wrong_key_and_a_cut_file() {
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
 
+    // No home: not found.
+    let nowhere = work.path().join("nowhere");
+    let out = run_in(
+        &nowhere,
+        &[
+            "backup",
+            "create",
+            path(&work.path().join("n.age")),
+            "--recipient",
+            &public,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Restore refuses a home that has anything in it, and changes nothing there.
     let out = home.run(&["restore", path(&backup), "--identity", path(&key)]);
     assert_eq!(out.status.code(), Some(5));
@@ -467,4 +503,191 @@ fn verify_refuses_every_flipped_byte_a_wrong_key_and_a_cut_file() {
         .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
+}
+
+/// Gives `home` a contact `nobody` that never comes online, with one message queued for it.
+fn nobody(home: &TestHome) {
+    let other = TestHome::init("nobody");
+    home.add_contact("nobody", &other, &["/ip4/127.0.0.1/tcp/9".to_owned()]);
+    home.send("nobody", "queued for nobody");
+}
+
+/// The tar inside `backup`, decrypted with the `age` tool.
+fn decrypt_tar(backup: &Path, key: &Path, tar_file: &Path) {
+    let out = output_within(
+        Command::new(age_cli())
+            .arg("-d")
+            .arg("-i")
+            .arg(key)
+            .arg("-o")
+            .arg(tar_file)
+            .arg(backup),
+        COMMAND_TIMEOUT,
+        "age -d",
+    );
+    assert!(out.status.success(), "age -d failed");
+}
+
+/// Runs `tar ARGS` in `dir`.
+fn tar_in(dir: &Path, args: &[&str]) {
+    let out = output_within(
+        Command::new("tar").current_dir(dir).args(args),
+        COMMAND_TIMEOUT,
+        "tar",
+    );
+    assert!(
+        out.status.success(),
+        "tar {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_hostile_backup_is_refused_and_writes_nothing_outside() {
+    let home = TestHome::init("alice");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(work.path(), "key.txt");
+    nobody(&home);
+    let backup = work.path().join("real.age");
+    home.ok(&["backup", "create", path(&backup), "--recipient", &public]);
+    let plain = work.path().join("real.tar");
+    decrypt_tar(&backup, &key, &plain);
+
+    // Each variant: the real tar with one entry added before the manifest (the manifest moved to
+    // the end again), encrypted to the same key as anyone holding the public key could.
+    let stage = work.path().join("stage");
+    std::fs::create_dir_all(stage.join("pigeon-backup")).expect("mkdir");
+    std::fs::write(stage.join("escape"), b"outside").expect("write");
+    std::fs::write(stage.join("pigeon-backup/pigeon.db-journal"), b"journal").expect("write");
+    std::os::unix::fs::symlink("/etc/passwd", stage.join("pigeon-backup/link")).expect("symlink");
+    let variants: [(&str, &[&str]); 4] = [
+        (
+            "a path out of the backup",
+            &["-P", "pigeon-backup/../escape"],
+        ),
+        ("a symbolic link", &["pigeon-backup/link"]),
+        (
+            "a journal SQLite would apply",
+            &["pigeon-backup/pigeon.db-journal"],
+        ),
+        (
+            "a second keystore",
+            &["--transform=s,escape,pigeon-backup/keystore,", "escape"],
+        ),
+    ];
+    for (what, add) in variants {
+        let tar_file = stage.join("hostile.tar");
+        std::fs::copy(&plain, &tar_file).expect("copy");
+        tar_in(
+            &stage,
+            &["-xf", "hostile.tar", "pigeon-backup/MANIFEST.json"],
+        );
+        tar_in(
+            &stage,
+            &[
+                "--delete",
+                "-f",
+                "hostile.tar",
+                "pigeon-backup/MANIFEST.json",
+            ],
+        );
+        tar_in(&stage, &[&["-rf", "hostile.tar"][..], add].concat());
+        tar_in(
+            &stage,
+            &["-rf", "hostile.tar", "pigeon-backup/MANIFEST.json"],
+        );
+        let hostile = work.path().join("hostile.age");
+        let out = output_within(
+            Command::new(age_cli())
+                .args(["-r", &public, "-o"])
+                .arg(&hostile)
+                .arg(&tar_file),
+            COMMAND_TIMEOUT,
+            "age -r",
+        );
+        assert!(out.status.success(), "age -r failed");
+        let out = verify(&home, &hostile, Some(&key));
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let target = work.path().join("restored");
+        let out = run_in(
+            &target,
+            &["restore", path(&hostile), "--identity", path(&key)],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!target.exists(), "{what}: nothing restored");
+        assert!(
+            !work.path().join("escape").exists(),
+            "{what}: nothing written outside"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .expect("ls")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "nothing left behind: {left:?}");
+}
+
+#[test]
+fn a_killed_backup_leaves_no_partial_file_for_long() {
+    let home = TestHome::init("alice");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (_, public) = keygen(work.path(), "key.txt");
+    nobody(&home);
+    let file = work.path().join("big.bin");
+    std::fs::write(&file, vec![3u8; 40 << 20]).expect("write");
+    home.ok(&["send", "nobody", "big", "--attach", path(&file)]);
+    let backup = work.path().join("b.age");
+    let partials = || {
+        std::fs::read_dir(work.path())
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+            .count()
+    };
+    let mut child = home
+        .cmd(&["backup", "create", path(&backup), "--recipient", &public])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for("the partial file", Duration::from_secs(60), || {
+        (partials() > 0 || backup.exists()).then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !backup.exists() || partials() == 0,
+        "never a partial file under the final name"
+    );
+    home.ok(&[
+        "backup",
+        "create",
+        path(&backup),
+        "--recipient",
+        &public,
+        "--yes",
+    ]);
+    assert_eq!(
+        partials(),
+        0,
+        "the next backup removes what a killed one left"
+    );
+    assert!(
+        home.path()
+            .read_dir()
+            .expect("ls")
+            .filter_map(Result::ok)
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".backup-"))
+    );
 }

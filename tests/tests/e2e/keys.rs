@@ -381,8 +381,10 @@ fn keys_passwd_killed_at_any_point_leaves_a_home_that_opens_with_one_passphrase(
     for round in 1..=KILL_POINTS {
         let old = home.passphrase();
         let new = format!("pass-{round}");
-        // Kill points spread over the whole change, a little past its end.
-        let after = whole.mul_f64(round as f64 / KILL_POINTS as f64 * 1.1);
+        // Kill points over the whole change and a little past its end, denser at the start
+        // (the re-wrap is a small part of a change when the rekey is long).
+        let at = round as f64 / KILL_POINTS as f64;
+        let after = whole.mul_f64(at * at * 1.1);
         kill_after(&home, &old, &new, &["keys", "passwd", "--json"], after);
         let (current, status) = the_one_that_opens(&home, &[&old, &new]);
         if current == old {
