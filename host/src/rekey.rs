@@ -174,8 +174,16 @@ impl Rekey {
             .to_move
             .store(old(&rows) + old(&files), Ordering::Relaxed);
         for _ in 0..ROUNDS {
+            let mut cursor = crate::store::RekeyCursor::default();
             loop {
-                let n = inner.store.call(|db| db.rekey_batch(BATCH)).await?;
+                let (n, next) = inner
+                    .store
+                    .call(move |db| {
+                        let mut cursor = cursor;
+                        Ok((db.rekey_batch(BATCH, &mut cursor)?, cursor))
+                    })
+                    .await?;
+                cursor = next;
                 inner.moved.fetch_add(n as u64, Ordering::Relaxed);
                 if n == 0 {
                     break;

@@ -33,6 +33,7 @@ pub use contacts::Contact;
 pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received, opening};
 pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
+pub use rekey::RekeyCursor;
 pub use rules::{RuleChange, RuleView, RulesApplied};
 pub use search::{FeedDoc, HitRow, SearchLink};
 

@@ -20,10 +20,27 @@ const COUNTS: &str = "
     UNION ALL SELECT key_id, COUNT(*) FROM attachments GROUP BY key_id
     UNION ALL SELECT key_id, COUNT(*) FROM contacts WHERE seal IS NOT NULL GROUP BY key_id";
 
+/// Where a pass of batches has got to in each table (the last rowid looked at), so that each
+/// batch goes on from there instead of scanning again the rows already moved: a row's key id
+/// sits after its sealed blobs, and reaching it means reading them. Kept in memory only: a pass
+/// that starts afresh (after a crash) starts from the first row.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RekeyCursor {
+    inbox: i64,
+    outbox: i64,
+    attachments: i64,
+    contacts: i64,
+}
+
 impl Db {
     /// Re-seals under the current key up to `limit` rows sealed under another one, in one
-    /// transaction; returns how many it moved (0 when none is left).
-    pub fn rekey_batch(&mut self, limit: usize) -> Result<usize, StoreError> {
+    /// transaction, going on from `cursor`; returns how many it moved (0 when none is left past
+    /// the cursor).
+    pub fn rekey_batch(
+        &mut self,
+        limit: usize,
+        cursor: &mut RekeyCursor,
+    ) -> Result<usize, StoreError> {
         let keys = self.keys.clone();
         let at_rest = keys.at_rest();
         let current = at_rest.current();
@@ -40,13 +57,21 @@ impl Db {
         let tx = self.conn.transaction()?;
         let mut moved = 0;
 
-        type InboxRow = (String, u32, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, bool);
+        type InboxRow = (
+            i64,
+            String,
+            u32,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            bool,
+        );
         let rows: Vec<InboxRow> = tx
             .prepare_cached(
-                "SELECT id, key_id, body, subject, sender_seal, redacted_at IS NOT NULL
-                 FROM inbox WHERE key_id != ?1 LIMIT ?2",
+                "SELECT rowid, id, key_id, body, subject, sender_seal, redacted_at IS NOT NULL
+                 FROM inbox WHERE rowid > ?3 AND key_id != ?1 ORDER BY rowid LIMIT ?2",
             )?
-            .query_map(params![current, limit as i64], |r| {
+            .query_map(params![current, limit as i64, cursor.inbox], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -54,10 +79,12 @@ impl Db {
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
                 ))
             })?
             .collect::<Result<_, _>>()?;
-        for (id, key_id, body, subject, sender, redacted) in rows {
+        for (rowid, id, key_id, body, subject, sender, redacted) in rows {
+            cursor.inbox = rowid;
             let body = if redacted {
                 // Scrubbed: nothing sealed is left in it.
                 body
@@ -93,16 +120,17 @@ impl Db {
         }
 
         let left = limit.saturating_sub(moved);
-        let rows: Vec<(String, u32, Option<Vec<u8>>)> = tx
+        let rows: Vec<(i64, String, u32, Option<Vec<u8>>)> = tx
             .prepare_cached(
-                "SELECT id, key_id, envelope FROM outbox
-                 WHERE key_id IS NOT NULL AND key_id != ?1 LIMIT ?2",
+                "SELECT rowid, id, key_id, envelope FROM outbox
+                 WHERE rowid > ?3 AND key_id IS NOT NULL AND key_id != ?1 ORDER BY rowid LIMIT ?2",
             )?
-            .query_map(params![current, left as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            .query_map(params![current, left as i64, cursor.outbox], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
-        for (id, key_id, envelope) in rows {
+        for (rowid, id, key_id, envelope) in rows {
+            cursor.outbox = rowid;
             let envelope = match envelope {
                 Some(e) => Some(seal(
                     super::outbox::TABLE,
@@ -117,13 +145,17 @@ impl Db {
         }
 
         let left = limit.saturating_sub(moved);
-        let rows: Vec<(String, u32, Vec<u8>)> = tx
-            .prepare_cached("SELECT id, key_id, ref FROM attachments WHERE key_id != ?1 LIMIT ?2")?
-            .query_map(params![current, left as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        let rows: Vec<(i64, String, u32, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT rowid, id, key_id, ref FROM attachments
+                 WHERE rowid > ?3 AND key_id != ?1 ORDER BY rowid LIMIT ?2",
+            )?
+            .query_map(params![current, left as i64, cursor.attachments], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
-        for (id, key_id, sealed) in rows {
+        for (rowid, id, key_id, sealed) in rows {
+            cursor.attachments = rowid;
             let plain =
                 zeroize::Zeroizing::new(open(super::attachments::TABLE, &id, key_id, &sealed)?);
             let sealed = seal(super::attachments::TABLE, &id, &plain)?;
@@ -133,16 +165,17 @@ impl Db {
         }
 
         let left = limit.saturating_sub(moved);
-        let rows: Vec<(String, u32, Vec<u8>)> = tx
+        let rows: Vec<(i64, String, u32, Vec<u8>)> = tx
             .prepare_cached(
-                "SELECT peer_id, key_id, seal FROM contacts
-                 WHERE seal IS NOT NULL AND key_id != ?1 LIMIT ?2",
+                "SELECT rowid, peer_id, key_id, seal FROM contacts
+                 WHERE rowid > ?3 AND seal IS NOT NULL AND key_id != ?1 ORDER BY rowid LIMIT ?2",
             )?
-            .query_map(params![current, left as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            .query_map(params![current, left as i64, cursor.contacts], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
-        for (peer, key_id, sealed) in rows {
+        for (rowid, peer, key_id, sealed) in rows {
+            cursor.contacts = rowid;
             let plain = open(super::contacts::TABLE, &peer, key_id, &sealed)?;
             let sealed = seal(super::contacts::TABLE, &peer, &plain)?;
             tx.prepare_cached("UPDATE contacts SET seal = ?2, key_id = ?3 WHERE peer_id = ?1")?
