@@ -47,22 +47,27 @@ fn age_cli() -> &'static str {
     "age"
 }
 
+/// Runs a standard tool to the end, which must succeed; returns its stdout.
+fn tool(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = output_within(cmd, COMMAND_TIMEOUT, what);
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A fresh age identity in `dir`: its file and its public key.
 fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     age_cli();
     let key = dir.join(name);
-    let out = output_within(
-        Command::new("age-keygen").arg("-o").arg(&key),
-        COMMAND_TIMEOUT,
-        "age-keygen",
-    );
-    assert!(out.status.success(), "age-keygen failed");
-    let out = output_within(
+    tool(Command::new("age-keygen").arg("-o").arg(&key), "age-keygen");
+    let public = tool(
         Command::new("age-keygen").arg("-y").arg(&key),
-        COMMAND_TIMEOUT,
         "age-keygen -y",
     );
-    let public = String::from_utf8(out.stdout).expect("utf-8");
+    let public = String::from_utf8(public).expect("utf-8");
     (key, public.trim().to_owned())
 }
 
@@ -81,40 +86,20 @@ fn verify(home: &TestHome, file: &Path, identity: Option<&Path>) -> Output {
 
 /// The entries of `backup`, decrypted with the `age` tool and listed by `tar`.
 fn listed_by_age_and_tar(backup: &Path, key: &Path) -> Vec<String> {
-    let decrypted = output_within(
-        Command::new(age_cli())
-            .arg("-d")
-            .arg("-i")
-            .arg(key)
-            .arg(backup),
-        COMMAND_TIMEOUT,
-        "age -d",
-    );
-    assert!(
-        decrypted.status.success(),
-        "age -d failed: {}",
-        String::from_utf8_lossy(&decrypted.stderr)
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let tar_file = dir.path().join("backup.tar");
-    std::fs::write(&tar_file, &decrypted.stdout).expect("write tar");
-    let listed = output_within(
-        Command::new("tar").arg("tf").arg(&tar_file),
-        COMMAND_TIMEOUT,
-        "tar tf",
-    );
-    assert!(listed.status.success(), "tar t failed");
+    decrypt_tar(backup, key, &tar_file);
+    let listed = tool(Command::new("tar").arg("tf").arg(&tar_file), "tar tf");
     // The manifest, read by the standard tools, lists every other entry with its sum.
-    let manifest = output_within(
+    let manifest = tool(
         Command::new("tar")
             .arg("xOf")
             .arg(&tar_file)
             .arg("pigeon-backup/MANIFEST.json"),
-        COMMAND_TIMEOUT,
         "tar xO",
     );
-    let manifest: Value = serde_json::from_slice(&manifest.stdout).expect("manifest JSON");
-    let names: Vec<String> = String::from_utf8(listed.stdout)
+    let manifest: Value = serde_json::from_slice(&manifest).expect("manifest JSON");
+    let names: Vec<String> = String::from_utf8(listed)
         .expect("utf-8")
         .lines()
         .map(str::to_owned)
@@ -512,9 +497,9 @@ fn nobody(home: &TestHome) {
     home.send("nobody", "queued for nobody");
 }
 
-/// The tar inside `backup`, decrypted with the `age` tool.
+/// The tar inside `backup`, decrypted with the `age` tool into `tar_file`.
 fn decrypt_tar(backup: &Path, key: &Path, tar_file: &Path) {
-    let out = output_within(
+    tool(
         Command::new(age_cli())
             .arg("-d")
             .arg("-i")
@@ -522,24 +507,13 @@ fn decrypt_tar(backup: &Path, key: &Path, tar_file: &Path) {
             .arg("-o")
             .arg(tar_file)
             .arg(backup),
-        COMMAND_TIMEOUT,
         "age -d",
     );
-    assert!(out.status.success(), "age -d failed");
 }
 
 /// Runs `tar ARGS` in `dir`.
 fn tar_in(dir: &Path, args: &[&str]) {
-    let out = output_within(
-        Command::new("tar").current_dir(dir).args(args),
-        COMMAND_TIMEOUT,
-        "tar",
-    );
-    assert!(
-        out.status.success(),
-        "tar {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tool(Command::new("tar").current_dir(dir).args(args), "tar");
 }
 
 #[test]
@@ -597,15 +571,13 @@ fn a_hostile_backup_is_refused_and_writes_nothing_outside() {
             &["-rf", "hostile.tar", "pigeon-backup/MANIFEST.json"],
         );
         let hostile = work.path().join("hostile.age");
-        let out = output_within(
+        tool(
             Command::new(age_cli())
                 .args(["-r", &public, "-o"])
                 .arg(&hostile)
                 .arg(&tar_file),
-            COMMAND_TIMEOUT,
             "age -r",
         );
-        assert!(out.status.success(), "age -r failed");
         let out = verify(&home, &hostile, Some(&key));
         assert_eq!(
             out.status.code(),

@@ -33,9 +33,14 @@ fn key_uses(status: &Value) -> Vec<(u64, u64, u64)> {
 
 /// Runs `keys passwd --json` to `NEW`; returns its final status line.
 fn passwd(home: &TestHome) -> Value {
+    passwd_to(home, NEW)
+}
+
+/// Runs `keys passwd --json` to `new`; returns its final status line.
+fn passwd_to(home: &TestHome, new: &str) -> Value {
     let out = output_within(
         home.cmd(&["keys", "passwd", "--json"])
-            .env("PIGEON_NEW_PASSPHRASE", NEW),
+            .env("PIGEON_NEW_PASSPHRASE", new),
         COMMAND_TIMEOUT,
         "keys passwd",
     );
@@ -49,7 +54,7 @@ fn passwd(home: &TestHome) -> Value {
     let last = stdout.lines().last().expect("a final line");
     let done: Value = serde_json::from_str(last).expect("JSON");
     assert_eq!(done["event"], "done", "{stdout}");
-    home.set_passphrase(NEW);
+    home.set_passphrase(new);
     done
 }
 
@@ -363,19 +368,8 @@ fn keys_passwd_killed_at_any_point_leaves_a_home_that_opens_with_one_passphrase(
 
     // One uninterrupted change, to know how long one takes here.
     let started = std::time::Instant::now();
-    let out = output_within(
-        home.cmd(&["keys", "passwd", "--json"])
-            .env("PIGEON_NEW_PASSPHRASE", "pass-0"),
-        COMMAND_TIMEOUT,
-        "keys passwd",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    passwd_to(&home, "pass-0");
     let whole = started.elapsed();
-    home.set_passphrase("pass-0");
 
     let (mut before_rename, mut mid_rekey, mut killed_resumes) = (0, 0, 0);
     for round in 1..=KILL_POINTS {
