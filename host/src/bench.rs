@@ -3,7 +3,9 @@
 //! Two nodes in this process, on 127.0.0.1, in temporary homes. The sender queues N messages for the
 //! receiver while the receiver is offline; then the receiver starts, and the clock runs until the
 //! sender has an ack for every message. Repeated for each batch size asked for, so batching can be
-//! compared with one message per batch in the same run.
+//! compared with one message per batch in the same run. After each run, the rate at which one core
+//! opens envelopes of the same size (HPKE alone) is measured, and the drain given as a multiple
+//! of it: the receive path opens a batch's envelopes across the cores.
 
 pub mod keys;
 pub mod rules;
@@ -40,6 +42,40 @@ pub struct DeliveryRun {
     pub seconds: f64,
     /// Messages per second.
     pub messages_per_second: f64,
+    /// Envelopes of the same size one core opens per second (HPKE open alone), measured in the
+    /// same run.
+    pub open_per_second_one_core: f64,
+    /// The drain rate as a multiple of that.
+    pub drain_vs_one_core_open: f64,
+}
+
+/// Envelopes sealed and opened to measure the single-core open rate.
+const OPEN_SAMPLE: usize = 2000;
+
+/// How many envelopes with a body of `size` bytes one core opens per second: HPKE open (and the
+/// payload's decoding) alone, on this thread.
+pub fn open_rate(size: usize) -> Result<f64> {
+    let (alice, bob) = (crate::keys::Keys::generate(), crate::keys::Keys::generate());
+    let body = "x".repeat(size);
+    let envelopes = (0..OPEN_SAMPLE)
+        .map(|_| {
+            let payload = crate::envelope::Payload {
+                id: crate::envelope::MessageId::random(),
+                sent_at_ms: crate::store::now_ms(),
+                subject: None,
+                body: body.clone(),
+                attachments: Vec::new(),
+            };
+            crate::envelope::seal(&alice, &bob.peer_id(), bob.enc_public(), &payload)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Run(RunError::Bench(e.to_string())))?;
+    let started = Instant::now();
+    for env in &envelopes {
+        crate::envelope::open(&bob, &alice.peer_id(), alice.enc_public(), env)
+            .map_err(|e| Error::Run(RunError::Bench(e.to_string())))?;
+    }
+    Ok(OPEN_SAMPLE as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
 /// Runs the delivery benchmark once with `batch_max_messages` and `batches_in_flight`.
@@ -124,13 +160,19 @@ pub async fn delivery(
     let seconds = started.elapsed().as_secs_f64();
     alice.shutdown().await;
     bob.shutdown().await;
+    let open_per_second_one_core = tokio::task::spawn_blocking(move || open_rate(size))
+        .await
+        .map_err(|e| Error::Run(RunError::Bench(e.to_string())))??;
+    let messages_per_second = messages as f64 / seconds;
     Ok(DeliveryRun {
         messages,
         size,
         batch_max_messages,
         batches_in_flight,
         seconds,
-        messages_per_second: messages as f64 / seconds,
+        messages_per_second,
+        open_per_second_one_core,
+        drain_vs_one_core_open: messages_per_second / open_per_second_one_core,
     })
 }
 

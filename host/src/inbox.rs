@@ -13,8 +13,8 @@ pub mod search;
 use libp2p::PeerId;
 
 use crate::attachments::Limits;
-use crate::envelope::{self, MessageId, OpenError, Payload};
-use crate::keys::Keys;
+use crate::envelope::{self, Envelope, MessageId, OpenError, Payload};
+use crate::keys::{EncPublic, Keys};
 use crate::metrics::METRICS;
 use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
 use crate::plugins::{Budget, Plugins, RuleMessage};
@@ -142,21 +142,42 @@ async fn open(
     batch: Batch,
 ) -> Result<(Sender, Opened), RejectReason> {
     let sender = look_up_sender(&receiver.store, peer, batch.envelopes.len()).await?;
-    // Opening is CPU work (two X25519 operations each): keep it off the async workers.
-    let keys = receiver.keys.clone();
     let sender_key = sender.contact.address.enc_public().clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        batch
-            .envelopes
-            .iter()
-            .map(|env| envelope::open(&keys, &peer, &sender_key, env))
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let Ok(opened) = opened else {
-        return Err(RejectReason::Unavailable);
-    };
+    let opened = open_all(&receiver.keys, peer, &sender_key, batch.envelopes).await?;
     Ok((sender, opened))
+}
+
+/// Envelopes opened by one task at the least: below this a batch is not worth splitting.
+const OPEN_CHUNK: usize = 8;
+
+/// Opens `envelopes` across the cores, in order. Opening is CPU work (two X25519 operations
+/// each), kept off the async workers: the batch is cut into one run per core on the blocking
+/// pool, and the results joined in the batch's order (the commit and the acks follow it).
+async fn open_all(
+    keys: &Arc<Keys>,
+    peer: PeerId,
+    sender_key: &EncPublic,
+    mut envelopes: Vec<Envelope>,
+) -> Result<Opened, RejectReason> {
+    let n = envelopes.len();
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let per_task = n.div_ceil(cores).max(OPEN_CHUNK);
+    let mut tasks = Vec::with_capacity(cores);
+    while !envelopes.is_empty() {
+        let rest = envelopes.split_off(per_task.min(envelopes.len()));
+        let run = std::mem::replace(&mut envelopes, rest);
+        let (keys, sender_key) = (keys.clone(), sender_key.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            run.iter()
+                .map(|env| envelope::open(&keys, &peer, &sender_key, env))
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut opened = Vec::with_capacity(n);
+    for task in tasks {
+        opened.extend(task.await.map_err(|_| RejectReason::Unavailable)?);
+    }
+    Ok(opened)
 }
 
 /// The contact entry of `peer`, who sent `n` messages, and the built-in rules; a peer that is not
@@ -416,6 +437,38 @@ fn reject_reason(e: OpenError) -> RejectReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch opened across the cores comes back in its order, each envelope with its own
+    /// result: the commit and the acks go by position.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_opened_across_the_cores_keeps_its_order() {
+        let (alice, bob) = (Keys::generate(), Arc::new(Keys::generate()));
+        let mut envelopes: Vec<Envelope> = (0..50)
+            .map(|i| {
+                let payload = Payload {
+                    id: MessageId::random(),
+                    sent_at_ms: 1,
+                    subject: None,
+                    body: format!("message {i}"),
+                    attachments: Vec::new(),
+                };
+                envelope::seal(&alice, &bob.peer_id(), bob.enc_public(), &payload).expect("seal")
+            })
+            .collect();
+        envelopes[17].ct[0] ^= 1;
+        envelopes[49].ct[3] ^= 1;
+        let opened = open_all(&bob, alice.peer_id(), alice.enc_public(), envelopes)
+            .await
+            .expect("opened");
+        assert_eq!(opened.len(), 50);
+        for (i, o) in opened.iter().enumerate() {
+            match o {
+                Err(OpenError::Decrypt) => assert!(i == 17 || i == 49, "{i}"),
+                Ok(p) => assert_eq!(p.body, format!("message {i}")),
+                Err(e) => panic!("{i}: {e}"),
+            }
+        }
+    }
 
     fn received(id: MessageId) -> Received {
         Received {

@@ -237,13 +237,15 @@ async fn run_delivery(cmd: Command) -> Result<()> {
         let run = crate::bench::delivery(messages, size, batch, in_flight).await?;
         if !json {
             println!(
-                "{} messages of {} B, batch_max_messages={:>4}, batches_in_flight={}: {:>8.3} s  {:>9.0} msg/s",
+                "{} messages of {} B, batch_max_messages={:>4}, batches_in_flight={}: {:>8.3} s  {:>9.0} msg/s  ({:.2}x one core's HPKE open rate, {:.0}/s)",
                 run.messages,
                 run.size,
                 run.batch_max_messages,
                 run.batches_in_flight,
                 run.seconds,
-                run.messages_per_second
+                run.messages_per_second,
+                run.drain_vs_one_core_open,
+                run.open_per_second_one_core
             );
         }
         runs.push(run);

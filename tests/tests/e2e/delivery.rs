@@ -380,5 +380,14 @@ fn the_bench_command_reports_figures() {
     for run in runs {
         assert_eq!(run["messages"], 300);
         assert!(run["messages_per_second"].as_f64() > Some(0.0), "{run}");
+        // The single-core HPKE open rate, measured in the same run, and the drain against it.
+        let open = run["open_per_second_one_core"].as_f64().expect("open rate");
+        let ratio = run["drain_vs_one_core_open"].as_f64().expect("ratio");
+        assert!(open > 0.0 && ratio > 0.0, "{run}");
+        let drain = run["messages_per_second"].as_f64().expect("drain");
+        assert!(
+            (drain / open - ratio).abs() < 1e-6 * ratio.max(1.0),
+            "{run}"
+        );
     }
 }
