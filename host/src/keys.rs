@@ -7,6 +7,7 @@
 pub mod address;
 pub mod at_rest;
 pub mod keystore;
+pub mod one_time;
 
 use std::sync::Arc;
 

@@ -76,6 +76,10 @@ impl Address {
     pub fn enc_public(&self) -> &EncPublic {
         &self.enc
     }
+    /// The identity key (ed25519) that signs what this node hands out.
+    pub fn identity(&self) -> &PublicKey {
+        &self.identity
+    }
 
     fn payload(&self) -> Vec<u8> {
         let ed = self
