@@ -13,10 +13,12 @@ use libp2p::PeerId;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{EncPublic, Kem, Keys};
+use crate::keys::{EncPublic, EncSecret, Kem, Keys};
 
 /// Wire-format version inside `/pigeon/msg/1`.
 pub const ENVELOPE_VERSION: u8 = 1;
+/// The version of an envelope sealed to a one-time key of the recipient (forward secret).
+pub const FS_ENVELOPE_VERSION: u8 = 2;
 /// The HPKE `info` string: it separates pigeon's use of these keys from any other.
 const INFO: &[u8] = b"pigeon/msg/1";
 /// Largest body a message may carry (attachments travel separately).
@@ -73,6 +75,10 @@ pub struct Envelope {
     /// The HPKE ciphertext of the CBOR-encoded [`Payload`].
     #[serde(with = "serde_bytes")]
     pub ct: Vec<u8>,
+    /// For a forward-secret envelope ([`FS_ENVELOPE_VERSION`]), the id of the recipient's
+    /// one-time key it is sealed to.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub otk: Option<Vec<u8>>,
 }
 
 /// Why an envelope did not open.
@@ -93,9 +99,15 @@ pub enum OpenError {
     Malformed,
 }
 
-fn associated_data(sender: &PeerId, recipient: &PeerId) -> Vec<u8> {
+/// What the seal binds besides the payload: both PeerIds and, for a forward-secret envelope, the
+/// one-time key's id (so an envelope cannot be moved to another key's name).
+fn associated_data(sender: &PeerId, recipient: &PeerId, otk: Option<&[u8; 16]>) -> Vec<u8> {
     let mut aad = sender.to_bytes();
     aad.extend_from_slice(&recipient.to_bytes());
+    if let Some(id) = otk {
+        aad.extend_from_slice(b"otk");
+        aad.extend_from_slice(id);
+    }
     aad
 }
 
@@ -110,6 +122,29 @@ pub fn seal(
     to_key: &EncPublic,
     payload: &Payload,
 ) -> Result<Envelope, SealError> {
+    seal_with(keys, to, to_key, payload, None)
+}
+
+/// Seals `payload` to one of the recipient's one-time keys (`otk_id`, `otk_public`): forward
+/// secret, once the recipient has deleted that key's secret. Still auth mode: the recipient knows
+/// the sender by its long-term key.
+pub fn seal_forward_secret(
+    keys: &Keys,
+    to: &PeerId,
+    otk_id: &[u8; 16],
+    otk_public: &EncPublic,
+    payload: &Payload,
+) -> Result<Envelope, SealError> {
+    seal_with(keys, to, otk_public, payload, Some(otk_id))
+}
+
+fn seal_with(
+    keys: &Keys,
+    to: &PeerId,
+    to_key: &EncPublic,
+    payload: &Payload,
+    otk: Option<&[u8; 16]>,
+) -> Result<Envelope, SealError> {
     let sender = keys.peer_id();
     let mut plain = Vec::new();
     ciborium::into_writer(payload, &mut plain).expect("CBOR encoding into a Vec cannot fail");
@@ -119,17 +154,22 @@ pub fn seal(
         to_key,
         INFO,
         &plain,
-        &associated_data(&sender, to),
+        &associated_data(&sender, to, otk),
         &mut rand_core09::UnwrapErr(rand_core09::OsRng),
     )
     .map_err(|_| SealError);
     zeroize::Zeroize::zeroize(&mut plain);
     let (enc, ct) = sealed?;
     Ok(Envelope {
-        v: ENVELOPE_VERSION,
+        v: if otk.is_some() {
+            FS_ENVELOPE_VERSION
+        } else {
+            ENVELOPE_VERSION
+        },
         sender: sender.to_bytes(),
         enc: enc.to_bytes().to_vec(),
         ct,
+        otk: otk.map(|id| id.to_vec()),
     })
 }
 
@@ -161,9 +201,55 @@ pub fn open(
     from_key: &EncPublic,
     env: &Envelope,
 ) -> Result<Payload, OpenError> {
-    if env.v != ENVELOPE_VERSION {
+    if env.v != ENVELOPE_VERSION || env.otk.is_some() {
         return Err(OpenError::Version);
     }
+    open_with(
+        keys.enc_secret(),
+        &keys.peer_id(),
+        from,
+        from_key,
+        env,
+        None,
+    )
+}
+
+/// The one-time key a forward-secret envelope is sealed to; `None` for any other envelope, or
+/// `Err` for one that says it is forward secret but names no key properly.
+pub fn one_time_key(env: &Envelope) -> Result<Option<[u8; 16]>, OpenError> {
+    match (env.v, &env.otk) {
+        (ENVELOPE_VERSION, None) => Ok(None),
+        (FS_ENVELOPE_VERSION, Some(id)) => <[u8; 16]>::try_from(id.as_slice())
+            .map(Some)
+            .map_err(|_| OpenError::Malformed),
+        (ENVELOPE_VERSION | FS_ENVELOPE_VERSION, _) => Err(OpenError::Malformed),
+        _ => Err(OpenError::Version),
+    }
+}
+
+/// Opens a forward-secret envelope with the secret of the one-time key it names (`recipient` is
+/// this node's PeerId).
+pub fn open_forward_secret(
+    otk_secret: &EncSecret,
+    recipient: &PeerId,
+    from: &PeerId,
+    from_key: &EncPublic,
+    env: &Envelope,
+) -> Result<Payload, OpenError> {
+    let Some(id) = one_time_key(env)? else {
+        return Err(OpenError::Version);
+    };
+    open_with(otk_secret, recipient, from, from_key, env, Some(&id))
+}
+
+fn open_with(
+    secret: &EncSecret,
+    recipient: &PeerId,
+    from: &PeerId,
+    from_key: &EncPublic,
+    env: &Envelope,
+    otk: Option<&[u8; 16]>,
+) -> Result<Payload, OpenError> {
     if env.sender != from.to_bytes() {
         return Err(OpenError::WrongSender);
     }
@@ -172,11 +258,11 @@ pub fn open(
     let mode = OpModeR::Auth(from_key.clone());
     let plain = hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
         &mode,
-        keys.enc_secret(),
+        secret,
         &enc,
         INFO,
         &env.ct,
-        &associated_data(from, &keys.peer_id()),
+        &associated_data(from, recipient, otk),
     )
     .map_err(|_| OpenError::Decrypt)?;
     let plain = zeroize::Zeroizing::new(plain);
@@ -207,6 +293,53 @@ mod tests {
             body: body.into(),
             attachments: vec![],
         }
+    }
+
+    #[test]
+    fn a_forward_secret_envelope_opens_with_its_one_time_secret_only() {
+        let (alice, bob) = (Keys::generate(), Keys::generate());
+        let (secret, key) = crate::keys::one_time::make(&bob, &alice.peer_id(), u64::MAX);
+        let public =
+            crate::keys::one_time::verify(&key, &bob.address(), &alice.peer_id(), 1).expect("key");
+        let msg = payload("forward secret");
+        let env =
+            seal_forward_secret(&alice, &bob.peer_id(), &key.id, &public, &msg).expect("seal");
+        assert_eq!(env.v, FS_ENVELOPE_VERSION);
+        assert_eq!(one_time_key(&env), Ok(Some(key.id)));
+        let from = (&alice.peer_id(), alice.enc_public());
+        let opened = open_forward_secret(&secret.secret, &bob.peer_id(), from.0, from.1, &env);
+        assert_eq!(opened, Ok(msg));
+        // Not with bob's long-term key, by either door.
+        assert_eq!(open(&bob, from.0, from.1, &env), Err(OpenError::Version));
+        assert_eq!(
+            open_forward_secret(bob.enc_secret(), &bob.peer_id(), from.0, from.1, &env),
+            Err(OpenError::Decrypt)
+        );
+        // Renamed to another key id, it opens for nobody.
+        let mut moved = env.clone();
+        if let Some(id) = moved.otk.as_mut() {
+            id[0] ^= 1;
+        }
+        assert_eq!(
+            open_forward_secret(&secret.secret, &bob.peer_id(), from.0, from.1, &moved),
+            Err(OpenError::Decrypt)
+        );
+        // Inconsistent version and key id: malformed.
+        let mut no_id = env.clone();
+        no_id.otk = None;
+        assert_eq!(one_time_key(&no_id), Err(OpenError::Malformed));
+        let mut short = env.clone();
+        short.otk = Some(vec![1, 2, 3]);
+        assert_eq!(one_time_key(&short), Err(OpenError::Malformed));
+        let plain = seal(&alice, &bob.peer_id(), bob.enc_public(), &payload("x")).expect("seal");
+        assert_eq!(one_time_key(&plain), Ok(None));
+        let mut v1_with_id = plain.clone();
+        v1_with_id.otk = Some(vec![0; 16]);
+        assert_eq!(one_time_key(&v1_with_id), Err(OpenError::Malformed));
+        assert_eq!(
+            open(&bob, from.0, from.1, &v1_with_id),
+            Err(OpenError::Version)
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod tests {
                 sender: vec![],
                 enc: vec![],
                 ct: vec![],
+                otk: None,
             },
             attempts: 0,
             created_at: 0,

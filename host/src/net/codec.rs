@@ -139,6 +139,7 @@ mod tests {
                 sender: vec![],
                 enc: vec![],
                 ct: vec![0; 100],
+                otk: None,
             }],
         };
         assert!(matches!(encode(&big, 50), Err(FrameError::TooLarge { .. })));

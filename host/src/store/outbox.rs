@@ -519,6 +519,7 @@ mod tests {
             sender: vec![1],
             enc: vec![2; 32],
             ct: vec![3; 40],
+            otk: None,
         }
     }
 

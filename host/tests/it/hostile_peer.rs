@@ -71,6 +71,7 @@ async fn hostile_frames_are_refused_and_the_node_goes_on() {
         sender: vec![],
         enc: vec![],
         ct: vec![],
+        otk: None,
     };
     let crowd = Batch {
         envelopes: vec![tiny; MAX_BATCH + 1],
