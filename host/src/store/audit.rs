@@ -156,6 +156,19 @@ fn walk(conn: &Connection, at_rest: &AtRest) -> Result<Audit, Stop> {
         o.open(super::outbox::TABLE, &id, key_id, envelope.as_deref())?;
     }
 
+    for (table, column) in [
+        (super::one_time::SECRETS, "secret"),
+        (super::one_time::POOL, "key"),
+    ] {
+        let mut stmt = conn.prepare(&format!("SELECT id, key_id, {column} FROM {table}"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, key_id, sealed): (Vec<u8>, Option<u32>, Option<Vec<u8>>) =
+                (r.get(0)?, r.get(1)?, r.get(2)?);
+            o.open(table, &hex::encode(&id), key_id, sealed.as_deref())?;
+        }
+    }
+
     let mut stmt =
         conn.prepare("SELECT id, key_id, ref, direction = 'out', released FROM attachments")?;
     let mut chunks = conn.prepare("SELECT idx FROM attachment_chunks WHERE attachment_id = ?1")?;

@@ -10,7 +10,7 @@ use rusqlite_migration::{M, Migrations};
 /// older rows once, when it migrates past it).
 pub(super) const SEALED_ROWS: usize = 5;
 /// The schema version of the last migration below (a database past it is from a newer pigeon).
-pub(super) const LATEST: usize = 8;
+pub(super) const LATEST: usize = 9;
 
 pub(super) static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
@@ -160,6 +160,41 @@ CREATE TABLE search_purge (seq INTEGER PRIMARY KEY);
 -- An attachment the receiver has confirmed it holds whole: for the sender ('out') its sealed copy
 -- is dropped; for the receiver ('in') the sender has said so, and nothing more is owed.
 ALTER TABLE attachments ADD COLUMN released INTEGER NOT NULL DEFAULT 0;
+"#,
+        ),
+        M::up(
+            r#"
+-- Forward secrecy. One-time keys this node handed to a contact (`holder`): the X25519 secret
+-- sealed under key_id, until the one message sealed to it is stored (then it is deleted).
+CREATE TABLE otk_secrets (
+    id         BLOB PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    secret     BLOB NOT NULL,
+    key_id     INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX otk_secrets_holder ON otk_secrets (holder);
+-- One-time keys used: the blake2b of the envelope that used each, so that the same envelope sent
+-- again is acked as a duplicate and any other one sealed to that key is refused.
+CREATE TABLE otk_used (
+    id            BLOB PRIMARY KEY,
+    envelope_hash BLOB NOT NULL,
+    used_at       INTEGER NOT NULL
+);
+-- One-time keys received from a contact (`owner`), the signed key sealed under key_id, until one
+-- message is sealed to it (then it is deleted in the same transaction).
+CREATE TABLE otk_pool (
+    id          BLOB PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    key         BLOB NOT NULL,
+    key_id      INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL
+);
+CREATE INDEX otk_pool_owner ON otk_pool (owner, expires_at);
+ALTER TABLE outbox ADD COLUMN forward_secret INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE inbox ADD COLUMN forward_secret INTEGER NOT NULL DEFAULT 0;
 "#,
         ),
     ])

@@ -18,7 +18,15 @@ const COUNTS: &str = "
     SELECT key_id, COUNT(*) FROM inbox GROUP BY key_id
     UNION ALL SELECT key_id, COUNT(*) FROM outbox WHERE envelope IS NOT NULL GROUP BY key_id
     UNION ALL SELECT key_id, COUNT(*) FROM attachments GROUP BY key_id
-    UNION ALL SELECT key_id, COUNT(*) FROM contacts WHERE seal IS NOT NULL GROUP BY key_id";
+    UNION ALL SELECT key_id, COUNT(*) FROM contacts WHERE seal IS NOT NULL GROUP BY key_id
+    UNION ALL SELECT key_id, COUNT(*) FROM otk_secrets GROUP BY key_id
+    UNION ALL SELECT key_id, COUNT(*) FROM otk_pool GROUP BY key_id";
+
+/// The one-time key tables: (table, sealed column), each row named in its seal by its id in hex.
+const ONE_TIME: [(&str, &str); 2] = [
+    (super::one_time::SECRETS, "secret"),
+    (super::one_time::POOL, "key"),
+];
 
 /// Where a pass of batches has got to in each table (the last rowid looked at), so that each
 /// batch goes on from there instead of scanning again the rows already moved: a row's key id
@@ -30,6 +38,7 @@ pub struct RekeyCursor {
     outbox: i64,
     attachments: i64,
     contacts: i64,
+    one_time: [i64; 2],
 }
 
 impl Db {
@@ -182,6 +191,29 @@ impl Db {
                 .execute(params![peer, sealed, current])?;
             moved += 1;
         }
+        for (i, (table, column)) in ONE_TIME.iter().enumerate() {
+            let left = limit.saturating_sub(moved);
+            let rows: Vec<(i64, Vec<u8>, u32, Vec<u8>)> = tx
+                .prepare_cached(&format!(
+                    "SELECT rowid, id, key_id, {column} FROM {table}
+                     WHERE rowid > ?3 AND key_id != ?1 ORDER BY rowid LIMIT ?2"
+                ))?
+                .query_map(params![current, left as i64, cursor.one_time[i]], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            for (rowid, id, key_id, sealed) in rows {
+                cursor.one_time[i] = rowid;
+                let row = hex::encode(&id);
+                let plain = zeroize::Zeroizing::new(open(table, &row, key_id, &sealed)?);
+                let sealed = seal(table, &row, &plain)?;
+                tx.prepare_cached(&format!(
+                    "UPDATE {table} SET {column} = ?2, key_id = ?3 WHERE rowid = ?1"
+                ))?
+                .execute(params![rowid, sealed, current])?;
+                moved += 1;
+            }
+        }
         tx.commit()?;
         Ok(moved)
     }
@@ -208,7 +240,9 @@ impl Db {
                                       + IFNULL(LENGTH(sender_seal), 0)) FROM inbox), 0)
                   + COALESCE((SELECT SUM(LENGTH(envelope)) FROM outbox), 0)
                   + COALESCE((SELECT SUM(LENGTH(ref)) FROM attachments), 0)
-                  + COALESCE((SELECT SUM(LENGTH(seal)) FROM contacts), 0)",
+                  + COALESCE((SELECT SUM(LENGTH(seal)) FROM contacts), 0)
+                  + COALESCE((SELECT SUM(LENGTH(secret)) FROM otk_secrets), 0)
+                  + COALESCE((SELECT SUM(LENGTH(key)) FROM otk_pool), 0)",
             [],
             |r| r.get(0),
         )?;
@@ -224,6 +258,8 @@ impl Db {
                  UNION ALL SELECT 1 FROM outbox WHERE key_id IS NOT NULL AND key_id != ?1
                  UNION ALL SELECT 1 FROM attachments WHERE key_id != ?1
                  UNION ALL SELECT 1 FROM contacts WHERE seal IS NOT NULL AND key_id != ?1
+                 UNION ALL SELECT 1 FROM otk_secrets WHERE key_id != ?1
+                 UNION ALL SELECT 1 FROM otk_pool WHERE key_id != ?1
                  LIMIT 1",
                 [current],
                 |_| Ok(()),

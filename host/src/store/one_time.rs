@@ -1,0 +1,331 @@
+//! One-time keys for forward secrecy, on both sides: the secrets this node handed out (until the
+//! one message sealed to each is stored), the tombstones of used ones, and the keys received from
+//! contacts (until one message is sealed to each). Secrets and received keys are sealed at rest
+//! under the data key, with its id, like every other sealed row.
+
+use libp2p::PeerId;
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Db, StoreError};
+use crate::keys::EncSecret;
+use crate::keys::one_time::{self, OneTimeSecret, SignedKey};
+
+/// The AAD table name of a handed-out secret.
+pub(super) const SECRETS: &str = "otk_secrets";
+/// The AAD table name of a received key.
+pub(super) const POOL: &str = "otk_pool";
+
+/// Most unused keys this node keeps handed out to one contact, and most it keeps from one.
+pub const MAX_PER_CONTACT: u64 = 64;
+
+impl Db {
+    /// Stores the secrets of keys about to be handed to `holder`; durable before they are.
+    pub fn store_one_time_secrets(
+        &mut self,
+        holder: &PeerId,
+        secrets: &[OneTimeSecret],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let at_rest = self.keys.clone();
+        let tx = self.conn.transaction()?;
+        for s in secrets {
+            let row = hex::encode(s.id);
+            let (key_id, sealed) =
+                at_rest
+                    .at_rest()
+                    .seal(SECRETS, &row, &one_time::secret_bytes(&s.secret));
+            tx.prepare_cached(
+                "INSERT INTO otk_secrets (id, holder, secret, key_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                s.id.as_slice(),
+                holder.to_string(),
+                sealed,
+                key_id,
+                now as i64,
+                s.expires_at_ms as i64
+            ])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// How many unexpired keys handed to `holder` are still unused.
+    pub fn one_time_secrets_out(&self, holder: &PeerId, now: u64) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM otk_secrets WHERE holder = ?1 AND expires_at > ?2",
+            params![holder.to_string(), now as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// The secret of one-time key `id` if it was handed to `holder` and is not used.
+    pub fn one_time_secret(
+        &self,
+        id: &[u8; 16],
+        holder: &PeerId,
+    ) -> Result<Option<EncSecret>, StoreError> {
+        let row: Option<(Vec<u8>, u32)> = self
+            .conn
+            .query_row(
+                "SELECT secret, key_id FROM otk_secrets WHERE id = ?1 AND holder = ?2",
+                params![id.as_slice(), holder.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((sealed, key_id)) = row else {
+            return Ok(None);
+        };
+        let plain = zeroize::Zeroizing::new(self.open_sealed(
+            SECRETS,
+            &hex::encode(id),
+            key_id,
+            &sealed,
+        )?);
+        one_time::secret_from_bytes(&plain)
+            .map(Some)
+            .ok_or(StoreError::Corrupt("one-time key secret"))
+    }
+
+    /// The blake2b of the envelope that used one-time key `id`, if it was used.
+    pub fn one_time_key_used(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT envelope_hash FROM otk_used WHERE id = ?1",
+                params![id.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Keeps keys received from `owner` (already verified), up to [`MAX_PER_CONTACT`] unexpired
+    /// ones; returns how many were kept.
+    pub fn add_pool_keys(
+        &mut self,
+        owner: &PeerId,
+        keys: &[SignedKey],
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        let at_rest = self.keys.clone();
+        let tx = self.conn.transaction()?;
+        let held: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM otk_pool WHERE owner = ?1 AND expires_at > ?2",
+            params![owner.to_string(), now as i64],
+            |r| r.get(0),
+        )?;
+        let room = MAX_PER_CONTACT.saturating_sub(held as u64) as usize;
+        let mut kept = 0;
+        for k in keys.iter().take(room) {
+            let row = hex::encode(k.id);
+            let mut plain = Vec::new();
+            ciborium::into_writer(k, &mut plain).expect("CBOR encoding into a Vec cannot fail");
+            let (key_id, sealed) = at_rest.at_rest().seal(POOL, &row, &plain);
+            kept += tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO otk_pool (id, owner, key, key_id, expires_at, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    k.id.as_slice(),
+                    owner.to_string(),
+                    sealed,
+                    key_id,
+                    k.expires_at_ms as i64,
+                    now as i64
+                ])?;
+        }
+        tx.commit()?;
+        Ok(kept)
+    }
+
+    /// How many unexpired keys from `owner` this node holds.
+    pub fn pool_keys(&self, owner: &PeerId, now: u64) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM otk_pool WHERE owner = ?1 AND expires_at > ?2",
+            params![owner.to_string(), now as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the forward-secret send path takes keys with it next"
+    )
+)]
+/// Takes one unexpired key from `owner` out of the pool, in `tx` (the transaction that writes the
+/// envelope sealed to it, so a key is never used twice nor lost): the soonest to expire.
+pub(super) fn take_pool_key(
+    tx: &Transaction<'_>,
+    at_rest: &crate::keys::at_rest::AtRest,
+    owner: &PeerId,
+    now: u64,
+) -> Result<Option<SignedKey>, StoreError> {
+    let row: Option<(Vec<u8>, Vec<u8>, u32)> = tx
+        .query_row(
+            "SELECT id, key, key_id FROM otk_pool WHERE owner = ?1 AND expires_at > ?2
+             ORDER BY expires_at LIMIT 1",
+            params![owner.to_string(), now as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((id, sealed, key_id)) = row else {
+        return Ok(None);
+    };
+    tx.execute("DELETE FROM otk_pool WHERE id = ?1", params![id])?;
+    let plain = at_rest.open(POOL, &hex::encode(&id), key_id, &sealed)?;
+    let key: SignedKey =
+        ciborium::from_reader(plain.as_slice()).map_err(|_| StoreError::Corrupt("one-time key"))?;
+    Ok(Some(key))
+}
+
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the forward-secret receive path spends keys with it next"
+    )
+)]
+/// Deletes the secret of one-time key `id` and records the envelope that used it, in `tx` (the
+/// transaction that stores the message).
+pub(super) fn spend_secret(
+    tx: &Transaction<'_>,
+    id: &[u8; 16],
+    envelope_hash: &[u8],
+    now: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM otk_secrets WHERE id = ?1",
+        params![id.as_slice()],
+    )?;
+    tx.execute(
+        "INSERT OR IGNORE INTO otk_used (id, envelope_hash, used_at) VALUES (?1, ?2, ?3)",
+        params![id.as_slice(), envelope_hash, now as i64],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+
+    #[test]
+    fn a_handed_out_secret_opens_until_it_is_spent() {
+        let (_dir, mut db, keys) = crate::store::test_support::temp_db();
+        let holder = Keys::generate().peer_id();
+        let (secrets, signed): (Vec<OneTimeSecret>, Vec<SignedKey>) = (0..3)
+            .map(|_| one_time::make(&keys, &holder, 5_000))
+            .unzip();
+        db.store_one_time_secrets(&holder, &secrets, 1_000)
+            .expect("store");
+        assert_eq!(db.one_time_secrets_out(&holder, 1_000).expect("count"), 3);
+        assert_eq!(
+            db.one_time_secrets_out(&holder, 5_000).expect("count"),
+            0,
+            "expired"
+        );
+        let id = signed[1].id;
+        let secret = db
+            .one_time_secret(&id, &holder)
+            .expect("read")
+            .expect("there");
+        assert_eq!(
+            one_time::secret_bytes(&secret),
+            one_time::secret_bytes(&secrets[1].secret)
+        );
+        // Only for the contact it was handed to.
+        let other = Keys::generate().peer_id();
+        assert!(db.one_time_secret(&id, &other).expect("read").is_none());
+        let tx = db.conn.transaction().expect("tx");
+        spend_secret(&tx, &id, b"hash", 2_000).expect("spend");
+        tx.commit().expect("commit");
+        assert!(db.one_time_secret(&id, &holder).expect("read").is_none());
+        assert_eq!(
+            db.one_time_key_used(&id).expect("used"),
+            Some(b"hash".to_vec())
+        );
+        assert_eq!(db.one_time_secrets_out(&holder, 1_000).expect("count"), 2);
+    }
+
+    #[test]
+    fn a_rekey_moves_one_time_keys_and_an_audit_opens_them() {
+        let (_dir, mut db, keys) = crate::store::test_support::temp_db();
+        let peer = Keys::generate();
+        let (secrets, signed): (Vec<OneTimeSecret>, Vec<SignedKey>) = (0..3)
+            .map(|_| one_time::make(&keys, &peer.peer_id(), u64::MAX))
+            .unzip();
+        db.store_one_time_secrets(&peer.peer_id(), &secrets, 1)
+            .expect("store");
+        let theirs: Vec<SignedKey> = (0..4)
+            .map(|_| one_time::make(&peer, &keys.peer_id(), u64::MAX).1)
+            .collect();
+        db.add_pool_keys(&peer.peer_id(), &theirs, 1).expect("add");
+        let old = keys.at_rest().current();
+        keys.at_rest().install(keys.at_rest().next_key());
+        let mut cursor = crate::store::RekeyCursor::default();
+        let mut moved = 0;
+        loop {
+            let n = db.rekey_batch(2, &mut cursor).expect("rekey");
+            if n == 0 {
+                break;
+            }
+            moved += n;
+        }
+        assert_eq!(moved, 7);
+        let counts = db.key_counts().expect("counts");
+        assert_eq!(counts.get(&old), None, "{counts:?}");
+        assert!(!db.rekey_left(keys.at_rest().current()).expect("left"));
+        let audit = crate::store::audit(&db.conn, keys.at_rest())
+            .expect("audit")
+            .expect("every value opens");
+        assert_eq!(audit.sealed, 7);
+        assert!(
+            db.one_time_secret(&signed[2].id, &peer.peer_id())
+                .expect("read")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn the_pool_is_bounded_and_gives_each_key_once_soonest_first() {
+        let (_dir, mut db, keys) = crate::store::test_support::temp_db();
+        let owner = Keys::generate();
+        let keys_in: Vec<SignedKey> = (0..70u64)
+            .map(|i| one_time::make(&owner, &keys.peer_id(), 10_000 + 100 * (70 - i)).1)
+            .collect();
+        assert_eq!(
+            db.add_pool_keys(&owner.peer_id(), &keys_in, 1)
+                .expect("add"),
+            64
+        );
+        assert_eq!(db.pool_keys(&owner.peer_id(), 1).expect("count"), 64);
+        let at_rest = keys.clone();
+        let tx = db.conn.transaction().expect("tx");
+        let first = take_pool_key(&tx, at_rest.at_rest(), &owner.peer_id(), 1)
+            .expect("take")
+            .expect("a key");
+        let second = take_pool_key(&tx, at_rest.at_rest(), &owner.peer_id(), 1)
+            .expect("take")
+            .expect("a key");
+        tx.commit().expect("commit");
+        assert!(first.expires_at_ms <= second.expires_at_ms);
+        assert_ne!(first.id, second.id);
+        assert_eq!(db.pool_keys(&owner.peer_id(), 1).expect("count"), 62);
+        // Expired keys are neither counted nor taken.
+        let late = 1_000_000;
+        assert_eq!(db.pool_keys(&owner.peer_id(), late).expect("count"), 0);
+        let tx = db.conn.transaction().expect("tx");
+        assert!(
+            take_pool_key(&tx, at_rest.at_rest(), &owner.peer_id(), late)
+                .expect("take")
+                .is_none()
+        );
+    }
+}
