@@ -137,6 +137,24 @@ pub struct DeliveryConfig {
     pub backoff_max_ms: u64,
     /// A message not delivered within this time becomes `failed` (e.g. "30d", "12h").
     pub message_ttl: String,
+    /// Whether messages are sealed to a one-time key of the recipient (forward secrecy).
+    pub forward_secrecy: ForwardSecrecy,
+    /// How long a one-time key this node hands out stays usable (e.g. "30d").
+    pub one_time_key_lifetime: String,
+}
+
+/// `delivery.forward_secrecy`: whether a message is sealed to a one-time key of the recipient,
+/// which the recipient deletes once the message is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardSecrecy {
+    /// Never: sealed to the recipient's long-term key.
+    #[default]
+    Off,
+    /// When a one-time key of the recipient is at hand; otherwise sent without, and said so.
+    Prefer,
+    /// Always: the message waits until a one-time key of the recipient is at hand.
+    Require,
 }
 
 impl Default for DeliveryConfig {
@@ -149,11 +167,19 @@ impl Default for DeliveryConfig {
             backoff_initial_ms: 500,
             backoff_max_ms: 300_000,
             message_ttl: "30d".to_owned(),
+            forward_secrecy: ForwardSecrecy::Off,
+            one_time_key_lifetime: "30d".to_owned(),
         }
     }
 }
 
 impl DeliveryConfig {
+    /// `one_time_key_lifetime` in milliseconds (validated when the configuration is read).
+    pub fn one_time_key_lifetime_ms(&self) -> u64 {
+        humantime::parse_duration(&self.one_time_key_lifetime)
+            .map_or(30 * 24 * 3600 * 1000, |d| d.as_millis() as u64)
+    }
+
     /// `message_ttl` in milliseconds (validated when the configuration is read).
     pub fn message_ttl_ms(&self) -> u64 {
         humantime::parse_duration(&self.message_ttl).map_or(u64::MAX, |d| d.as_millis() as u64)
@@ -247,6 +273,11 @@ backoff_initial_ms = 500
 backoff_max_ms = 300000
 # A message not delivered within this time is marked failed ("30d", "12h", "90m").
 message_ttl = "30d"
+# Forward secrecy: "off", "prefer" (seal to a one-time key of the recipient when one is at hand)
+# or "require" (wait for one). Contacts hand each other one-time keys while connected; a key is
+# usable this long.
+forward_secrecy = "off"
+one_time_key_lifetime = "30d"
 
 [metrics]
 # Serve Prometheus /metrics and /healthz on HOST:PORT (e.g. "127.0.0.1:9717"); empty means off.
@@ -345,6 +376,20 @@ impl Config {
             return Err(invalid(
                 "delivery.linger_ms must be at most 10000".to_owned(),
             ));
+        }
+        match humantime::parse_duration(&d.one_time_key_lifetime) {
+            Ok(t) if t >= std::time::Duration::from_secs(60) => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "delivery.one_time_key_lifetime must be at least 1m".to_owned(),
+                ));
+            }
+            Err(e) => {
+                return Err(invalid(format!(
+                    "delivery.one_time_key_lifetime {:?} is not a duration like \"30d\" ({e})",
+                    d.one_time_key_lifetime
+                )));
+            }
         }
         match humantime::parse_duration(&d.message_ttl) {
             Ok(ttl) if ttl.as_secs() >= 1 => {}

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod envelope;
 pub mod error;
 pub mod exit;
+pub mod forward_secrecy;
 pub mod home;
 pub mod inbox;
 pub mod init;

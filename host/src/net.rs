@@ -35,7 +35,7 @@ const MSG_STREAMS_PER_CONNECTION: usize = 8;
 pub(crate) const EVENT_QUEUE: usize = 1024;
 use protocol::{
     Batch, BatchResponse, CHUNK_PROTOCOL, ChunkCodec, ChunkRequest, ChunkResponse, MSG_PROTOCOL,
-    MsgCodec,
+    MsgCodec, OTK_PROTOCOL, OtkCodec, OtkRequest, OtkResponse,
 };
 
 /// Errors starting or using the network.
@@ -97,6 +97,15 @@ pub enum NetEvent {
         /// Where the answer goes.
         channel: ResponseChannel<ChunkResponse>,
     },
+    /// A contact asks for one-time keys; answer it with [`Net::respond_one_time_keys`].
+    InboundOtk {
+        /// The Noise-authenticated peer.
+        peer: PeerId,
+        /// What it asks for.
+        request: OtkRequest,
+        /// Where the answer goes.
+        channel: ResponseChannel<OtkResponse>,
+    },
     /// A ping round trip over a connection we dialed to `addr`.
     Rtt {
         /// The peer.
@@ -127,6 +136,15 @@ enum Command {
     RespondChunk {
         channel: ResponseChannel<ChunkResponse>,
         response: ChunkResponse,
+    },
+    FetchOtk {
+        peer: PeerId,
+        request: OtkRequest,
+        reply: oneshot::Sender<Result<OtkResponse, SendError>>,
+    },
+    RespondOtk {
+        channel: ResponseChannel<OtkResponse>,
+        response: OtkResponse,
     },
     SendBatch {
         peer: PeerId,
@@ -165,6 +183,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     msg: Gated<request_response::Behaviour<MsgCodec>>,
     chunk: Gated<request_response::Behaviour<ChunkCodec>>,
+    otk: Gated<request_response::Behaviour<OtkCodec>>,
 }
 
 /// A handle to the swarm task.
@@ -266,6 +285,38 @@ impl Net {
             .await;
     }
 
+    /// Asks `peer` (connected) for up to `want` one-time keys.
+    pub async fn fetch_one_time_keys(
+        &self,
+        peer: PeerId,
+        want: u16,
+    ) -> Result<OtkResponse, SendError> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::FetchOtk {
+            peer,
+            request: OtkRequest { want },
+            reply,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| SendError("the network task has stopped".into()))?;
+        rx.await
+            .map_err(|_| SendError("the network task has stopped".into()))?
+    }
+
+    /// Answers a request for one-time keys.
+    pub async fn respond_one_time_keys(
+        &self,
+        channel: ResponseChannel<OtkResponse>,
+        response: OtkResponse,
+    ) {
+        let _ = self
+            .commands
+            .send(Command::RespondOtk { channel, response })
+            .await;
+    }
+
     /// Answers an inbound batch.
     pub async fn respond(&self, channel: ResponseChannel<BatchResponse>, response: BatchResponse) {
         let _ = self
@@ -364,6 +415,15 @@ fn build_swarm(
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60))
                         .with_max_concurrent_streams(64),
+                ),
+                contacts.clone(),
+            ),
+            otk: Gated::new(
+                request_response::Behaviour::new(
+                    [(OTK_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(2),
                 ),
                 contacts,
             ),

@@ -21,7 +21,7 @@ use crate::attachments::{
     fetch::{self, FetchConfig, FetchWaker},
 };
 use crate::clock::SystemClock;
-use crate::config::Config;
+use crate::config::{Config, ForwardSecrecy};
 use crate::control::api::{NodeLink, Ops};
 use crate::control::server;
 use crate::delivery::{self, Waker};
@@ -32,7 +32,9 @@ use crate::inbox::search::LazySearch;
 use crate::keys::Keys;
 use crate::metrics::METRICS;
 use crate::metrics::MetricsServer;
-use crate::net::protocol::{BatchResponse, ChunkRequest, ChunkResponse, Outcome, RejectReason};
+use crate::net::protocol::{
+    BatchResponse, ChunkRequest, ChunkResponse, OtkResponse, Outcome, RejectReason,
+};
 use crate::net::{Net, NetError, NetEvent};
 use crate::plugins::{DiscoveryAction, LazyPlugins, NodeEvent, Plugins};
 use crate::store::{Store, now_ms};
@@ -147,6 +149,8 @@ impl Node {
             waker,
             fetcher,
             home_root: home.root().to_owned(),
+            forward_secrecy: config.delivery.forward_secrecy,
+            one_time_key_lifetime_ms: config.delivery.one_time_key_lifetime_ms(),
         };
         let events_task = tokio::spawn(pump.run(events, cancel.child_token()));
         let discovery_task = tokio::spawn(run_discovery_actions(
@@ -263,6 +267,10 @@ struct Pump {
     waker: Waker,
     fetcher: FetchWaker,
     home_root: PathBuf,
+    /// `delivery.forward_secrecy`: whether to ask contacts for one-time keys.
+    forward_secrecy: ForwardSecrecy,
+    /// How long the one-time keys this node hands out stay usable.
+    one_time_key_lifetime_ms: u64,
 }
 
 impl Pump {
@@ -296,6 +304,13 @@ impl Pump {
                 // Whatever its backoff says, a peer that is here now gets its messages now.
                 self.waker.peer_connected(peer);
                 self.fetcher.peer_connected(peer);
+                if self.forward_secrecy != ForwardSecrecy::Off && !handlers.full() {
+                    let (keys, store, net) =
+                        (self.receiver.keys.clone(), store.clone(), self.net.clone());
+                    handlers.spawn(async move {
+                        crate::forward_secrecy::replenish(&keys, &store, &net, peer).await;
+                    });
+                }
             }
             NetEvent::Dialed { peer, addr, ok } => {
                 if !ok {
@@ -336,6 +351,26 @@ impl Pump {
                     let response = inbox::receive_batch(&receiver, peer, batch).await;
                     net.respond(channel, response).await;
                     fetcher.wake();
+                });
+            }
+            NetEvent::InboundOtk {
+                peer,
+                request,
+                channel,
+            } => {
+                if handlers.full() {
+                    // Unanswered: the contact asks again at its next connection.
+                    return;
+                }
+                let (keys, store, net) =
+                    (self.receiver.keys.clone(), store.clone(), self.net.clone());
+                let lifetime = self.one_time_key_lifetime_ms;
+                handlers.spawn(async move {
+                    let keys =
+                        crate::forward_secrecy::hand_out(&keys, &store, peer, &request, lifetime)
+                            .await;
+                    net.respond_one_time_keys(channel, OtkResponse { keys })
+                        .await;
                 });
             }
             NetEvent::InboundChunk {

@@ -375,18 +375,27 @@ impl Ops {
     }
 
     async fn contacts(&self) -> Result<Response> {
-        let contacts = self.store.call(|db| db.contacts()).await?;
-        Ok(Response::Contacts(
-            contacts
-                .into_iter()
-                .map(|c| ContactInfo {
-                    peer_id: c.address.peer_id().to_string(),
-                    address: c.address.to_string(),
-                    addrs: c.addrs.iter().map(ToString::to_string).collect(),
-                    name: c.name,
-                })
-                .collect(),
-        ))
+        let now = crate::store::now_ms();
+        let contacts = self
+            .store
+            .call(move |db| {
+                db.contacts()?
+                    .into_iter()
+                    .map(|c| {
+                        let peer = c.address.peer_id();
+                        Ok(ContactInfo {
+                            peer_id: peer.to_string(),
+                            address: c.address.to_string(),
+                            addrs: c.addrs.iter().map(ToString::to_string).collect(),
+                            name: c.name,
+                            one_time_keys_held: db.pool_keys(&peer, now)?,
+                            one_time_keys_handed_out: db.one_time_secrets_out(&peer, now)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, crate::store::StoreError>>()
+            })
+            .await?;
+        Ok(Response::Contacts(contacts))
     }
 
     async fn send(

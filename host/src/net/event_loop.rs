@@ -12,7 +12,10 @@ use libp2p::{Multiaddr, PeerId, Swarm, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{Batch, BatchResponse, ChunkRequest, ChunkResponse, Outcome, RejectReason};
+use super::protocol::{
+    Batch, BatchResponse, ChunkRequest, ChunkResponse, OtkRequest, OtkResponse, Outcome,
+    RejectReason,
+};
 use super::{Behaviour, BehaviourEvent, Command, NetEvent, SendError, describe};
 use crate::metrics::METRICS;
 
@@ -35,6 +38,7 @@ pub(super) struct EventLoop {
     /// Remote addresses of every connection, to tell relayed ones.
     remotes: HashMap<ConnectionId, Multiaddr>,
     pending_chunks: Pending<ChunkResponse>,
+    pending_otks: Pending<OtkResponse>,
     /// Envelopes in each batch in flight, to answer for each when the peer refuses the protocol.
     batch_sizes: HashMap<OutboundRequestId, usize>,
     /// Peers being disconnected because they became or stopped being contacts: a dial to one
@@ -53,6 +57,7 @@ impl EventLoop {
             dialed: HashMap::new(),
             remotes: HashMap::new(),
             pending_chunks: HashMap::new(),
+            pending_otks: HashMap::new(),
             batch_sizes: HashMap::new(),
             regated: HashSet::new(),
         }
@@ -105,6 +110,9 @@ impl EventLoop {
         for (_, reply) in self.pending_chunks.drain() {
             let _ = reply.send(Err(SendError("the node is shutting down".into())));
         }
+        for (_, reply) in self.pending_otks.drain() {
+            let _ = reply.send(Err(SendError("the node is shutting down".into())));
+        }
     }
 
     fn on_command(&mut self, command: Command) {
@@ -138,6 +146,31 @@ impl EventLoop {
                     tracing::debug!("peer went away before its chunk was sent");
                 }
             }
+            Command::FetchOtk {
+                peer,
+                request,
+                reply,
+            } => {
+                let otk = &mut self.swarm.behaviour_mut().otk;
+                if !otk.allows(&peer) {
+                    let _ = reply.send(Err(SendError("not a contact of this node".into())));
+                    return;
+                }
+                let id = otk.inner().send_request(&peer, request);
+                self.pending_otks.insert(id, reply);
+            }
+            Command::RespondOtk { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .otk
+                    .inner()
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("peer went away before its one-time keys were sent");
+                }
+            }
             Command::SendBatch {
                 peer,
                 addrs,
@@ -158,7 +191,8 @@ impl EventLoop {
                 // Both gates hold the same set, so the message gate's changes are the chunk gate's.
                 let behaviour = self.swarm.behaviour_mut();
                 let changed = behaviour.msg.set_allowed(peers.clone());
-                behaviour.chunk.set_allowed(peers);
+                behaviour.chunk.set_allowed(peers.clone());
+                behaviour.otk.set_allowed(peers);
                 for peer in changed {
                     // Its connections were gated by the old set: the next one gets the new.
                     if self.swarm.is_connected(&peer) {
@@ -288,6 +322,7 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Chunk(event)) => self.on_chunk_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Otk(event)) => self.on_otk_event(event),
             _ => {}
         }
     }
@@ -331,6 +366,43 @@ impl EventLoop {
             ),
             Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "bad chunk request")
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_otk_event(&mut self, event: request_response::Event<OtkRequest, OtkResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.emit(NetEvent::InboundOtk {
+                peer,
+                request,
+                channel,
+            }),
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => answer(&mut self.pending_otks, request_id, Ok(response)),
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => answer(
+                &mut self.pending_otks,
+                request_id,
+                Err(SendError(error.to_string())),
+            ),
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "bad one-time key request")
             }
             Event::ResponseSent { .. } => {}
         }

@@ -1,5 +1,6 @@
 //! `/pigeon/msg/1`: a batch of sealed envelopes, answered with one outcome per envelope, in order.
 //! `/pigeon/chunk/1`: one sealed attachment chunk per request, pulled by the receiver.
+//! `/pigeon/otk/1`: one-time keys (forward secrecy), pulled by the contact that seals to them.
 //!
 //! The receiver answers only after the batch's durable commit; `Stored` and `Duplicate` both mean
 //! "acked: forget it". A refused envelope says why, and whether trying again may help.
@@ -125,6 +126,27 @@ pub enum ChunkResponse {
     Released,
 }
 
+/// `/pigeon/otk/1`: a contact asks for one-time keys, to seal forward-secret messages to this
+/// node; the answer holds fresh keys signed for it (at most [`MAX_ONE_TIME_KEYS`]).
+pub const OTK_PROTOCOL: StreamProtocol = StreamProtocol::new("/pigeon/otk/1");
+/// Most one-time keys asked for or handed out in one exchange.
+pub const MAX_ONE_TIME_KEYS: u16 = 32;
+
+/// A request for up to `want` one-time keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtkRequest {
+    /// How many keys the asker would like (at most [`MAX_ONE_TIME_KEYS`]).
+    pub want: u16,
+}
+
+/// The answer to an [`OtkRequest`]: keys signed by their owner for the asker (none when it holds
+/// enough already).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtkResponse {
+    /// The keys.
+    pub keys: Vec<crate::keys::one_time::SignedKey>,
+}
+
 /// A frame type: its size limit and any check beyond decoding.
 pub trait Frame: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
     /// Largest encoded frame.
@@ -156,6 +178,31 @@ impl Frame for ChunkRequest {
 impl Frame for ChunkResponse {
     const MAX: usize = MAX_CHUNK_RESPONSE;
 }
+impl Frame for OtkRequest {
+    const MAX: usize = 64;
+    fn validate(&self) -> io::Result<()> {
+        if self.want > MAX_ONE_TIME_KEYS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "asks for too many one-time keys",
+            ));
+        }
+        Ok(())
+    }
+}
+impl Frame for OtkResponse {
+    // A key is about 140 bytes encoded.
+    const MAX: usize = 16 * 1024;
+    fn validate(&self) -> io::Result<()> {
+        if self.keys.len() > usize::from(MAX_ONE_TIME_KEYS) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many one-time keys",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// A request-response codec of framed CBOR messages.
 pub struct FrameCodec<Req, Resp>(std::marker::PhantomData<fn() -> (Req, Resp)>);
@@ -175,6 +222,8 @@ impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
 pub type MsgCodec = FrameCodec<Batch, BatchResponse>;
 /// The codec of `/pigeon/chunk/1`.
 pub type ChunkCodec = FrameCodec<ChunkRequest, ChunkResponse>;
+/// The codec of `/pigeon/otk/1`.
+pub type OtkCodec = FrameCodec<OtkRequest, OtkResponse>;
 
 #[async_trait]
 impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req, Resp> {

@@ -8,6 +8,7 @@ mod attachments;
 mod backup;
 mod cli;
 mod delivery;
+mod forward_secrecy;
 mod keys;
 mod messaging;
 mod plugins;

@@ -304,4 +304,10 @@ pub struct ContactInfo {
     pub address: String,
     /// Multiaddrs.
     pub addrs: Vec<String>,
+    /// Forward secrecy: the contact's one-time keys this node holds, unused and unexpired.
+    #[serde(default)]
+    pub one_time_keys_held: u64,
+    /// This node's one-time keys the contact holds (handed out, unused, unexpired).
+    #[serde(default)]
+    pub one_time_keys_handed_out: u64,
 }

@@ -1,0 +1,121 @@
+//! Forward secrecy's traffic in one-time keys: handing fresh ones to a contact that asks
+//! (`/pigeon/otk/1`), and asking a contact for more when this node's pool of its keys runs low.
+//!
+//! The keys themselves are [`crate::keys::one_time`]; where they are kept, [`crate::store`]
+//! (`store/one_time.rs`). A secret is stored durably before its key is handed out, so that a
+//! message sealed to any key handed out can be opened; a received key is kept only once its
+//! owner's signature for this node checks out.
+
+use std::sync::Arc;
+
+use libp2p::PeerId;
+
+use crate::keys::Keys;
+use crate::keys::one_time::{self, SignedKey};
+use crate::net::Net;
+use crate::net::protocol::{MAX_ONE_TIME_KEYS, OtkRequest};
+use crate::store::{ONE_TIME_KEYS_PER_CONTACT, Store, now_ms};
+
+/// A contact's keys are asked for when this node holds fewer than this many of them.
+pub const POOL_LOW: u64 = 16;
+
+/// The keys to answer `request` from `peer` (a contact: the protocol is gated) with: fresh ones,
+/// as many as asked up to what the contact may hold unused, their secrets stored first. None when
+/// anything fails: the contact asks again at its next connection.
+pub async fn hand_out(
+    keys: &Arc<Keys>,
+    store: &Store,
+    peer: PeerId,
+    request: &OtkRequest,
+    lifetime_ms: u64,
+) -> Vec<SignedKey> {
+    let now = now_ms();
+    let out = match store
+        .call(move |db| db.one_time_secrets_out(&peer, now))
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot count the one-time keys handed out");
+            return Vec::new();
+        }
+    };
+    let n = u64::from(request.want.min(MAX_ONE_TIME_KEYS))
+        .min(ONE_TIME_KEYS_PER_CONTACT.saturating_sub(out)) as usize;
+    if n == 0 {
+        return Vec::new();
+    }
+    let maker = keys.clone();
+    let expires = now.saturating_add(lifetime_ms);
+    let made = tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|_| one_time::make(&maker, &peer, expires))
+            .unzip::<_, _, Vec<_>, Vec<_>>()
+    })
+    .await;
+    let Ok((secrets, signed)) = made else {
+        return Vec::new();
+    };
+    match store
+        .call(move |db| db.store_one_time_secrets(&peer, &secrets, now))
+        .await
+    {
+        Ok(()) => {
+            tracing::debug!(%peer, keys = signed.len(), "handed out one-time keys");
+            signed
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot store one-time keys; none handed out");
+            Vec::new()
+        }
+    }
+}
+
+/// Asks `peer` for one-time keys if this node holds fewer than [`POOL_LOW`] of them, and keeps
+/// those that check out (signed by the contact for this node, usable, not expired). Returns how
+/// many it kept.
+pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId) -> usize {
+    let now = now_ms();
+    let held = match store.call(move |db| db.pool_keys(&peer, now)).await {
+        Ok(n) => n,
+        Err(_) => return 0,
+    };
+    if held >= POOL_LOW {
+        return 0;
+    }
+    let want = ONE_TIME_KEYS_PER_CONTACT
+        .saturating_sub(held)
+        .min(u64::from(MAX_ONE_TIME_KEYS)) as u16;
+    let response = match net.fetch_one_time_keys(peer, want).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "could not fetch one-time keys");
+            return 0;
+        }
+    };
+    let Ok(Some(contact)) = store.call(move |db| db.contact_by_peer(&peer)).await else {
+        return 0;
+    };
+    let me = keys.peer_id();
+    let (good, bad): (Vec<SignedKey>, Vec<SignedKey>) = response
+        .keys
+        .into_iter()
+        .take(usize::from(want))
+        .partition(|k| one_time::verify(k, &contact.address, &me, now).is_ok());
+    if !bad.is_empty() {
+        tracing::warn!(%peer, refused = bad.len(), "a contact's one-time keys did not check out; refused them");
+    }
+    match store
+        .call(move |db| db.add_pool_keys(&peer, &good, now))
+        .await
+    {
+        Ok(kept) => {
+            tracing::debug!(%peer, kept, "kept one-time keys");
+            kept
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot keep one-time keys");
+            0
+        }
+    }
+}

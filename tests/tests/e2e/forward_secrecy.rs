@@ -1,0 +1,72 @@
+//! Forward secrecy: contacts hand each other one-time keys while connected, signed and bounded.
+
+use std::time::Duration;
+
+use pigeon_e2e::{TestHome, wait_for};
+use serde_json::Value;
+
+/// `name`'s entry in `home`'s `contacts list --json`.
+fn contact(home: &TestHome, name: &str) -> Value {
+    home.json(&["contacts", "list", "--json"])
+        .as_array()
+        .expect("contacts")
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .expect("the contact")
+}
+
+#[test]
+fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_from_its_contacts() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    alice.config_set("delivery.forward_secrecy", "prefer");
+    let alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
+    let bob_node = bob.start_node("/ip4/127.0.0.1/tcp/0");
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    let id = alice.send("bob", "hello");
+    bob.wait_arrival(&id);
+    let held = wait_for(
+        "bob's one-time keys at alice",
+        Duration::from_secs(30),
+        || {
+            let n = contact(&alice, "bob")["one_time_keys_held"].as_u64()?;
+            (n > 0).then_some(n)
+        },
+    );
+    assert_eq!(held, 32, "one request's worth");
+    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 32);
+    // Bob's policy is off: he asks alice for none.
+    assert_eq!(contact(&bob, "alice")["one_time_keys_held"], 0);
+    assert_eq!(contact(&alice, "bob")["one_time_keys_handed_out"], 0);
+
+    // Connected again, alice holds enough: no more are asked for, none are made.
+    let listen = alice_node.listen_addr();
+    alice_node.stop();
+    let _alice_node = alice.start_node(&listen);
+    let again = alice.send("bob", "again");
+    bob.wait_arrival(&again);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(contact(&alice, "bob")["one_time_keys_held"], 32);
+    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 32);
+}
+
+#[test]
+fn forward_secrecy_settings_are_checked() {
+    let home = TestHome::init("alice");
+    for (key, bad) in [
+        ("delivery.forward_secrecy", "sometimes"),
+        ("delivery.one_time_key_lifetime", "5s"),
+        ("delivery.one_time_key_lifetime", "soon"),
+    ] {
+        let out = home.run(&["config", "set", key, bad]);
+        assert_eq!(out.status.code(), Some(2), "{key} = {bad}");
+    }
+    home.config_set("delivery.forward_secrecy", "require");
+    home.config_set("delivery.one_time_key_lifetime", "7d");
+    assert_eq!(
+        home.ok(&["config", "get", "delivery.forward_secrecy"])
+            .trim(),
+        "require"
+    );
+}
