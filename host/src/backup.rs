@@ -386,8 +386,60 @@ fn entry_path(path: &Path) -> Result<String, BackupError> {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::Arc;
 
-    use super::entry_path;
+    use super::{Opener, Seal, entry_path};
+    use crate::home::Home;
+    use crate::keys::{Keys, keystore, one_time};
+    use crate::store::Db;
+
+    /// A restored node never holds a contact's one-time key from the backup: it may have been
+    /// used since, and must seal one message only.
+    #[tokio::test]
+    async fn a_restore_forgets_the_contacts_one_time_keys_and_keeps_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::resolve(Some(dir.path().join("home"))).expect("home");
+        crate::init::create_home(&home, "pass").await.expect("init");
+        let keys = Arc::new(keystore::unlock(&home.keystore(), "pass").expect("unlock"));
+        let contact = Keys::generate();
+        {
+            let mut db = Db::open(&home.database(), keys.clone()).expect("db");
+            let theirs: Vec<_> = (0..5)
+                .map(|_| one_time::make(&contact, &keys.peer_id(), u64::MAX).1)
+                .collect();
+            db.add_pool_keys(&contact.peer_id(), &theirs, 1)
+                .expect("pool");
+            let (ours, _): (Vec<_>, Vec<_>) = (0..3)
+                .map(|_| one_time::make(&keys, &contact.peer_id(), u64::MAX))
+                .unzip();
+            db.store_one_time_secrets(&contact.peer_id(), &ours, 1)
+                .expect("secrets");
+        }
+        let identity = age::x25519::Identity::generate();
+        let file = dir.path().join("b.age");
+        super::create(
+            &home,
+            &file,
+            Seal::Recipients(vec![identity.to_public()]),
+            false,
+            &mut |_, _| {},
+        )
+        .expect("backup");
+        let opener = Opener {
+            passphrase: zeroize::Zeroizing::new("pass".to_owned()),
+            identities: vec![identity],
+        };
+        let target = dir.path().join("restored");
+        super::restore(&file, &target, &opener, false).expect("restore");
+        let restored = Db::open(&target.join("pigeon.db"), keys.clone()).expect("db");
+        assert_eq!(restored.pool_keys(&contact.peer_id(), 1).expect("pool"), 0);
+        assert_eq!(
+            restored
+                .one_time_secrets_out(&contact.peer_id(), 1)
+                .expect("out"),
+            3
+        );
+    }
 
     #[test]
     fn entry_paths_stay_under_the_backup_root() {

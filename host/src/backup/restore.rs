@@ -49,6 +49,7 @@ pub fn restore(
             .map_err(BackupError::io("creating", &staging))?;
         let guard = RemoveOnDrop(Some(staging.clone()));
         let contents = read(file, opener, Some(&staging))?;
+        forget_received_one_time_keys(&staging.join("pigeon.db"))?;
         sync_tree(&staging)?;
         // Checked again: something may have appeared there while the backup was read.
         check_empty(home)?;
@@ -78,6 +79,17 @@ pub fn restore(
         files,
         contents,
     })
+}
+
+/// Drops the contacts' one-time keys the backup holds: some may have been used since it was made,
+/// and a one-time key must never seal two messages. The restored node fetches fresh ones. (Its
+/// own handed-out secrets stay: messages sealed to them may still be on their way.)
+fn forget_received_one_time_keys(db: &Path) -> Result<(), BackupError> {
+    let conn = rusqlite::Connection::open(db).map_err(|e| BackupError::Store(e.into()))?;
+    conn.pragma_update(None, "secure_delete", "ON")
+        .and_then(|()| conn.execute("DELETE FROM otk_pool", []))
+        .map_err(|e| BackupError::Store(e.into()))?;
+    Ok(())
 }
 
 /// Refuses a home that exists and is not an empty directory.

@@ -44,7 +44,7 @@ impl Db {
                 sealed,
                 key_id,
                 now as i64,
-                s.expires_at_ms as i64
+                s.expires_at_ms.min(i64::MAX as u64) as i64
             ])?;
         }
         tx.commit()?;
@@ -133,7 +133,7 @@ impl Db {
                     owner.to_string(),
                     sealed,
                     key_id,
-                    k.expires_at_ms as i64,
+                    k.expires_at_ms.min(i64::MAX as u64) as i64,
                     now as i64
                 ])?;
         }
