@@ -143,6 +143,9 @@ pub struct DeliveryConfig {
     pub one_time_key_lifetime: String,
 }
 
+/// The longest `delivery.one_time_key_lifetime`.
+pub const MAX_ONE_TIME_KEY_LIFETIME_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// `delivery.forward_secrecy`: whether a message is sealed to a one-time key of the recipient,
 /// which the recipient deletes once the message is stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +180,11 @@ impl DeliveryConfig {
     /// `one_time_key_lifetime` in milliseconds (validated when the configuration is read).
     pub fn one_time_key_lifetime_ms(&self) -> u64 {
         humantime::parse_duration(&self.one_time_key_lifetime)
-            .map_or(30 * 24 * 3600 * 1000, |d| d.as_millis() as u64)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .map_or(30 * 24 * 3600 * 1000, |ms| {
+                ms.min(MAX_ONE_TIME_KEY_LIFETIME_MS)
+            })
     }
 
     /// `message_ttl` in milliseconds (validated when the configuration is read).
@@ -273,9 +280,9 @@ backoff_initial_ms = 500
 backoff_max_ms = 300000
 # A message not delivered within this time is marked failed ("30d", "12h", "90m").
 message_ttl = "30d"
-# Forward secrecy: "off", "prefer" (seal to a one-time key of the recipient when one is at hand)
-# or "require" (wait for one). Contacts hand each other one-time keys while connected; a key is
-# usable this long.
+# Forward secrecy: "off" or "prefer". With "prefer" this node asks its contacts for one-time keys
+# while connected (sealing messages to them comes in a later version; "require" too). The keys
+# this node hands out are usable this long (1h to 365d).
 forward_secrecy = "off"
 one_time_key_lifetime = "30d"
 
@@ -377,11 +384,20 @@ impl Config {
                 "delivery.linger_ms must be at most 10000".to_owned(),
             ));
         }
+        if d.forward_secrecy == ForwardSecrecy::Require {
+            return Err(invalid(
+                "delivery.forward_secrecy = \"require\" is not available in this version yet: \
+                 messages cannot wait for a one-time key; use \"prefer\" or \"off\""
+                    .to_owned(),
+            ));
+        }
         match humantime::parse_duration(&d.one_time_key_lifetime) {
-            Ok(t) if t >= std::time::Duration::from_secs(60) => {}
+            Ok(t)
+                if t >= std::time::Duration::from_secs(3600)
+                    && t.as_millis() <= u128::from(MAX_ONE_TIME_KEY_LIFETIME_MS) => {}
             Ok(_) => {
                 return Err(invalid(
-                    "delivery.one_time_key_lifetime must be at least 1m".to_owned(),
+                    "delivery.one_time_key_lifetime must be between 1h and 365d".to_owned(),
                 ));
             }
             Err(e) => {

@@ -18,6 +18,11 @@ use crate::store::{ONE_TIME_KEYS_PER_CONTACT, Store, now_ms};
 
 /// A contact's keys are asked for when this node holds fewer than this many of them.
 pub const POOL_LOW: u64 = 16;
+/// A received key must have at least this long to live (a contact cannot make this node keep
+/// asking by handing out keys that expire at once)...
+const MIN_KEY_LIFE_MS: u64 = 3600 * 1000;
+/// ... and at most this long (matching `delivery.one_time_key_lifetime`'s bound).
+const MAX_KEY_LIFE_MS: u64 = crate::config::MAX_ONE_TIME_KEY_LIFETIME_MS;
 
 /// The keys to answer `request` from `peer` (a contact: the protocol is gated) with: fresh ones,
 /// as many as asked up to what the contact may hold unused, their secrets stored first. None when
@@ -60,7 +65,10 @@ pub async fn hand_out(
         .call(move |db| db.store_one_time_secrets(&peer, &secrets, now))
         .await
     {
-        Ok(()) => {
+        Ok(stored) => {
+            // Only the keys whose secrets were stored go out (concurrent requests share the bound).
+            let mut signed = signed;
+            signed.truncate(stored);
             tracing::debug!(%peer, keys = signed.len(), "handed out one-time keys");
             signed
         }
@@ -72,8 +80,8 @@ pub async fn hand_out(
 }
 
 /// Asks `peer` for one-time keys if this node holds fewer than [`POOL_LOW`] of them, and keeps
-/// those that check out (signed by the contact for this node, usable, not expired). Returns how
-/// many it kept.
+/// those that check out (signed by the contact for this node, usable, with between an hour and a
+/// year to live). Returns how many it kept.
 pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId) -> usize {
     let now = now_ms();
     let held = match store.call(move |db| db.pool_keys(&peer, now)).await {
@@ -101,7 +109,11 @@ pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId)
         .keys
         .into_iter()
         .take(usize::from(want))
-        .partition(|k| one_time::verify(k, &contact.address, &me, now).is_ok());
+        .partition(|k| {
+            one_time::verify(k, &contact.address, &me, now).is_ok()
+                && (MIN_KEY_LIFE_MS..=MAX_KEY_LIFE_MS)
+                    .contains(&k.expires_at_ms.saturating_sub(now))
+        });
     if !bad.is_empty() {
         tracing::warn!(%peer, refused = bad.len(), "a contact's one-time keys did not check out; refused them");
     }

@@ -237,18 +237,27 @@ impl Net {
         addrs: Vec<Multiaddr>,
         batch: Batch,
     ) -> Result<BatchResponse, SendError> {
+        self.ask(|reply| Command::SendBatch {
+            peer,
+            addrs,
+            batch,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends the command `make` builds around a reply channel, and waits for the reply.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SendError>>) -> Command,
+    ) -> Result<T, SendError> {
+        let stopped = || SendError("the network task has stopped".into());
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::SendBatch {
-                peer,
-                addrs,
-                batch,
-                reply,
-            })
+            .send(make(reply))
             .await
-            .map_err(|_| SendError("the network task has stopped".into()))?;
-        rx.await
-            .map_err(|_| SendError("the network task has stopped".into()))?
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Asks `peer` for an attachment chunk (dialing `addrs` if not connected).
@@ -258,19 +267,13 @@ impl Net {
         addrs: Vec<Multiaddr>,
         request: ChunkRequest,
     ) -> Result<ChunkResponse, SendError> {
-        let (reply, rx) = oneshot::channel();
-        let command = Command::FetchChunk {
+        self.ask(|reply| Command::FetchChunk {
             peer,
             addrs,
             request,
             reply,
-        };
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| SendError("the network task has stopped".into()))?;
-        rx.await
-            .map_err(|_| SendError("the network task has stopped".into()))?
+        })
+        .await
     }
 
     /// Answers a chunk request.
@@ -291,18 +294,12 @@ impl Net {
         peer: PeerId,
         want: u16,
     ) -> Result<OtkResponse, SendError> {
-        let (reply, rx) = oneshot::channel();
-        let command = Command::FetchOtk {
+        self.ask(|reply| Command::FetchOtk {
             peer,
             request: OtkRequest { want },
             reply,
-        };
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| SendError("the network task has stopped".into()))?;
-        rx.await
-            .map_err(|_| SendError("the network task has stopped".into()))?
+        })
+        .await
     }
 
     /// Answers a request for one-time keys.

@@ -86,9 +86,20 @@ pub fn restore(
 /// own handed-out secrets stay: messages sealed to them may still be on their way.)
 fn forget_received_one_time_keys(db: &Path) -> Result<(), BackupError> {
     let conn = rusqlite::Connection::open(db).map_err(|e| BackupError::Store(e.into()))?;
-    conn.pragma_update(None, "secure_delete", "ON")
-        .and_then(|()| conn.execute("DELETE FROM otk_pool", []))
-        .map_err(|e| BackupError::Store(e.into()))?;
+    let sql = |e: rusqlite::Error| BackupError::Store(e.into());
+    // A backup from before forward secrecy has no such table (the first open migrates it).
+    let has_pool: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'otk_pool')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql)?;
+    if has_pool {
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(sql)?;
+        conn.execute("DELETE FROM otk_pool", []).map_err(sql)?;
+    }
     Ok(())
 }
 

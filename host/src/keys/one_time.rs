@@ -201,9 +201,16 @@ mod tests {
         let mut other_key = key.clone();
         other_key.public[5] ^= 1;
         assert_eq!(check(&other_key), Err(OneTimeKeyError::BadSignature));
-        let mut longer = key.clone();
-        longer.expires_at_ms -= 1;
-        assert_eq!(check(&longer), Err(OneTimeKeyError::BadSignature));
+        let mut shorter = key.clone();
+        shorter.expires_at_ms -= 1;
+        assert_eq!(check(&shorter), Err(OneTimeKeyError::BadSignature));
+        let (_, near) = make(&bob, &alice.peer_id(), 1_000);
+        let mut longer = near.clone();
+        longer.expires_at_ms += 1;
+        assert_eq!(
+            verify(&longer, &bob.address(), &alice.peer_id(), 1),
+            Err(OneTimeKeyError::BadSignature)
+        );
         let mut short = key.clone();
         short.public.pop();
         assert_eq!(check(&short), Err(OneTimeKeyError::BadSignature));

@@ -110,15 +110,16 @@ impl Db {
         row.map(|row| self.contact_from_row(row)).transpose()
     }
 
-    /// Removes the contact called `name` and its addresses.
+    /// Removes the contact called `name`, its addresses, and the one-time keys exchanged with it
+    /// (the secrets handed to it and the keys received from it).
     pub fn remove_contact(&mut self, name: &str) -> Result<(), StoreError> {
         let contact = self.contact_by_name(name)?;
+        let peer = contact.address.peer_id().to_string();
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM contacts WHERE name = ?1", [name])?;
-        tx.execute(
-            "DELETE FROM contact_addrs WHERE peer_id = ?1",
-            [contact.address.peer_id().to_string()],
-        )?;
+        tx.execute("DELETE FROM contact_addrs WHERE peer_id = ?1", [&peer])?;
+        tx.execute("DELETE FROM otk_secrets WHERE holder = ?1", [&peer])?;
+        tx.execute("DELETE FROM otk_pool WHERE owner = ?1", [&peer])?;
         tx.commit()?;
         Ok(())
     }

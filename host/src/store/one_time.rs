@@ -17,18 +17,40 @@ pub(super) const POOL: &str = "otk_pool";
 
 /// Most unused keys this node keeps handed out to one contact, and most it keeps from one.
 pub const MAX_PER_CONTACT: u64 = 64;
+/// How long the tombstone of a used key is kept: longer than any resend of its envelope (a
+/// message is given up after `delivery.message_ttl`, 30 days by default).
+const TOMBSTONE_KEPT_MS: u64 = 90 * 24 * 3600 * 1000;
 
 impl Db {
-    /// Stores the secrets of keys about to be handed to `holder`; durable before they are.
+    /// Stores the secrets of keys about to be handed to `holder`, as many as keep it within
+    /// [`MAX_PER_CONTACT`] unused ones, in one transaction (so concurrent requests cannot pass
+    /// the bound together), after dropping its expired ones and tombstones past any resend;
+    /// returns how many it stored (the first ones of `secrets`), durable before they are handed out.
     pub fn store_one_time_secrets(
         &mut self,
         holder: &PeerId,
         secrets: &[OneTimeSecret],
         now: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let at_rest = self.keys.clone();
+        let holder = holder.to_string();
         let tx = self.conn.transaction()?;
-        for s in secrets {
+        tx.execute(
+            "DELETE FROM otk_secrets WHERE holder = ?1 AND expires_at <= ?2",
+            params![holder, now as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM otk_used WHERE used_at < ?1",
+            params![now.saturating_sub(TOMBSTONE_KEPT_MS) as i64],
+        )?;
+        let out: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM otk_secrets WHERE holder = ?1",
+            params![holder],
+            |r| r.get(0),
+        )?;
+        let room = MAX_PER_CONTACT.saturating_sub(out as u64) as usize;
+        let stored = secrets.len().min(room);
+        for s in &secrets[..stored] {
             let row = hex::encode(s.id);
             let (key_id, sealed) =
                 at_rest
@@ -40,7 +62,7 @@ impl Db {
             )?
             .execute(params![
                 s.id.as_slice(),
-                holder.to_string(),
+                holder,
                 sealed,
                 key_id,
                 now as i64,
@@ -48,7 +70,7 @@ impl Db {
             ])?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(stored)
     }
 
     /// How many unexpired keys handed to `holder` are still unused.
@@ -101,8 +123,8 @@ impl Db {
             .optional()?)
     }
 
-    /// Keeps keys received from `owner` (already verified), up to [`MAX_PER_CONTACT`] unexpired
-    /// ones; returns how many were kept.
+    /// Keeps keys received from `owner` (already verified), up to [`MAX_PER_CONTACT`], after
+    /// dropping its expired ones; returns how many were kept.
     pub fn add_pool_keys(
         &mut self,
         owner: &PeerId,
@@ -111,9 +133,13 @@ impl Db {
     ) -> Result<usize, StoreError> {
         let at_rest = self.keys.clone();
         let tx = self.conn.transaction()?;
-        let held: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM otk_pool WHERE owner = ?1 AND expires_at > ?2",
+        tx.execute(
+            "DELETE FROM otk_pool WHERE owner = ?1 AND expires_at <= ?2",
             params![owner.to_string(), now as i64],
+        )?;
+        let held: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM otk_pool WHERE owner = ?1",
+            params![owner.to_string()],
             |r| r.get(0),
         )?;
         let room = MAX_PER_CONTACT.saturating_sub(held as u64) as usize;
@@ -252,6 +278,64 @@ mod tests {
             Some(b"hash".to_vec())
         );
         assert_eq!(db.one_time_secrets_out(&holder, 1_000).expect("count"), 2);
+    }
+
+    #[test]
+    fn secrets_handed_out_stay_within_the_bound_and_expired_ones_go() {
+        let (_dir, mut db, keys) = crate::store::test_support::temp_db();
+        let holder = Keys::generate().peer_id();
+        let make = |n: usize, expires: u64| -> Vec<OneTimeSecret> {
+            (0..n)
+                .map(|_| one_time::make(&keys, &holder, expires).0)
+                .collect()
+        };
+        // Two requests' worth at once: the second gets what is left of the bound.
+        assert_eq!(
+            db.store_one_time_secrets(&holder, &make(40, 5_000), 1)
+                .expect("first"),
+            40
+        );
+        assert_eq!(
+            db.store_one_time_secrets(&holder, &make(40, 9_000), 1)
+                .expect("second"),
+            24
+        );
+        assert_eq!(db.one_time_secrets_out(&holder, 1).expect("out"), 64);
+        assert_eq!(
+            db.store_one_time_secrets(&holder, &make(1, 9_000), 1)
+                .expect("full"),
+            0
+        );
+        // Once the first 40 have expired they are dropped, and make room.
+        assert_eq!(
+            db.store_one_time_secrets(&holder, &make(10, 9_000), 6_000)
+                .expect("after"),
+            10
+        );
+        let rows: i64 = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM otk_secrets", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 34, "the expired secrets are gone from the table");
+    }
+
+    #[test]
+    fn removing_a_contact_removes_the_keys_exchanged_with_it() {
+        let (_dir, mut db, keys) = crate::store::test_support::temp_db();
+        let contact = Keys::generate();
+        db.add_contact("bob", &contact.address(), &[]).expect("add");
+        let peer = contact.peer_id();
+        db.store_one_time_secrets(&peer, &[one_time::make(&keys, &peer, u64::MAX).0], 1)
+            .expect("secrets");
+        db.add_pool_keys(
+            &peer,
+            &[one_time::make(&contact, &keys.peer_id(), u64::MAX).1],
+            1,
+        )
+        .expect("pool");
+        db.remove_contact("bob").expect("rm");
+        assert_eq!(db.one_time_secrets_out(&peer, 1).expect("out"), 0);
+        assert_eq!(db.pool_keys(&peer, 1).expect("pool"), 0);
     }
 
     #[test]

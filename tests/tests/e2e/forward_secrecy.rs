@@ -40,15 +40,26 @@ fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_from_its_contacts()
     assert_eq!(contact(&bob, "alice")["one_time_keys_held"], 0);
     assert_eq!(contact(&alice, "bob")["one_time_keys_handed_out"], 0);
 
-    // Connected again, alice holds enough: no more are asked for, none are made.
+    // Connected again while holding enough: none are asked for. Holding too few (12 of the 32
+    // dropped here by hand while her node is stopped), she asks again and bob hands out up to
+    // his bound of 64 unused keys for her.
     let listen = alice_node.listen_addr();
     alice_node.stop();
+    let db = rusqlite::Connection::open(alice.path().join("pigeon.db")).expect("alice's db");
+    db.execute(
+        "DELETE FROM otk_pool WHERE rowid IN (SELECT rowid FROM otk_pool LIMIT 20)",
+        [],
+    )
+    .expect("drop 20 keys");
+    drop(db);
+    assert_eq!(contact(&alice, "bob")["one_time_keys_held"], 12);
     let _alice_node = alice.start_node(&listen);
     let again = alice.send("bob", "again");
     bob.wait_arrival(&again);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(contact(&alice, "bob")["one_time_keys_held"], 32);
-    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 32);
+    wait_for("a second round of keys", Duration::from_secs(30), || {
+        (contact(&alice, "bob")["one_time_keys_held"] == 44).then_some(())
+    });
+    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 64);
 }
 
 #[test]
@@ -56,17 +67,22 @@ fn forward_secrecy_settings_are_checked() {
     let home = TestHome::init("alice");
     for (key, bad) in [
         ("delivery.forward_secrecy", "sometimes"),
-        ("delivery.one_time_key_lifetime", "5s"),
+        ("delivery.one_time_key_lifetime", "30m"),
+        ("delivery.one_time_key_lifetime", "400d"),
         ("delivery.one_time_key_lifetime", "soon"),
     ] {
         let out = home.run(&["config", "set", key, bad]);
         assert_eq!(out.status.code(), Some(2), "{key} = {bad}");
     }
-    home.config_set("delivery.forward_secrecy", "require");
+    // Not available yet, and said so rather than silently ignored.
+    let out = home.run(&["config", "set", "delivery.forward_secrecy", "require"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not available"));
+    home.config_set("delivery.forward_secrecy", "prefer");
     home.config_set("delivery.one_time_key_lifetime", "7d");
     assert_eq!(
         home.ok(&["config", "get", "delivery.forward_secrecy"])
             .trim(),
-        "require"
+        "prefer"
     );
 }
