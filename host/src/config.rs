@@ -154,7 +154,7 @@ pub enum ForwardSecrecy {
     /// Never: sealed to the recipient's long-term key.
     #[default]
     Off,
-    /// When a one-time key of the recipient is at hand; otherwise sent without, and said so.
+    /// When a one-time key of the recipient is at hand; otherwise sealed to its long-term key.
     Prefer,
     /// Always: the message waits until a one-time key of the recipient is at hand.
     Require,
@@ -281,8 +281,8 @@ backoff_max_ms = 300000
 # A message not delivered within this time is marked failed ("30d", "12h", "90m").
 message_ttl = "30d"
 # Forward secrecy: "off" or "prefer". With "prefer" this node asks its contacts for one-time keys
-# while connected (sealing messages to them comes in a later version; "require" too). The keys
-# this node hands out are usable this long (1h to 365d).
+# while connected and seals each message to one when one is at hand ("require", waiting for a
+# key, comes in a later version). The keys this node hands out are usable this long (1h to 365d).
 forward_secrecy = "off"
 one_time_key_lifetime = "30d"
 

@@ -97,6 +97,14 @@ pub enum OpenError {
     /// Opened, but the contents are malformed or too large.
     #[error("envelope payload is malformed")]
     Malformed,
+    /// Sealed to a one-time key that was spent on this very envelope: a resend of a message
+    /// already stored.
+    #[error("a resend of a forward-secret message already stored")]
+    AlreadyStored,
+    /// Sealed to a one-time key this node does not hold (spent on another envelope, expired, or
+    /// never handed to this sender).
+    #[error("sealed to a one-time key this node does not hold")]
+    OneTimeKeyGone,
 }
 
 /// What the seal binds besides the payload: both PeerIds and, for a forward-secret envelope, the
@@ -225,6 +233,11 @@ pub fn one_time_key(env: &Envelope) -> Result<Option<[u8; 16]>, OpenError> {
         (ENVELOPE_VERSION | FS_ENVELOPE_VERSION, _) => Err(OpenError::Malformed),
         _ => Err(OpenError::Version),
     }
+}
+
+/// The blake2b-256 of an envelope's ciphertext: what a spent one-time key's tombstone records.
+pub fn envelope_hash(env: &Envelope) -> [u8; 32] {
+    crate::attachments::hash(&env.ct)
 }
 
 /// Opens a forward-secret envelope with the secret of the one-time key it names (`recipient` is

@@ -14,13 +14,13 @@ use libp2p::PeerId;
 
 use crate::attachments::Limits;
 use crate::envelope::{self, Envelope, MessageId, OpenError, Payload};
-use crate::keys::{EncPublic, Keys};
+use crate::keys::{EncPublic, EncSecret, Keys};
 use crate::metrics::METRICS;
 use crate::net::protocol::{Batch, BatchResponse, Outcome, RejectReason};
 use crate::plugins::{Budget, Plugins, RuleMessage};
 use crate::store::{Contact, ReceiveOutcome, Received, Store, now_ms};
 use rules::{Action, Pipeline, RuleInput};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,8 +131,53 @@ struct Sender {
     attachment_bytes: u64,
 }
 
-/// Each envelope of a batch opened, or why it did not open.
-type Opened = Vec<Result<Payload, OpenError>>;
+/// Each envelope of a batch opened (with, for a forward-secret one, its one-time key and the
+/// envelope's hash, to spend with the commit), or why it did not open.
+type Opened = Vec<Result<(Payload, Option<OneTimeUse>), OpenError>>;
+
+/// A forward-secret envelope's one-time key id and the blake2b of the envelope.
+type OneTimeUse = ([u8; 16], [u8; 32]);
+
+/// What this node holds of one one-time key named by a batch: its secret while unused, the hash
+/// of the envelope that used it once used.
+struct KeyState {
+    secret: Option<EncSecret>,
+    used_by: Option<Vec<u8>>,
+}
+
+/// The state of every one-time key the batch's forward-secret envelopes name.
+async fn one_time_keys(
+    store: &Store,
+    peer: PeerId,
+    envelopes: &[Envelope],
+) -> Result<HashMap<[u8; 16], KeyState>, RejectReason> {
+    let ids: Vec<[u8; 16]> = envelopes
+        .iter()
+        .filter_map(|e| envelope::one_time_key(e).ok().flatten())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    store
+        .call(move |db| {
+            ids.into_iter()
+                .map(|id| {
+                    Ok((
+                        id,
+                        KeyState {
+                            secret: db.one_time_secret(&id, &peer)?,
+                            used_by: db.one_time_key_used(&id)?,
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(%peer, error = %e, "cannot look up one-time keys");
+            RejectReason::Unavailable
+        })
+}
 
 /// Looks up the sender (it must be a contact) and opens each envelope with its key. An `Err` is
 /// the answer for every envelope of the batch.
@@ -143,8 +188,35 @@ async fn open(
 ) -> Result<(Sender, Opened), RejectReason> {
     let sender = look_up_sender(&receiver.store, peer, batch.envelopes.len()).await?;
     let sender_key = sender.contact.address.enc_public().clone();
-    let opened = open_all(&receiver.keys, peer, &sender_key, batch.envelopes).await?;
+    let one_time = Arc::new(one_time_keys(&receiver.store, peer, &batch.envelopes).await?);
+    let opened = open_all(&receiver.keys, peer, &sender_key, batch.envelopes, one_time).await?;
     Ok((sender, opened))
+}
+
+/// Opens one envelope: with the long-term key, or with the one-time key it names.
+fn open_one(
+    keys: &Keys,
+    peer: &PeerId,
+    sender_key: &EncPublic,
+    env: &Envelope,
+    one_time: &HashMap<[u8; 16], KeyState>,
+) -> Result<(Payload, Option<OneTimeUse>), OpenError> {
+    let Some(id) = envelope::one_time_key(env)? else {
+        return envelope::open(keys, peer, sender_key, env).map(|p| (p, None));
+    };
+    let hash = envelope::envelope_hash(env);
+    match one_time.get(&id) {
+        Some(KeyState {
+            secret: Some(secret),
+            ..
+        }) => envelope::open_forward_secret(secret, &keys.peer_id(), peer, sender_key, env)
+            .map(|p| (p, Some((id, hash)))),
+        Some(KeyState {
+            used_by: Some(used),
+            ..
+        }) if used.as_slice() == hash.as_slice() => Err(OpenError::AlreadyStored),
+        _ => Err(OpenError::OneTimeKeyGone),
+    }
 }
 
 /// Envelopes opened by one task at the least: below this a batch is not worth splitting.
@@ -158,6 +230,7 @@ async fn open_all(
     peer: PeerId,
     sender_key: &EncPublic,
     mut envelopes: Vec<Envelope>,
+    one_time: Arc<HashMap<[u8; 16], KeyState>>,
 ) -> Result<Opened, RejectReason> {
     let n = envelopes.len();
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
@@ -166,10 +239,10 @@ async fn open_all(
     while !envelopes.is_empty() {
         let rest = envelopes.split_off(per_task.min(envelopes.len()));
         let run = std::mem::replace(&mut envelopes, rest);
-        let (keys, sender_key) = (keys.clone(), sender_key.clone());
+        let (keys, sender_key, one_time) = (keys.clone(), sender_key.clone(), one_time.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
             run.iter()
-                .map(|env| envelope::open(&keys, &peer, &sender_key, env))
+                .map(|env| open_one(&keys, &peer, &sender_key, env, &one_time))
                 .collect::<Vec<_>>()
         }));
     }
@@ -227,11 +300,11 @@ fn admit(peer: PeerId, opened: Opened, limits: Limits, mut peer_bytes: u64) -> A
     let mut to_store = Vec::new();
     for result in opened {
         match result {
-            Ok(p) if !limits.admit(&p.attachments, peer_bytes) => {
+            Ok((p, _)) if !limits.admit(&p.attachments, peer_bytes) => {
                 tracing::warn!(%peer, message_id = %p.id, "refused a message: attachments malformed or past the limits");
                 outcomes.push(Some(Outcome::Rejected(RejectReason::TooLarge)));
             }
-            Ok(p) => {
+            Ok((p, one_time_key)) => {
                 peer_bytes = p
                     .attachments
                     .iter()
@@ -245,8 +318,10 @@ fn admit(peer: PeerId, opened: Opened, limits: Limits, mut peer_bytes: u64) -> A
                     body: p.body,
                     attachments: p.attachments,
                     actions: Vec::new(),
+                    one_time_key,
                 });
             }
+            Err(OpenError::AlreadyStored) => outcomes.push(Some(Outcome::Duplicate)),
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "refused an envelope");
                 outcomes.push(Some(Outcome::Rejected(reject_reason(e))));
@@ -430,6 +505,7 @@ fn reject_reason(e: OpenError) -> RejectReason {
     match e {
         OpenError::WrongSender => RejectReason::WrongSender,
         OpenError::Decrypt => RejectReason::Undecryptable,
+        OpenError::OneTimeKeyGone => RejectReason::OneTimeKeyGone,
         _ => RejectReason::Malformed,
     }
 }
@@ -437,6 +513,59 @@ fn reject_reason(e: OpenError) -> RejectReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forward-secret envelope opens with its key's secret; once the key is spent, the same
+    /// envelope again is a duplicate (acked, not stored twice) and any other one is refused.
+    #[test]
+    fn a_spent_one_time_key_acks_its_own_envelope_and_refuses_any_other() {
+        let (alice, bob) = (Keys::generate(), Keys::generate());
+        let (secret, key) = crate::keys::one_time::make(&bob, &alice.peer_id(), u64::MAX);
+        let public =
+            crate::keys::one_time::verify(&key, &bob.address(), &alice.peer_id(), 1).expect("key");
+        let payload = |body: &str| Payload {
+            id: MessageId::random(),
+            sent_at_ms: 1,
+            subject: None,
+            body: body.into(),
+            attachments: Vec::new(),
+        };
+        let seal = |p: &Payload| {
+            envelope::seal_forward_secret(&alice, &bob.peer_id(), &key.id, &public, p)
+                .expect("seal")
+        };
+        let (first, second) = (seal(&payload("first")), seal(&payload("second")));
+        let (peer, from_key) = (alice.peer_id(), alice.enc_public().clone());
+        let unused = HashMap::from([(
+            key.id,
+            KeyState {
+                secret: Some(secret.secret),
+                used_by: None,
+            },
+        )]);
+        let (opened, used) = open_one(&bob, &peer, &from_key, &first, &unused).expect("opens");
+        assert_eq!(opened.body, "first");
+        assert_eq!(used, Some((key.id, envelope::envelope_hash(&first))));
+        let spent = HashMap::from([(
+            key.id,
+            KeyState {
+                secret: None,
+                used_by: Some(envelope::envelope_hash(&first).to_vec()),
+            },
+        )]);
+        assert_eq!(
+            open_one(&bob, &peer, &from_key, &first, &spent).map(|_| ()),
+            Err(OpenError::AlreadyStored)
+        );
+        assert_eq!(
+            open_one(&bob, &peer, &from_key, &second, &spent).map(|_| ()),
+            Err(OpenError::OneTimeKeyGone)
+        );
+        assert_eq!(
+            open_one(&bob, &peer, &from_key, &second, &HashMap::new()).map(|_| ()),
+            Err(OpenError::OneTimeKeyGone),
+            "a key never handed out"
+        );
+    }
 
     /// A batch opened across the cores comes back in its order, each envelope with its own
     /// result: the commit and the acks go by position.
@@ -457,14 +586,20 @@ mod tests {
             .collect();
         envelopes[17].ct[0] ^= 1;
         envelopes[49].ct[3] ^= 1;
-        let opened = open_all(&bob, alice.peer_id(), alice.enc_public(), envelopes)
-            .await
-            .expect("opened");
+        let opened = open_all(
+            &bob,
+            alice.peer_id(),
+            alice.enc_public(),
+            envelopes,
+            Arc::default(),
+        )
+        .await
+        .expect("opened");
         assert_eq!(opened.len(), 50);
         for (i, o) in opened.iter().enumerate() {
             match o {
                 Err(OpenError::Decrypt) => assert!(i == 17 || i == 49, "{i}"),
-                Ok(p) => assert_eq!(p.body, format!("message {i}")),
+                Ok((p, _)) => assert_eq!(p.body, format!("message {i}")),
                 Err(e) => panic!("{i}: {e}"),
             }
         }
@@ -479,6 +614,7 @@ mod tests {
             body: String::new(),
             attachments: vec![],
             actions: vec![],
+            one_time_key: None,
         }
     }
 

@@ -120,7 +120,8 @@ impl Node {
             LazyPlugins::running(plugins.clone()),
             search.clone(),
             rekey.clone(),
-        );
+        )
+        .with_forward_secrecy(config.delivery.forward_secrecy);
         if rekey.under_way() {
             tracing::info!("a rekey after a passphrase change is unfinished; carrying it on");
             rekey.start();

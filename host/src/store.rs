@@ -399,6 +399,7 @@ mod tests {
             body: "from bob".into(),
             attachments: vec![],
             actions: vec![],
+            one_time_key: None,
         };
         db.store_received(&[received], 2).expect("store");
         assert_eq!(db.message(&id.to_string()).expect("read").from, "bob");

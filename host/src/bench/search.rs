@@ -190,6 +190,7 @@ async fn fill(
                     body: corpus.text(rng, words),
                     attachments: Vec::new(),
                     actions,
+                    one_time_key: None,
                 }
             })
             .collect();

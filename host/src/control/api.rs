@@ -44,6 +44,8 @@ pub struct Ops {
     plugins: LazyPlugins,
     search: LazySearch,
     rekey: crate::rekey::Rekey,
+    /// `delivery.forward_secrecy`: whether `send` seals to a one-time key when one is at hand.
+    forward_secrecy: crate::config::ForwardSecrecy,
 }
 
 /// Messages `rules apply` runs through the pipeline at a time.
@@ -68,7 +70,14 @@ impl Ops {
             plugins,
             search,
             rekey,
+            forward_secrecy: crate::config::ForwardSecrecy::Off,
         }
+    }
+
+    /// Sends with `policy` for forward secrecy (`delivery.forward_secrecy`).
+    pub fn with_forward_secrecy(mut self, policy: crate::config::ForwardSecrecy) -> Ops {
+        self.forward_secrecy = policy;
+        self
     }
 
     /// Carries out one request.
@@ -411,11 +420,28 @@ impl Ops {
         }
         let contact = self.store.call(move |db| db.contact_by_name(&to)).await?;
         let refs = attachments.clone();
-        let (id, peer, env, now) = self.seal_for(&contact, subject, body, attachments)?;
-        self.store
-            .call(move |db| db.enqueue(&id, &peer, &env, &refs, now))
-            .await?;
-        tracing::debug!(%peer, message_id = %id, "queued");
+        let (id, peer, env, now) =
+            self.seal_for(&contact, subject.clone(), body.clone(), attachments.clone())?;
+        let forward_secret = if self.forward_secrecy == crate::config::ForwardSecrecy::Off {
+            self.store
+                .call(move |db| db.enqueue(&id, &peer, &env, &refs, now))
+                .await?;
+            false
+        } else {
+            let payload = Payload {
+                id,
+                sent_at_ms: now,
+                subject,
+                body,
+                attachments,
+            };
+            self.store
+                .call(move |db| {
+                    db.enqueue_preferring_forward_secrecy(&id, &peer, &payload, &env, &refs, now)
+                })
+                .await?
+        };
+        tracing::debug!(%peer, message_id = %id, forward_secret, "queued");
         self.wake();
         Ok(Response::Queued { id: id.to_string() })
     }

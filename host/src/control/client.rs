@@ -91,6 +91,7 @@ async fn run_here(home: &Home, unlock: &Unlock<'_>, request: Request) -> Result<
             return Err(e.into());
         }
     };
+    let policy = config.delivery.forward_secrecy;
     let (home2, keys2) = (home.clone(), keys.clone());
     let plugins =
         LazyPlugins::on_demand(move || crate::plugins::start(&home2, &config, &keys2, None));
@@ -116,6 +117,7 @@ async fn run_here(home: &Home, unlock: &Unlock<'_>, request: Request) -> Result<
         search.clone(),
         rekey,
     )
+    .with_forward_secrecy(policy)
     .handle(request)
     .await;
     search.close().await;

@@ -742,6 +742,7 @@ mod tests {
             body: body.into(),
             attachments: vec![],
             actions: vec![],
+            one_time_key: None,
         }
     }
 

@@ -69,6 +69,8 @@ pub enum RejectReason {
     Unavailable,
     /// An attachment is over the receiver's size limit, or its manifest is inconsistent.
     TooLarge,
+    /// Sealed to a one-time key the receiver no longer holds (used by another message, expired).
+    OneTimeKeyGone,
 }
 
 impl RejectReason {
@@ -89,6 +91,9 @@ impl RejectReason {
             RejectReason::IdConflict => "the recipient holds another message with this id",
             RejectReason::Unavailable => "the recipient could not store the message",
             RejectReason::TooLarge => "an attachment is over the recipient's size limit",
+            RejectReason::OneTimeKeyGone => {
+                "the recipient no longer holds the one-time key the message was sealed to"
+            }
         }
     }
 }

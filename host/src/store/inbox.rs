@@ -35,6 +35,10 @@ pub struct Received {
     pub attachments: Vec<crate::attachments::AttachmentRef>,
     /// What the rules pipeline decided for it, applied with the insert.
     pub actions: Vec<crate::inbox::rules::Action>,
+    /// For a forward-secret message: the one-time key it was sealed to and the blake2b of its
+    /// envelope. The key's secret is deleted, and a tombstone left, in the transaction that
+    /// stores the message.
+    pub one_time_key: Option<([u8; 16], [u8; 32])>,
 }
 
 /// What storing one received message did.
@@ -161,17 +165,24 @@ impl Db {
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(items.len());
         let mut stored = Vec::new();
+        let mut spent = false;
         {
             let mut find = tx.prepare_cached("SELECT sender FROM inbox WHERE id = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO inbox (id, sender, sent_at, received_at, size, subject, body, key_id, sender_seal, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                "INSERT INTO inbox (id, sender, sent_at, received_at, size, subject, body, key_id, sender_seal, forward_secret, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
                          (SELECT value + 1 FROM counters WHERE name = 'inbox_seq'))",
             )?;
             let mut next_seq = tx
                 .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'inbox_seq'")?;
             for (m, (row, key_id, body, subject, sender_seal)) in items.iter().zip(sealed) {
                 let sender = m.sender.to_string();
+                if let Some((key, hash)) = &m.one_time_key {
+                    // The one-time key's secret goes with this commit: stored or a duplicate,
+                    // the message is held, and the key may open nothing more.
+                    super::one_time::spend_secret(&tx, key, hash, now)?;
+                    spent = true;
+                }
                 let existing: Option<String> = find.query_row([&row], |r| r.get(0)).optional()?;
                 outcomes.push(match existing {
                     Some(s) if s == sender => ReceiveOutcome::Duplicate,
@@ -187,7 +198,8 @@ impl Db {
                             subject,
                             body,
                             key_id,
-                            sender_seal
+                            sender_seal,
+                            m.one_time_key.is_some()
                         ])?;
                         next_seq.execute([])?;
                         super::attachments::insert_attachments(
@@ -206,6 +218,10 @@ impl Db {
             }
         }
         tx.commit()?;
+        if spent {
+            // No older copy of a spent secret's page stays in the WAL.
+            self.checkpoint()?;
+        }
         if !stored.is_empty() {
             let ids: Vec<&str> = stored.iter().map(String::as_str).collect();
             self.refresh_states(&ids)?;
@@ -649,6 +665,7 @@ mod tests {
             body: body.into(),
             attachments: vec![],
             actions: vec![],
+            one_time_key: None,
         }
     }
 

@@ -178,13 +178,6 @@ impl Db {
     }
 }
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the forward-secret send path takes keys with it next"
-    )
-)]
 /// Takes one unexpired key from `owner` out of the pool, in `tx` (the transaction that writes the
 /// envelope sealed to it, so a key is never used twice nor lost): the soonest to expire.
 pub(super) fn take_pool_key(
@@ -211,13 +204,6 @@ pub(super) fn take_pool_key(
     Ok(Some(key))
 }
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the forward-secret receive path spends keys with it next"
-    )
-)]
 /// Deletes the secret of one-time key `id` and records the envelope that used it, in `tx` (the
 /// transaction that stores the message).
 pub(super) fn spend_secret(

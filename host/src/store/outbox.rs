@@ -134,6 +134,48 @@ impl Db {
         Ok(())
     }
 
+    /// Queues message `payload` to `peer` as [`Db::enqueue`] does, sealed to one of the peer's
+    /// one-time keys when this node holds one (taken from the pool in the same transaction, so it
+    /// seals this message and no other), else as `fallback` (sealed to the peer's long-term key).
+    /// Returns whether the message is forward secret.
+    pub fn enqueue_preferring_forward_secrecy(
+        &mut self,
+        id: &MessageId,
+        peer: &PeerId,
+        payload: &crate::envelope::Payload,
+        fallback: &Envelope,
+        attachments: &[AttachmentRef],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let keys = self.keys.clone();
+        let tx = self.conn.transaction()?;
+        let sealed = match super::one_time::take_pool_key(&tx, keys.at_rest(), peer, now)? {
+            Some(k) => {
+                use hpke::Deserializable;
+                let bad = |_| StoreError::Corrupt("one-time key");
+                let public = crate::keys::EncPublic::from_bytes(&k.public).map_err(bad)?;
+                Some(
+                    crate::envelope::seal_forward_secret(&keys, peer, &k.id, &public, payload)
+                        .map_err(|_| StoreError::Corrupt("one-time key"))?,
+                )
+            }
+            None => None,
+        };
+        let forward_secret = sealed.is_some();
+        let envelope = sealed.unwrap_or_else(|| fallback.clone());
+        insert_outbox(&tx, keys.at_rest(), &[(*id, *peer, envelope)], now)?;
+        super::attachments::insert_attachments(
+            &tx,
+            keys.at_rest(),
+            &id.to_string(),
+            "out",
+            peer,
+            attachments,
+        )?;
+        tx.commit()?;
+        Ok(forward_secret)
+    }
+
     /// Queues several envelopes (without attachments) in one durable transaction.
     pub fn enqueue_many(
         &mut self,
@@ -478,8 +520,8 @@ fn insert_outbox(
     now: u64,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope, key_id)
-         VALUES (?1, ?2, ?3, 'queued', ?3, ?4, ?5, ?6)",
+        "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope, key_id, forward_secret)
+         VALUES (?1, ?2, ?3, 'queued', ?3, ?4, ?5, ?6, ?7)",
     )?;
     for (id, peer, envelope) in items {
         let row = id.to_string();
@@ -492,7 +534,8 @@ fn insert_outbox(
             now as i64,
             plain.len() as i64,
             sealed,
-            key_id
+            key_id,
+            envelope.otk.is_some()
         ])?;
     }
     Ok(())

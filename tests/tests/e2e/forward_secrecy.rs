@@ -17,7 +17,7 @@ fn contact(home: &TestHome, name: &str) -> Value {
 }
 
 #[test]
-fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_from_its_contacts() {
+fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_and_seals_to_them() {
     let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
     alice.config_set("delivery.forward_secrecy", "prefer");
     let alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
@@ -40,9 +40,9 @@ fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_from_its_contacts()
     assert_eq!(contact(&bob, "alice")["one_time_keys_held"], 0);
     assert_eq!(contact(&alice, "bob")["one_time_keys_handed_out"], 0);
 
-    // Connected again while holding enough: none are asked for. Holding too few (12 of the 32
-    // dropped here by hand while her node is stopped), she asks again and bob hands out up to
-    // his bound of 64 unused keys for her.
+    // Holding too few (20 of the 32 dropped here by hand while her node is stopped), she asks
+    // again at the next connection and bob hands out 32 more (his bound is 64 unused for her).
+    // The message she sends meanwhile is sealed to one of the 12 she had left.
     let listen = alice_node.listen_addr();
     alice_node.stop();
     let db = rusqlite::Connection::open(alice.path().join("pigeon.db")).expect("alice's db");
@@ -57,9 +57,29 @@ fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_from_its_contacts()
     let again = alice.send("bob", "again");
     bob.wait_arrival(&again);
     wait_for("a second round of keys", Duration::from_secs(30), || {
-        (contact(&alice, "bob")["one_time_keys_held"] == 44).then_some(())
+        (contact(&alice, "bob")["one_time_keys_held"] == 43).then_some(())
     });
-    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 64);
+    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 63);
+
+    // A message is now sealed to one of them: it arrives and reads back, the key is gone from
+    // both sides, and bob keeps only the tombstone of its use.
+    let sealed = alice.send("bob", "sealed to a one-time key");
+    bob.wait_arrival(&sealed);
+    let m = bob.json(&["inbox", "read", &sealed, "--json"]);
+    assert_eq!(m["body"], "sealed to a one-time key");
+    assert_eq!(contact(&alice, "bob")["one_time_keys_held"], 42);
+    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 62);
+    let db = rusqlite::Connection::open(bob.path().join("pigeon.db")).expect("bob's db");
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).expect("count") };
+    assert_eq!(count("SELECT COUNT(*) FROM otk_used"), 2);
+    assert_eq!(count("SELECT COUNT(*) FROM otk_secrets"), 62);
+    let fs = count("SELECT COUNT(*) FROM inbox WHERE forward_secret = 1");
+    let plain = count("SELECT COUNT(*) FROM inbox WHERE forward_secret = 0");
+    assert_eq!(
+        (fs, plain),
+        (2, 1),
+        "the first message went before any key was at hand"
+    );
 }
 
 #[test]

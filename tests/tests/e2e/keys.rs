@@ -281,6 +281,7 @@ fn fill_inbox(home: &TestHome, n: usize) {
                 body: format!("killtest body {i} and some more words to seal"),
                 attachments: Vec::new(),
                 actions: Vec::new(),
+                one_time_key: None,
             })
             .collect();
         db.store_received(&batch, now).expect("store");

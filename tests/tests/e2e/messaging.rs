@@ -483,6 +483,7 @@ fn inbox_list_works_past_the_answer_size_limit() {
                 body: format!("message {i}"),
                 attachments: vec![],
                 actions: vec![],
+                one_time_key: None,
             })
             .collect();
         store
