@@ -420,21 +420,14 @@ impl Ops {
         }
         let contact = self.store.call(move |db| db.contact_by_name(&to)).await?;
         let refs = attachments.clone();
-        let (id, peer, env, now) =
-            self.seal_for(&contact, subject.clone(), body.clone(), attachments.clone())?;
+        let (payload, peer, env) = self.seal_for(&contact, subject, body, attachments)?;
+        let (id, now) = (payload.id, payload.sent_at_ms);
         let forward_secret = if self.forward_secrecy == crate::config::ForwardSecrecy::Off {
             self.store
                 .call(move |db| db.enqueue(&id, &peer, &env, &refs, now))
                 .await?;
             false
         } else {
-            let payload = Payload {
-                id,
-                sent_at_ms: now,
-                subject,
-                body,
-                attachments,
-            };
             self.store
                 .call(move |db| {
                     db.enqueue_preferring_forward_secrecy(&id, &peer, &payload, &env, &refs, now)
@@ -456,8 +449,8 @@ impl Ops {
         let items: Vec<_> = bodies
             .into_iter()
             .map(|body| {
-                let (id, peer, env, _) = self.seal_for(&contact, None, body, vec![])?;
-                Ok((id, peer, env))
+                let (payload, peer, env) = self.seal_for(&contact, None, body, vec![])?;
+                Ok((payload.id, peer, env))
             })
             .collect::<Result<_>>()?;
         let ids = items.iter().map(|(id, _, _)| *id).collect();
@@ -474,12 +467,10 @@ impl Ops {
         subject: Option<String>,
         body: String,
         attachments: Vec<AttachmentRef>,
-    ) -> Result<(MessageId, libp2p::PeerId, envelope::Envelope, u64)> {
-        let id = MessageId::random();
-        let now = now_ms();
+    ) -> Result<(Payload, libp2p::PeerId, envelope::Envelope)> {
         let payload = Payload {
-            id,
-            sent_at_ms: now,
+            id: MessageId::random(),
+            sent_at_ms: now_ms(),
             subject,
             body,
             attachments,
@@ -488,7 +479,7 @@ impl Ops {
         let env = envelope::seal(&self.keys, &peer, contact.address.enc_public(), &payload)
             // Parsing refused such a key already; only an altered row gets here.
             .map_err(|_| crate::store::StoreError::Corrupt("contact address"))?;
-        Ok((id, peer, env, now))
+        Ok((payload, peer, env))
     }
 
     fn wake(&self) {

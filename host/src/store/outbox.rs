@@ -121,14 +121,14 @@ impl Db {
     ) -> Result<(), StoreError> {
         let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
-        insert_outbox(&tx, keys.at_rest(), &[(*id, *peer, envelope.clone())], now)?;
-        super::attachments::insert_attachments(
+        insert_message(
             &tx,
             keys.at_rest(),
-            &id.to_string(),
-            "out",
+            id,
             peer,
+            envelope.clone(),
             attachments,
+            now,
         )?;
         tx.commit()?;
         Ok(())
@@ -163,15 +163,7 @@ impl Db {
         };
         let forward_secret = sealed.is_some();
         let envelope = sealed.unwrap_or_else(|| fallback.clone());
-        insert_outbox(&tx, keys.at_rest(), &[(*id, *peer, envelope)], now)?;
-        super::attachments::insert_attachments(
-            &tx,
-            keys.at_rest(),
-            &id.to_string(),
-            "out",
-            peer,
-            attachments,
-        )?;
+        insert_message(&tx, keys.at_rest(), id, peer, envelope, attachments, now)?;
         tx.commit()?;
         Ok(forward_secret)
     }
@@ -539,6 +531,20 @@ fn insert_outbox(
         ])?;
     }
     Ok(())
+}
+
+/// One queued message and its attachments, in `tx`.
+fn insert_message(
+    tx: &rusqlite::Transaction<'_>,
+    at_rest: &crate::keys::at_rest::AtRest,
+    id: &MessageId,
+    peer: &PeerId,
+    envelope: Envelope,
+    attachments: &[AttachmentRef],
+    now: u64,
+) -> Result<(), StoreError> {
+    insert_outbox(tx, at_rest, &[(*id, *peer, envelope)], now)?;
+    super::attachments::insert_attachments(tx, at_rest, &id.to_string(), "out", peer, attachments)
 }
 
 pub(super) fn parse_id(s: &str) -> Result<MessageId, StoreError> {
