@@ -28,6 +28,49 @@ fn answer<T>(pending: &mut Pending<T>, id: OutboundRequestId, result: Result<T, 
     }
 }
 
+/// An inbound request, with where it came from and where its answer goes.
+type Inbound<Req, Resp> = (
+    PeerId,
+    ConnectionId,
+    Req,
+    request_response::ResponseChannel<Resp>,
+);
+
+/// The outbound half of a pulled protocol's event: answers and failures go to the requests
+/// waiting in `pending`. An inbound request comes back to the caller.
+fn settle<Req, Resp>(
+    pending: &mut Pending<Resp>,
+    event: request_response::Event<Req, Resp>,
+    what: &str,
+) -> Option<Inbound<Req, Resp>> {
+    use request_response::{Event, Message};
+    match event {
+        Event::Message {
+            peer,
+            connection_id,
+            message: Message::Request {
+                request, channel, ..
+            },
+        } => return Some((peer, connection_id, request, channel)),
+        Event::Message {
+            message:
+                Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => answer(pending, request_id, Ok(response)),
+        Event::OutboundFailure {
+            request_id, error, ..
+        } => answer(pending, request_id, Err(SendError(error.to_string()))),
+        Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, "bad {what} request")
+        }
+        Event::ResponseSent { .. } => {}
+    }
+    None
+}
+
 pub(super) struct EventLoop {
     swarm: Swarm<Behaviour>,
     events: mpsc::Sender<NetEvent>,
@@ -328,83 +371,31 @@ impl EventLoop {
     }
 
     fn on_chunk_event(&mut self, event: request_response::Event<ChunkRequest, ChunkResponse>) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
+        if let Some((peer, connection_id, request, channel)) =
+            settle(&mut self.pending_chunks, event, "chunk")
+        {
+            let relayed = self.remotes.get(&connection_id).is_none_or(|a| {
+                a.iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+            });
+            self.emit(NetEvent::InboundChunk {
                 peer,
-                connection_id,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-            } => {
-                let relayed = self.remotes.get(&connection_id).is_none_or(|a| {
-                    a.iter()
-                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
-                });
-                self.emit(NetEvent::InboundChunk {
-                    peer,
-                    request,
-                    relayed,
-                    channel,
-                });
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => answer(&mut self.pending_chunks, request_id, Ok(response)),
-            Event::OutboundFailure {
-                request_id, error, ..
-            } => answer(
-                &mut self.pending_chunks,
-                request_id,
-                Err(SendError(error.to_string())),
-            ),
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "bad chunk request")
-            }
-            Event::ResponseSent { .. } => {}
+                request,
+                relayed,
+                channel,
+            });
         }
     }
 
     fn on_otk_event(&mut self, event: request_response::Event<OtkRequest, OtkResponse>) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.emit(NetEvent::InboundOtk {
+        if let Some((peer, _, request, channel)) =
+            settle(&mut self.pending_otks, event, "one-time key")
+        {
+            self.emit(NetEvent::InboundOtk {
                 peer,
                 request,
                 channel,
-            }),
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => answer(&mut self.pending_otks, request_id, Ok(response)),
-            Event::OutboundFailure {
-                request_id, error, ..
-            } => answer(
-                &mut self.pending_otks,
-                request_id,
-                Err(SendError(error.to_string())),
-            ),
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "bad one-time key request")
-            }
-            Event::ResponseSent { .. } => {}
+            });
         }
     }
 
