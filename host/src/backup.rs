@@ -185,6 +185,26 @@ pub struct Part {
     pub blake2b: String,
 }
 
+/// What a backup is encrypted to, as reports say it (`"passphrase"` or `"recipients"` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealedWith {
+    /// The node passphrase (age's scrypt).
+    Passphrase,
+    /// age X25519 recipients.
+    Recipients,
+}
+
+impl SealedWith {
+    /// For people: what opens it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SealedWith::Passphrase => "the node passphrase",
+            SealedWith::Recipients => "age recipients",
+        }
+    }
+}
+
 /// How a backup is sealed: to age recipients, or under the node's passphrase.
 pub enum Seal {
     /// age X25519 recipients (`age1...`).

@@ -11,7 +11,7 @@ use blake2::{Blake2b, Digest};
 use rusqlite::{Connection, OpenFlags, backup::StepResult};
 use serde::{Deserialize, Serialize};
 
-use super::{BackupError, FORMAT, Hint, MANIFEST, Manifest, Part, ROOT, Seal};
+use super::{BackupError, FORMAT, Hint, MANIFEST, Manifest, Part, ROOT, Seal, SealedWith};
 use crate::home::Home;
 use crate::keys::keystore;
 
@@ -39,8 +39,8 @@ pub struct Created {
     pub parts: usize,
     /// What it holds.
     pub counts: Counts,
-    /// `"passphrase"` or `"recipients"`.
-    pub sealed_with: String,
+    /// What it is encrypted to.
+    pub sealed_with: SealedWith,
     /// What was left out, and why.
     pub left_out: Vec<String>,
 }
@@ -226,8 +226,8 @@ pub fn create(
         parts,
         counts,
         sealed_with: match seal {
-            Seal::Passphrase(_) => "passphrase".into(),
-            Seal::Recipients(_) => "recipients".into(),
+            Seal::Passphrase(_) => SealedWith::Passphrase,
+            Seal::Recipients(_) => SealedWith::Recipients,
         },
         left_out,
     })

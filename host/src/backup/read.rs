@@ -28,8 +28,8 @@ pub struct Contents {
     pub file: PathBuf,
     /// Its size in bytes.
     pub bytes: u64,
-    /// `"passphrase"` or `"recipients"`.
-    pub sealed_with: String,
+    /// What it is encrypted to.
+    pub sealed_with: super::SealedWith,
     /// The node's PeerId.
     pub peer_id: String,
     /// The pigeon version that wrote it.
@@ -431,7 +431,11 @@ impl State {
         Ok(Contents {
             file: file.to_owned(),
             bytes,
-            sealed_with: if scrypt { "passphrase" } else { "recipients" }.into(),
+            sealed_with: if scrypt {
+                super::SealedWith::Passphrase
+            } else {
+                super::SealedWith::Recipients
+            },
             peer_id: manifest.peer_id,
             pigeon_version: manifest.pigeon_version,
             created_at: manifest.created_at,

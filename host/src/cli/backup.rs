@@ -117,11 +117,7 @@ fn create(g: &Global, args: CreateArgs) -> Result<()> {
         "wrote {} ({} bytes, encrypted to {}): {}, {}, {} queued, {}",
         created.path.display(),
         created.bytes,
-        if created.sealed_with == "passphrase" {
-            "the node passphrase"
-        } else {
-            "the recipients"
-        },
+        created.sealed_with.describe(),
         count(c.contacts, "contact"),
         count(c.messages, "message"),
         c.queued,
@@ -151,11 +147,7 @@ pub(super) fn print_contents(c: &Contents) {
         "backup:   {} ({} bytes, encrypted to {}), made {} by pigeon {}",
         c.file.display(),
         c.bytes,
-        if c.sealed_with == "passphrase" {
-            "a passphrase"
-        } else {
-            "age recipients"
-        },
+        c.sealed_with.describe(),
         terminal::one_line(&c.created_at),
         terminal::one_line(&c.pigeon_version),
     );
