@@ -218,9 +218,10 @@ pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
         subject: None,
         body: "bench".into(),
         attachments: vec![staged],
+        forward_secrecy: None,
     };
     let id = match alice.ops().handle(request).await? {
-        Response::Queued { id } => id,
+        Response::Queued { id, .. } => id,
         other => return Err(other.unexpected().into()),
     };
     loop {

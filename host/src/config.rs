@@ -148,7 +148,7 @@ pub const MAX_ONE_TIME_KEY_LIFETIME_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// `delivery.forward_secrecy`: whether a message is sealed to a one-time key of the recipient,
 /// which the recipient deletes once the message is stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ForwardSecrecy {
     /// Never: sealed to the recipient's long-term key.
@@ -158,6 +158,28 @@ pub enum ForwardSecrecy {
     Prefer,
     /// Always: the message waits until a one-time key of the recipient is at hand.
     Require,
+}
+
+impl ForwardSecrecy {
+    /// The policy's name, as config and the store spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardSecrecy::Off => "off",
+            ForwardSecrecy::Prefer => "prefer",
+            ForwardSecrecy::Require => "require",
+        }
+    }
+
+    /// The policy named `s` (as [`ForwardSecrecy::as_str`] spells it).
+    pub fn parse(s: &str) -> Option<ForwardSecrecy> {
+        [
+            ForwardSecrecy::Off,
+            ForwardSecrecy::Prefer,
+            ForwardSecrecy::Require,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -280,9 +302,11 @@ backoff_initial_ms = 500
 backoff_max_ms = 300000
 # A message not delivered within this time is marked failed ("30d", "12h", "90m").
 message_ttl = "30d"
-# Forward secrecy: "off" or "prefer". With "prefer" this node asks its contacts for one-time keys
-# while connected and seals each message to one when one is at hand ("require", waiting for a
-# key, comes in a later version). The keys this node hands out are usable this long (1h to 365d).
+# Forward secrecy: "off", "prefer" or "require" (a contact's own, `pigeon contacts set NAME
+# --forward-secrecy`, and `pigeon send --forward-secrecy` win over this). Unless "off" this node
+# asks its contacts for one-time keys while connected and seals each message to one: "prefer"
+# sends without when none is at hand (and says so), "require" keeps the message waiting for one.
+# The keys this node hands out are usable this long (1h to 365d).
 forward_secrecy = "off"
 one_time_key_lifetime = "30d"
 
@@ -382,13 +406,6 @@ impl Config {
         if d.linger_ms > 10_000 {
             return Err(invalid(
                 "delivery.linger_ms must be at most 10000".to_owned(),
-            ));
-        }
-        if d.forward_secrecy == ForwardSecrecy::Require {
-            return Err(invalid(
-                "delivery.forward_secrecy = \"require\" is not available in this version yet: \
-                 messages cannot wait for a one-time key; use \"prefer\" or \"off\""
-                    .to_owned(),
             ));
         }
         match humantime::parse_duration(&d.one_time_key_lifetime) {

@@ -29,7 +29,7 @@ use crate::config::DeliveryConfig;
 use crate::envelope::MessageId;
 use crate::metrics::METRICS;
 use crate::net::Net;
-use crate::net::protocol::{Batch, Outcome};
+use crate::net::protocol::{Batch, Outcome, RejectReason};
 use crate::store::{DueMessage, Store, StoreError};
 use backoff::{Backoff, Schedule};
 
@@ -323,6 +323,9 @@ impl Sender {
         for (id, reason) in &plan.failed {
             tracing::warn!(%peer, message_id = %id, reason, "message refused for good");
         }
+        for id in &plan.key_gone {
+            tracing::warn!(%peer, message_id = %id, "the recipient no longer holds the one-time key of a message; sealing it again");
+        }
         if let Some((error, at, ids)) = &plan.retry {
             tracing::debug!(%peer, messages = ids.len(), error, retry_in_ms = at.saturating_sub(now), "will retry");
         }
@@ -337,6 +340,9 @@ impl Sender {
                 }
                 for (id, reason) in &plan.failed {
                     db.mark_failed(id, reason)?;
+                }
+                for id in &plan.key_gone {
+                    db.one_time_key_gone(id, now)?;
                 }
                 Ok(())
             })
@@ -376,6 +382,7 @@ impl Sender {
                     retry_ids.push(message.0);
                     retry_reason.get_or_insert(reason.describe());
                 }
+                Outcome::Rejected(RejectReason::OneTimeKeyGone) => plan.key_gone.push(message.0),
                 Outcome::Rejected(reason) => plan.failed.push((message.0, reason.describe())),
             }
         }
@@ -407,6 +414,9 @@ impl Sender {
 struct Plan {
     delivered: Vec<(MessageId, u64, u32)>,
     failed: Vec<(MessageId, &'static str)>,
+    /// Sealed to a one-time key the recipient no longer holds: sealed again (see
+    /// [`crate::store::Db::one_time_key_gone`]).
+    key_gone: Vec<MessageId>,
     retry: Option<(String, u64, Vec<MessageId>)>,
 }
 

@@ -125,6 +125,7 @@ async fn send(ops: &Ops, to: &str, body: &str) -> Result<()> {
         subject: None,
         body: body.into(),
         attachments: vec![],
+        forward_secrecy: None,
     })
     .await?;
     Ok(())

@@ -79,6 +79,71 @@ pub async fn hand_out(
     }
 }
 
+/// What [`refresh`] needs of the node.
+#[derive(Clone)]
+pub struct Refresher {
+    /// This node's keys.
+    pub keys: Arc<Keys>,
+    /// The store.
+    pub store: Store,
+    /// The network.
+    pub net: Net,
+    /// Wakes the send loop once waiting messages are sealed.
+    pub waker: crate::delivery::Waker,
+}
+
+/// Tops up the pool of `peer`'s one-time keys ([`replenish`]) and seals the messages to it that
+/// wait for one, waking the send loop for them. Returns how many messages it sealed.
+pub async fn refresh(r: &Refresher, peer: PeerId) -> usize {
+    replenish(&r.keys, &r.store, &r.net, peer).await;
+    match r
+        .store
+        .call(move |db| db.seal_waiting(&peer, now_ms()))
+        .await
+    {
+        Ok(0) => 0,
+        Ok(sealed) => {
+            tracing::debug!(%peer, sealed, "sealed messages that waited for a one-time key");
+            r.waker.peer_connected(peer);
+            sealed
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot seal the messages waiting for a one-time key");
+            0
+        }
+    }
+}
+
+/// How often a node with messages waiting for one-time keys asks their recipients again (a
+/// recipient that comes online does not know it is awaited; a connection to it asks at once).
+pub const WAITING_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+/// At most this many recipients are asked per round.
+const WAITING_PEERS_PER_ROUND: usize = 64;
+
+/// Until `cancel`: every [`WAITING_RECHECK`], asks the recipients of messages waiting for a
+/// one-time key for keys (dialing them), and seals what then can be.
+pub async fn run_waiting(r: Refresher, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(WAITING_RECHECK) => {}
+        }
+        let peers = match r.store.call(|db| db.waiting_peers()).await {
+            Ok(peers) => peers,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the messages waiting for one-time keys");
+                continue;
+            }
+        };
+        for peer in peers.into_iter().take(WAITING_PEERS_PER_ROUND) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = refresh(&r, peer) => {}
+            }
+        }
+    }
+}
+
 /// Asks `peer` for one-time keys if this node holds fewer than [`POOL_LOW`] of them, and keeps
 /// those that check out (signed by the contact for this node, usable, with between an hour and a
 /// year to live). Returns how many it kept.
@@ -94,7 +159,11 @@ pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId)
     let want = ONE_TIME_KEYS_PER_CONTACT
         .saturating_sub(held)
         .min(u64::from(MAX_ONE_TIME_KEYS)) as u16;
-    let response = match net.fetch_one_time_keys(peer, want).await {
+    let addrs = store
+        .call(move |db| db.dial_addrs(&peer, now))
+        .await
+        .unwrap_or_default();
+    let response = match net.fetch_one_time_keys(peer, addrs, want).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "could not fetch one-time keys");

@@ -139,6 +139,7 @@ enum Command {
     },
     FetchOtk {
         peer: PeerId,
+        addrs: Vec<Multiaddr>,
         request: OtkRequest,
         reply: oneshot::Sender<Result<OtkResponse, SendError>>,
     },
@@ -288,14 +289,16 @@ impl Net {
             .await;
     }
 
-    /// Asks `peer` (connected) for up to `want` one-time keys.
+    /// Asks `peer` for up to `want` one-time keys (dialing `addrs` if not connected).
     pub async fn fetch_one_time_keys(
         &self,
         peer: PeerId,
+        addrs: Vec<Multiaddr>,
         want: u16,
     ) -> Result<OtkResponse, SendError> {
         self.ask(|reply| Command::FetchOtk {
             peer,
+            addrs,
             request: OtkRequest { want },
             reply,
         })

@@ -138,6 +138,15 @@ impl Node {
             fetcher.clone(),
             cancel.child_token(),
         );
+        let waiting_task = tokio::spawn(crate::forward_secrecy::run_waiting(
+            crate::forward_secrecy::Refresher {
+                keys: keys.clone(),
+                store: store.clone(),
+                net: net.clone(),
+                waker: waker.clone(),
+            },
+            cancel.child_token(),
+        ));
         let pump = Pump {
             receiver: inbox::Receiver {
                 keys,
@@ -175,6 +184,7 @@ impl Node {
                 dial_task,
                 fetch_task,
                 discovery_task,
+                waiting_task,
             ],
             metrics,
             lock,
@@ -305,11 +315,22 @@ impl Pump {
                 // Whatever its backoff says, a peer that is here now gets its messages now.
                 self.waker.peer_connected(peer);
                 self.fetcher.peer_connected(peer);
-                if self.forward_secrecy != ForwardSecrecy::Off && !handlers.full() {
-                    let (keys, store, net) =
-                        (self.receiver.keys.clone(), store.clone(), self.net.clone());
+                if !handlers.full() {
+                    let refresher = crate::forward_secrecy::Refresher {
+                        keys: self.receiver.keys.clone(),
+                        store: store.clone(),
+                        net: self.net.clone(),
+                        waker: self.waker.clone(),
+                    };
+                    let policy = self.forward_secrecy;
                     handlers.spawn(async move {
-                        crate::forward_secrecy::replenish(&keys, &store, &net, peer).await;
+                        let wanted = refresher
+                            .store
+                            .call(move |db| db.wants_one_time_keys(&peer, policy))
+                            .await;
+                        if matches!(wanted, Ok(true)) {
+                            crate::forward_secrecy::refresh(&refresher, peer).await;
+                        }
                     });
                 }
             }

@@ -34,7 +34,7 @@ pub use contacts::Contact;
 pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received, opening};
 pub use one_time::MAX_PER_CONTACT as ONE_TIME_KEYS_PER_CONTACT;
-pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState};
+pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState, Sealing};
 pub use rekey::RekeyCursor;
 pub use rules::{RuleChange, RuleView, RulesApplied};
 pub use search::{FeedDoc, HitRow, SearchLink};
@@ -475,8 +475,44 @@ mod tests {
                 rusqlite::params![bob.peer_id().to_string(), body, key_id],
             )
             .expect("old message");
+            // A queued message, through every outbox change since (the table rebuilt by 10).
+            let env = crate::envelope::Envelope {
+                v: 1,
+                sender: vec![1],
+                enc: vec![2; 32],
+                ct: vec![3; 40],
+                otk: None,
+            };
+            let mut plain = Vec::new();
+            ciborium::into_writer(&env, &mut plain).expect("cbor");
+            let row = "ffeeddccbbaa99887766554433221100";
+            let (key_id, sealed) = keys.at_rest().seal("outbox", row, &plain);
+            conn.execute(
+                "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope, key_id)
+                 VALUES (?1, ?2, 5, 'queued', 5, ?3, ?4, ?5)",
+                rusqlite::params![row, bob.peer_id().to_string(), plain.len() as i64, sealed, key_id],
+            )
+            .expect("old queued message");
         }
         let db = Db::open(&path, keys.clone()).expect("migrates and seals");
+        let outbox = db.outbox().expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(
+            (
+                outbox[0].state,
+                outbox[0].forward_secrecy,
+                outbox[0].to.as_str()
+            ),
+            (
+                OutboxState::Queued,
+                crate::config::ForwardSecrecy::Off,
+                "bob"
+            )
+        );
+        let due = db
+            .due(10, 64, &Default::default(), &Default::default())
+            .expect("due");
+        assert_eq!(due[0].messages[0].envelope.ct, vec![3; 40]);
         assert_eq!(db.contacts().expect("sealed").len(), 1);
         let m = db.message("00112233").expect("sealed");
         assert_eq!((m.from.as_str(), m.body.as_str()), ("bob", "old"));

@@ -1,6 +1,7 @@
-//! `pigeon contacts add|list|rm`
+//! `pigeon contacts add|list|set|rm`
 
 use super::{Global, confirm, print_json, unexpected};
+use crate::config::ForwardSecrecy;
 use crate::control::api::{Request, Response};
 use crate::error::Result;
 
@@ -23,6 +24,17 @@ pub(super) enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Change a contact's settings.
+    ///
+    /// Example: pigeon contacts set bob --forward-secrecy require
+    Set {
+        /// The contact's name.
+        name: String,
+        /// Forward secrecy for messages to this contact: off, prefer, require, or default
+        /// (delivery.forward_secrecy). `pigeon send --forward-secrecy` still wins for one message.
+        #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+        forward_secrecy: Policy,
     },
     /// Remove a contact (asks first on a terminal).
     Rm {
@@ -61,7 +73,27 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
                 println!("no contacts yet: pigeon contacts add NAME ADDRESS");
             }
             for c in contacts {
-                println!("{}\t{}\t{}", c.name, c.peer_id, c.addrs.join(" "));
+                println!(
+                    "{}\t{}\tforward-secrecy={}\t{}",
+                    c.name,
+                    c.peer_id,
+                    c.forward_secrecy_effective.as_str(),
+                    c.addrs.join(" ")
+                );
+            }
+        }
+        Command::Set {
+            name,
+            forward_secrecy: Policy(policy),
+        } => {
+            g.call(Request::ContactsSetForwardSecrecy {
+                name: name.clone(),
+                policy,
+            })
+            .await?;
+            match policy {
+                Some(p) => println!("{name}: forward secrecy {}", p.as_str()),
+                None => println!("{name}: forward secrecy as delivery.forward_secrecy says"),
             }
         }
         Command::Rm { name, yes } => {
@@ -74,4 +106,17 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A `--forward-secrecy` value for a contact: a policy, or `None` for the config's.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Policy(Option<ForwardSecrecy>);
+
+fn parse_policy(s: &str) -> std::result::Result<Policy, String> {
+    if s == "default" {
+        return Ok(Policy(None));
+    }
+    ForwardSecrecy::parse(s)
+        .map(|p| Policy(Some(p)))
+        .ok_or_else(|| format!("{s:?} is not one of off, prefer, require, default"))
 }

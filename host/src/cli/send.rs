@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use super::{Global, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentRef};
-use crate::config::Config;
+use crate::config::{Config, ForwardSecrecy};
 use crate::control::ControlError;
 use crate::control::api::{Request, Response};
 use crate::error::{Error, Result, UsageError};
+use crate::store::Sealing;
 
 /// Queue a message to a contact.
 ///
@@ -16,6 +17,11 @@ use crate::error::{Error, Result, UsageError};
 /// the wire at once; otherwise it leaves when the node next runs. `pigeon outbox list` shows its state.
 /// Attached files are sealed into the home right away, so changing or deleting them afterwards does
 /// not change what is sent; the recipient pulls them in chunks and can resume after a crash.
+///
+/// Forward secrecy (--forward-secrecy, else the contact's own policy, else
+/// delivery.forward_secrecy): "prefer" seals the message to one of the recipient's one-time keys
+/// when this node holds one and says so when it does not; "require" keeps the message waiting
+/// ("waiting for a one-time key" in `pigeon outbox list`) until the recipient hands one out.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     /// The contact's name.
@@ -32,6 +38,12 @@ pub(super) struct Args {
     /// Attach FILE (repeatable); at most attachments.max_size bytes each.
     #[arg(long = "attach", value_name = "FILE")]
     attach: Vec<PathBuf>,
+    /// Forward secrecy for this message: off, prefer or require.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    forward_secrecy: Option<ForwardSecrecy>,
+    /// Print JSON: id, state, how it was sealed, forward_secret.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
@@ -44,10 +56,11 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
     home.require()?;
     let staged = stage_all(home.root(), &args.attach)?;
     let request = Request::Send {
-        to: args.contact,
+        to: args.contact.clone(),
         subject: args.subject,
         body,
         attachments: staged.clone(),
+        forward_secrecy: args.forward_secrecy,
     };
     let result = g.call(request).await;
     match &result {
@@ -68,8 +81,33 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
         Ok(_) => {}
     }
     match result? {
-        Response::Queued { id } => {
+        Response::Queued {
+            id,
+            sealing,
+            forward_secrecy,
+        } => {
+            if args.json {
+                return super::print_json(&serde_json::json!({
+                    "id": id,
+                    "state": if sealing == Sealing::Waiting { "waiting" } else { "queued" },
+                    "sealing": sealing,
+                    "forward_secrecy": forward_secrecy,
+                    "forward_secret": sealing == Sealing::OneTimeKey,
+                }));
+            }
             println!("{id}");
+            let name = crate::terminal::one_line(&args.contact);
+            match (sealing, forward_secrecy) {
+                (Sealing::LongTermKey, ForwardSecrecy::Prefer) => eprintln!(
+                    "note: sent without forward secrecy: no one-time key of {name}'s is at hand \
+                     yet (they come while {name} is connected); --forward-secrecy require waits for one"
+                ),
+                (Sealing::Waiting, _) => eprintln!(
+                    "note: waiting for a one-time key of {name}'s (forward secrecy required); it \
+                     is sealed and sent once {name} hands one out (`pigeon outbox list`)"
+                ),
+                _ => {}
+            }
             Ok(())
         }
         other => Err(unexpected(other)),

@@ -95,12 +95,22 @@ impl Ops {
                 self.sync_contacts().await?;
                 Ok(Response::Done)
             }
+            Request::ContactsSetForwardSecrecy { name, policy } => {
+                self.store
+                    .call(move |db| db.set_contact_forward_secrecy(&name, policy))
+                    .await?;
+                Ok(Response::Done)
+            }
             Request::Send {
                 to,
                 subject,
                 body,
                 attachments,
-            } => self.send(to, subject, body, attachments).await,
+                forward_secrecy,
+            } => {
+                self.send(to, subject, body, attachments, forward_secrecy)
+                    .await
+            }
             Request::OutboxList => Ok(Response::Outbox(self.store.call(|db| db.outbox()).await?)),
             Request::OutboxRetry { id } => {
                 let id = self
@@ -385,6 +395,7 @@ impl Ops {
 
     async fn contacts(&self) -> Result<Response> {
         let now = crate::store::now_ms();
+        let default = self.forward_secrecy;
         let contacts = self
             .store
             .call(move |db| {
@@ -399,6 +410,8 @@ impl Ops {
                             name: c.name,
                             one_time_keys_held: db.pool_keys(&peer, now)?,
                             one_time_keys_handed_out: db.one_time_secrets_out(&peer, now)?,
+                            forward_secrecy: c.forward_secrecy,
+                            forward_secrecy_effective: c.forward_secrecy.unwrap_or(default),
                         })
                     })
                     .collect::<Result<Vec<_>, crate::store::StoreError>>()
@@ -413,6 +426,7 @@ impl Ops {
         subject: Option<String>,
         body: String,
         attachments: Vec<AttachmentRef>,
+        forward_secrecy: Option<crate::config::ForwardSecrecy>,
     ) -> Result<Response> {
         check_size(subject.as_deref(), &body)?;
         if attachments.iter().any(|a| !a.is_well_formed()) {
@@ -422,21 +436,34 @@ impl Ops {
         let refs = attachments.clone();
         let (payload, peer, env) = self.seal_for(&contact, subject, body, attachments)?;
         let (id, now) = (payload.id, payload.sent_at_ms);
-        let forward_secret = if self.forward_secrecy == crate::config::ForwardSecrecy::Off {
-            self.store
-                .call(move |db| db.enqueue(&id, &peer, &env, &refs, now))
-                .await?;
-            false
-        } else {
-            self.store
-                .call(move |db| {
-                    db.enqueue_preferring_forward_secrecy(&id, &peer, &payload, &env, &refs, now)
-                })
-                .await?
-        };
-        tracing::debug!(%peer, message_id = %id, forward_secret, "queued");
+        let policy = forward_secrecy
+            .or(contact.forward_secrecy)
+            .unwrap_or(self.forward_secrecy);
+        let sealing = self
+            .store
+            .call(move |db| db.enqueue_with_policy(&id, &peer, &payload, &env, &refs, now, policy))
+            .await?;
+        tracing::debug!(%peer, message_id = %id, ?sealing, "queued");
         self.wake();
-        Ok(Response::Queued { id: id.to_string() })
+        if sealing == crate::store::Sealing::Waiting
+            && let Some(node) = &self.node
+        {
+            // Connected already, maybe: ask for keys now rather than at the next connection.
+            let refresher = crate::forward_secrecy::Refresher {
+                keys: self.keys.clone(),
+                store: self.store.clone(),
+                net: node.net.clone(),
+                waker: node.waker.clone(),
+            };
+            tokio::spawn(async move {
+                crate::forward_secrecy::refresh(&refresher, peer).await;
+            });
+        }
+        Ok(Response::Queued {
+            id: id.to_string(),
+            sealing,
+            forward_secrecy: policy,
+        })
     }
 
     /// Queues many messages to one contact in a single durable transaction (benchmarks, imports).

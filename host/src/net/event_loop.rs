@@ -191,6 +191,7 @@ impl EventLoop {
             }
             Command::FetchOtk {
                 peer,
+                addrs,
                 request,
                 reply,
             } => {
@@ -199,7 +200,9 @@ impl EventLoop {
                     let _ = reply.send(Err(SendError("not a contact of this node".into())));
                     return;
                 }
-                let id = otk.inner().send_request(&peer, request);
+                let id = otk
+                    .inner()
+                    .send_request_with_addresses(&peer, request, addrs);
                 self.pending_otks.insert(id, reply);
             }
             Command::RespondOtk { channel, response } => {

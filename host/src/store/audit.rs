@@ -145,21 +145,36 @@ fn walk(conn: &Connection, at_rest: &AtRest) -> Result<Audit, Stop> {
         o.open(super::inbox::SENDER, &id, Some(key_id), sender.as_deref())?;
     }
 
-    let mut stmt = conn.prepare("SELECT id, key_id, envelope, state FROM outbox")?;
+    // A backup from an older pigeon may lack the later columns and tables (migrations 9 and 10).
+    let has = |column: &str, table: &str| {
+        conn.prepare(&format!("SELECT {column} FROM {table} LIMIT 0"))
+            .is_ok()
+    };
+    let sql = if has("payload", "outbox") {
+        "SELECT id, key_id, envelope, state, payload FROM outbox"
+    } else {
+        "SELECT id, key_id, envelope, state, NULL FROM outbox"
+    };
+    let mut stmt = conn.prepare(sql)?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let (id, key_id, envelope, state): (String, Option<u32>, Option<Vec<u8>>, String) =
             (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        if state == "queued" {
+        let payload: Option<Vec<u8>> = r.get(4)?;
+        if state == "queued" || state == "waiting" {
             o.audit.queued += 1;
         }
         o.open(super::outbox::TABLE, &id, key_id, envelope.as_deref())?;
+        o.open(super::outbox::PAYLOAD, &id, key_id, payload.as_deref())?;
     }
 
     for (table, column) in [
         (super::one_time::SECRETS, "secret"),
         (super::one_time::POOL, "key"),
     ] {
+        if !has(column, table) {
+            continue;
+        }
         let mut stmt = conn.prepare(&format!("SELECT id, key_id, {column} FROM {table}"))?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {

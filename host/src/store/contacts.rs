@@ -4,6 +4,7 @@ use libp2p::{Multiaddr, PeerId};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{Db, StoreError, now_ms};
+use crate::config::ForwardSecrecy;
 use crate::keys::address::Address;
 use crate::keys::at_rest::AtRest;
 
@@ -16,6 +17,8 @@ pub struct Contact {
     pub address: Address,
     /// Where to dial it.
     pub addrs: Vec<Multiaddr>,
+    /// Its own forward secrecy policy (`contacts set --forward-secrecy`); `None`: the config's.
+    pub forward_secrecy: Option<ForwardSecrecy>,
 }
 
 impl Db {
@@ -43,10 +46,10 @@ impl Db {
             }));
         }
         let address = address.to_string();
-        let (key_id, seal) = self
-            .keys
-            .at_rest()
-            .seal(TABLE, &peer, &sealed_fields(name, &address));
+        let (key_id, seal) =
+            self.keys
+                .at_rest()
+                .seal(TABLE, &peer, &sealed_fields(name, &address, None));
         tx.execute(
             "INSERT INTO contacts (name, peer_id, address, added_at, seal, key_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -124,6 +127,28 @@ impl Db {
         Ok(())
     }
 
+    /// Sets the forward secrecy policy of the contact called `name` (`None`: the config's). The
+    /// policy is part of the contact's seal, so an edit of the row without the data key cannot
+    /// turn forward secrecy off behind the owner's back.
+    pub fn set_contact_forward_secrecy(
+        &mut self,
+        name: &str,
+        policy: Option<ForwardSecrecy>,
+    ) -> Result<(), StoreError> {
+        let contact = self.contact_by_name(name)?;
+        let peer = contact.address.peer_id().to_string();
+        let (key_id, seal) = self.keys.at_rest().seal(
+            TABLE,
+            &peer,
+            &sealed_fields(name, &contact.address.to_string(), policy),
+        );
+        self.conn.execute(
+            "UPDATE contacts SET forward_secrecy = ?2, seal = ?3, key_id = ?4 WHERE peer_id = ?1",
+            params![peer, policy.map(ForwardSecrecy::as_str), seal, key_id],
+        )?;
+        Ok(())
+    }
+
     /// The multiaddrs known for `peer`.
     pub fn addrs_of(&self, peer: &PeerId) -> Result<Vec<Multiaddr>, StoreError> {
         let mut stmt = self
@@ -147,7 +172,14 @@ impl Db {
             return Err(StoreError::Corrupt("contact row without its seal"));
         };
         let sealed = self.open_sealed(TABLE, &row.peer_id, key_id, seal)?;
-        if sealed != sealed_fields(&row.name, &row.address) {
+        let forward_secrecy = match row.forward_secrecy.as_deref() {
+            None => None,
+            Some(p) => Some(
+                ForwardSecrecy::parse(p)
+                    .ok_or(StoreError::Corrupt("contact forward secrecy policy"))?,
+            ),
+        };
+        if sealed != sealed_fields(&row.name, &row.address, forward_secrecy) {
             return Err(StoreError::Corrupt(
                 "contact row that disagrees with its seal",
             ));
@@ -164,12 +196,13 @@ impl Db {
             name: row.name,
             address,
             addrs,
+            forward_secrecy,
         })
     }
 }
 
 pub(super) const TABLE: &str = "contacts";
-const SELECT: &str = "SELECT name, peer_id, address, seal, key_id FROM contacts";
+const SELECT: &str = "SELECT name, peer_id, address, seal, key_id, forward_secrecy FROM contacts";
 
 /// A contacts row as stored.
 struct Row {
@@ -178,6 +211,7 @@ struct Row {
     address: String,
     seal: Option<Vec<u8>>,
     key_id: Option<u32>,
+    forward_secrecy: Option<String>,
 }
 
 impl Row {
@@ -188,15 +222,22 @@ impl Row {
             address: r.get(2)?,
             seal: r.get(3)?,
             key_id: r.get(4)?,
+            forward_secrecy: r.get(5)?,
         })
     }
 }
 
-/// What a contact's seal holds: its name and address (the peer id is the seal's associated data).
-fn sealed_fields(name: &str, address: &str) -> Vec<u8> {
+/// What a contact's seal holds: its name and address (the peer id is the seal's associated data),
+/// and its own forward secrecy policy when it has one (after a NUL, which no address holds; a
+/// contact without one keeps the seal it had before policies existed).
+fn sealed_fields(name: &str, address: &str, policy: Option<ForwardSecrecy>) -> Vec<u8> {
     let mut out = (name.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(address.as_bytes());
+    if let Some(policy) = policy {
+        out.push(0);
+        out.extend_from_slice(policy.as_str().as_bytes());
+    }
     out
 }
 
@@ -207,7 +248,7 @@ pub(super) fn seal_unsealed(tx: &Transaction<'_>, at_rest: &AtRest) -> Result<()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     for (name, peer_id, address) in rows {
-        let (key_id, seal) = at_rest.seal(TABLE, &peer_id, &sealed_fields(&name, &address));
+        let (key_id, seal) = at_rest.seal(TABLE, &peer_id, &sealed_fields(&name, &address, None));
         tx.execute(
             "UPDATE contacts SET seal = ?2, key_id = ?3 WHERE peer_id = ?1",
             params![peer_id, seal, key_id],
@@ -221,6 +262,44 @@ mod tests {
     use super::*;
     use crate::keys::Keys;
     use crate::store::test_support::temp_db;
+
+    #[test]
+    fn a_contacts_forward_secrecy_policy_is_kept_and_sealed() {
+        let (_dir, mut db, _keys) = temp_db();
+        let bob = Keys::generate().address();
+        db.add_contact("bob", &bob, &[]).expect("add");
+        assert_eq!(
+            db.contact_by_name("bob").expect("bob").forward_secrecy,
+            None
+        );
+        db.set_contact_forward_secrecy("bob", Some(ForwardSecrecy::Require))
+            .expect("set");
+        assert_eq!(
+            db.contact_by_name("bob").expect("bob").forward_secrecy,
+            Some(ForwardSecrecy::Require)
+        );
+        // Turning it off behind the owner's back, without the data key, is seen as damage.
+        db.conn
+            .execute("UPDATE contacts SET forward_secrecy = 'off'", [])
+            .expect("tamper");
+        assert!(matches!(
+            db.contact_by_name("bob"),
+            Err(StoreError::Corrupt(_))
+        ));
+        db.conn
+            .execute("UPDATE contacts SET forward_secrecy = 'require'", [])
+            .expect("put back");
+        db.set_contact_forward_secrecy("bob", None)
+            .expect("default");
+        assert_eq!(
+            db.contact_by_name("bob").expect("bob").forward_secrecy,
+            None
+        );
+        assert!(matches!(
+            db.set_contact_forward_secrecy("carol", None),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn add_list_remove_and_conflicts() {

@@ -75,6 +75,9 @@ pub struct InboxItem {
     /// Whether it is archived (hidden from `inbox list` unless asked for).
     #[serde(default)]
     pub archived: bool,
+    /// Whether it came sealed to a one-time key of this node, since deleted (forward secret).
+    #[serde(default)]
+    pub forward_secret: bool,
 }
 
 /// Which messages `inbox list` shows as to archiving.
@@ -139,6 +142,9 @@ pub struct MessageView {
     /// When it was redacted (RFC 3339): its text and attachments are gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redacted_at: Option<String>,
+    /// Whether it came sealed to a one-time key of this node, since deleted (forward secret).
+    #[serde(default)]
+    pub forward_secret: bool,
 }
 
 impl Db {
@@ -252,7 +258,7 @@ impl Db {
     pub fn inbox(&self, query: &InboxQuery) -> Result<Vec<InboxItem>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT i.id, i.sender, i.sender_seal, i.received_at, i.subject, i.body, i.key_id,
-                    i.read, i.archived, i.redacted_at
+                    i.read, i.archived, i.redacted_at, i.forward_secret
              FROM inbox i
              WHERE (?2 IS NULL OR EXISTS (SELECT 1 FROM labels l WHERE l.message_id = i.id AND l.label = ?2))
                AND (?3 IS NULL OR (i.received_at, i.rowid) < (SELECT received_at, rowid FROM inbox WHERE id = ?3))
@@ -297,7 +303,7 @@ impl Db {
     }
 
     /// A listing row from `r`, whose columns are `id, sender, sender_seal, received_at, subject,
-    /// body, key_id, read, archived, redacted_at`; with the opened body.
+    /// body, key_id, read, archived, redacted_at, forward_secret`; with the opened body.
     pub(super) fn list_item(
         &self,
         r: &rusqlite::Row<'_>,
@@ -321,6 +327,7 @@ impl Db {
             from_peer_id: peer_id,
             read: r.get(7)?,
             archived: r.get(8)?,
+            forward_secret: r.get(10)?,
             received_at: format_time(r.get::<_, i64>(3)? as u64),
             subject,
             id,
@@ -333,7 +340,7 @@ impl Db {
         let id = self.resolve_id(id)?;
         let m = self.conn.query_row(
             "SELECT sender, sender_seal, sent_at, received_at, subject, body, key_id, read, archived,
-                    redacted_at
+                    redacted_at, forward_secret
              FROM inbox WHERE id = ?1",
             [&id],
             |r| {
@@ -348,6 +355,7 @@ impl Db {
                     read: r.get(7)?,
                     archived: r.get(8)?,
                     redacted_at: r.get(9)?,
+                    forward_secret: r.get(10)?,
                 })
             },
         )?;
@@ -369,6 +377,7 @@ impl Db {
             received_at: format_time(m.received_at as u64),
             read: m.read,
             archived: m.archived,
+            forward_secret: m.forward_secret,
             id,
         })
     }
@@ -541,6 +550,7 @@ struct StoredMessage {
     subject: Option<Vec<u8>>,
     body: Vec<u8>,
     key_id: u32,
+    forward_secret: bool,
 }
 
 /// Deletes the records of message `id`'s incoming attachments and their chunks (inside the

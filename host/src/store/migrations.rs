@@ -10,7 +10,7 @@ use rusqlite_migration::{M, Migrations};
 /// older rows once, when it migrates past it).
 pub(super) const SEALED_ROWS: usize = 5;
 /// The schema version of the last migration below (a database past it is from a newer pigeon).
-pub(super) const LATEST: usize = 9;
+pub(super) const LATEST: usize = 10;
 
 pub(super) static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
@@ -195,6 +195,43 @@ CREATE TABLE otk_pool (
 CREATE INDEX otk_pool_owner ON otk_pool (owner, expires_at);
 ALTER TABLE outbox ADD COLUMN forward_secret INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE inbox ADD COLUMN forward_secret INTEGER NOT NULL DEFAULT 0;
+"#,
+        ),
+        M::up(
+            r#"
+-- Forward secrecy policies. A message whose policy requires it waits ('waiting') for one of its
+-- recipient's one-time keys. payload: the message itself (CBOR), sealed at rest under key_id like
+-- the envelope, kept while a message is waiting or is sealed to a one-time key and not yet
+-- delivered (so it can be sealed again if the recipient lost that key); NULL otherwise.
+-- fs_policy: the policy the message was sent with. SQLite cannot change a CHECK constraint, so
+-- the table is rebuilt (rowids kept, so the order of the outbox stays).
+CREATE TABLE outbox_new (
+    id              TEXT PRIMARY KEY,
+    peer_id         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('queued', 'waiting', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    delivered_at    INTEGER,
+    size            INTEGER NOT NULL,
+    envelope        BLOB,
+    key_id          INTEGER,
+    forward_secret  INTEGER NOT NULL DEFAULT 0,
+    payload         BLOB,
+    fs_policy       TEXT NOT NULL DEFAULT 'off' CHECK (fs_policy IN ('off', 'prefer', 'require'))
+);
+INSERT INTO outbox_new (rowid, id, peer_id, created_at, state, attempts, next_attempt_at,
+                        last_error, delivered_at, size, envelope, key_id, forward_secret)
+    SELECT rowid, id, peer_id, created_at, state, attempts, next_attempt_at, last_error,
+           delivered_at, size, envelope, key_id, forward_secret FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_new RENAME TO outbox;
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+CREATE INDEX outbox_age ON outbox (state, created_at);
+CREATE INDEX outbox_peer_due ON outbox (state, peer_id, next_attempt_at);
+-- A contact's own forward secrecy policy; NULL: delivery.forward_secrecy.
+ALTER TABLE contacts ADD COLUMN forward_secrecy TEXT CHECK (forward_secrecy IN ('off', 'prefer', 'require'));
 "#,
         ),
     ])

@@ -2,16 +2,19 @@
 //!
 //! A message is `queued` until the recipient acks it (`delivered`, and its envelope is dropped) or
 //! it is refused for good (`failed`, with the reason). Each attempt records when the next one is due.
+//! A message whose forward secrecy policy is `require` is `waiting` (its payload sealed at rest, no
+//! envelope yet) until one of its recipient's one-time keys is at hand.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use libp2p::{Multiaddr, PeerId};
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Db, StoreError, format_time};
 use crate::attachments::AttachmentRef;
-use crate::envelope::{Envelope, MessageId};
+use crate::config::ForwardSecrecy;
+use crate::envelope::{Envelope, MessageId, Payload};
 
 /// The delivery state of an outgoing message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +22,9 @@ use crate::envelope::{Envelope, MessageId};
 pub enum OutboxState {
     /// Waiting to be delivered.
     Queued,
+    /// Waiting for a one-time key of the recipient (forward secrecy required) before it is
+    /// sealed and queued.
+    Waiting,
     /// Acked by the recipient.
     Delivered,
     /// Refused for good; see `last_error`.
@@ -30,6 +36,7 @@ impl OutboxState {
     pub fn as_str(self) -> &'static str {
         match self {
             OutboxState::Queued => "queued",
+            OutboxState::Waiting => "waiting for a one-time key",
             OutboxState::Delivered => "delivered",
             OutboxState::Failed => "failed",
         }
@@ -37,6 +44,7 @@ impl OutboxState {
     fn parse(s: &str) -> Result<OutboxState, StoreError> {
         match s {
             "queued" => Ok(OutboxState::Queued),
+            "waiting" => Ok(OutboxState::Waiting),
             "delivered" => Ok(OutboxState::Delivered),
             "failed" => Ok(OutboxState::Failed),
             _ => Err(StoreError::Corrupt("outbox state")),
@@ -65,6 +73,24 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
     /// When the ack arrived (RFC 3339).
     pub delivered_at: Option<String>,
+    /// Whether it is sealed to a one-time key of the recipient (forward secret once delivered).
+    #[serde(default)]
+    pub forward_secret: bool,
+    /// The forward secrecy policy it was sent with.
+    #[serde(default)]
+    pub forward_secrecy: ForwardSecrecy,
+}
+
+/// How [`Db::enqueue_with_policy`] sealed a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sealing {
+    /// To one of the recipient's one-time keys: forward secret.
+    OneTimeKey,
+    /// To the recipient's long-term key: the policy is `off`, or `prefer` found no one-time key.
+    LongTermKey,
+    /// Not yet: `require` found no one-time key, so the message waits for one.
+    Waiting,
 }
 
 /// Outbox totals, for `pigeon status` and the gauges.
@@ -76,6 +102,9 @@ pub struct OutboxCounts {
     pub delivered: u64,
     /// Refused, expired or cancelled.
     pub failed: u64,
+    /// Waiting for a one-time key of the recipient.
+    #[serde(default)]
+    pub waiting: u64,
     /// When the oldest queued message was queued (ms since the epoch).
     pub oldest_queued_at: Option<u64>,
 }
@@ -107,6 +136,9 @@ pub struct DueBatch {
 }
 
 pub(super) const TABLE: &str = "outbox";
+/// The at-rest seal domain of a message's payload, kept while it waits for or is sealed to a
+/// one-time key (the envelope's is [`TABLE`]).
+pub(super) const PAYLOAD: &str = "outbox.payload";
 
 impl Db {
     /// Queues a sealed envelope for `peer`, with the attachments it carries, in one durable
@@ -121,51 +153,218 @@ impl Db {
     ) -> Result<(), StoreError> {
         let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
-        insert_message(
+        insert_message(&tx, keys.at_rest(), &Row::plain(id, peer, envelope), now)?;
+        super::attachments::insert_attachments(
             &tx,
             keys.at_rest(),
-            id,
+            &id.to_string(),
+            "out",
             peer,
-            envelope.clone(),
             attachments,
-            now,
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Queues message `payload` to `peer` as [`Db::enqueue`] does, sealed to one of the peer's
-    /// one-time keys when this node holds one (taken from the pool in the same transaction, so it
-    /// seals this message and no other), else as `fallback` (sealed to the peer's long-term key).
-    /// Returns whether the message is forward secret.
-    pub fn enqueue_preferring_forward_secrecy(
+    /// Queues message `payload` to `peer` as [`Db::enqueue`] does, under forward secrecy `policy`:
+    /// unless it is `off`, sealed to one of the peer's one-time keys when this node holds one
+    /// (taken from the pool in the same transaction, so it seals this message and no other).
+    /// Without one, `prefer` queues `fallback` (sealed to the peer's long-term key) and `require`
+    /// keeps the payload, sealed at rest, waiting for a key ([`Db::seal_waiting`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue_with_policy(
         &mut self,
         id: &MessageId,
         peer: &PeerId,
-        payload: &crate::envelope::Payload,
+        payload: &Payload,
         fallback: &Envelope,
         attachments: &[AttachmentRef],
         now: u64,
-    ) -> Result<bool, StoreError> {
+        policy: ForwardSecrecy,
+    ) -> Result<Sealing, StoreError> {
+        if policy == ForwardSecrecy::Off {
+            self.enqueue(id, peer, fallback, attachments, now)?;
+            return Ok(Sealing::LongTermKey);
+        }
         let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
-        let sealed = match super::one_time::take_pool_key(&tx, keys.at_rest(), peer, now)? {
-            Some(k) => {
-                use hpke::Deserializable;
-                let bad = |_| StoreError::Corrupt("one-time key");
-                let public = crate::keys::EncPublic::from_bytes(&k.public).map_err(bad)?;
-                Some(
-                    crate::envelope::seal_forward_secret(&keys, peer, &k.id, &public, payload)
-                        .map_err(|_| StoreError::Corrupt("one-time key"))?,
-                )
-            }
-            None => None,
+        let sealed = seal_to_pool_key(&tx, &keys, peer, payload, now)?;
+        let row = Row {
+            id,
+            peer,
+            envelope: sealed.as_ref().or(match policy {
+                ForwardSecrecy::Require => None,
+                _ => Some(fallback),
+            }),
+            payload: Some(payload),
+            policy,
         };
-        let forward_secret = sealed.is_some();
-        let envelope = sealed.unwrap_or_else(|| fallback.clone());
-        insert_message(&tx, keys.at_rest(), id, peer, envelope, attachments, now)?;
+        let sealing = match (&sealed, row.envelope) {
+            (Some(_), _) => Sealing::OneTimeKey,
+            (None, Some(_)) => Sealing::LongTermKey,
+            (None, None) => Sealing::Waiting,
+        };
+        // A message sealed to the long-term key has no use for its payload any more.
+        let row = Row {
+            payload: (sealing != Sealing::LongTermKey).then_some(payload),
+            ..row
+        };
+        insert_message(&tx, keys.at_rest(), &row, now)?;
+        super::attachments::insert_attachments(
+            &tx,
+            keys.at_rest(),
+            &id.to_string(),
+            "out",
+            peer,
+            attachments,
+        )?;
         tx.commit()?;
-        Ok(forward_secret)
+        Ok(sealing)
+    }
+
+    /// Seals messages waiting for a one-time key of `peer` to the keys now at hand, oldest first,
+    /// and queues them, due at `now`; returns how many.
+    pub fn seal_waiting(&mut self, peer: &PeerId, now: u64) -> Result<usize, StoreError> {
+        let keys = self.keys.clone();
+        let tx = self.conn.transaction()?;
+        let waiting: Vec<(String, u32, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT id, key_id, payload FROM outbox
+                 WHERE state = 'waiting' AND peer_id = ?1 AND payload IS NOT NULL ORDER BY rowid",
+            )?
+            .query_map([peer.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut sealed = 0;
+        for (id, key_id, blob) in waiting {
+            let payload = open_payload(keys.at_rest(), &id, key_id, &blob)?;
+            let Some(envelope) = seal_to_pool_key(&tx, &keys, peer, &payload, now)? else {
+                break;
+            };
+            requeue(
+                &tx,
+                keys.at_rest(),
+                &id,
+                &envelope,
+                Some(&payload),
+                now,
+                None,
+            )?;
+            sealed += 1;
+        }
+        tx.commit()?;
+        Ok(sealed)
+    }
+
+    /// The recipient refused message `id` because it no longer holds the one-time key it was
+    /// sealed to (it restored a backup, or the key expired on the way). Under `require` the
+    /// message is sealed to another key of the pool, or waits for one; under `prefer` it is
+    /// sealed to the long-term key. Either way it is queued again, not lost; only a message
+    /// without its payload (or whose recipient is no longer a contact) fails. The pool's other
+    /// keys for that peer are dropped too: they were most likely handed out in the same period
+    /// the recipient lost, and fresh ones come at its next connection.
+    pub fn one_time_key_gone(&mut self, id: &MessageId, now: u64) -> Result<(), StoreError> {
+        let keys = self.keys.clone();
+        let row = id.to_string();
+        type Found = (String, String, Option<u32>, Option<Vec<u8>>);
+        let found: Option<Found> = self
+            .conn
+            .query_row(
+                "SELECT peer_id, fs_policy, key_id, payload FROM outbox
+                 WHERE id = ?1 AND state = 'queued'",
+                [&row],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((peer_text, policy, key_id, payload)) = found else {
+            return Ok(());
+        };
+        let peer: PeerId = peer_text
+            .parse()
+            .map_err(|_| StoreError::Corrupt("outbox peer id"))?;
+        let contact = self.contact_by_peer(&peer)?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM otk_pool WHERE owner = ?1", [&peer_text])?;
+        let reason = crate::net::protocol::RejectReason::OneTimeKeyGone.describe();
+        let (Some(key_id), Some(blob), Some(contact)) = (key_id, payload, contact) else {
+            fail(&tx, &row, reason)?;
+            tx.commit()?;
+            return Ok(());
+        };
+        let payload = open_payload(keys.at_rest(), &row, key_id, &blob)?;
+        match ForwardSecrecy::parse(&policy) {
+            Some(ForwardSecrecy::Require) => {
+                let note = format!("{reason}; waiting for another");
+                match seal_to_pool_key(&tx, &keys, &peer, &payload, now)? {
+                    Some(env) => requeue(
+                        &tx,
+                        keys.at_rest(),
+                        &row,
+                        &env,
+                        Some(&payload),
+                        now,
+                        Some(&note),
+                    )?,
+                    None => {
+                        tx.execute(
+                            "UPDATE outbox SET state = 'waiting', envelope = NULL, forward_secret = 0,
+                             attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+                            params![row, note],
+                        )?;
+                    }
+                }
+            }
+            _ => {
+                let env =
+                    crate::envelope::seal(&keys, &peer, contact.address.enc_public(), &payload)
+                        .map_err(|_| StoreError::Corrupt("contact address"))?;
+                let note = format!("{reason}; sent again without forward secrecy");
+                requeue(&tx, keys.at_rest(), &row, &env, None, now, Some(&note))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The recipients of messages waiting for a one-time key.
+    pub fn waiting_peers(&self) -> Result<Vec<PeerId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT DISTINCT peer_id FROM outbox WHERE state = 'waiting'")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(
+                row?.parse()
+                    .map_err(|_| StoreError::Corrupt("outbox peer id"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether this node wants one-time keys from `peer`: its policy (the contact's own, else
+    /// `default`) is not `off`, or a message to it waits for one.
+    pub fn wants_one_time_keys(
+        &self,
+        peer: &PeerId,
+        default: ForwardSecrecy,
+    ) -> Result<bool, StoreError> {
+        let Some(contact) = self.contact_by_peer(peer)? else {
+            return Ok(false);
+        };
+        if contact.forward_secrecy.unwrap_or(default) != ForwardSecrecy::Off {
+            return Ok(true);
+        }
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM outbox WHERE state = 'waiting' AND peer_id = ?1 LIMIT 1",
+                [peer.to_string()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// Queues several envelopes (without attachments) in one durable transaction.
@@ -176,7 +375,9 @@ impl Db {
     ) -> Result<(), StoreError> {
         let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
-        insert_outbox(&tx, keys.at_rest(), items, now)?;
+        for (id, peer, envelope) in items {
+            insert_message(&tx, keys.at_rest(), &Row::plain(id, peer, envelope), now)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -323,7 +524,8 @@ impl Db {
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE outbox SET state = 'delivered', delivered_at = ?2, attempts = attempts + 1,
-                 envelope = NULL, key_id = NULL, last_error = NULL WHERE id = ?1 AND state != 'delivered'",
+                 envelope = NULL, payload = NULL, key_id = NULL, last_error = NULL
+                 WHERE id = ?1 AND state != 'delivered'",
             )?;
             for id in ids {
                 stmt.execute(params![id.to_string(), now as i64])?;
@@ -355,11 +557,9 @@ impl Db {
 
     /// Marks a message as refused for good; its envelope stays, so `outbox retry` can requeue it.
     pub fn mark_failed(&mut self, id: &MessageId, error: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2
-             WHERE id = ?1 AND state = 'queued'",
-            params![id.to_string(), error],
-        )?;
+        let tx = self.conn.transaction()?;
+        fail(&tx, &id.to_string(), error)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -395,7 +595,7 @@ impl Db {
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT o.id, COALESCE(c.name, o.peer_id), o.peer_id, o.state, o.attempts, o.created_at,
-                    o.next_attempt_at, o.last_error, o.delivered_at
+                    o.next_attempt_at, o.last_error, o.delivered_at, o.forward_secret, o.fs_policy
              FROM outbox o LEFT JOIN contacts c ON c.peer_id = o.peer_id ORDER BY o.created_at, o.rowid",
         )?;
         let mut rows = stmt.query([])?;
@@ -413,6 +613,9 @@ impl Db {
                 next_attempt: (state == OutboxState::Queued).then(|| format_time(next_at as u64)),
                 last_error: r.get(7)?,
                 delivered_at: r.get::<_, Option<i64>>(8)?.map(|t| format_time(t as u64)),
+                forward_secret: r.get(9)?,
+                forward_secrecy: ForwardSecrecy::parse(&r.get::<_, String>(10)?)
+                    .ok_or(StoreError::Corrupt("outbox forward secrecy policy"))?,
             });
         }
         Ok(out)
@@ -421,12 +624,14 @@ impl Db {
     /// Marks queued messages older than `cutoff` as failed; returns how many.
     pub fn expire(&mut self, cutoff: u64, reason: &str) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE outbox SET state = 'failed', last_error = ?2 WHERE state = 'queued' AND created_at < ?1",
+            "UPDATE outbox SET state = 'failed', last_error = ?2
+             WHERE state IN ('queued', 'waiting') AND created_at < ?1",
             params![cutoff as i64, reason],
         )?)
     }
 
-    /// Makes a queued or failed message due now (a failed one is queued again); returns its id.
+    /// Makes a queued or failed message due now (a failed one is queued again, or waits again for
+    /// a one-time key if it never got one); returns its id.
     pub fn retry_now(&mut self, prefix: &str, now: u64) -> Result<String, StoreError> {
         let (id, state) = self.resolve_outbox_id(prefix)?;
         match state {
@@ -435,8 +640,9 @@ impl Db {
             ))),
             _ => {
                 let changed = self.conn.execute(
-                    "UPDATE outbox SET state = 'queued', next_attempt_at = ?2, last_error = NULL
-                     WHERE id = ?1 AND envelope IS NOT NULL",
+                    "UPDATE outbox SET next_attempt_at = ?2, last_error = NULL,
+                            state = CASE WHEN envelope IS NULL THEN 'waiting' ELSE 'queued' END
+                     WHERE id = ?1 AND (envelope IS NOT NULL OR payload IS NOT NULL)",
                     params![id, now as i64],
                 )?;
                 if changed == 0 {
@@ -459,7 +665,7 @@ impl Db {
         }
         self.conn.execute(
             "UPDATE outbox SET state = 'failed', last_error = 'cancelled by the user', envelope = NULL,
-             key_id = NULL WHERE id = ?1",
+             payload = NULL, key_id = NULL WHERE id = ?1",
             [&id],
         )?;
         Ok(id)
@@ -479,6 +685,7 @@ impl Db {
                     counts.queued = n;
                     counts.oldest_queued_at = r.get::<_, Option<i64>>(2)?.map(|t| t as u64);
                 }
+                OutboxState::Waiting => counts.waiting = n,
                 OutboxState::Delivered => counts.delivered = n,
                 OutboxState::Failed => counts.failed = n,
             }
@@ -505,46 +712,177 @@ impl Db {
     }
 }
 
-fn insert_outbox(
-    tx: &rusqlite::Transaction<'_>,
-    at_rest: &crate::keys::at_rest::AtRest,
-    items: &[(MessageId, PeerId, Envelope)],
-    now: u64,
-) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope, key_id, forward_secret)
-         VALUES (?1, ?2, ?3, 'queued', ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    for (id, peer, envelope) in items {
-        let row = id.to_string();
-        let mut plain = Vec::new();
-        ciborium::into_writer(envelope, &mut plain).expect("CBOR encoding into a Vec cannot fail");
-        let (key_id, sealed) = at_rest.seal(TABLE, &row, &plain);
-        stmt.execute(params![
-            row,
-            peer.to_string(),
-            now as i64,
-            plain.len() as i64,
-            sealed,
-            key_id,
-            envelope.otk.is_some()
-        ])?;
-    }
-    Ok(())
+/// A new outbox row.
+struct Row<'a> {
+    id: &'a MessageId,
+    peer: &'a PeerId,
+    /// The sealed envelope; `None` while the message waits for a one-time key.
+    envelope: Option<&'a Envelope>,
+    /// The payload, kept while the message waits for or is sealed to a one-time key.
+    payload: Option<&'a Payload>,
+    policy: ForwardSecrecy,
 }
 
-/// One queued message and its attachments, in `tx`.
+impl<'a> Row<'a> {
+    /// A message sealed to the recipient's long-term key, sent with policy `off`.
+    fn plain(id: &'a MessageId, peer: &'a PeerId, envelope: &'a Envelope) -> Row<'a> {
+        Row {
+            id,
+            peer,
+            envelope: Some(envelope),
+            payload: None,
+            policy: ForwardSecrecy::Off,
+        }
+    }
+}
+
+/// Inserts `row` in `tx`: queued if it has an envelope, else waiting.
 fn insert_message(
     tx: &rusqlite::Transaction<'_>,
     at_rest: &crate::keys::at_rest::AtRest,
-    id: &MessageId,
-    peer: &PeerId,
-    envelope: Envelope,
-    attachments: &[AttachmentRef],
+    row: &Row<'_>,
     now: u64,
 ) -> Result<(), StoreError> {
-    insert_outbox(tx, at_rest, &[(*id, *peer, envelope)], now)?;
-    super::attachments::insert_attachments(tx, at_rest, &id.to_string(), "out", peer, attachments)
+    let id = row.id.to_string();
+    let envelope = row.envelope.map(cbor);
+    let payload = row.payload.map(cbor);
+    let size = envelope.as_ref().or(payload.as_ref()).map_or(0, Vec::len);
+    let sealed = seal_pair(at_rest, &id, envelope.as_deref(), payload.as_deref())?;
+    tx.prepare_cached(
+        "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope,
+                             key_id, forward_secret, payload, fs_policy)
+         VALUES (?1, ?2, ?3, ?4, ?3, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        id,
+        row.peer.to_string(),
+        now as i64,
+        if row.envelope.is_some() {
+            "queued"
+        } else {
+            "waiting"
+        },
+        size as i64,
+        sealed.envelope,
+        sealed.key_id,
+        row.envelope.is_some_and(|e| e.otk.is_some()),
+        sealed.payload,
+        row.policy.as_str(),
+    ])?;
+    Ok(())
+}
+
+/// Queues message `id` again with a new `envelope`, due at `now` (keeping `payload` if the
+/// envelope is sealed to a one-time key), noting `note` as its last error.
+fn requeue(
+    tx: &rusqlite::Transaction<'_>,
+    at_rest: &crate::keys::at_rest::AtRest,
+    id: &str,
+    envelope: &Envelope,
+    payload: Option<&Payload>,
+    now: u64,
+    note: Option<&str>,
+) -> Result<(), StoreError> {
+    let plain = cbor(envelope);
+    let payload = payload.map(cbor);
+    let sealed = seal_pair(at_rest, id, Some(&plain), payload.as_deref())?;
+    let attempts_up = i64::from(note.is_some());
+    tx.execute(
+        "UPDATE outbox SET state = 'queued', envelope = ?2, payload = ?3, key_id = ?4, size = ?5,
+                forward_secret = ?6, next_attempt_at = ?7, last_error = ?8,
+                attempts = attempts + ?9
+         WHERE id = ?1",
+        params![
+            id,
+            sealed.envelope,
+            sealed.payload,
+            sealed.key_id,
+            plain.len() as i64,
+            envelope.otk.is_some(),
+            now as i64,
+            note,
+            attempts_up
+        ],
+    )?;
+    Ok(())
+}
+
+/// A row's envelope and payload sealed at rest under one key.
+struct SealedPair {
+    key_id: u32,
+    envelope: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// Seals a row's envelope and payload (CBOR) under the current key, both under the same one.
+fn seal_pair(
+    at_rest: &crate::keys::at_rest::AtRest,
+    id: &str,
+    envelope: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<SealedPair, StoreError> {
+    let (key_id, envelope) = match envelope {
+        Some(p) => {
+            let (key_id, sealed) = at_rest.seal(TABLE, id, p);
+            (key_id, Some(sealed))
+        }
+        None => (at_rest.current(), None),
+    };
+    let payload = payload
+        .map(|p| at_rest.seal_under(key_id, PAYLOAD, id, p))
+        .map(|sealed| sealed.ok_or(StoreError::Corrupt("data key retired while sealing")))
+        .transpose()?;
+    Ok(SealedPair {
+        key_id,
+        envelope,
+        payload,
+    })
+}
+
+/// Marks message `id` (queued or waiting) as refused for good with `error`, in `tx`.
+fn fail(tx: &rusqlite::Transaction<'_>, id: &str, error: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2
+         WHERE id = ?1 AND state IN ('queued', 'waiting')",
+        params![id, error],
+    )?;
+    Ok(())
+}
+
+/// Seals `payload` to one of `peer`'s one-time keys, taken from the pool in `tx`; `None` when
+/// this node holds none.
+fn seal_to_pool_key(
+    tx: &rusqlite::Transaction<'_>,
+    keys: &crate::keys::Keys,
+    peer: &PeerId,
+    payload: &Payload,
+    now: u64,
+) -> Result<Option<Envelope>, StoreError> {
+    let Some(k) = super::one_time::take_pool_key(tx, keys.at_rest(), peer, now)? else {
+        return Ok(None);
+    };
+    use hpke::Deserializable;
+    let bad = |_| StoreError::Corrupt("one-time key");
+    let public = crate::keys::EncPublic::from_bytes(&k.public).map_err(bad)?;
+    crate::envelope::seal_forward_secret(keys, peer, &k.id, &public, payload)
+        .map(Some)
+        .map_err(|_| StoreError::Corrupt("one-time key"))
+}
+
+fn open_payload(
+    at_rest: &crate::keys::at_rest::AtRest,
+    id: &str,
+    key_id: u32,
+    blob: &[u8],
+) -> Result<Payload, StoreError> {
+    let plain = at_rest.open(PAYLOAD, id, key_id, blob)?;
+    ciborium::from_reader(plain.as_slice()).map_err(|_| StoreError::Corrupt("outbox payload"))
+}
+
+fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).expect("CBOR encoding into a Vec cannot fail");
+    out
 }
 
 pub(super) fn parse_id(s: &str) -> Result<MessageId, StoreError> {
@@ -570,6 +908,276 @@ mod tests {
             ct: vec![3; 40],
             otk: None,
         }
+    }
+
+    /// Alice's database with bob as a contact, bob's keys, and `n` of bob's one-time keys made
+    /// for alice (their secrets, for opening).
+    fn alice_and_bob() -> (tempfile::TempDir, Db, std::sync::Arc<Keys>, Keys) {
+        let (dir, mut db, alice) = temp_db();
+        let bob = Keys::generate();
+        db.add_contact("bob", &bob.address(), &[]).expect("contact");
+        (dir, db, alice, bob)
+    }
+
+    fn give_keys(
+        db: &mut Db,
+        alice: &Keys,
+        bob: &Keys,
+        n: usize,
+    ) -> Vec<crate::keys::one_time::OneTimeSecret> {
+        let (secrets, signed): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| crate::keys::one_time::make(bob, &alice.peer_id(), u64::MAX / 4))
+            .unzip();
+        db.add_pool_keys(&bob.peer_id(), &signed, 10).expect("pool");
+        secrets
+    }
+
+    fn payload(text: &str) -> Payload {
+        Payload {
+            id: MessageId::random(),
+            sent_at_ms: 10,
+            subject: None,
+            body: text.into(),
+            attachments: vec![],
+        }
+    }
+
+    fn entry(db: &Db, id: &MessageId) -> OutboxEntry {
+        db.outbox()
+            .expect("list")
+            .into_iter()
+            .find(|e| e.id == id.to_string())
+            .expect("listed")
+    }
+
+    fn payload_kept(db: &Db, id: &MessageId) -> bool {
+        db.conn
+            .query_row(
+                "SELECT payload IS NOT NULL FROM outbox WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .expect("row")
+    }
+
+    /// Queues `p` to bob under `policy`, with a long-term fallback.
+    fn queue(
+        db: &mut Db,
+        alice: &Keys,
+        bob: &Keys,
+        p: &Payload,
+        policy: ForwardSecrecy,
+    ) -> Sealing {
+        let fallback = crate::envelope::seal(alice, &bob.peer_id(), bob.address().enc_public(), p)
+            .expect("seal");
+        db.enqueue_with_policy(&p.id, &bob.peer_id(), p, &fallback, &[], 20, policy)
+            .expect("queue")
+    }
+
+    fn due_envelope(db: &Db, id: &MessageId) -> Option<Envelope> {
+        db.due(u64::MAX / 2, 64, &HashMap::new(), &HashSet::new())
+            .expect("due")
+            .into_iter()
+            .flat_map(|b| b.messages)
+            .find(|m| m.id == *id)
+            .map(|m| m.envelope)
+    }
+
+    #[test]
+    fn require_waits_for_a_one_time_key_and_prefer_falls_back() {
+        let (_dir, mut db, alice, bob) = alice_and_bob();
+        let (p1, p2) = (payload("must be forward secret"), payload("rather"));
+        assert_eq!(
+            queue(&mut db, &alice, &bob, &p1, ForwardSecrecy::Require),
+            Sealing::Waiting
+        );
+        assert_eq!(
+            queue(&mut db, &alice, &bob, &p2, ForwardSecrecy::Prefer),
+            Sealing::LongTermKey
+        );
+        let waiting = entry(&db, &p1.id);
+        assert_eq!(waiting.state, OutboxState::Waiting);
+        assert_eq!(waiting.state.as_str(), "waiting for a one-time key");
+        assert_eq!(
+            (waiting.forward_secret, waiting.forward_secrecy),
+            (false, ForwardSecrecy::Require)
+        );
+        assert!(
+            due_envelope(&db, &p1.id).is_none(),
+            "a waiting message is not due"
+        );
+        assert!(payload_kept(&db, &p1.id));
+        // The fallen-back one says so, and keeps no payload: its envelope is all it needs.
+        let fell_back = entry(&db, &p2.id);
+        assert_eq!(
+            (fell_back.state, fell_back.forward_secret),
+            (OutboxState::Queued, false)
+        );
+        assert!(!payload_kept(&db, &p2.id));
+        assert_eq!(db.outbox_counts().expect("counts").waiting, 1);
+        assert!(
+            db.wants_one_time_keys(&bob.peer_id(), ForwardSecrecy::Off)
+                .expect("wants"),
+            "a waiting message wants keys whatever the policy"
+        );
+
+        assert_eq!(db.seal_waiting(&bob.peer_id(), 30).expect("none"), 0);
+        let secrets = give_keys(&mut db, &alice, &bob, 1);
+        assert_eq!(db.seal_waiting(&bob.peer_id(), 30).expect("seal"), 1);
+        let sealed = entry(&db, &p1.id);
+        assert_eq!(
+            (sealed.state, sealed.forward_secret),
+            (OutboxState::Queued, true)
+        );
+        let env = due_envelope(&db, &p1.id).expect("due once sealed");
+        let from = (alice.peer_id(), alice.address().enc_public().clone());
+        let opened = crate::envelope::open_forward_secret(
+            &secrets[0].secret,
+            &bob.peer_id(),
+            &from.0,
+            &from.1,
+            &env,
+        )
+        .expect("opens with the one-time secret");
+        assert_eq!(opened.body, "must be forward secret");
+        assert!(
+            crate::envelope::open(&bob, &from.0, &from.1, &env).is_err(),
+            "not with bob's long-term key"
+        );
+        assert_eq!(
+            db.pool_keys(&bob.peer_id(), 30).expect("pool"),
+            0,
+            "used up"
+        );
+        // Delivered: nothing of the message is left on the sender's side.
+        db.mark_delivered(&[p1.id], 40).expect("delivered");
+        assert!(!payload_kept(&db, &p1.id));
+        assert!(
+            !db.wants_one_time_keys(&bob.peer_id(), ForwardSecrecy::Off)
+                .expect("wants")
+        );
+
+        // With a key at hand, prefer and require both seal to it at once.
+        give_keys(&mut db, &alice, &bob, 2);
+        for policy in [ForwardSecrecy::Prefer, ForwardSecrecy::Require] {
+            let p = payload("now");
+            assert_eq!(
+                queue(&mut db, &alice, &bob, &p, policy),
+                Sealing::OneTimeKey
+            );
+            assert!(entry(&db, &p.id).forward_secret);
+        }
+        let off = payload("plain");
+        assert_eq!(
+            queue(&mut db, &alice, &bob, &off, ForwardSecrecy::Off),
+            Sealing::LongTermKey
+        );
+        assert_eq!(entry(&db, &off.id).forward_secrecy, ForwardSecrecy::Off);
+    }
+
+    #[test]
+    fn a_message_whose_one_time_key_is_gone_is_sealed_again_not_lost() {
+        let (_dir, mut db, alice, bob) = alice_and_bob();
+        give_keys(&mut db, &alice, &bob, 3);
+        let (prefer, require) = (payload("prefer"), payload("require"));
+        assert_eq!(
+            queue(&mut db, &alice, &bob, &prefer, ForwardSecrecy::Prefer),
+            Sealing::OneTimeKey
+        );
+        assert_eq!(
+            queue(&mut db, &alice, &bob, &require, ForwardSecrecy::Require),
+            Sealing::OneTimeKey
+        );
+        assert_eq!(db.pool_keys(&bob.peer_id(), 30).expect("pool"), 1);
+
+        // Bob lost the key: prefer goes again to the long-term key, which bob's keys open.
+        db.one_time_key_gone(&prefer.id, 50).expect("gone");
+        let e = entry(&db, &prefer.id);
+        assert_eq!((e.state, e.forward_secret), (OutboxState::Queued, false));
+        assert!(
+            e.last_error
+                .expect("noted")
+                .contains("without forward secrecy")
+        );
+        let env = due_envelope(&db, &prefer.id).expect("due again");
+        let from = (alice.peer_id(), alice.address().enc_public().clone());
+        assert_eq!(
+            crate::envelope::open(&bob, &from.0, &from.1, &env)
+                .expect("opens")
+                .body,
+            "prefer"
+        );
+        assert!(!payload_kept(&db, &prefer.id));
+        // ... and the rest of the pool, likely lost alike, is dropped.
+        assert_eq!(db.pool_keys(&bob.peer_id(), 30).expect("pool"), 0);
+
+        // require waits for a fresh key, then is sealed to it.
+        db.one_time_key_gone(&require.id, 50).expect("gone");
+        let e = entry(&db, &require.id);
+        assert_eq!((e.state, e.forward_secret), (OutboxState::Waiting, false));
+        assert!(due_envelope(&db, &require.id).is_none());
+        let secrets = give_keys(&mut db, &alice, &bob, 1);
+        assert_eq!(db.seal_waiting(&bob.peer_id(), 60).expect("seal"), 1);
+        let env = due_envelope(&db, &require.id).expect("due");
+        crate::envelope::open_forward_secret(
+            &secrets[0].secret,
+            &bob.peer_id(),
+            &from.0,
+            &from.1,
+            &env,
+        )
+        .expect("sealed to the new key");
+
+        // A plain message cannot be sealed again (no payload): it fails, with the reason.
+        let plain = MessageId::random();
+        db.enqueue(&plain, &bob.peer_id(), &envelope(), &[], 20)
+            .expect("queue");
+        db.one_time_key_gone(&plain, 50).expect("gone");
+        assert_eq!(entry(&db, &plain).state, OutboxState::Failed);
+    }
+
+    #[test]
+    fn a_waiting_message_expires_retries_cancels_and_survives_a_rekey() {
+        let (_dir, mut db, alice, bob) = alice_and_bob();
+        let (old, kept) = (payload("old"), payload("kept"));
+        queue(&mut db, &alice, &bob, &old, ForwardSecrecy::Require);
+        queue(&mut db, &alice, &bob, &kept, ForwardSecrecy::Require);
+        assert_eq!(db.expire(21, "expired").expect("expire"), 2);
+        assert_eq!(entry(&db, &old.id).state, OutboxState::Failed);
+        // Retried, it waits again (it never had an envelope).
+        db.retry_now(&old.id.to_string(), 30).expect("retry");
+        db.retry_now(&kept.id.to_string(), 30).expect("retry");
+        assert_eq!(entry(&db, &old.id).state, OutboxState::Waiting);
+        db.cancel(&old.id.to_string()).expect("cancel");
+        assert!(
+            !payload_kept(&db, &old.id),
+            "a cancelled message keeps nothing"
+        );
+        assert!(db.retry_now(&old.id.to_string(), 30).is_err());
+
+        // A rekey moves the waiting payload to the new key, and it still seals afterwards.
+        let keys = db.keys.clone();
+        keys.at_rest().install(keys.at_rest().next_key());
+        let mut cursor = crate::store::RekeyCursor::default();
+        while db.rekey_batch(100, &mut cursor).expect("rekey") > 0 {}
+        assert!(!db.rekey_left(keys.at_rest().current()).expect("left"));
+        keys.at_rest().retire_old();
+        let audit = crate::store::audit(&db.conn, keys.at_rest())
+            .expect("audit")
+            .expect("every sealed value opens");
+        assert_eq!(audit.queued, 1);
+        let secrets = give_keys(&mut db, &alice, &bob, 1);
+        assert_eq!(db.seal_waiting(&bob.peer_id(), 40).expect("seal"), 1);
+        let env = due_envelope(&db, &kept.id).expect("due");
+        let opened = crate::envelope::open_forward_secret(
+            &secrets[0].secret,
+            &bob.peer_id(),
+            &alice.peer_id(),
+            alice.address().enc_public(),
+            &env,
+        )
+        .expect("opens");
+        assert_eq!(opened.body, "kept");
     }
 
     #[test]

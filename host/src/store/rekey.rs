@@ -16,7 +16,8 @@ use super::{Db, StoreError};
 /// before rows were sealed holds no seal).
 const COUNTS: &str = "
     SELECT key_id, COUNT(*) FROM inbox GROUP BY key_id
-    UNION ALL SELECT key_id, COUNT(*) FROM outbox WHERE envelope IS NOT NULL GROUP BY key_id
+    UNION ALL SELECT key_id, COUNT(*) FROM outbox
+              WHERE envelope IS NOT NULL OR payload IS NOT NULL GROUP BY key_id
     UNION ALL SELECT key_id, COUNT(*) FROM attachments GROUP BY key_id
     UNION ALL SELECT key_id, COUNT(*) FROM contacts WHERE seal IS NOT NULL GROUP BY key_id
     UNION ALL SELECT key_id, COUNT(*) FROM otk_secrets GROUP BY key_id
@@ -129,27 +130,28 @@ impl Db {
         }
 
         let left = limit.saturating_sub(moved);
-        let rows: Vec<(i64, String, u32, Option<Vec<u8>>)> = tx
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(i64, String, u32, Option<Vec<u8>>, Option<Vec<u8>>)> = tx
             .prepare_cached(
-                "SELECT rowid, id, key_id, envelope FROM outbox
+                "SELECT rowid, id, key_id, envelope, payload FROM outbox
                  WHERE rowid > ?3 AND key_id IS NOT NULL AND key_id != ?1 ORDER BY rowid LIMIT ?2",
             )?
             .query_map(params![current, left as i64, cursor.outbox], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect::<Result<_, _>>()?;
-        for (rowid, id, key_id, envelope) in rows {
+        for (rowid, id, key_id, envelope, payload) in rows {
             cursor.outbox = rowid;
-            let envelope = match envelope {
-                Some(e) => Some(seal(
-                    super::outbox::TABLE,
-                    &id,
-                    &open(super::outbox::TABLE, &id, key_id, &e)?,
-                )?),
-                None => None,
+            let again = |table: &str, blob: Option<Vec<u8>>| match blob {
+                Some(b) => seal(table, &id, &open(table, &id, key_id, &b)?).map(Some),
+                None => Ok(None),
             };
-            tx.prepare_cached("UPDATE outbox SET envelope = ?2, key_id = ?3 WHERE id = ?1")?
-                .execute(params![id, envelope, current])?;
+            let envelope = again(super::outbox::TABLE, envelope)?;
+            let payload = again(super::outbox::PAYLOAD, payload)?;
+            tx.prepare_cached(
+                "UPDATE outbox SET envelope = ?2, payload = ?3, key_id = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, envelope, payload, current])?;
             moved += 1;
         }
 
@@ -238,7 +240,8 @@ impl Db {
         let n: i64 = self.conn.query_row(
             "SELECT COALESCE((SELECT SUM(LENGTH(body) + IFNULL(LENGTH(subject), 0)
                                       + IFNULL(LENGTH(sender_seal), 0)) FROM inbox), 0)
-                  + COALESCE((SELECT SUM(LENGTH(envelope)) FROM outbox), 0)
+                  + COALESCE((SELECT SUM(IFNULL(LENGTH(envelope), 0)
+                                      + IFNULL(LENGTH(payload), 0)) FROM outbox), 0)
                   + COALESCE((SELECT SUM(LENGTH(ref)) FROM attachments), 0)
                   + COALESCE((SELECT SUM(LENGTH(seal)) FROM contacts), 0)
                   + COALESCE((SELECT SUM(LENGTH(secret)) FROM otk_secrets), 0)

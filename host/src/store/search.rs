@@ -234,7 +234,7 @@ impl Db {
     pub fn search_hits(&self, seqs: &[u64]) -> Result<Vec<HitRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, sender, sender_seal, received_at, subject, body, key_id, read, archived,
-                    redacted_at
+                    redacted_at, forward_secret
              FROM inbox WHERE seq = ?1",
         )?;
         let mut names = super::inbox::Names::default();

@@ -150,6 +150,7 @@ async fn hostile_frames_are_refused_and_the_node_goes_on() {
             subject: None,
             body: "still here?".into(),
             attachments: vec![],
+            forward_secrecy: None,
         })
         .await
         .expect("send");

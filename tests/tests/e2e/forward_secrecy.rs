@@ -94,10 +94,7 @@ fn forward_secrecy_settings_are_checked() {
         let out = home.run(&["config", "set", key, bad]);
         assert_eq!(out.status.code(), Some(2), "{key} = {bad}");
     }
-    // Not available yet, and said so rather than silently ignored.
-    let out = home.run(&["config", "set", "delivery.forward_secrecy", "require"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available"));
+    home.config_set("delivery.forward_secrecy", "require");
     home.config_set("delivery.forward_secrecy", "prefer");
     home.config_set("delivery.one_time_key_lifetime", "7d");
     assert_eq!(
@@ -105,4 +102,198 @@ fn forward_secrecy_settings_are_checked() {
             .trim(),
         "prefer"
     );
+}
+
+/// `home`'s keys, unlocked as a thief with its passphrase would.
+fn unlock(home: &TestHome) -> pigeon::keys::Keys {
+    pigeon::keys::keystore::unlock(&home.path().join("keystore"), &home.passphrase())
+        .expect("unlock")
+}
+
+/// `home`'s database, opened with its keys (its node stopped).
+fn open_db(home: &TestHome) -> pigeon::store::Db {
+    pigeon::store::Db::open(
+        &home.path().join("pigeon.db"),
+        std::sync::Arc::new(unlock(home)),
+    )
+    .expect("open the database")
+}
+
+/// The sealed envelopes of queued messages `ids`, as the next attempt puts them on the wire.
+fn queued_envelopes(home: &TestHome, ids: &[&str]) -> Vec<pigeon::envelope::Envelope> {
+    let db = open_db(home);
+    let due = db
+        .due(u64::MAX / 2, 1024, &Default::default(), &Default::default())
+        .expect("due");
+    ids.iter()
+        .map(|id| {
+            due.iter()
+                .flat_map(|b| &b.messages)
+                .find(|m| m.id.to_string() == *id)
+                .map(|m| m.envelope.clone())
+                .expect("queued")
+        })
+        .collect()
+}
+
+fn inbox_entry(home: &TestHome, id: &str) -> Value {
+    home.json(&["inbox", "read", id, "--json"])
+}
+
+#[test]
+fn require_waits_prefer_says_it_fell_back_and_captured_forward_secret_envelopes_stay_shut() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    let bob_node = bob.start_node("/ip4/127.0.0.1/tcp/0");
+    let bob_listen = bob_node.listen_addr();
+    let alice_node = alice.start_node("/ip4/127.0.0.1/tcp/0");
+    alice.add_contact("bob", &bob, std::slice::from_ref(&bob_node.addr));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    bob_node.stop();
+
+    // Alice requires forward secrecy for bob (her config says off); bob is away, with no key of
+    // his at hand yet.
+    alice.ok(&["contacts", "set", "bob", "--forward-secrecy", "require"]);
+    let c = contact(&alice, "bob");
+    assert_eq!(
+        (&c["forward_secrecy"], &c["forward_secrecy_effective"]),
+        (&Value::from("require"), &Value::from("require"))
+    );
+    let out = alice.run(&["send", "bob", "fell back", "--forward-secrecy", "prefer"]);
+    assert!(out.status.success());
+    let fell_back = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sent without forward secrecy"),
+        "prefer says it fell back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = alice.json(&["send", "bob", "must be forward secret", "--json"]);
+    assert_eq!(
+        (
+            &sent["state"],
+            &sent["forward_secret"],
+            &sent["forward_secrecy"]
+        ),
+        (
+            &Value::from("waiting"),
+            &Value::from(false),
+            &Value::from("require")
+        )
+    );
+    let waiting = sent["id"].as_str().expect("id").to_owned();
+    assert!(
+        alice
+            .ok(&["outbox", "list"])
+            .contains("waiting for a one-time key")
+    );
+    let entry = |home: &TestHome, id: &str| {
+        home.outbox()
+            .into_iter()
+            .find(|e| e["id"] == id)
+            .expect("listed")
+    };
+    assert_eq!(entry(&alice, &fell_back)["forward_secret"], false);
+    assert_eq!(entry(&alice, &fell_back)["forward_secrecy"], "prefer");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        entry(&alice, &waiting)["state"],
+        "waiting",
+        "no key, no send"
+    );
+
+    // Bob comes online: alice gets keys, seals the waiting message to one, and it arrives once.
+    let bob_node = bob.start_node(&bob_listen);
+    bob.wait_arrival(&waiting);
+    bob.wait_arrival(&fell_back);
+    assert_eq!(inbox_entry(&bob, &waiting)["forward_secret"], true);
+    assert_eq!(
+        inbox_entry(&bob, &waiting)["body"],
+        "must be forward secret"
+    );
+    assert_eq!(inbox_entry(&bob, &fell_back)["forward_secret"], false);
+    let delivered = alice.wait_outbox_state(&waiting, "delivered", Duration::from_secs(30));
+    assert_eq!(delivered["forward_secret"], true);
+    let listed: Vec<Value> = bob.inbox();
+    assert_eq!(listed.len(), 2, "each message once");
+    assert!(
+        listed
+            .iter()
+            .any(|m| m["id"] == waiting && m["forward_secret"] == true)
+    );
+
+    // Captured envelopes. Bob away again, alice queues one message sealed to one of his keys
+    // and one (--forward-secrecy off) to his long-term key; the test keeps both as they go on
+    // the wire.
+    bob_node.stop();
+    let fs = alice.send("bob", "captured, forward secret");
+    let plain = alice.ok(&["send", "bob", "captured, plain", "--forward-secrecy", "off"]);
+    let plain = plain.trim().to_owned();
+    let alice_listen = alice_node.listen_addr();
+    alice_node.stop();
+    let captured = queued_envelopes(&alice, &[&fs, &plain]);
+    let (fs_env, plain_env) = (&captured[0], &captured[1]);
+    let otk = pigeon::envelope::one_time_key(fs_env)
+        .expect("well formed")
+        .expect("sealed to a one-time key");
+    assert!(
+        pigeon::envelope::one_time_key(plain_env)
+            .expect("ok")
+            .is_none()
+    );
+
+    let alice_node = alice.start_node(&alice_listen);
+    let bob_node = bob.start_node(&bob_listen);
+    bob.wait_arrival(&fs);
+    bob.wait_arrival(&plain);
+    alice.wait_outbox_state(&fs, "delivered", Duration::from_secs(30));
+    alice.wait_outbox_state(&plain, "delivered", Duration::from_secs(30));
+    bob_node.stop();
+    alice_node.stop();
+
+    // Now both sides' long-term keys, unlocked with their passphrases, and bob's database:
+    let (alice_keys, bob_keys) = (unlock(&alice), unlock(&bob));
+    let (from, from_key) = (
+        alice_keys.peer_id(),
+        alice_keys.address().enc_public().clone(),
+    );
+    let opened = pigeon::envelope::open(&bob_keys, &from, &from_key, plain_env)
+        .expect("the plain envelope opens with bob's long-term key");
+    assert_eq!(opened.body, "captured, plain");
+    assert!(
+        pigeon::envelope::open(&bob_keys, &from, &from_key, fs_env).is_err(),
+        "bob's long-term key does not open the forward-secret one"
+    );
+    assert!(
+        pigeon::envelope::open(&alice_keys, &from, &from_key, fs_env).is_err(),
+        "nor does alice's"
+    );
+    let bob_db = open_db(&bob);
+    assert!(
+        bob_db.one_time_secret(&otk, &from).expect("read").is_none(),
+        "bob deleted the one-time secret once the message was stored"
+    );
+    assert!(bob_db.one_time_key_used(&otk).expect("read").is_some());
+    drop(bob_db);
+
+    // A replay: the captured envelope put back into alice's outbox under a new id and sent
+    // again. Bob acks it as the duplicate it is; his inbox holds the message once.
+    let replay = pigeon::envelope::MessageId::random();
+    open_db(&alice)
+        .enqueue(
+            &replay,
+            &bob_keys.peer_id(),
+            fs_env,
+            &[],
+            pigeon::store::now_ms(),
+        )
+        .expect("put back");
+    let _alice_node = alice.start_node(&alice_listen);
+    let _bob_node = bob.start_node(&bob_listen);
+    alice.wait_outbox_state(&replay.to_string(), "delivered", Duration::from_secs(30));
+    let copies = bob
+        .inbox()
+        .iter()
+        .filter(|m| m["preview"] == "captured, forward secret")
+        .count();
+    assert_eq!(copies, 1, "a replay is not stored again");
+    assert_eq!(bob.inbox().len(), 4);
 }

@@ -35,6 +35,13 @@ pub enum Request {
         /// Local name.
         name: String,
     },
+    /// Set a contact's own forward secrecy policy.
+    ContactsSetForwardSecrecy {
+        /// Local name.
+        name: String,
+        /// The policy; `None`: `delivery.forward_secrecy`.
+        policy: Option<crate::config::ForwardSecrecy>,
+    },
     /// Queue a message.
     Send {
         /// Contact name.
@@ -46,6 +53,9 @@ pub enum Request {
         /// Attachments already staged (sealed) under the home by the caller.
         #[serde(default)]
         attachments: Vec<AttachmentRef>,
+        /// This message's forward secrecy policy; `None`: the contact's, else the config's.
+        #[serde(default)]
+        forward_secrecy: Option<crate::config::ForwardSecrecy>,
     },
     /// The attachments of a received message, with their keys, for saving.
     InboxAttachments {
@@ -207,6 +217,12 @@ pub enum Response {
     Queued {
         /// The message id.
         id: String,
+        /// How it was sealed (to a one-time key, to the long-term key, or waiting for a key).
+        #[serde(default = "long_term")]
+        sealing: crate::store::Sealing,
+        /// The forward secrecy policy it was sent with.
+        #[serde(default)]
+        forward_secrecy: crate::config::ForwardSecrecy,
     },
     /// For [`Request::OutboxList`].
     Outbox(Vec<OutboxEntry>),
@@ -310,4 +326,14 @@ pub struct ContactInfo {
     /// This node's one-time keys the contact holds (handed out, unused, unexpired).
     #[serde(default)]
     pub one_time_keys_handed_out: u64,
+    /// The contact's own forward secrecy policy (`None`: the config's).
+    #[serde(default)]
+    pub forward_secrecy: Option<crate::config::ForwardSecrecy>,
+    /// The policy messages to it are sent with unless `send --forward-secrecy` says otherwise.
+    #[serde(default)]
+    pub forward_secrecy_effective: crate::config::ForwardSecrecy,
+}
+
+fn long_term() -> crate::store::Sealing {
+    crate::store::Sealing::LongTermKey
 }
