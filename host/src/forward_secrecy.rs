@@ -35,8 +35,19 @@ pub async fn hand_out(
     lifetime_ms: u64,
 ) -> Vec<SignedKey> {
     let now = now_ms();
+    let held = request.held.map(u64::from);
     let out = match store
-        .call(move |db| db.one_time_secrets_out(&peer, now))
+        .call(move |db| {
+            let out = db.one_time_secrets_out(&peer, now)?;
+            match held {
+                Some(held) if held < out => {
+                    let lost = db.forget_lost_secrets(&peer, held, now)?;
+                    tracing::info!(%peer, lost, "a contact lost one-time keys of this node; forgot as many");
+                    Ok(held)
+                }
+                _ => Ok(out),
+            }
+        })
         .await
     {
         Ok(n) => n,
@@ -79,23 +90,50 @@ pub async fn hand_out(
     }
 }
 
-/// What [`refresh`] needs of the node.
+/// What [`refresh`] needs of the node, and the contacts being asked for keys right now.
 #[derive(Clone)]
 pub struct Refresher {
-    /// This node's keys.
-    pub keys: Arc<Keys>,
-    /// The store.
-    pub store: Store,
-    /// The network.
-    pub net: Net,
-    /// Wakes the send loop once waiting messages are sealed.
-    pub waker: crate::delivery::Waker,
+    keys: Arc<Keys>,
+    store: Store,
+    net: Net,
+    waker: crate::delivery::Waker,
+    /// One request per contact at a time: two at once would both say how many keys this node
+    /// holds before either answer is kept, and the second would make the contact forget the
+    /// first's keys as lost. (One entry per contact ever asked: bounded by the contacts.)
+    asking: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
-/// Tops up the pool of `peer`'s one-time keys ([`replenish`]) and seals the messages to it that
-/// wait for one, waking the send loop for them. Returns how many messages it sealed.
+impl Refresher {
+    /// A refresher for the node with these parts.
+    pub fn new(
+        keys: Arc<Keys>,
+        store: Store,
+        net: Net,
+        waker: crate::delivery::Waker,
+    ) -> Refresher {
+        Refresher {
+            keys,
+            store,
+            net,
+            waker,
+            asking: Default::default(),
+        }
+    }
+}
+
+/// Tops up the pool of `peer`'s one-time keys ([`replenish`], after any request to `peer` already
+/// under way: the second then usually finds the pool full) and seals the messages to it that wait for one, waking the send loop for
+/// them. Returns how many messages it sealed.
 pub async fn refresh(r: &Refresher, peer: PeerId) -> usize {
-    replenish(&r.keys, &r.store, &r.net, peer).await;
+    let turn = r
+        .asking
+        .lock()
+        .map(|mut a| a.entry(peer).or_default().clone())
+        .ok();
+    if let Some(turn) = turn {
+        let _turn = turn.lock().await;
+        replenish(&r.keys, &r.store, &r.net, peer).await;
+    }
     match r
         .store
         .call(move |db| db.seal_waiting(&peer, now_ms()))
@@ -149,21 +187,30 @@ pub async fn run_waiting(r: Refresher, cancel: tokio_util::sync::CancellationTok
 /// year to live). Returns how many it kept.
 pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId) -> usize {
     let now = now_ms();
-    let held = match store.call(move |db| db.pool_keys(&peer, now)).await {
+    let (held, unused) = match store
+        .call(move |db| {
+            Ok((
+                db.one_time_keys_held(&peer, now)?,
+                db.pool_keys(&peer, now)?,
+            ))
+        })
+        .await
+    {
         Ok(n) => n,
         Err(_) => return 0,
     };
-    if held >= POOL_LOW {
+    if unused >= POOL_LOW {
         return 0;
     }
     let want = ONE_TIME_KEYS_PER_CONTACT
-        .saturating_sub(held)
+        .saturating_sub(unused)
         .min(u64::from(MAX_ONE_TIME_KEYS)) as u16;
+    let held = Some(held.min(u64::from(u16::MAX)) as u16);
     let addrs = store
         .call(move |db| db.dial_addrs(&peer, now))
         .await
         .unwrap_or_default();
-    let response = match net.fetch_one_time_keys(peer, addrs, want).await {
+    let response = match net.fetch_one_time_keys(peer, addrs, want, held).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "could not fetch one-time keys");

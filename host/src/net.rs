@@ -289,17 +289,19 @@ impl Net {
             .await;
     }
 
-    /// Asks `peer` for up to `want` one-time keys (dialing `addrs` if not connected).
+    /// Asks `peer` for up to `want` one-time keys, saying it holds `held` of them (dialing `addrs`
+    /// if not connected).
     pub async fn fetch_one_time_keys(
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         want: u16,
+        held: Option<u16>,
     ) -> Result<OtkResponse, SendError> {
         self.ask(|reply| Command::FetchOtk {
             peer,
             addrs,
-            request: OtkRequest { want },
+            request: OtkRequest { want, held },
             reply,
         })
         .await

@@ -3,6 +3,7 @@
 //! [`Node::start`] takes the home's lock, opens everything and returns once the node listens;
 //! [`Node::shutdown`] stops every task and waits for them. `pigeon node run` and the demo both use it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,12 @@ impl Node {
             home.keystore(),
             home.search_index(),
         );
+        let refresher = crate::forward_secrecy::Refresher::new(
+            keys.clone(),
+            store.clone(),
+            net.clone(),
+            waker.clone(),
+        );
         let ops = Ops::new(
             keys.clone(),
             store.clone(),
@@ -116,6 +123,7 @@ impl Node {
                 net: net.clone(),
                 waker: waker.clone(),
                 fetcher: fetcher.clone(),
+                refresher: refresher.clone(),
             }),
             LazyPlugins::running(plugins.clone()),
             search.clone(),
@@ -139,12 +147,7 @@ impl Node {
             cancel.child_token(),
         );
         let waiting_task = tokio::spawn(crate::forward_secrecy::run_waiting(
-            crate::forward_secrecy::Refresher {
-                keys: keys.clone(),
-                store: store.clone(),
-                net: net.clone(),
-                waker: waker.clone(),
-            },
+            refresher.clone(),
             cancel.child_token(),
         ));
         let pump = Pump {
@@ -161,6 +164,8 @@ impl Node {
             home_root: home.root().to_owned(),
             forward_secrecy: config.delivery.forward_secrecy,
             one_time_key_lifetime_ms: config.delivery.one_time_key_lifetime_ms(),
+            otk_answered: Default::default(),
+            refresher,
         };
         let events_task = tokio::spawn(pump.run(events, cancel.child_token()));
         let discovery_task = tokio::spawn(run_discovery_actions(
@@ -282,6 +287,42 @@ struct Pump {
     forward_secrecy: ForwardSecrecy,
     /// How long the one-time keys this node hands out stay usable.
     one_time_key_lifetime_ms: u64,
+    /// When each contact's last request for one-time keys was answered with keys.
+    otk_answered: std::sync::Mutex<OtkAnswered>,
+    /// Asks contacts for one-time keys and seals the messages waiting for them.
+    refresher: crate::forward_secrecy::Refresher,
+}
+
+/// Requests for one-time keys answered with keys, per contact: a burst of this many, then one
+/// per [`OTK_REFILL`]; others get none (a contact that keeps asking, or keeps saying it lost its
+/// keys, cannot make this node make and store keys without end).
+const OTK_BURST: f64 = 8.0;
+/// See [`OTK_BURST`].
+const OTK_REFILL: Duration = Duration::from_secs(2);
+
+/// Each contact's allowance of answered requests for one-time keys (a token bucket), bounded
+/// in size.
+#[derive(Default)]
+struct OtkAnswered(HashMap<PeerId, (f64, std::time::Instant)>);
+
+impl OtkAnswered {
+    /// Whether `peer` may be answered with keys now (and, if so, takes one from its allowance).
+    fn allow(&mut self, peer: PeerId, now: std::time::Instant) -> bool {
+        let refill = |(tokens, at): (f64, std::time::Instant)| {
+            (tokens + now.duration_since(at).as_secs_f64() / OTK_REFILL.as_secs_f64())
+                .min(OTK_BURST)
+        };
+        if self.0.len() >= 4096 {
+            // Drop the full ones: they are as good as new.
+            self.0.retain(|_, v| refill(*v) < OTK_BURST);
+        }
+        let tokens = self.0.get(&peer).map_or(OTK_BURST, |v| refill(*v));
+        if tokens < 1.0 {
+            return false;
+        }
+        self.0.insert(peer, (tokens - 1.0, now));
+        true
+    }
 }
 
 impl Pump {
@@ -316,16 +357,10 @@ impl Pump {
                 self.waker.peer_connected(peer);
                 self.fetcher.peer_connected(peer);
                 if !handlers.full() {
-                    let refresher = crate::forward_secrecy::Refresher {
-                        keys: self.receiver.keys.clone(),
-                        store: store.clone(),
-                        net: self.net.clone(),
-                        waker: self.waker.clone(),
-                    };
+                    let (refresher, store) = (self.refresher.clone(), store.clone());
                     let policy = self.forward_secrecy;
                     handlers.spawn(async move {
-                        let wanted = refresher
-                            .store
+                        let wanted = store
                             .call(move |db| db.wants_one_time_keys(&peer, policy))
                             .await;
                         if matches!(wanted, Ok(true)) {
@@ -382,6 +417,18 @@ impl Pump {
             } => {
                 if handlers.full() {
                     // Unanswered: the contact asks again at its next connection.
+                    return;
+                }
+                let allowed = self
+                    .otk_answered
+                    .lock()
+                    .map(|mut a| a.allow(peer, std::time::Instant::now()))
+                    .unwrap_or(false);
+                if !allowed {
+                    tracing::debug!(%peer, "asked for one-time keys again too soon; answered none");
+                    self.net
+                        .respond_one_time_keys(channel, OtkResponse { keys: Vec::new() })
+                        .await;
                     return;
                 }
                 let (keys, store, net) =
@@ -531,6 +578,19 @@ async fn dial_contacts(store: Store, net: Net) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_contact_gets_a_burst_of_answers_then_one_per_refill() {
+        let mut a = OtkAnswered::default();
+        let (peer, other) = (PeerId::random(), PeerId::random());
+        let t0 = std::time::Instant::now();
+        let answered = (0..20).filter(|_| a.allow(peer, t0)).count();
+        assert_eq!(answered, OTK_BURST as usize);
+        assert!(a.allow(other, t0), "each contact has its own allowance");
+        assert!(!a.allow(peer, t0 + OTK_REFILL / 2));
+        assert!(a.allow(peer, t0 + OTK_REFILL + OTK_REFILL / 10));
+        assert!(!a.allow(peer, t0 + OTK_REFILL + OTK_REFILL / 5));
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -33,6 +33,8 @@ pub struct NodeLink {
     pub waker: Waker,
     /// Wakes the attachment fetcher.
     pub fetcher: crate::attachments::fetch::FetchWaker,
+    /// Asks contacts for one-time keys and seals the messages waiting for them.
+    pub refresher: crate::forward_secrecy::Refresher,
 }
 
 /// Carries out requests.
@@ -445,16 +447,12 @@ impl Ops {
             .await?;
         tracing::debug!(%peer, message_id = %id, ?sealing, "queued");
         self.wake();
-        if sealing == crate::store::Sealing::Waiting
+        if policy != crate::config::ForwardSecrecy::Off
             && let Some(node) = &self.node
         {
-            // Connected already, maybe: ask for keys now rather than at the next connection.
-            let refresher = crate::forward_secrecy::Refresher {
-                keys: self.keys.clone(),
-                store: self.store.clone(),
-                net: node.net.clone(),
-                waker: node.waker.clone(),
-            };
+            // Connected already, maybe: top the pool up (it may be running low, or empty with
+            // this message waiting) now rather than at the next connection.
+            let refresher = node.refresher.clone();
             tokio::spawn(async move {
                 crate::forward_secrecy::refresh(&refresher, peer).await;
             });

@@ -142,6 +142,12 @@ pub const MAX_ONE_TIME_KEYS: u16 = 32;
 pub struct OtkRequest {
     /// How many keys the asker would like (at most [`MAX_ONE_TIME_KEYS`]).
     pub want: u16,
+    /// How many of this node's keys the asker still holds (unused, or sealing a message not yet
+    /// delivered). Fewer than this node handed out means the asker lost some (it restored a
+    /// backup, or dropped a pool that proved stale): this node forgets as many of the oldest, so
+    /// that the asker gets fresh ones now rather than when those expire. Absent from older askers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u16>,
 }
 
 /// The answer to an [`OtkRequest`]: keys signed by their owner for the asker (none when it holds

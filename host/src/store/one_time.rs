@@ -26,6 +26,40 @@ impl Db {
     /// [`MAX_PER_CONTACT`] unused ones, in one transaction (so concurrent requests cannot pass
     /// the bound together), after dropping its expired ones and tombstones past any resend;
     /// returns how many it stored (the first ones of `secrets`), durable before they are handed out.
+    /// Forgets the secrets handed to `holder` beyond the newest `keep` unexpired ones (the holder
+    /// says it holds only `keep`: it uses the oldest first, so those are the ones it lost).
+    /// Returns how many went. A message sealed to one of them after all is refused
+    /// `one_time_key_gone` and sealed again by its sender, not lost.
+    pub fn forget_lost_secrets(
+        &mut self,
+        holder: &PeerId,
+        keep: u64,
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM otk_secrets WHERE rowid IN (
+                 SELECT rowid FROM otk_secrets WHERE holder = ?1 AND expires_at > ?3
+                 ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?2)",
+            params![
+                holder.to_string(),
+                keep.min(i64::MAX as u64) as i64,
+                now as i64
+            ],
+        )?)
+    }
+
+    /// How many of `owner`'s one-time keys this node holds for use: unused and unexpired in the
+    /// pool, or sealing a message not yet delivered (which `owner` still has to open).
+    pub fn one_time_keys_held(&self, owner: &PeerId, now: u64) -> Result<u64, StoreError> {
+        let in_flight: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE peer_id = ?1 AND forward_secret = 1
+             AND envelope IS NOT NULL AND state IN ('queued', 'failed')",
+            [owner.to_string()],
+            |r| r.get(0),
+        )?;
+        Ok(self.pool_keys(owner, now)? + in_flight as u64)
+    }
+
     pub fn store_one_time_secrets(
         &mut self,
         holder: &PeerId,
@@ -264,6 +298,64 @@ mod tests {
             Some(b"hash".to_vec())
         );
         assert_eq!(db.one_time_secrets_out(&holder, 1_000).expect("count"), 2);
+    }
+
+    #[test]
+    fn a_holder_that_lost_keys_gets_the_oldest_forgotten() {
+        let (_dir, mut db, keys) = crate::store::test_support::temp_db();
+        let holder = Keys::generate().peer_id();
+        let mut ids = Vec::new();
+        for t in 0..10u64 {
+            let (secret, signed) = one_time::make(&keys, &holder, 1_000_000);
+            db.store_one_time_secrets(&holder, &[secret], 100 + t)
+                .expect("store");
+            ids.push(signed.id);
+        }
+        // The holder says it holds 4: the 6 handed out first go, the newest 4 stay.
+        assert_eq!(db.forget_lost_secrets(&holder, 4, 200).expect("forget"), 6);
+        assert_eq!(db.one_time_secrets_out(&holder, 200).expect("out"), 4);
+        for (i, id) in ids.iter().enumerate() {
+            let kept = db.one_time_secret(id, &holder).expect("read").is_some();
+            assert_eq!(kept, i >= 6, "key {i}");
+        }
+        // Holding as many as handed out, or more (a message's ack on its way), forgets nothing.
+        assert_eq!(db.forget_lost_secrets(&holder, 4, 200).expect("forget"), 0);
+        assert_eq!(db.forget_lost_secrets(&holder, 90, 200).expect("forget"), 0);
+    }
+
+    #[test]
+    fn keys_held_count_the_pool_and_the_messages_sealed_to_keys_not_yet_delivered() {
+        let (_dir, mut db, alice) = crate::store::test_support::temp_db();
+        let bob = Keys::generate();
+        db.add_contact("bob", &bob.address(), &[]).expect("contact");
+        let signed: Vec<SignedKey> = (0..3)
+            .map(|_| one_time::make(&bob, &alice.peer_id(), 1_000_000).1)
+            .collect();
+        db.add_pool_keys(&bob.peer_id(), &signed, 10).expect("pool");
+        let payload = crate::envelope::Payload {
+            id: crate::envelope::MessageId::random(),
+            sent_at_ms: 10,
+            subject: None,
+            body: "x".into(),
+            attachments: vec![],
+        };
+        let fallback =
+            crate::envelope::seal(&alice, &bob.peer_id(), bob.address().enc_public(), &payload)
+                .expect("seal");
+        db.enqueue_with_policy(
+            &payload.id,
+            &bob.peer_id(),
+            &payload,
+            &fallback,
+            &[],
+            20,
+            crate::config::ForwardSecrecy::Prefer,
+        )
+        .expect("queue");
+        assert_eq!(db.pool_keys(&bob.peer_id(), 30).expect("pool"), 2);
+        assert_eq!(db.one_time_keys_held(&bob.peer_id(), 30).expect("held"), 3);
+        db.mark_delivered(&[payload.id], 40).expect("delivered");
+        assert_eq!(db.one_time_keys_held(&bob.peer_id(), 30).expect("held"), 2);
     }
 
     #[test]
