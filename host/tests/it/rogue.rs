@@ -1,5 +1,6 @@
 //! A rogue peer for the hostile-peer and hostile-contact tests: a swarm that writes raw bytes on
-//! `/pigeon/msg/1` and reads the raw answer, and the in-process nodes it talks to.
+//! `/pigeon/msg/1` (or another protocol) and reads the raw answer, or answers a node's requests
+//! with raw bytes, and the in-process nodes it talks to.
 
 use std::io;
 use std::time::Duration;
@@ -34,9 +35,11 @@ impl request_response::Codec for RawCodec {
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
-        _: &mut T,
+        io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        Err(io::Error::other("the rogue serves nothing"))
+        let mut out = Vec::new();
+        io.take(1 << 16).read_to_end(&mut out).await?;
+        Ok(out)
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
@@ -63,14 +66,24 @@ impl request_response::Codec for RawCodec {
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
-        _: &mut T,
-        _: Vec<u8>,
+        io: &mut T,
+        res: Vec<u8>,
     ) -> io::Result<()> {
-        Ok(())
+        io.write_all(&res).await?;
+        io.close().await
     }
 }
 
 pub(crate) fn rogue_swarm(keys: &Keys) -> Swarm<request_response::Behaviour<RawCodec>> {
+    rogue_swarm_on(keys, "/pigeon/msg/1", ProtocolSupport::Outbound)
+}
+
+/// A rogue speaking `protocol` raw, asking (`Outbound`), answering (`Inbound`) or both (`Full`).
+pub(crate) fn rogue_swarm_on(
+    keys: &Keys,
+    protocol: &'static str,
+    support: ProtocolSupport,
+) -> Swarm<request_response::Behaviour<RawCodec>> {
     libp2p::SwarmBuilder::with_existing_identity(keys.identity().clone())
         .with_tokio()
         .with_tcp(
@@ -81,10 +94,7 @@ pub(crate) fn rogue_swarm(keys: &Keys) -> Swarm<request_response::Behaviour<RawC
         .expect("tcp")
         .with_behaviour(|_| {
             request_response::Behaviour::new(
-                [(
-                    StreamProtocol::new("/pigeon/msg/1"),
-                    ProtocolSupport::Outbound,
-                )],
+                [(StreamProtocol::new(protocol), support)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             )
         })
