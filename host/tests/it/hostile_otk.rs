@@ -27,7 +27,12 @@ type Rogue = Swarm<request_response::Behaviour<RawCodec>>;
 
 /// The node's entry for contact `name`.
 async fn contact(node: &Node, name: &str) -> ContactInfo {
-    match node.ops().handle(Request::ContactsList).await.expect("list") {
+    match node
+        .ops()
+        .handle(Request::ContactsList)
+        .await
+        .expect("list")
+    {
         Response::Contacts(c) => c.into_iter().find(|c| c.name == name).expect("contact"),
         other => panic!("unexpected {other:?}"),
     }
@@ -35,16 +40,30 @@ async fn contact(node: &Node, name: &str) -> ContactInfo {
 
 /// Connects to the node, answers its request for one-time keys with `answer`, and disconnects;
 /// returns the request the node sent.
-async fn answer_once(rogue: &mut Rogue, node: PeerId, addr: &Multiaddr, answer: Vec<u8>) -> Vec<u8> {
+async fn answer_once(
+    rogue: &mut Rogue,
+    node: PeerId,
+    addr: &Multiaddr,
+    answer: Vec<u8>,
+) -> Vec<u8> {
     rogue
-        .dial(DialOpts::peer_id(node).addresses(vec![addr.clone()]).build())
+        .dial(
+            DialOpts::peer_id(node)
+                .addresses(vec![addr.clone()])
+                .build(),
+        )
         .expect("dial");
     let served = async {
         let mut request = None;
         loop {
             match rogue.select_next_some().await {
                 SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Request { request: r, channel, .. },
+                    message:
+                        request_response::Message::Request {
+                            request: r,
+                            channel,
+                            ..
+                        },
                     ..
                 }) => {
                     request = Some(r);
@@ -67,8 +86,11 @@ async fn answer_once(rogue: &mut Rogue, node: PeerId, addr: &Multiaddr, answer: 
     let _ = rogue.disconnect_peer_id(node);
     let closed = async {
         loop {
-            if let SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } =
-                rogue.select_next_some().await
+            if let SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } = rogue.select_next_some().await
                 && peer_id == node
             {
                 return;
@@ -155,7 +177,10 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
         ),
         ("more than a frame may hold", keys_frame(good(33))),
         ("an oversized frame", oversized),
-        ("garbage", vec![0, 0, 0, 8, 0xff, 0xfe, 0xfd, 0xfc, 1, 2, 3, 4]),
+        (
+            "garbage",
+            vec![0, 0, 0, 8, 0xff, 0xfe, 0xfd, 0xfc, 1, 2, 3, 4],
+        ),
     ];
     for (what, answer) in answers {
         let asked = answer_once(&mut rogue, victim_peer, &victim_addr, answer).await;
@@ -206,7 +231,14 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
         started.elapsed()
     );
     // Out of bounds: too many keys asked for, a frame larger than a request may be.
-    let too_many = codec::encode(&OtkRequest { want: 33, held: None }, 1024).expect("encode");
+    let too_many = codec::encode(
+        &OtkRequest {
+            want: 33,
+            held: None,
+        },
+        1024,
+    )
+    .expect("encode");
     assert!(
         raw_request(&mut rogue, victim_peer, &victim_addr, too_many)
             .await
@@ -224,7 +256,13 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
     let alice = start_node(dir.path(), "alice").await;
     let (alice_address, _) = address_of(&alice).await;
     add_contact(&victim, "alice", alice_address, vec![]).await;
-    add_contact(&alice, "victim", victim_address, vec![victim_addr.to_string()]).await;
+    add_contact(
+        &alice,
+        "victim",
+        victim_address,
+        vec![victim_addr.to_string()],
+    )
+    .await;
     alice
         .ops()
         .handle(Request::Send {
