@@ -47,6 +47,11 @@ pub struct DeliveryRun {
     pub open_per_second_one_core: f64,
     /// The drain rate as a multiple of that.
     pub drain_vs_one_core_open: f64,
+    /// Whether every message was sealed to a one-time key of the receiver (forward secret).
+    pub forward_secret: bool,
+    /// Peak resident memory of this process (both nodes) during the drain, in bytes; 0 where
+    /// the platform does not say.
+    pub peak_rss_bytes: u64,
 }
 
 /// Envelopes sealed and opened to measure the single-core open rate.
@@ -79,11 +84,14 @@ pub fn open_rate(size: usize) -> Result<f64> {
 }
 
 /// Runs the delivery benchmark once with `batch_max_messages` and `batches_in_flight`.
+/// With `forward_secret`, the receiver holds a one-time key for every message (made for the run,
+/// past the bound a contact may hold), and each message is sealed to one of them.
 pub async fn delivery(
     messages: usize,
     size: usize,
     batch_max_messages: usize,
     batches_in_flight: usize,
+    forward_secret: bool,
 ) -> Result<DeliveryRun> {
     let dir = tempfile::tempdir().map_err(io)?;
     let alice_home = new_home(dir.path(), "alice").await?;
@@ -106,6 +114,23 @@ pub async fn delivery(
         other => return Err(other.unexpected().into()),
     };
     let bob_address = bob_keys.address().to_string();
+    let (secrets, signed): (Vec<_>, Vec<_>) = if forward_secret {
+        let alice_peer: libp2p::PeerId = alice_id
+            .peer_id
+            .parse()
+            .map_err(|_| Error::Run(RunError::Bench("peer id".into())))?;
+        let expires = crate::store::now_ms() + 24 * 3600 * 1000;
+        let bob = keystore::unlock(&bob_home.keystore(), PASSPHRASE)?;
+        tokio::task::spawn_blocking(move || {
+            (0..messages)
+                .map(|_| crate::keys::one_time::make(&bob, &alice_peer, expires))
+                .unzip()
+        })
+        .await
+        .map_err(|e| Error::Run(RunError::Bench(e.to_string())))?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     alice
         .ops()
         .handle(Request::ContactsAdd {
@@ -123,19 +148,66 @@ pub async fn delivery(
             .filter_map(|a| a.parse().ok())
             .collect::<Vec<Multiaddr>>();
         let address = alice_id.address.parse()?;
+        let alice_peer = alice_id.peer_id.clone();
         let added = store
-            .call(move |db| db.add_contact("alice", &address, &addrs))
+            .call(move |db| {
+                db.add_contact("alice", &address, &addrs)?;
+                let alice_peer = alice_peer
+                    .parse()
+                    .map_err(|_| crate::store::StoreError::Corrupt("peer id"))?;
+                db.store_one_time_secrets_within(
+                    &alice_peer,
+                    &secrets,
+                    crate::store::now_ms(),
+                    u64::MAX,
+                )?;
+                Ok(())
+            })
             .await;
         store.close().await;
         added?;
     }
     let body = "x".repeat(size);
-    for chunk in (0..messages).collect::<Vec<_>>().chunks(1000) {
-        alice
-            .ops()
-            .queue_bulk("bob", vec![body.clone(); chunk.len()])
-            .await?;
+    if forward_secret {
+        let alice_keys = keystore::unlock(&alice_home.keystore(), PASSPHRASE)?;
+        let bob_peer = bob_keys.peer_id();
+        for keys in signed.chunks(1000) {
+            let items = keys
+                .iter()
+                .map(|k| {
+                    use hpke::Deserializable;
+                    let payload = crate::envelope::Payload {
+                        id: crate::envelope::MessageId::random(),
+                        sent_at_ms: crate::store::now_ms(),
+                        subject: None,
+                        body: body.clone(),
+                        attachments: Vec::new(),
+                    };
+                    let public = crate::keys::EncPublic::from_bytes(&k.public)
+                        .map_err(|e| Error::Run(RunError::Bench(e.to_string())))?;
+                    let env = crate::envelope::seal_forward_secret(
+                        &alice_keys,
+                        &bob_peer,
+                        &k.id,
+                        &public,
+                        &payload,
+                    )
+                    .map_err(|e| Error::Run(RunError::Bench(e.to_string())))?;
+                    Ok((payload.id, env))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            alice.ops().queue_sealed(bob_peer, items).await?;
+        }
+    } else {
+        for chunk in (0..messages).collect::<Vec<_>>().chunks(1000) {
+            alice
+                .ops()
+                .queue_bulk("bob", vec![body.clone(); chunk.len()])
+                .await?;
+        }
     }
+    drop(signed);
+    reset_peak_rss();
 
     let bob = Node::start(&bob_home, bob_keys, &Config::default(), &[bob_listen]).await?;
     let started = Instant::now();
@@ -158,6 +230,7 @@ pub async fn delivery(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let peak_rss_bytes = peak_rss();
     alice.shutdown().await;
     bob.shutdown().await;
     let open_per_second_one_core = tokio::task::spawn_blocking(move || open_rate(size))
@@ -173,7 +246,29 @@ pub async fn delivery(
         messages_per_second,
         open_per_second_one_core,
         drain_vs_one_core_open: messages_per_second / open_per_second_one_core,
+        forward_secret,
+        peak_rss_bytes,
     })
+}
+
+/// Starts the process's peak resident memory afresh (Linux: `/proc/self/clear_refs`), so that
+/// [`peak_rss`] tells the peak of what follows.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory since the last [`reset_peak_rss`], in bytes (Linux:
+/// `VmHWM`); 0 where unknown.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// A TCP address on 127.0.0.1 that is free now, for a node that starts later.
@@ -200,14 +295,17 @@ pub struct AttachmentRun {
 
 /// Sends a file of `bytes` random bytes from one node to another on 127.0.0.1 and times it until
 /// the receiver holds every chunk; then copies the same file over a plain TCP socket.
-pub async fn attachment(bytes: u64) -> Result<AttachmentRun> {
+/// The receiver fetches `window` chunks at a time (`attachments.window`).
+pub async fn attachment(bytes: u64, window: usize) -> Result<AttachmentRun> {
     let dir = tempfile::tempdir().map_err(io)?;
     let source = dir.path().join("payload.bin");
     write_random(&source, bytes).map_err(io)?;
     let alice_home = new_home(dir.path(), "alice").await?;
     let bob_home = new_home(dir.path(), "bob").await?;
     let alice = start_node(&alice_home, &Config::default()).await?;
-    let bob = start_node(&bob_home, &Config::default()).await?;
+    let mut config = Config::default();
+    config.attachments.window = window;
+    let bob = start_node(&bob_home, &config).await?;
     introduce(&alice, &bob, "bob").await?;
     introduce(&bob, &alice, "alice").await?;
     let staged = crate::attachments::stage(alice_home.root(), &source, u64::MAX, |_| {})?;

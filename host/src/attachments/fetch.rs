@@ -494,15 +494,16 @@ async fn fetch_one(
         Err(e) => return done(Outcome::Unavailable(e.0), 0),
     };
     let expected_len = sealed_len(index, attachment.size, attachment.chunk_size);
-    if data.len() as u64 != expected_len || attachment.chunk_hash(index) != Some(&hash(&data)[..]) {
-        return done(
-            Outcome::Bad(format!("chunk {index} does not match the manifest")),
-            0,
-        );
-    }
     let offset = chunk_offset(index, attachment.chunk_size);
     let bytes = data.len() as u64;
-    let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+    // Hashing a chunk takes a millisecond or two: on the blocking pool, with the write, so that
+    // the runtime's workers go on moving the other chunks of the window.
+    let checked = attachment.clone();
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        if data.len() as u64 != expected_len || checked.chunk_hash(index) != Some(&hash(&data)[..])
+        {
+            return Ok(false);
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -512,11 +513,16 @@ async fn fetch_one(
             .write(true)
             .open(&path)?;
         file.write_all_at(&data, offset)?;
-        file.sync_data()
+        file.sync_data()?;
+        Ok(true)
     })
     .await;
     match written {
-        Ok(Ok(())) => done(Outcome::Stored, bytes),
+        Ok(Ok(true)) => done(Outcome::Stored, bytes),
+        Ok(Ok(false)) => done(
+            Outcome::Bad(format!("chunk {index} does not match the manifest")),
+            0,
+        ),
         Ok(Err(e)) => done(Outcome::Unavailable(format!("cannot write: {e}")), 0),
         Err(e) => done(Outcome::Unavailable(e.to_string()), 0),
     }

@@ -54,6 +54,9 @@ pub(super) enum Command {
         /// File sizes in megabytes (repeatable).
         #[arg(long = "mb", default_values_t = [10, 200])]
         sizes: Vec<u64>,
+        /// attachments.window (chunks in flight) for the receiver.
+        #[arg(long, default_value_t = crate::config::AttachmentsConfig::default().window)]
+        window: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -62,7 +65,10 @@ pub(super) enum Command {
     ///
     /// Two nodes on 127.0.0.1 in temporary homes: the sender queues MESSAGES messages of SIZE bytes
     /// while the receiver is offline, then the receiver starts and the time to the last ack is
-    /// measured, once per --batch value. Build with --release for meaningful figures.
+    /// measured, once per --batch value (and with --forward-secrecy once more, every message
+    /// sealed to a one-time key of the receiver). Each run also gives one core's HPKE open rate
+    /// and the peak resident memory during the drain. Build with --release for meaningful
+    /// figures.
     Delivery {
         /// Messages to queue.
         #[arg(long, default_value_t = 10_000)]
@@ -76,6 +82,9 @@ pub(super) enum Command {
         /// batches_in_flight for every run.
         #[arg(long, default_value_t = crate::config::DeliveryConfig::default().batches_in_flight)]
         in_flight: usize,
+        /// Also run each batch size with every message forward secret, and compare the times.
+        #[arg(long)]
+        forward_secrecy: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -84,7 +93,11 @@ pub(super) enum Command {
 
 pub(super) async fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Attachment { sizes, json } => attachment(sizes, json).await,
+        Command::Attachment {
+            sizes,
+            window,
+            json,
+        } => attachment(sizes, window, json).await,
         Command::Rules {
             messages,
             size,
@@ -183,13 +196,16 @@ async fn rules(messages: usize, size: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn attachment(sizes: Vec<u64>, json: bool) -> Result<()> {
+async fn attachment(sizes: Vec<u64>, window: usize, json: bool) -> Result<()> {
+    if window == 0 || window > 64 {
+        return Err(UsageError::OutOfRange("--window must be between 1 and 64".into()).into());
+    }
     let mut runs = Vec::new();
     for mb in sizes {
         if mb == 0 || mb > 4096 {
             return Err(UsageError::OutOfRange("--mb must be between 1 and 4096".into()).into());
         }
-        let run = crate::bench::attachment(mb * 1_000_000).await?;
+        let run = crate::bench::attachment(mb * 1_000_000, window).await?;
         if !json {
             println!(
                 "{:>5} MB attachment: {:>7.3} s {:>7.1} MB/s   (plain TCP copy: {:>6.3} s {:>7.1} MB/s)",
@@ -210,6 +226,7 @@ async fn run_delivery(cmd: Command) -> Result<()> {
         size,
         batches,
         in_flight,
+        forward_secrecy,
         json,
     } = cmd
     else {
@@ -233,28 +250,45 @@ async fn run_delivery(cmd: Command) -> Result<()> {
         .into());
     }
     let mut runs = Vec::new();
-    for batch in batches {
-        let run = crate::bench::delivery(messages, size, batch, in_flight).await?;
-        if !json {
-            println!(
-                "{} messages of {} B, batch_max_messages={:>4}, batches_in_flight={}: {:>8.3} s  {:>9.0} msg/s  ({:.2}x one core's HPKE open rate, {:.0}/s)",
-                run.messages,
-                run.size,
-                run.batch_max_messages,
-                run.batches_in_flight,
-                run.seconds,
-                run.messages_per_second,
-                run.drain_vs_one_core_open,
-                run.open_per_second_one_core
-            );
+    let modes: &[bool] = if forward_secrecy {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &batch in &batches {
+        for &fs in modes {
+            let run = crate::bench::delivery(messages, size, batch, in_flight, fs).await?;
+            if !json {
+                println!(
+                    "{} messages of {} B{}, batch_max_messages={:>4}, batches_in_flight={}: {:>8.3} s  {:>9.0} msg/s  ({:.2}x one core's HPKE open rate, {:.0}/s; peak RSS {:.0} MiB)",
+                    run.messages,
+                    run.size,
+                    if fs { " (forward secret)" } else { "" },
+                    run.batch_max_messages,
+                    run.batches_in_flight,
+                    run.seconds,
+                    run.messages_per_second,
+                    run.drain_vs_one_core_open,
+                    run.open_per_second_one_core,
+                    run.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+                );
+                if fs && let Some(plain) = runs.last() {
+                    let plain: &crate::bench::DeliveryRun = plain;
+                    println!(
+                        "  forward secret drain takes {:.2}x the time of the plain one",
+                        run.seconds / plain.seconds
+                    );
+                }
+            }
+            runs.push(run);
         }
-        runs.push(run);
     }
     if json {
         return print_json(&runs);
     }
-    if let (Some(first), Some(last)) = (runs.first(), runs.last())
-        && runs.len() > 1
+    let plain: Vec<_> = runs.iter().filter(|r| !r.forward_secret).collect();
+    if let (Some(first), Some(last)) = (plain.first(), plain.last())
+        && plain.len() > 1
     {
         println!(
             "batch_max_messages={} is {:.1}x faster than batch_max_messages={}",

@@ -464,6 +464,21 @@ impl Ops {
         })
     }
 
+    /// Queues envelopes sealed by the caller to `peer` in one durable transaction (benchmarks
+    /// that seal to one-time keys they made).
+    pub async fn queue_sealed(
+        &self,
+        peer: libp2p::PeerId,
+        items: Vec<(MessageId, envelope::Envelope)>,
+    ) -> Result<()> {
+        let items: Vec<_> = items.into_iter().map(|(id, e)| (id, peer, e)).collect();
+        self.store
+            .call(move |db| db.enqueue_many(&items, now_ms()))
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
     /// Queues many messages to one contact in a single durable transaction (benchmarks, imports).
     pub async fn queue_bulk(&self, to: &str, bodies: Vec<String>) -> Result<Vec<MessageId>> {
         for body in &bodies {

@@ -22,10 +22,6 @@ pub const MAX_PER_CONTACT: u64 = 64;
 const TOMBSTONE_KEPT_MS: u64 = 90 * 24 * 3600 * 1000;
 
 impl Db {
-    /// Stores the secrets of keys about to be handed to `holder`, as many as keep it within
-    /// [`MAX_PER_CONTACT`] unused ones, in one transaction (so concurrent requests cannot pass
-    /// the bound together), after dropping its expired ones and tombstones past any resend;
-    /// returns how many it stored (the first ones of `secrets`), durable before they are handed out.
     /// Forgets the secrets handed to `holder` beyond the newest `keep` unexpired ones (the holder
     /// says it holds only `keep`: it uses the oldest first, so those are the ones it lost).
     /// Returns how many went. A message sealed to one of them after all is refused
@@ -60,11 +56,27 @@ impl Db {
         Ok(self.pool_keys(owner, now)? + in_flight as u64)
     }
 
+    /// Stores the secrets of keys about to be handed to `holder`, as many as keep it within
+    /// [`MAX_PER_CONTACT`] unused ones, in one transaction (so concurrent requests cannot pass
+    /// the bound together), after dropping its expired ones and tombstones past any resend;
+    /// returns how many it stored (the first ones of `secrets`), durable before they are handed out.
     pub fn store_one_time_secrets(
         &mut self,
         holder: &PeerId,
         secrets: &[OneTimeSecret],
         now: u64,
+    ) -> Result<usize, StoreError> {
+        self.store_one_time_secrets_within(holder, secrets, now, MAX_PER_CONTACT)
+    }
+
+    /// [`Db::store_one_time_secrets`] with another bound than [`MAX_PER_CONTACT`] (benchmarks
+    /// that drain more forward-secret messages than a contact may hold keys for).
+    pub fn store_one_time_secrets_within(
+        &mut self,
+        holder: &PeerId,
+        secrets: &[OneTimeSecret],
+        now: u64,
+        bound: u64,
     ) -> Result<usize, StoreError> {
         let at_rest = self.keys.clone();
         let holder = holder.to_string();
@@ -82,7 +94,7 @@ impl Db {
             params![holder],
             |r| r.get(0),
         )?;
-        let room = MAX_PER_CONTACT.saturating_sub(out as u64) as usize;
+        let room = bound.saturating_sub(out as u64).min(usize::MAX as u64) as usize;
         let stored = secrets.len().min(room);
         for s in &secrets[..stored] {
             let row = hex::encode(s.id);
