@@ -366,6 +366,7 @@ fn the_bench_command_reports_figures() {
             "64",
             "--batch",
             "1",
+            "--forward-secrecy",
             "--json",
         ])
         .output_bounded();
@@ -376,8 +377,15 @@ fn the_bench_command_reports_figures() {
     );
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let runs = runs.as_array().expect("runs");
-    assert_eq!(runs.len(), 2);
+    assert_eq!(runs.len(), 4, "each batch size plain, then forward secret");
+    let fs: Vec<bool> = runs
+        .iter()
+        .map(|r| r["forward_secret"].as_bool().expect("forward_secret"))
+        .collect();
+    assert_eq!(fs, [false, true, false, true]);
     for run in runs {
+        // Linux says how much memory the drain took at its peak.
+        assert!(run["peak_rss_bytes"].as_u64() > Some(1 << 20), "{run}");
         assert_eq!(run["messages"], 300);
         assert!(run["messages_per_second"].as_f64() > Some(0.0), "{run}");
         // The single-core HPKE open rate, measured in the same run, and the drain against it.
