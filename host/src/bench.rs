@@ -64,13 +64,7 @@ pub fn open_rate(size: usize) -> Result<f64> {
     let body = "x".repeat(size);
     let envelopes = (0..OPEN_SAMPLE)
         .map(|_| {
-            let payload = crate::envelope::Payload {
-                id: crate::envelope::MessageId::random(),
-                sent_at_ms: crate::store::now_ms(),
-                subject: None,
-                body: body.clone(),
-                attachments: Vec::new(),
-            };
+            let payload = bench_payload(&body);
             crate::envelope::seal(&alice, &bob.peer_id(), bob.enc_public(), &payload)
         })
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -81,6 +75,17 @@ pub fn open_rate(size: usize) -> Result<f64> {
             .map_err(|e| Error::Run(RunError::Bench(e.to_string())))?;
     }
     Ok(OPEN_SAMPLE as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// A message with text `body`, sent now.
+fn bench_payload(body: &str) -> crate::envelope::Payload {
+    crate::envelope::Payload {
+        id: crate::envelope::MessageId::random(),
+        sent_at_ms: crate::store::now_ms(),
+        subject: None,
+        body: body.to_owned(),
+        attachments: Vec::new(),
+    }
 }
 
 /// Runs the delivery benchmark once with `batch_max_messages` and `batches_in_flight`.
@@ -176,13 +181,7 @@ pub async fn delivery(
                 .iter()
                 .map(|k| {
                     use hpke::Deserializable;
-                    let payload = crate::envelope::Payload {
-                        id: crate::envelope::MessageId::random(),
-                        sent_at_ms: crate::store::now_ms(),
-                        subject: None,
-                        body: body.clone(),
-                        attachments: Vec::new(),
-                    };
+                    let payload = bench_payload(&body);
                     let public = crate::keys::EncPublic::from_bytes(&k.public)
                         .map_err(|e| Error::Run(RunError::Bench(e.to_string())))?;
                     let env = crate::envelope::seal_forward_secret(

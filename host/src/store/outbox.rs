@@ -153,14 +153,12 @@ impl Db {
     ) -> Result<(), StoreError> {
         let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
-        insert_message(&tx, keys.at_rest(), &Row::plain(id, peer, envelope), now)?;
-        super::attachments::insert_attachments(
+        insert_with_attachments(
             &tx,
             keys.at_rest(),
-            &id.to_string(),
-            "out",
-            peer,
+            &Row::plain(id, peer, envelope),
             attachments,
+            now,
         )?;
         tx.commit()?;
         Ok(())
@@ -209,15 +207,7 @@ impl Db {
             payload: (sealing != Sealing::LongTermKey).then_some(payload),
             ..row
         };
-        insert_message(&tx, keys.at_rest(), &row, now)?;
-        super::attachments::insert_attachments(
-            &tx,
-            keys.at_rest(),
-            &id.to_string(),
-            "out",
-            peer,
-            attachments,
-        )?;
+        insert_with_attachments(&tx, keys.at_rest(), &row, attachments, now)?;
         tx.commit()?;
         Ok(sealing)
     }
@@ -770,6 +760,25 @@ fn insert_message(
         row.policy.as_str(),
     ])?;
     Ok(())
+}
+
+/// Inserts `row` and the attachments its message carries, in `tx`.
+fn insert_with_attachments(
+    tx: &rusqlite::Transaction<'_>,
+    at_rest: &crate::keys::at_rest::AtRest,
+    row: &Row<'_>,
+    attachments: &[AttachmentRef],
+    now: u64,
+) -> Result<(), StoreError> {
+    insert_message(tx, at_rest, row, now)?;
+    super::attachments::insert_attachments(
+        tx,
+        at_rest,
+        &row.id.to_string(),
+        "out",
+        row.peer,
+        attachments,
+    )
 }
 
 /// Queues message `id` again with a new `envelope`, due at `now` (keeping `payload` if the

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pigeon::control::api::Request;
 use pigeon::envelope::{self, Envelope};
 use pigeon::keys::{Keys, keystore};
 use pigeon::net::protocol::{Batch, MAX_BATCH, Outcome, RejectReason};
@@ -143,26 +142,7 @@ async fn hostile_frames_are_refused_and_the_node_goes_on() {
         vec![victim_addr.to_string()],
     )
     .await;
-    alice
-        .ops()
-        .handle(Request::Send {
-            to: "victim".into(),
-            subject: None,
-            body: "still here?".into(),
-            attachments: vec![],
-            forward_secrecy: None,
-        })
-        .await
-        .expect("send");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while inbox_len(&victim).await < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the real message did not arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(inbox_len(&victim).await, 1);
+    still_delivers(&alice, "victim", &victim, 1).await;
     victim.shutdown().await;
     alice.shutdown().await;
 }

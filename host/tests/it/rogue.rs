@@ -204,3 +204,27 @@ pub(crate) fn outcomes(answer: Result<Vec<u8>, String>) -> Vec<Outcome> {
         .expect("answer decodes")
         .outcomes
 }
+
+/// Sends a message from `from` to its contact `to` (the node `victim`) and waits (at most 30 s)
+/// until the victim's inbox holds `expected` messages: the node still delivers.
+pub(crate) async fn still_delivers(from: &Node, to: &str, victim: &Node, expected: usize) {
+    from.ops()
+        .handle(Request::Send {
+            to: to.into(),
+            subject: None,
+            body: "still here?".into(),
+            attachments: vec![],
+            forward_secrecy: None,
+        })
+        .await
+        .expect("send");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while inbox_len(victim).await < expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the real message did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(inbox_len(victim).await, expected);
+}
