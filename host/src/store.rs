@@ -125,7 +125,16 @@ pub struct Db {
     keys: Arc<Keys>,
     /// The search index following the inbox, if one is open.
     search: Option<SearchLink>,
+    /// A checkpoint is owed ([`Db::checkpoint_soon`]).
+    checkpoint_owed: bool,
+    /// When the WAL was last checkpointed.
+    last_checkpoint: std::time::Instant,
 }
+
+/// A checkpoint owed for spent one-time secrets waits at most this long while the store is busy
+/// (one per batch of forward-secret messages would double the drain's writes); an idle store
+/// pays it at once.
+const CHECKPOINT_GAP: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Store {
     /// Starts the store thread, which opens (creating if needed) the database at `path` and
@@ -149,7 +158,9 @@ impl Store {
                 };
                 while let Some(Msg::Job(job)) = rx.blocking_recv() {
                     job(&mut db);
+                    db.pay_checkpoint(rx.is_empty());
                 }
+                db.pay_checkpoint(true);
                 // Dropping `db` here closes the connection on this thread, before `close` returns.
             })
             .map_err(|_| StoreError::Closed)?;
@@ -248,6 +259,8 @@ impl Db {
             conn,
             keys,
             search: None,
+            checkpoint_owed: false,
+            last_checkpoint: std::time::Instant::now(),
         };
         if before > 0 && before < migrations::SEALED_ROWS {
             // Rows from before they were sealed: this open is the one that migrated them, so
@@ -269,9 +282,33 @@ impl Db {
 
     /// Copies the WAL into the database and truncates it, so that no older copy of a page (one
     /// that held a row now deleted) stays in the WAL file; `secure_delete` zeroes the freed pages.
-    pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
+    pub(crate) fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.checkpoint_owed = false;
+        self.last_checkpoint = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// [`Db::checkpoint`] now if the last one is [`CHECKPOINT_GAP`] old, else once the store is
+    /// idle or the gap has passed ([`Db::pay_checkpoint`], after each job of the store thread).
+    pub(crate) fn checkpoint_soon(&mut self) -> Result<(), StoreError> {
+        self.checkpoint_owed = true;
+        self.pay_checkpoint_or_fail(false)
+    }
+
+    /// Pays an owed checkpoint if the store is `idle` or the gap has passed.
+    pub fn pay_checkpoint(&mut self, idle: bool) {
+        if let Err(e) = self.pay_checkpoint_or_fail(idle) {
+            // Owed still: the next job tries again.
+            tracing::warn!(error = %e, "cannot checkpoint the database");
+        }
+    }
+
+    fn pay_checkpoint_or_fail(&mut self, idle: bool) -> Result<(), StoreError> {
+        if self.checkpoint_owed && (idle || self.last_checkpoint.elapsed() >= CHECKPOINT_GAP) {
+            self.checkpoint()?;
+        }
         Ok(())
     }
 

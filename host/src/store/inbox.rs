@@ -225,8 +225,9 @@ impl Db {
         }
         tx.commit()?;
         if spent {
-            // No older copy of a spent secret's page stays in the WAL.
-            self.checkpoint()?;
+            // No older copy of a spent secret's page stays in the WAL (within CHECKPOINT_GAP
+            // while the store is busy, at once when it is idle).
+            self.checkpoint_soon()?;
         }
         if !stored.is_empty() {
             let ids: Vec<&str> = stored.iter().map(String::as_str).collect();

@@ -313,6 +313,57 @@ mod tests {
     }
 
     #[test]
+    fn storing_a_forward_secret_message_spends_its_secret_and_owes_a_checkpoint_paid_when_idle() {
+        let (dir, mut db, keys) = crate::store::test_support::temp_db();
+        let sender = Keys::generate();
+        db.add_contact("alice", &sender.address(), &[])
+            .expect("contact");
+        let received = |key: [u8; 16]| crate::store::Received {
+            id: crate::envelope::MessageId::random(),
+            sender: sender.peer_id(),
+            sent_at_ms: 1,
+            subject: None,
+            body: "forward secret".into(),
+            attachments: vec![],
+            actions: vec![],
+            one_time_key: Some((key, [7; 32])),
+        };
+        let (secret, signed) = one_time::make(&keys, &sender.peer_id(), u64::MAX / 4);
+        db.store_one_time_secrets(&sender.peer_id(), &[secret], 1)
+            .expect("secret");
+        // As if it had just checkpointed (however slow this machine): the checkpoint is owed.
+        db.last_checkpoint = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        db.store_received(&[received(signed.id)], 2).expect("store");
+        assert!(
+            db.one_time_secret(&signed.id, &sender.peer_id())
+                .expect("read")
+                .is_none(),
+            "spent in the commit"
+        );
+        let wal = dir.path().join("pigeon.db-wal");
+        let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        assert!(wal_len() > 0, "owed while busy");
+        db.pay_checkpoint(false);
+        assert!(
+            wal_len() > 0,
+            "not yet: the gap has not passed and the store is busy"
+        );
+        db.pay_checkpoint(true);
+        assert_eq!(
+            wal_len(),
+            0,
+            "paid once idle: no older copy of the secret in the WAL"
+        );
+        // Past the gap, a spend checkpoints at once.
+        let (secret, signed) = one_time::make(&keys, &sender.peer_id(), u64::MAX / 4);
+        db.store_one_time_secrets(&sender.peer_id(), &[secret], 3)
+            .expect("secret");
+        db.last_checkpoint = std::time::Instant::now() - super::super::CHECKPOINT_GAP;
+        db.store_received(&[received(signed.id)], 4).expect("store");
+        assert_eq!(wal_len(), 0);
+    }
+
+    #[test]
     fn a_holder_that_lost_keys_gets_the_oldest_forgotten() {
         let (_dir, mut db, keys) = crate::store::test_support::temp_db();
         let holder = Keys::generate().peer_id();
