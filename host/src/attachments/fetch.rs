@@ -1,8 +1,8 @@
 //! The receiver's side of attachments: pulls the chunks it misses from the sender, a window at a
-//! time, checks each against the manifest, writes it to the attachment file at its offset (synced)
-//! and only then records it. After a crash it resumes from what is recorded; a chunk that fails its
-//! hash is refused and fetched again, and a peer that keeps sending bad data is reported and the
-//! attachment given up on.
+//! time, and hands them to a [`Group`] that checks them against the manifest, writes them at their
+//! offsets, syncs and only then records them. After a crash it resumes from what is recorded; a
+//! chunk that fails its hash is refused and fetched again, and a peer that keeps sending bad data
+//! is reported and the attachment given up on.
 //!
 //! The window is shared fairly between senders ([`pick`]): no sender holds more than its share
 //! while others wait, so one that takes requests and never answers cannot stall the rest. An
@@ -11,7 +11,6 @@
 //! for `attachments.give_up_after` with no chunk since; `pigeon inbox fetch` resumes it by hand.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +20,8 @@ use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::{AttachmentRef, chunk_offset, file_path, hash, sealed_len};
+use super::group::{self, Chunk, Fetched, Group, Landed};
+use super::{AttachmentRef, file_path, sealed_len};
 use crate::metrics::METRICS;
 use crate::net::Net;
 use crate::net::protocol::{ChunkRequest, ChunkResponse};
@@ -107,18 +107,10 @@ pub struct FetchConfig {
 }
 
 enum Outcome {
-    Stored,
-    Bad(String),
-    Unavailable(String),
-}
-
-struct Done {
-    id: String,
-    index: u32,
-    peer: PeerId,
-    size: u64,
-    bytes: u64,
-    outcome: Outcome,
+    /// Fetched, not yet checked.
+    Fetched(Fetched),
+    Bad(Chunk, String),
+    Unavailable(Chunk, String),
 }
 
 /// Starts the fetcher, woken by `waker`.
@@ -136,6 +128,8 @@ pub fn spawn(
         net,
         config,
         in_flight: HashMap::new(),
+        group: Group::default(),
+        landing: HashSet::new(),
         waiting: HashMap::new(),
         started: HashMap::new(),
         releasing: HashMap::new(),
@@ -150,6 +144,10 @@ struct Fetcher {
     config: FetchConfig,
     /// Chunks being fetched, with their sender.
     in_flight: HashMap<(String, u32), PeerId>,
+    /// Chunks fetched, waiting to land.
+    group: Group,
+    /// Chunks fetched and not yet recorded (in `group`, or in the group landing now).
+    landing: HashSet<(String, u32)>,
     /// Attachments waiting out a retry delay.
     waiting: HashMap<String, Waiting>,
     /// When each attachment's first chunk was asked for (for the throughput histogram).
@@ -169,13 +167,24 @@ struct Release {
 
 impl Fetcher {
     async fn run(mut self, waker: FetchWaker, cancel: CancellationToken) {
-        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut tasks: JoinSet<Outcome> = JoinSet::new();
         let mut releases: JoinSet<(String, bool)> = JoinSet::new();
+        let mut landing: JoinSet<Landed> = JoinSet::new();
         loop {
-            if tasks.len() < self.config.window {
+            if landing.is_empty() && self.group.due(tasks.len()) {
+                landing.spawn(group::land(self.store.clone(), self.group.take()));
+            }
+            // Refilled once half the window is free: each look-up reads every pending
+            // manifest, so one per chunk would cost the store thread a tenth of a transfer.
+            if tasks.len() <= self.config.window / 2 {
                 self.fill(&mut tasks).await;
             }
             self.release(&mut releases).await;
+            // While a group lands, its end wakes the loop; otherwise the waiting group's age.
+            let due_in = match self.group.due_in() {
+                Some(d) if landing.is_empty() => d,
+                _ => RETRY,
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = waker.notify.notified() => {
@@ -188,22 +197,29 @@ impl Fetcher {
                         }
                     }
                 }
-                Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
-                    self.in_flight.remove(&(done.id.clone(), done.index));
-                    self.record(done).await;
+                Some(Ok(outcome)) = tasks.join_next(), if !tasks.is_empty() => {
+                    self.record(outcome).await;
+                }
+                Some(Ok(landed)) = landing.join_next(), if !landing.is_empty() => {
+                    self.landed(landed).await;
                 }
                 Some(Ok((id, released))) = releases.join_next(), if !releases.is_empty() => {
                     self.released(id, released).await;
                 }
-                _ = tokio::time::sleep(RETRY) => {}
+                _ = tokio::time::sleep(due_in.min(RETRY)) => {}
             }
         }
         tasks.shutdown().await;
         releases.shutdown().await;
+        // A group landing finishes (its chunks are recorded, or fetched again); chunks not yet
+        // in one are fetched again after the restart.
+        while let Some(Ok(landed)) = landing.join_next().await {
+            self.landed(landed).await;
+        }
     }
 
     /// Starts fetches for the free slots of the window, shared fairly between senders.
-    async fn fill(&mut self, tasks: &mut JoinSet<Done>) {
+    async fn fill(&mut self, tasks: &mut JoinSet<Outcome>) {
         let downloads = match self.store.call(|db| db.downloads()).await {
             Ok(downloads) => downloads,
             Err(e) => {
@@ -218,6 +234,14 @@ impl Fetcher {
                 self.waiting
                     .get(&d.attachment.id_hex())
                     .is_none_or(|w| w.until <= now)
+            })
+            .map(|mut d| {
+                // Fetched chunks on their way to disk (the store does not show them yet) are
+                // not missing.
+                let id = d.attachment.id_hex();
+                d.missing
+                    .retain(|&i| !self.landing.contains(&(id.clone(), i)));
+                d
             })
             .collect();
         let free = self.config.window.saturating_sub(tasks.len());
@@ -249,6 +273,45 @@ impl Fetcher {
                 index,
                 file_path(&self.home_root, &id),
             ));
+        }
+    }
+
+    /// A group landed: its good chunks are held now (or, where it failed, fetched again).
+    async fn landed(&mut self, landed: Landed) {
+        let Landed {
+            held,
+            bad,
+            failed,
+            complete,
+        } = landed;
+        for (c, bytes) in &held {
+            self.landing.remove(&(c.id.clone(), c.index));
+            METRICS.attachment_chunks.inc();
+            METRICS.attachment_bytes.inc_by(*bytes);
+            self.waiting.remove(&c.id);
+        }
+        for id in complete {
+            let seconds = self
+                .started
+                .remove(&id)
+                .map_or(0.0, |t| t.elapsed().as_secs_f64());
+            let Some((c, _)) = held.iter().find(|(c, _)| c.id == id) else {
+                continue;
+            };
+            if seconds > 0.0 {
+                METRICS
+                    .attachment_throughput
+                    .observe(c.size as f64 / seconds);
+            }
+            tracing::info!(peer = %c.peer, attachment = %id, bytes = c.size, "attachment complete");
+        }
+        for (c, why) in bad {
+            self.landing.remove(&(c.id.clone(), c.index));
+            self.bad_chunk(c, why).await;
+        }
+        for (c, why) in failed {
+            self.landing.remove(&(c.id.clone(), c.index));
+            tracing::error!(attachment = %c.id, chunk = c.index, error = %why, "a fetched chunk did not land; fetching it again");
         }
     }
 
@@ -315,74 +378,66 @@ impl Fetcher {
         }
     }
 
-    async fn record(&mut self, done: Done) {
-        let store = &self.store;
-        let Done {
-            id,
-            index,
-            peer,
-            size,
-            bytes,
-            outcome,
-        } = done;
+    /// A fetch ended: its chunk joins the group, or the failure is counted.
+    async fn record(&mut self, outcome: Outcome) {
+        let chunk = match &outcome {
+            Outcome::Fetched(f) => &f.chunk,
+            Outcome::Bad(c, _) | Outcome::Unavailable(c, _) => c,
+        };
+        self.in_flight.remove(&(chunk.id.clone(), chunk.index));
         match outcome {
-            Outcome::Stored => {
-                METRICS.attachment_chunks.inc();
-                METRICS.attachment_bytes.inc_by(bytes);
-                self.waiting.remove(&id);
-                let key = id.clone();
-                match store.call(move |db| db.record_chunk(&key, index)).await {
-                    Ok(true) => {
-                        let seconds = self
-                            .started
-                            .remove(&id)
-                            .map_or(0.0, |t| t.elapsed().as_secs_f64());
-                        if seconds > 0.0 {
-                            METRICS.attachment_throughput.observe(size as f64 / seconds);
-                        }
-                        tracing::info!(%peer, attachment = %id, bytes = size, "attachment complete");
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(attachment = %id, error = %e, "cannot record a chunk")
-                    }
-                }
+            Outcome::Fetched(f) => {
+                self.landing.insert((f.chunk.id.clone(), f.chunk.index));
+                self.group.push(f);
             }
-            Outcome::Bad(reason) => {
-                METRICS.attachment_chunk_failures.inc();
-                tracing::warn!(%peer, attachment = %id, chunk = index, reason, "refused a bad chunk");
-                let why = format!("peer {peer} keeps sending bad data ({reason})");
-                let key = id.clone();
-                if let Ok(true) = store.call(move |db| db.record_bad_chunk(&key, &why)).await {
-                    tracing::error!(%peer, attachment = %id, "peer keeps sending bad data: attachment given up");
-                }
-            }
-            Outcome::Unavailable(reason) => {
-                // Chunks in flight together fail together: one failure per round of tries.
-                let now = Instant::now();
-                if self.waiting.get(&id).is_some_and(|w| w.until > now) {
-                    return;
-                }
-                let failures = self.waiting.get(&id).map_or(0, |w| w.failures) + 1;
-                let delay = retry_delay(failures);
-                tracing::debug!(%peer, attachment = %id, chunk = index, reason, failures, ?delay, "chunk not available now");
-                self.waiting.insert(
-                    id.clone(),
-                    Waiting {
-                        peer,
-                        failures,
-                        until: now + delay,
-                    },
-                );
-                let give_up = self.config.give_up_after_ms;
-                let key = id.clone();
-                let given_up = store
-                    .call(move |db| db.record_fetch_failure(&key, &reason, now_ms(), give_up))
-                    .await;
-                if let Ok(true) = given_up {
-                    tracing::warn!(%peer, attachment = %id, "no chunk from the sender for too long: attachment given up");
-                }
-            }
+            Outcome::Bad(c, reason) => self.bad_chunk(c, reason).await,
+            Outcome::Unavailable(c, reason) => self.unavailable(c, reason).await,
+        }
+    }
+
+    /// A chunk that does not match the manifest: counted against its sender.
+    async fn bad_chunk(&mut self, c: Chunk, reason: String) {
+        let (id, peer) = (c.id, c.peer);
+        METRICS.attachment_chunk_failures.inc();
+        tracing::warn!(%peer, attachment = %id, chunk = c.index, reason, "refused a bad chunk");
+        let why = format!("peer {peer} keeps sending bad data ({reason})");
+        let key = id.clone();
+        if let Ok(true) = self
+            .store
+            .call(move |db| db.record_bad_chunk(&key, &why))
+            .await
+        {
+            tracing::error!(%peer, attachment = %id, "peer keeps sending bad data: attachment given up");
+        }
+    }
+
+    /// A chunk the sender did not give: its attachment waits before it is tried again.
+    async fn unavailable(&mut self, c: Chunk, reason: String) {
+        let (id, peer) = (c.id, c.peer);
+        // Chunks in flight together fail together: one failure per round of tries.
+        let now = Instant::now();
+        if self.waiting.get(&id).is_some_and(|w| w.until > now) {
+            return;
+        }
+        let failures = self.waiting.get(&id).map_or(0, |w| w.failures) + 1;
+        let delay = retry_delay(failures);
+        tracing::debug!(%peer, attachment = %id, chunk = c.index, reason, failures, ?delay, "chunk not available now");
+        self.waiting.insert(
+            id.clone(),
+            Waiting {
+                peer,
+                failures,
+                until: now + delay,
+            },
+        );
+        let give_up = self.config.give_up_after_ms;
+        let key = id.clone();
+        let given_up = self
+            .store
+            .call(move |db| db.record_fetch_failure(&key, &reason, now_ms(), give_up))
+            .await;
+        if let Ok(true) = given_up {
+            tracing::warn!(%peer, attachment = %id, "no chunk from the sender for too long: attachment given up");
         }
     }
 }
@@ -456,15 +511,12 @@ async fn fetch_one(
     attachment: Arc<AttachmentRef>,
     index: u32,
     path: PathBuf,
-) -> Done {
-    let id = attachment.id_hex();
-    let done = |outcome, bytes| Done {
-        id: id.clone(),
+) -> Outcome {
+    let chunk = Chunk {
+        id: attachment.id_hex(),
         index,
         peer,
         size: attachment.size,
-        bytes,
-        outcome,
     };
     let response = net
         .fetch_chunk(
@@ -477,55 +529,28 @@ async fn fetch_one(
             },
         )
         .await;
-    let data = match response {
-        Ok(ChunkResponse::Data(data)) => data,
-        Ok(ChunkResponse::NotFound) => {
-            return done(
-                Outcome::Unavailable("the sender does not have it".into()),
-                0,
-            );
+    let why = match response {
+        Ok(ChunkResponse::Data(data)) => {
+            if data.len() as u64 != sealed_len(index, attachment.size, attachment.chunk_size) {
+                return Outcome::Bad(
+                    chunk,
+                    format!("chunk {index} is not the size the manifest gives"),
+                );
+            }
+            // Its hash is checked with the rest of its group (see `group`).
+            return Outcome::Fetched(Fetched {
+                chunk,
+                attachment,
+                path,
+                data,
+            });
         }
-        Ok(ChunkResponse::Refused) => {
-            return done(Outcome::Unavailable("the sender refused".into()), 0);
-        }
-        Ok(ChunkResponse::Released) => {
-            return done(Outcome::Unavailable("the sender has dropped it".into()), 0);
-        }
-        Err(e) => return done(Outcome::Unavailable(e.0), 0),
+        Ok(ChunkResponse::NotFound) => "the sender does not have it".to_owned(),
+        Ok(ChunkResponse::Refused) => "the sender refused".to_owned(),
+        Ok(ChunkResponse::Released) => "the sender has dropped it".to_owned(),
+        Err(e) => e.0,
     };
-    let expected_len = sealed_len(index, attachment.size, attachment.chunk_size);
-    let offset = chunk_offset(index, attachment.chunk_size);
-    let bytes = data.len() as u64;
-    // Hashing a chunk takes a millisecond or two: on the blocking pool, with the write, so that
-    // the runtime's workers go on moving the other chunks of the window.
-    let checked = attachment.clone();
-    let written = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-        if data.len() as u64 != expected_len || checked.chunk_hash(index) != Some(&hash(&data)[..])
-        {
-            return Ok(false);
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        file.write_all_at(&data, offset)?;
-        file.sync_data()?;
-        Ok(true)
-    })
-    .await;
-    match written {
-        Ok(Ok(true)) => done(Outcome::Stored, bytes),
-        Ok(Ok(false)) => done(
-            Outcome::Bad(format!("chunk {index} does not match the manifest")),
-            0,
-        ),
-        Ok(Err(e)) => done(Outcome::Unavailable(format!("cannot write: {e}")), 0),
-        Err(e) => done(Outcome::Unavailable(e.to_string()), 0),
-    }
+    Outcome::Unavailable(chunk, why)
 }
 
 #[cfg(test)]

@@ -100,6 +100,102 @@ where
     io.flush().await
 }
 
+/// A frame read by [`read_bulk`]: decoded, or the byte string of a `{key: bytes}` frame.
+#[derive(Debug)]
+pub enum Read<T> {
+    /// Any other frame, decoded.
+    Whole(T),
+    /// The bytes of a `{key: bytes}` frame.
+    Bulk(Vec<u8>),
+}
+
+/// The CBOR head of a byte string of `len` bytes (major type 2, shortest form, as ciborium
+/// writes it).
+fn bytes_head(len: usize) -> Vec<u8> {
+    match len {
+        0..=23 => vec![0x40 | len as u8],
+        24..=0xff => vec![0x58, len as u8],
+        0x100..=0xffff => [&[0x59][..], &(len as u16).to_be_bytes()].concat(),
+        0x1_0000..=0xffff_ffff => [&[0x5a][..], &(len as u32).to_be_bytes()].concat(),
+        _ => [&[0x5b][..], &(len as u64).to_be_bytes()].concat(),
+    }
+}
+
+/// The CBOR before the bytes of `{key: bytes}`: a map of one entry whose key is a short text.
+fn bulk_head(key: &str, len: usize) -> Vec<u8> {
+    debug_assert!(key.len() < 24, "bulk keys are short");
+    let mut head = vec![0xa1, 0x60 | key.len() as u8];
+    head.extend_from_slice(key.as_bytes());
+    head.extend_from_slice(&bytes_head(len));
+    head
+}
+
+/// Writes the frame `{key: bytes}` (the CBOR that serde and ciborium give an enum's newtype
+/// variant `key` holding `serde_bytes`) without copying `bytes` into a buffer first: for an
+/// attachment chunk, a copy of a megabyte saved at each end.
+pub async fn write_bulk<W>(io: &mut W, key: &str, bytes: &[u8], max: usize) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let head = bulk_head(key, bytes.len());
+    let len = head.len() + bytes.len();
+    if len > max {
+        return Err(FrameError::TooLarge { len, max }.into());
+    }
+    let mut start = (len as u32).to_be_bytes().to_vec();
+    start.extend_from_slice(&head);
+    io.write_all(&start).await?;
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+/// Reads one frame like [`read`], except that a `{key: bytes}` frame (as [`write_bulk`] writes
+/// it) gives its bytes, read straight into their own buffer. Any other frame is decoded whole.
+pub async fn read_bulk<T, R>(io: &mut R, max: usize, key: &str) -> std::io::Result<Read<T>>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let mut prefix = [0u8; 4];
+    io.read_exact(&mut prefix).await?;
+    let len = checked_len(prefix, max)?;
+    // The map, the key and the first byte of the byte string's head; then its length bytes.
+    let fixed = bulk_head(key, 0).len();
+    let mut head = vec![0u8; fixed.min(len)];
+    io.read_exact(&mut head).await?;
+    if head.len() == fixed && head[..fixed - 1] == bulk_head(key, 0)[..fixed - 1] {
+        let extra = match head[fixed - 1] {
+            b @ 0x40..=0x57 => Some((0, usize::from(b - 0x40))),
+            0x58 => Some((1, 0)),
+            0x59 => Some((2, 0)),
+            0x5a => Some((4, 0)),
+            0x5b => Some((8, 0)),
+            _ => None,
+        };
+        if let Some((n, short)) = extra.filter(|(n, _)| fixed + n <= len) {
+            let mut be = [0u8; 8];
+            io.read_exact(&mut be[8 - n..]).await?;
+            head.extend_from_slice(&be[8 - n..]);
+            let bytes = if n == 0 {
+                short
+            } else {
+                u64::from_be_bytes(be) as usize
+            };
+            if bytes == len - head.len() {
+                let mut data = vec![0u8; bytes];
+                io.read_exact(&mut data).await?;
+                return Ok(Read::Bulk(data));
+            }
+        }
+    }
+    // Not the bulk shape: the rest of the frame, decoded with what was read of it.
+    let mut body = head;
+    let read = body.len();
+    body.resize(len, 0);
+    io.read_exact(&mut body[read..]).await?;
+    Ok(Read::Whole(decode_body(&body)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +239,52 @@ mod tests {
             }],
         };
         assert!(matches!(encode(&big, 50), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Bulky {
+        Data(#[serde(with = "serde_bytes")] Vec<u8>),
+        Other,
+        Pair(#[serde(with = "serde_bytes")] Vec<u8>, u8),
+    }
+
+    #[test]
+    fn bulk_frames_are_the_same_cbor_and_read_back_either_way() {
+        for len in [0, 1, 23, 24, 255, 256, 65_535, 65_536, (1 << 20) + 16] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut written = Vec::new();
+            block_on(write_bulk(&mut written, "data", &bytes, usize::MAX)).expect("write");
+            let frame = encode(&Bulky::Data(bytes.clone()), usize::MAX).expect("encode");
+            assert_eq!(written, frame, "length {len}");
+            let got = block_on(read_bulk::<Bulky, _>(
+                &mut Cursor::new(frame),
+                usize::MAX,
+                "data",
+            ))
+            .expect("read");
+            assert!(matches!(got, Read::Bulk(b) if b == bytes), "length {len}");
+        }
+        // Other shapes, and other keys, decode whole.
+        for other in [Bulky::Other, Bulky::Pair(vec![1, 2, 3], 4)] {
+            let frame = encode(&other, 1024).expect("encode");
+            let got = block_on(read_bulk::<Bulky, _>(&mut Cursor::new(frame), 1024, "data"))
+                .expect("read");
+            assert!(matches!(got, Read::Whole(w) if w == other));
+        }
+        let frame = encode(&Bulky::Data(vec![9; 40]), 1024).expect("encode");
+        let got =
+            block_on(read_bulk::<Bulky, _>(&mut Cursor::new(frame), 1024, "dat")).expect("read");
+        assert!(matches!(got, Read::Whole(Bulky::Data(b)) if b == vec![9; 40]));
+        // A byte string whose length disagrees with the frame's, and a frame cut short.
+        let mut frame = encode(&Bulky::Data(vec![9; 300]), 1024).expect("encode");
+        frame[0..4].copy_from_slice(&303u32.to_be_bytes());
+        frame.truncate(4 + 303);
+        assert!(block_on(read_bulk::<Bulky, _>(&mut Cursor::new(frame), 1024, "data")).is_err());
+        let frame = encode(&Bulky::Data(vec![9; 300]), 1024).expect("encode");
+        let cut = frame[..frame.len() - 1].to_vec();
+        assert!(block_on(read_bulk::<Bulky, _>(&mut Cursor::new(cut), 1024, "data")).is_err());
+        assert!(block_on(write_bulk(&mut Vec::new(), "data", &[0; 100], 50)).is_err());
     }
 
     #[test]

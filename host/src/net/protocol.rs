@@ -162,6 +162,18 @@ pub struct OtkResponse {
 pub trait Frame: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
     /// Largest encoded frame.
     const MAX: usize;
+    /// For a type with a variant that is one large byte string (`{key: bytes}` on the wire):
+    /// its key. The codec then reads and writes those bytes without copying them through CBOR
+    /// ([`codec::read_bulk`]); the encoding is the same.
+    const BULK_KEY: Option<&'static str> = None;
+    /// The bytes of the bulk variant, if this frame is one.
+    fn bulk(&self) -> Option<&[u8]> {
+        None
+    }
+    /// The bulk variant holding `bytes`.
+    fn from_bulk(_bytes: Vec<u8>) -> Option<Self> {
+        None
+    }
     /// Checks a decoded frame.
     fn validate(&self) -> io::Result<()> {
         Ok(())
@@ -188,6 +200,16 @@ impl Frame for ChunkRequest {
 }
 impl Frame for ChunkResponse {
     const MAX: usize = MAX_CHUNK_RESPONSE;
+    const BULK_KEY: Option<&'static str> = Some("data");
+    fn bulk(&self) -> Option<&[u8]> {
+        match self {
+            ChunkResponse::Data(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+    fn from_bulk(bytes: Vec<u8>) -> Option<Self> {
+        Some(ChunkResponse::Data(bytes))
+    }
 }
 impl Frame for OtkRequest {
     const MAX: usize = 64;
@@ -236,6 +258,26 @@ pub type ChunkCodec = FrameCodec<ChunkRequest, ChunkResponse>;
 /// The codec of `/pigeon/otk/1`.
 pub type OtkCodec = FrameCodec<OtkRequest, OtkResponse>;
 
+/// Reads one frame of type `F`, its bulk bytes straight into their buffer where it has them.
+async fn read_frame<F: Frame, T: AsyncRead + Unpin>(io: &mut T) -> io::Result<F> {
+    let Some(key) = F::BULK_KEY else {
+        return codec::read(io, F::MAX).await;
+    };
+    match codec::read_bulk::<F, _>(io, F::MAX, key).await? {
+        codec::Read::Whole(frame) => Ok(frame),
+        codec::Read::Bulk(bytes) => F::from_bulk(bytes)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected bulk frame")),
+    }
+}
+
+/// Writes one frame of type `F`, its bulk bytes without a copy where it has them.
+async fn write_frame<F: Frame, T: AsyncWrite + Unpin>(io: &mut T, frame: &F) -> io::Result<()> {
+    match (F::BULK_KEY, frame.bulk()) {
+        (Some(key), Some(bytes)) => codec::write_bulk(io, key, bytes, F::MAX).await,
+        _ => codec::write(io, frame, F::MAX).await,
+    }
+}
+
 #[async_trait]
 impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req, Resp> {
     type Protocol = StreamProtocol;
@@ -246,7 +288,7 @@ impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame: Req = codec::read(io, Req::MAX).await?;
+        let frame: Req = read_frame(io).await?;
         frame.validate()?;
         Ok(frame)
     }
@@ -255,7 +297,7 @@ impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame: Resp = codec::read(io, Resp::MAX).await?;
+        let frame: Resp = read_frame(io).await?;
         frame.validate()?;
         Ok(frame)
     }
@@ -264,7 +306,7 @@ impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req
     where
         T: AsyncWrite + Unpin + Send,
     {
-        codec::write(io, &req, Req::MAX).await
+        write_frame(io, &req).await
     }
 
     async fn write_response<T>(
@@ -276,6 +318,6 @@ impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req
     where
         T: AsyncWrite + Unpin + Send,
     {
-        codec::write(io, &res, Resp::MAX).await
+        write_frame(io, &res).await
     }
 }

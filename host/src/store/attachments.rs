@@ -211,26 +211,39 @@ impl Db {
         Ok(out)
     }
 
-    /// Records that chunk `index` of `id` is written and verified; returns whether all are held.
-    pub fn record_chunk(&mut self, id: &str, index: u32) -> Result<bool, StoreError> {
+    /// Records, in one transaction, that the chunks `(id, index)` are written, verified and synced;
+    /// returns the attachments among them now held whole.
+    pub fn record_chunks(&mut self, chunks: &[(String, u32)]) -> Result<Vec<String>, StoreError> {
         let tx = self.conn.transaction()?;
-        let added = tx.execute(
-            "INSERT OR IGNORE INTO attachment_chunks (attachment_id, idx) VALUES (?1, ?2)",
-            params![id, index],
-        )?;
-        if added > 0 {
-            tx.execute(
-                "UPDATE attachments SET held = held + 1, failing_since = NULL WHERE id = ?1",
-                [id],
+        let mut touched: Vec<&str> = Vec::new();
+        for (id, index) in chunks {
+            let added = tx.execute(
+                "INSERT OR IGNORE INTO attachment_chunks (attachment_id, idx) VALUES (?1, ?2)",
+                params![id, index],
             )?;
+            if added > 0 {
+                tx.execute(
+                    "UPDATE attachments SET held = held + 1, failing_since = NULL WHERE id = ?1",
+                    [id],
+                )?;
+                if !touched.contains(&id.as_str()) {
+                    touched.push(id);
+                }
+            }
         }
-        let (held, total): (u32, u32) = tx.query_row(
-            "SELECT held, chunk_count FROM attachments WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let mut complete = Vec::new();
+        for id in touched {
+            let (held, total): (u32, u32) = tx.query_row(
+                "SELECT held, chunk_count FROM attachments WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if held >= total {
+                complete.push(id.to_owned());
+            }
+        }
         tx.commit()?;
-        Ok(held >= total)
+        Ok(complete)
     }
 
     /// Records a chunk that failed its hash; after [`MAX_BAD_CHUNKS`] the attachment is given up on
