@@ -5,6 +5,9 @@
 //! [`edit`] changes one key at a time for `pigeon config set`, keeping the file's comments.
 
 pub mod edit;
+mod relay;
+
+pub use relay::RelayConfig;
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +64,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[attachments]`
     pub attachments: AttachmentsConfig,
+    /// `[relay]`
+    pub relay: RelayConfig,
     /// `[plugins.NAME]`, in the file's order (rule plugins run in this order).
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub plugins: IndexMap<String, PluginConfig>,
@@ -328,6 +333,23 @@ window = 8
 # `pigeon inbox fetch ID` tries again.
 give_up_after = "7d"
 
+[relay]
+# Relay for others (circuit relay v2; also `pigeon node run --relay`): run it on a box with a
+# public address that you control. Nodes behind NATs reserve a slot, are reached through it and
+# then punch direct connections. Attachments never cross a relay.
+serve = false
+# The addresses others reach this relay at (announced in reservations); empty: the listen
+# addresses that are neither loopback nor 0.0.0.0.
+external_addresses = []
+# Reservations and relayed connections at once, in all and per peer; a relayed connection is
+# closed after max_circuit_duration or max_circuit_bytes (both ways together).
+max_reservations = 128
+max_reservations_per_peer = 4
+max_circuits = 16
+max_circuits_per_peer = 4
+max_circuit_duration = "30m"
+max_circuit_bytes = 16777216
+
 # WASM plugins, one table each; rule plugins run in the order they appear here, after the
 # built-in rules. `pigeon plugins list` shows them all. Built-in ones need no path:
 #
@@ -376,6 +398,7 @@ impl Config {
             path: path.to_owned(),
             message,
         };
+        self.relay.check().map_err(invalid)?;
         for addr in &self.node.listen {
             addr.parse::<libp2p::Multiaddr>()
                 .map_err(|e| invalid(format!("node.listen: {addr:?} is not a multiaddr ({e})")))?;

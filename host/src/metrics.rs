@@ -61,6 +61,14 @@ pub struct Metrics {
     pub control_connections: IntGauge,
     /// Control-socket connections refused: another user's, or idle past the request time.
     pub control_refused: IntCounter,
+    /// Hole punches (DCUtR) by result: `direct` or `failed`.
+    pub hole_punches: IntCounterVec,
+    /// Open connections by kind: `direct` or `relayed`.
+    pub connections: IntGaugeVec,
+    /// Reservations this node holds for others as a relay.
+    pub relay_reservations: IntGauge,
+    /// Connections this node relays now.
+    pub relay_circuits: IntGauge,
 }
 
 impl Metrics {
@@ -107,14 +115,39 @@ impl Metrics {
             &["plugin"],
         )
         .expect("valid gauge");
+        let hole_punches = IntCounterVec::new(
+            Opts::new(
+                "pigeon_hole_punches_total",
+                "Hole punches (DCUtR) by result: direct or failed",
+            ),
+            &["result"],
+        )
+        .expect("valid counter");
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "pigeon_connections",
+                "Open connections by kind: direct or relayed",
+            ),
+            &["kind"],
+        )
+        .expect("valid gauge");
         for m in [
             Box::new(plugin_call_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(plugin_failures.clone()),
             Box::new(plugin_disabled.clone()),
+            Box::new(hole_punches.clone()),
+            Box::new(connections.clone()),
         ] {
             registry.register(m).expect("unique metric name");
         }
         Metrics {
+            hole_punches,
+            connections,
+            relay_reservations: gauge(
+                "pigeon_relay_reservations",
+                "Reservations this node holds for others as a relay",
+            ),
+            relay_circuits: gauge("pigeon_relay_circuits", "Connections this node relays now"),
             plugin_call_seconds,
             plugin_failures,
             plugin_disabled,

@@ -9,22 +9,28 @@
 pub mod codec;
 mod event_loop;
 mod gate;
+mod nat;
 pub mod protocol;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, noise, ping, tcp, yamux};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, connection_limits, dcutr, identify, noise, ping, relay, tcp,
+    yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, RelayConfig};
 use event_loop::EventLoop;
 use gate::Gated;
+pub use nat::{Link, NatInfo, NatStatus, Via};
 
 /// Message streams one connection may have open at once (each reads at most a frame).
 const MSG_STREAMS_PER_CONNECTION: usize = 8;
@@ -115,6 +121,10 @@ pub enum NetEvent {
         /// The round trip.
         rtt: Duration,
     },
+    /// AutoNAT's view of this node's reachability changed.
+    NatStatus(NatStatus),
+    /// A listener through a relay closed (its reservation was refused or lapsed).
+    RelayLost(PeerId),
     /// A peer sent a batch; answer it with [`Net::respond`].
     InboundBatch {
         /// The Noise-authenticated sender.
@@ -171,6 +181,15 @@ enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    ListenViaRelay {
+        relay: Multiaddr,
+    },
+    Links {
+        reply: oneshot::Sender<HashMap<PeerId, Vec<Link>>>,
+    },
+    NatInfo {
+        reply: oneshot::Sender<NatInfo>,
+    },
     SetContacts {
         peers: HashSet<PeerId>,
     },
@@ -185,6 +204,13 @@ struct Behaviour {
     msg: Gated<request_response::Behaviour<MsgCodec>>,
     chunk: Gated<request_response::Behaviour<ChunkCodec>>,
     otk: Gated<request_response::Behaviour<OtkCodec>>,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::v2::client::Behaviour,
+    /// Only on a node that relays for others (`[relay] serve`), which is reachable by definition:
+    /// the relay and the AutoNAT server.
+    relay: Toggle<relay::Behaviour>,
+    autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 /// A handle to the swarm task.
@@ -204,10 +230,14 @@ impl Net {
         listen: &[Multiaddr],
         contacts: HashSet<PeerId>,
         limits: &NodeConfig,
+        relay: &RelayConfig,
         cancel: CancellationToken,
     ) -> Result<(Net, mpsc::Receiver<NetEvent>, JoinHandle<()>), NetError> {
         let local = identity.public().to_peer_id();
-        let mut swarm = build_swarm(identity, contacts, limits)?;
+        let mut swarm = build_swarm(identity, contacts, limits, relay)?;
+        for addr in relay.external() {
+            swarm.add_external_address(addr);
+        }
         for addr in listen {
             tcp_port_free(addr).map_err(|reason| NetError::Listen {
                 addr: addr.clone(),
@@ -222,7 +252,8 @@ impl Net {
         }
         let (commands, commands_rx) = mpsc::channel(256);
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let task = tokio::spawn(EventLoop::new(swarm, events).run(commands_rx, cancel));
+        let serving = nat::Serving::from_config(relay);
+        let task = tokio::spawn(EventLoop::new(swarm, events, serving).run(commands_rx, cancel));
         Ok((Net { commands, local }, events_rx, task))
     }
 
@@ -343,6 +374,34 @@ impl Net {
         let _ = self.commands.send(Command::SetContacts { peers }).await;
     }
 
+    /// Listens through the relay at `relay` (a multiaddr ending in `/p2p/RELAY`).
+    pub async fn listen_via_relay(&self, relay: Multiaddr) {
+        let _ = self.commands.send(Command::ListenViaRelay { relay }).await;
+    }
+
+    /// Every connected peer's connections (direct or relayed, and how).
+    pub async fn links(&self) -> HashMap<PeerId, Vec<Link>> {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Links { reply }).await.is_err() {
+            return HashMap::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Reachability and relay state.
+    pub async fn nat_info(&self) -> NatInfo {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::NatInfo { reply })
+            .await
+            .is_err()
+        {
+            return NatInfo::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// The peers connected now.
     pub async fn connected_peers(&self) -> Vec<PeerId> {
         let (reply, rx) = oneshot::channel();
@@ -376,6 +435,7 @@ fn build_swarm(
     identity: Keypair,
     contacts: HashSet<PeerId>,
     config: &NodeConfig,
+    relay: &RelayConfig,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_pending_incoming(Some(config.max_pending_incoming))
@@ -393,7 +453,25 @@ fn build_swarm(
         )
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|key| Behaviour {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| Behaviour {
+            relay_client,
+            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+            autonat: autonat::v2::client::Behaviour::new(
+                rand::rngs::OsRng,
+                autonat::v2::client::Config::default(),
+            ),
+            relay: Toggle::from(
+                relay
+                    .serve
+                    .then(|| nat::relay_server(key.public().to_peer_id(), relay)),
+            ),
+            autonat_server: Toggle::from(
+                relay
+                    .serve
+                    .then(|| autonat::v2::server::Behaviour::new(rand::rngs::OsRng)),
+            ),
             limits: connection_limits::Behaviour::new(limits),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/pigeon/id/1".into(),

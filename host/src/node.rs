@@ -88,6 +88,7 @@ impl Node {
             listen,
             contacts,
             &config.node,
+            &config.relay,
             cancel.child_token(),
         )?;
         let (waker, delivery_task) = delivery::spawn(
@@ -390,6 +391,10 @@ impl Pump {
                 tracing::debug!(%peer, "peer disconnected");
                 plugins.event(NodeEvent::PeerDisconnected(peer));
             }
+            NetEvent::NatStatus(status) => plugins.event(NodeEvent::NatStatus(status)),
+            // A 1.0 plugin learns of a lost reservation when its circuit address is gone from
+            // what the relay says, or when the relay disconnects; the log says it here.
+            NetEvent::RelayLost(relay) => tracing::debug!(%relay, "relay listener closed"),
             NetEvent::InboundBatch {
                 peer,
                 batch,
@@ -538,7 +543,6 @@ async fn run_discovery_actions(
     net: Net,
     cancel: CancellationToken,
 ) {
-    let mut relay_warned = false;
     loop {
         let action = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -547,12 +551,7 @@ async fn run_discovery_actions(
         match action {
             DiscoveryAction::Dial { peer, address } => net.dial(peer, vec![address]).await,
             DiscoveryAction::AddAddress { peer, address } => net.add_address(peer, address).await,
-            DiscoveryAction::ListenViaRelay(relay) => {
-                if !relay_warned {
-                    tracing::warn!(%relay, "a plugin asked to listen through a relay; this build has no relay client yet, so the request is ignored");
-                    relay_warned = true;
-                }
-            }
+            DiscoveryAction::ListenViaRelay(relay) => net.listen_via_relay(relay).await,
         }
     }
 }

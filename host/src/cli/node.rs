@@ -23,6 +23,10 @@ pub(super) enum Command {
         /// Serve Prometheus /metrics and /healthz on HOST:PORT (overrides [metrics] listen).
         #[arg(long, value_name = "HOST:PORT")]
         metrics_addr: Option<String>,
+        /// Relay for others (circuit relay v2), as `[relay] serve = true` does; run it on a box
+        /// with a public address. `pigeon status` shows its reservations and connections.
+        #[arg(long)]
+        relay: bool,
     },
 }
 
@@ -30,10 +34,12 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     let Command::Run {
         listen,
         metrics_addr,
+        relay,
     } = cmd;
     let home = g.home()?;
     home.require()?;
     let mut config = Config::load(&home.config())?;
+    config.relay.serve |= relay;
     if let Some(addr) = metrics_addr {
         if addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(UsageError::MetricsFlag(addr).into());

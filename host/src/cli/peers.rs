@@ -27,6 +27,18 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
         let name = p.name.as_deref().unwrap_or("-");
         let state = if p.connected { "connected" } else { "" };
         println!("{name}\t{}\t{state}", p.peer_id);
+        for c in &p.connections {
+            let kind = if c.relayed { "relayed" } else { "direct" };
+            let via = match c.via {
+                crate::net::Via::Dialed => "dialed",
+                crate::net::Via::Accepted => "accepted",
+                crate::net::Via::HolePunch => "hole punch",
+            };
+            println!(
+                "  now {kind} ({via}) via {}",
+                crate::terminal::one_line(&c.addr)
+            );
+        }
         for a in p.addrs {
             let rtt = a
                 .rtt_ms

@@ -35,5 +35,22 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
     );
     println!("inbox:    {}", count(status.inbox, "message"));
     println!("peers:    {} connected", status.connected_peers);
+    if let Some(nat) = &status.nat {
+        let reach = match nat.nat {
+            crate::net::NatStatus::Unknown => "not known yet",
+            crate::net::NatStatus::Public => "reachable (AutoNAT)",
+            crate::net::NatStatus::Private => "behind a NAT or firewall (AutoNAT)",
+        };
+        println!("network:  {reach}");
+        if !nat.reserved_at.is_empty() {
+            println!("relays:   reserved at {}", nat.reserved_at.join(", "));
+        }
+        if nat.serving {
+            println!(
+                "relaying: {}/{} reservations, {}/{} connections",
+                nat.reservations, nat.max_reservations, nat.circuits, nat.max_circuits
+            );
+        }
+    }
     Ok(())
 }

@@ -369,14 +369,31 @@ impl Ops {
 
     async fn peers(&self) -> Result<Response> {
         let mut peers = self.store.call(|db| db.peers_health(now_ms())).await?;
-        let connected: Vec<String> = self
-            .connected()
-            .await
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let mut links: std::collections::HashMap<String, Vec<crate::net::Link>> = match &self.node {
+            Some(node) => node
+                .net
+                .links()
+                .await
+                .into_iter()
+                .map(|(peer, l)| (peer.to_string(), l))
+                .collect(),
+            None => Default::default(),
+        };
         for p in &mut peers {
-            p.connected = connected.contains(&p.peer_id);
+            p.connections = links.remove(&p.peer_id).unwrap_or_default();
+            p.connected = !p.connections.is_empty();
+        }
+        // Connected peers the health cache does not know (a relay, a stranger) are listed too.
+        let mut rest: Vec<_> = links.into_iter().collect();
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        for (peer_id, connections) in rest {
+            peers.push(crate::store::PeerHealth {
+                peer_id,
+                name: None,
+                connected: true,
+                connections,
+                addrs: Vec::new(),
+            });
         }
         Ok(Response::Peers(peers))
     }
@@ -392,6 +409,10 @@ impl Ops {
             outbox,
             inbox,
             connected_peers: self.connected().await.len(),
+            nat: match &self.node {
+                Some(node) => Some(node.net.nat_info().await),
+                None => None,
+            },
         }))
     }
 

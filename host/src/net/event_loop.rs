@@ -12,6 +12,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::nat::{self, Nat, Serving};
 use super::protocol::{
     Batch, BatchResponse, ChunkRequest, ChunkResponse, OtkRequest, OtkResponse, Outcome,
     RejectReason,
@@ -78,8 +79,11 @@ pub(super) struct EventLoop {
     listening: Vec<Multiaddr>,
     /// Addresses of the connections this node dialed, for attributing ping RTTs.
     dialed: HashMap<ConnectionId, Multiaddr>,
-    /// Remote addresses of every connection, to tell relayed ones.
-    remotes: HashMap<ConnectionId, Multiaddr>,
+    /// Connections (direct or relayed), reachability and relay state.
+    nat: Nat,
+    /// Whether this node relays and announces the addresses it listens on (no
+    /// `relay.external_addresses` given).
+    announce_listen: bool,
     pending_chunks: Pending<ChunkResponse>,
     pending_otks: Pending<OtkResponse>,
     /// Envelopes in each batch in flight, to answer for each when the peer refuses the protocol.
@@ -91,14 +95,20 @@ pub(super) struct EventLoop {
 
 impl EventLoop {
     /// An event loop for `swarm` that reports on `events`.
-    pub(super) fn new(swarm: Swarm<Behaviour>, events: mpsc::Sender<NetEvent>) -> Self {
+    /// `serving`: on a node that relays for others.
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        events: mpsc::Sender<NetEvent>,
+        serving: Option<Serving>,
+    ) -> Self {
         EventLoop {
             swarm,
             events,
             pending: HashMap::new(),
             listening: Vec::new(),
             dialed: HashMap::new(),
-            remotes: HashMap::new(),
+            nat: Nat::new(serving),
+            announce_listen: serving.is_some_and(|s| s.announce_listen),
             pending_chunks: HashMap::new(),
             pending_otks: HashMap::new(),
             batch_sizes: HashMap::new(),
@@ -279,14 +289,50 @@ impl EventLoop {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::ListenViaRelay { relay } => {
+                let Some(peer) = nat::relay_peer(&relay) else {
+                    tracing::warn!(%relay, "a relay address must end in /p2p/<PeerId>");
+                    return;
+                };
+                match self.swarm.listen_on(nat::circuit_listen_addr(&relay)) {
+                    Ok(id) => {
+                        tracing::info!(%relay, "asking the relay for a reservation");
+                        self.nat.listening_via(id, peer);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%relay, error = %describe(&e), "cannot listen through the relay")
+                    }
+                }
+            }
+            Command::Links { reply } => {
+                let _ = reply.send(self.nat.links());
+            }
+            Command::NatInfo { reply } => {
+                let _ = reply.send(self.nat.info());
+            }
         }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
+                if self.announce_listen && announceable(&address) {
+                    // A relay's reservations carry the addresses it is reached at.
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listening.push(address.clone());
                 self.emit(NetEvent::Listening(address));
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(relay) = self.nat.listener_closed(listener_id) {
+                    let why = reason.err().map(|e| describe(&e)).unwrap_or_default();
+                    tracing::warn!(%relay, reason = %why, "no longer listening through the relay");
+                    self.emit(NetEvent::RelayLost(relay));
+                }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listening.retain(|a| *a != address)
@@ -299,8 +345,14 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.remotes
-                    .insert(connection_id, endpoint.get_remote_address().clone());
+                for relayed in self
+                    .nat
+                    .established(peer_id, connection_id, &endpoint)
+                    .close
+                {
+                    tracing::debug!(peer = %peer_id, "a direct connection replaces the relayed one");
+                    self.swarm.close_connection(relayed);
+                }
                 if endpoint.is_dialer() {
                     let addr = endpoint.get_remote_address().clone();
                     self.dialed.insert(connection_id, addr.clone());
@@ -325,7 +377,7 @@ impl EventLoop {
                 ..
             } => {
                 self.dialed.remove(&connection_id);
-                self.remotes.remove(&connection_id);
+                self.nat.closed(connection_id);
                 if num_established == 0 {
                     self.regated.remove(&peer_id);
                     METRICS.connected_peers.dec();
@@ -369,6 +421,17 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Chunk(event)) => self.on_chunk_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Otk(event)) => self.on_otk_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                self.nat.client_event(&event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => self.nat.server_event(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.nat.punched(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => {
+                if let Some(status) = self.nat.tested(&event) {
+                    tracing::info!(?status, "reachability as AutoNAT found it");
+                    self.emit(NetEvent::NatStatus(status));
+                }
+            }
             _ => {}
         }
     }
@@ -377,10 +440,7 @@ impl EventLoop {
         if let Some((peer, connection_id, request, channel)) =
             settle(&mut self.pending_chunks, event, "chunk")
         {
-            let relayed = self.remotes.get(&connection_id).is_none_or(|a| {
-                a.iter()
-                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
-            });
+            let relayed = self.nat.is_relayed(connection_id);
             self.emit(NetEvent::InboundChunk {
                 peer,
                 request,
@@ -456,4 +516,15 @@ impl EventLoop {
             Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// Whether a relay announces `addr` as where it is reached: not a circuit, not 0.0.0.0 or `::`.
+fn announceable(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().all(|p| match p {
+        Protocol::P2pCircuit => false,
+        Protocol::Ip4(ip) => !ip.is_unspecified(),
+        Protocol::Ip6(ip) => !ip.is_unspecified(),
+        _ => true,
+    })
 }

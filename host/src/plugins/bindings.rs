@@ -24,5 +24,5 @@ pub mod discovery {
 
 pub use rule::pigeon::plugin::types::{
     Action as WitAction, DialFailure, DiscoveryAction as WitDiscoveryAction, Level, Message,
-    NodeEvent as WitNodeEvent, PeerAddress, RuleInfo,
+    NatStatus, NodeEvent as WitNodeEvent, PeerAddress, RuleInfo,
 };

@@ -265,6 +265,8 @@ pub enum NodeEvent {
     },
     /// The node listens on a new address.
     NewListenAddress(Multiaddr),
+    /// AutoNAT's view of the node's reachability changed.
+    NatStatus(crate::net::NatStatus),
 }
 
 impl NodeEvent {
@@ -283,6 +285,11 @@ impl NodeEvent {
                 error: "dial failed".to_owned(),
             }),
             NodeEvent::NewListenAddress(a) => E::NewListenAddress(a.to_string()),
+            NodeEvent::NatStatus(status) => E::NatStatus(match status {
+                crate::net::NatStatus::Unknown => bindings::NatStatus::Unknown,
+                crate::net::NatStatus::Public => bindings::NatStatus::Public,
+                crate::net::NatStatus::Private => bindings::NatStatus::Private,
+            }),
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct PeerHealth {
     pub name: Option<String>,
     /// Whether a connection is up now (only known while the node runs).
     pub connected: bool,
+    /// Its connections now: direct or relayed, and how each came about (only while the node
+    /// runs).
+    #[serde(default)]
+    pub connections: Vec<crate::net::Link>,
     /// Addresses, healthiest first.
     pub addrs: Vec<AddrHealth>,
 }
@@ -170,6 +174,7 @@ impl Db {
                 peer_id,
                 name,
                 connected: false,
+                connections: Vec::new(),
             });
         }
         Ok(out)

@@ -295,6 +295,9 @@ pub struct StatusInfo {
     pub inbox: u64,
     /// Peers connected now (0 when no node runs).
     pub connected_peers: usize,
+    /// Reachability and relay state (while a node runs).
+    #[serde(default)]
+    pub nat: Option<crate::net::NatInfo>,
 }
 
 /// A node's identity.
