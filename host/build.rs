@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut packages = vec!["keyword-labeler"];
+    // `nat-traversal` is always embedded: like every built-in plugin it is off until enabled.
+    let mut packages = vec!["keyword-labeler", "nat-traversal"];
     if std::env::var_os("CARGO_FEATURE_BOOTSTRAP").is_some() {
         packages.push("bootstrap");
     }

@@ -338,8 +338,8 @@ give_up_after = "7d"
 # public address that you control. Nodes behind NATs reserve a slot, are reached through it and
 # then punch direct connections. Attachments never cross a relay.
 serve = false
-# The addresses others reach this relay at (announced in reservations); empty: the listen
-# addresses that are neither loopback nor 0.0.0.0.
+# The addresses others reach this relay at (announced in reservations); empty: every address
+# it listens on (0.0.0.0 stands for each interface's).
 external_addresses = []
 # Reservations and relayed connections at once, in all and per peer; a relayed connection is
 # closed after max_circuit_duration or max_circuit_bytes (both ways together).
@@ -362,6 +362,11 @@ max_circuit_bytes = 16777216
 # enabled = true
 # [plugins.bootstrap.config]
 # peers = ["/ip4/192.0.2.7/tcp/7717/p2p/12D3KooW..."]
+#
+# [plugins.nat-traversal]        # behind a NAT: listen through these relays (see README)
+# enabled = true
+# [plugins.nat-traversal.config]
+# relays = ["/ip4/203.0.113.5/udp/7717/quic-v1/p2p/12D3KooW..."]
 #
 # [plugins.my-rule]              # your own, built with `pigeon plugins new`
 # enabled = true

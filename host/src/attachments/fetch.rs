@@ -546,7 +546,10 @@ async fn fetch_one(
             });
         }
         Ok(ChunkResponse::NotFound) => "the sender does not have it".to_owned(),
-        Ok(ChunkResponse::Refused) => "the sender refused".to_owned(),
+        // Refused only over a relayed connection.
+        Ok(ChunkResponse::Refused) => {
+            "the sender sends attachments over a direct connection only; waiting for one".to_owned()
+        }
         Ok(ChunkResponse::Released) => "the sender has dropped it".to_owned(),
         Err(e) => e.0,
     };

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct RelayConfig {
     /// Relay for others (also `pigeon node run --relay`).
     pub serve: bool,
-    /// The addresses others reach this relay at, announced in each reservation. Empty: the
-    /// listen addresses that are not loopback or unspecified are used as they are.
+    /// The addresses others reach this relay at, announced in each reservation. Empty: every
+    /// address it listens on (for 0.0.0.0, each interface's).
     pub external_addresses: Vec<String>,
     /// Reservations held at once, at most.
     pub max_reservations: usize,

@@ -592,10 +592,22 @@ fn parse_contact_addr(text: &str, address: &Address) -> Result<Multiaddr, UsageE
         }
         addr.pop();
     }
-    if addr.iter().any(|p| matches!(p, Protocol::P2p(_))) || addr.is_empty() {
+    if addr.is_empty() || !relay_parts_well_placed(&addr) {
         return Err(UsageError::NotDialable(text.to_owned()));
     }
     Ok(addr)
+}
+
+/// Whether every `/p2p/` left in a contact's address names a relay: it follows a transport and is
+/// followed by `/p2p-circuit` (`/ip4/.../udp/7717/quic-v1/p2p/RELAY/p2p-circuit`), and every
+/// `/p2p-circuit` follows one.
+fn relay_parts_well_placed(addr: &Multiaddr) -> bool {
+    let parts: Vec<Protocol> = addr.iter().collect();
+    parts.iter().enumerate().all(|(i, p)| match p {
+        Protocol::P2p(_) => i > 0 && matches!(parts.get(i + 1), Some(Protocol::P2pCircuit)),
+        Protocol::P2pCircuit => i > 0 && matches!(parts[i - 1], Protocol::P2p(_)),
+        _ => true,
+    })
 }
 
 #[cfg(test)]
@@ -616,6 +628,27 @@ mod tests {
         assert!(err.to_string().contains("not to this contact"), "{err}");
         assert!(parse_contact_addr("nonsense", &bob).is_err());
         assert!(parse_contact_addr(&format!("/p2p/{}", bob.peer_id()), &bob).is_err());
+        // Through a relay: the relay's id stays, the contact's is dropped.
+        let relay = Keys::generate().peer_id();
+        let circuit = format!("/ip4/127.0.0.1/udp/1/quic-v1/p2p/{relay}/p2p-circuit");
+        let through = parse_contact_addr(&circuit, &bob).expect("circuit");
+        assert_eq!(through.to_string(), circuit);
+        let with_id = parse_contact_addr(&format!("{circuit}/p2p/{}", bob.peer_id()), &bob)
+            .expect("circuit with id");
+        assert_eq!(with_id, through);
+        for bad in [
+            format!("/ip4/127.0.0.1/tcp/1/p2p/{relay}/tcp/2"),
+            "/ip4/127.0.0.1/tcp/1/p2p-circuit".to_owned(),
+            format!("/p2p/{relay}/p2p-circuit"),
+        ] {
+            assert!(
+                matches!(
+                    parse_contact_addr(&bad, &bob),
+                    Err(UsageError::NotDialable(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     /// What a user can get wrong is a typed usage refusal (exit 2), not an internal failure.

@@ -81,6 +81,8 @@ pub(super) struct EventLoop {
     dialed: HashMap<ConnectionId, Multiaddr>,
     /// Connections (direct or relayed), reachability and relay state.
     nat: Nat,
+    /// Relays to listen through once the connection to them is up.
+    relay_waiting: HashMap<PeerId, Multiaddr>,
     /// Whether this node relays and announces the addresses it listens on (no
     /// `relay.external_addresses` given).
     announce_listen: bool,
@@ -108,6 +110,7 @@ impl EventLoop {
             listening: Vec::new(),
             dialed: HashMap::new(),
             nat: Nat::new(serving),
+            relay_waiting: HashMap::new(),
             announce_listen: serving.is_some_and(|s| s.announce_listen),
             pending_chunks: HashMap::new(),
             pending_otks: HashMap::new(),
@@ -294,13 +297,25 @@ impl EventLoop {
                     tracing::warn!(%relay, "a relay address must end in /p2p/<PeerId>");
                     return;
                 };
-                match self.swarm.listen_on(nat::circuit_listen_addr(&relay)) {
-                    Ok(id) => {
-                        tracing::info!(%relay, "asking the relay for a reservation");
-                        self.nat.listening_via(id, peer);
+                if self.swarm.is_connected(&peer) {
+                    self.listen_via(peer, &relay);
+                    return;
+                }
+                // A listener asked for before the relay connection is up closes at once: dial,
+                // and listen once connected (identify then also tells this node its public
+                // address, which a hole punch needs).
+                let dialed = self.swarm.dial(
+                    DialOpts::peer_id(peer)
+                        .addresses(vec![relay.clone()])
+                        .build(),
+                );
+                match dialed {
+                    // A dial already under way (a plugin's own) does as well.
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                        self.relay_waiting.insert(peer, relay);
                     }
                     Err(e) => {
-                        tracing::warn!(%relay, error = %describe(&e), "cannot listen through the relay")
+                        tracing::warn!(%relay, error = %describe(&e), "cannot dial the relay")
                     }
                 }
             }
@@ -309,6 +324,19 @@ impl EventLoop {
             }
             Command::NatInfo { reply } => {
                 let _ = reply.send(self.nat.info());
+            }
+        }
+    }
+
+    /// Asks the relay `peer` (connected) for a reservation and listens through it.
+    fn listen_via(&mut self, peer: PeerId, relay: &Multiaddr) {
+        match self.swarm.listen_on(nat::circuit_listen_addr(relay)) {
+            Ok(id) => {
+                tracing::info!(%relay, "asking the relay for a reservation");
+                self.nat.listening_via(id, peer);
+            }
+            Err(e) => {
+                tracing::warn!(%relay, error = %describe(&e), "cannot listen through the relay")
             }
         }
     }
@@ -345,6 +373,11 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if !endpoint.is_relayed()
+                    && let Some(relay) = self.relay_waiting.remove(&peer_id)
+                {
+                    self.listen_via(peer_id, &relay);
+                }
                 for relayed in self
                     .nat
                     .established(peer_id, connection_id, &endpoint)

@@ -30,6 +30,13 @@ pub const BUILTINS: &[Builtin] = &[
         summary: "dials configured peers at start and redials them (config: peers = [multiaddr])",
         wasm: include_bytes!(env!("PIGEON_PLUGIN_BOOTSTRAP")),
     },
+    Builtin {
+        name: "nat-traversal",
+        kind: PluginKind::Discovery,
+        summary: "listens through configured relays when the node is behind a NAT; the node then \
+                  hole-punches to direct connections (config: relays = [multiaddr])",
+        wasm: include_bytes!(env!("PIGEON_PLUGIN_NAT_TRAVERSAL")),
+    },
 ];
 
 /// The embedded plugin called `name`.

@@ -11,6 +11,7 @@ mod delivery;
 mod forward_secrecy;
 mod keys;
 mod messaging;
+mod nat;
 mod plugins;
 mod rules;
 mod sdk_agrees;

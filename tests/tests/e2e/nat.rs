@@ -1,0 +1,118 @@
+//! NAT traversal on loopback: a relay node (`node run --relay`), a node that listens through it
+//! (the `nat-traversal` plugin), and a contact that reaches that node only by its relayed address.
+//! The test sees both halves: delivery through the relay, and the direct connection that
+//! replaces it (on one machine a punch or a plain dial). The netns lab (`scripts/nat-lab.sh`) measures
+//! real NAT kinds.
+
+use std::time::Duration;
+
+use pigeon_e2e::{TestHome, wait_for};
+use serde_json::Value;
+
+const LOOPBACK: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// `who`'s connections to the peer `peer` in `pigeon peers --json`.
+fn connections(who: &TestHome, peer: &str) -> Vec<Value> {
+    let peers = who.json(&["peers", "--json"]);
+    peers
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["peer_id"] == peer)
+        .and_then(|p| p["connections"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn peer_id(addr: &str) -> String {
+    addr.rsplit("/p2p/").next().expect("/p2p/").to_owned()
+}
+
+#[test]
+fn a_node_behind_a_relay_is_reached_through_it_and_then_directly() {
+    let relay = TestHome::init("relay");
+    let relay_node = relay.start_node_with(LOOPBACK, &["--relay"]);
+    let relay_id = peer_id(&relay_node.addr);
+
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    bob.config_set("plugins.nat-traversal.enabled", "true");
+    bob.config_set(
+        "plugins.nat-traversal.config.relays",
+        &format!(r#"["{}"]"#, relay_node.addr),
+    );
+    // On loopback AutoNAT finds the node reachable; listen through the relay all the same.
+    bob.config_set("plugins.nat-traversal.config.listen", r#""always""#);
+    let bob_node = bob.start_node(LOOPBACK);
+    let bob_id = peer_id(&bob_node.addr);
+
+    // Bob holds a reservation at the relay, and the relay counts it.
+    wait_for("bob's reservation", Duration::from_secs(30), || {
+        let status = bob.json(&["status", "--json"]);
+        status["nat"]["reserved_at"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|p| *p == relay_id.as_str()))
+            .then_some(())
+    });
+    let served = relay.json(&["status", "--json"]);
+    assert_eq!(served["nat"]["serving"], true, "{served}");
+    assert!(
+        served["nat"]["reservations"].as_u64() >= Some(1),
+        "{served}"
+    );
+    assert_eq!(served["nat"]["max_reservations"], 128, "{served}");
+    let human = relay.ok(&["status"]);
+    assert!(human.contains("relaying: 1/128 reservations"), "{human}");
+
+    // Alice knows bob only by his address through the relay.
+    let through_relay = format!("{}/p2p-circuit", relay_node.addr);
+    let alice_node = alice.start_node(LOOPBACK);
+    alice.add_contact("bob", &bob, std::slice::from_ref(&through_relay));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    let id = alice.send("bob", "through the relay");
+    bob.wait_arrival(&id);
+    alice.wait_outbox_state(&id, "delivered", Duration::from_secs(30));
+    let bodies: Vec<Value> = bob.inbox();
+    assert_eq!(bodies.len(), 1, "delivered once: {bodies:?}");
+
+    // A direct connection replaces the relayed one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = connections(&alice, &bob_id);
+        // On one machine bob's own address is reachable too (identify tells alice of it), so
+        // the direct connection may be a punch or a plain dial; the lab tells them apart.
+        let direct = now.iter().any(|c| c["relayed"] == false);
+        let relayed = now.iter().any(|c| c["relayed"] == true);
+        if direct && !relayed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no direct connection within 30 s: {}\nalice's log:\n{}",
+            alice.ok(&["peers"]),
+            std::fs::read_to_string(alice.path().join("node.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let human = alice.ok(&["peers"]);
+    assert!(human.contains("now direct ("), "{human}");
+    // A message after the punch goes over the direct connection.
+    let again = alice.send("bob", "and now directly");
+    bob.wait_arrival(&again);
+}
+
+#[test]
+fn relay_settings_are_checked() {
+    let home = TestHome::init("relay-config");
+    for (key, value) in [
+        ("relay.max_circuits", "0"),
+        ("relay.max_circuit_duration", r#""forever""#),
+        ("relay.external_addresses", r#"["nowhere"]"#),
+    ] {
+        let out = home.run(&["config", "set", key, value]);
+        assert_eq!(out.status.code(), Some(2), "{key} = {value}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key.trim_start_matches("relay.")), "{err}");
+    }
+    home.config_set("relay.max_circuits", "32");
+    let shown = home.ok(&["config", "get", "relay.max_circuits"]);
+    assert_eq!(shown.trim(), "32");
+}
