@@ -106,6 +106,11 @@ impl Instance {
         }
     }
 
+    /// Whether an instance is up (none before the first call, nor after a trap).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
     /// Whether this rule plugin reads bodies (known after the first instantiation).
     pub fn needs_body(&self) -> bool {
         self.needs_body

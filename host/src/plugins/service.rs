@@ -257,6 +257,10 @@ impl Slot {
 struct Thread {
     slots: Vec<Slot>,
     actions: Option<tokio_mpsc::UnboundedSender<DiscoveryAction>>,
+    /// The node's state as discovery plugins learnt it (`started`, the last `nat-status`): a
+    /// fresh instance, after a trap, is told it before anything else, or it would wait forever
+    /// for events that came before it.
+    replay: Vec<NodeEvent>,
     /// Kept alive for as long as the instances: it drives their deadlines.
     _runtime: Option<Runtime>,
     /// When every plugin had loaded.
@@ -304,6 +308,7 @@ impl Thread {
             ready_at: Instant::now(),
             slots,
             actions,
+            replay: Vec::new(),
             _runtime: runtime,
         }
     }
@@ -413,6 +418,15 @@ impl Thread {
     fn event(&mut self, event: &NodeEvent) {
         let wit = event.to_wit();
         self.discovery("on-event", |i| i.on_event(&wit));
+        match event {
+            NodeEvent::Started => self.replay.insert(0, event.clone()),
+            NodeEvent::NatStatus(_) => {
+                self.replay
+                    .retain(|e| !matches!(e, NodeEvent::NatStatus(_)));
+                self.replay.push(event.clone());
+            }
+            _ => {}
+        }
     }
 
     fn tick(&mut self) {
@@ -429,10 +443,26 @@ impl Thread {
             let Some(instance) = slot.callable(PluginKind::Discovery) else {
                 continue;
             };
-            let result = call(instance);
-            let Some(actions) = slot.record(hook, result) else {
-                continue;
-            };
+            let fresh = !instance.is_live();
+            let mut actions = Vec::new();
+            if fresh {
+                for past in &self.replay {
+                    let Some(instance) = slot.callable(PluginKind::Discovery) else {
+                        break;
+                    };
+                    let result = instance.on_event(&past.to_wit());
+                    let Some(more) = slot.record("on-event", result) else {
+                        break;
+                    };
+                    actions.extend(more);
+                }
+            }
+            if let Some(instance) = slot.callable(PluginKind::Discovery) {
+                let result = call(instance);
+                if let Some(more) = slot.record(hook, result) {
+                    actions.extend(more);
+                }
+            }
             for action in actions {
                 match DiscoveryAction::from_wit(action) {
                     Ok(action) => {

@@ -116,3 +116,56 @@ fn relay_settings_are_checked() {
     let shown = home.ok(&["config", "get", "relay.max_circuits"]);
     assert_eq!(shown.trim(), "32");
 }
+
+/// A relay that goes away takes its reservation along: the plugin asks the next relay, and
+/// contacts reach the node through that one.
+#[test]
+fn when_the_relay_goes_away_the_node_reserves_at_the_next_one() {
+    let (first, second) = (TestHome::init("relay1"), TestHome::init("relay2"));
+    let first_node = first.start_node_with(LOOPBACK, &["--relay"]);
+    let second_node = second.start_node_with(LOOPBACK, &["--relay"]);
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    bob.config_set("plugins.nat-traversal.enabled", "true");
+    bob.config_set(
+        "plugins.nat-traversal.config.relays",
+        &format!(r#"["{}", "{}"]"#, first_node.addr, second_node.addr),
+    );
+    bob.config_set("plugins.nat-traversal.config.listen", r#""always""#);
+    bob.config_set(
+        "plugins.nat-traversal.config.reservation_timeout_ms",
+        "3000",
+    );
+    bob.config_set("plugins.nat-traversal.config.retry_initial_ms", "500");
+    let _bob_node = bob.start_node(LOOPBACK);
+    let reserved_at = |relay: &str| {
+        let status = bob.json(&["status", "--json"]);
+        status["nat"]["reserved_at"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|p| *p == relay))
+            .then_some(())
+    };
+    let (first_id, second_id) = (peer_id(&first_node.addr), peer_id(&second_node.addr));
+    wait_for(
+        "a reservation at the first relay",
+        Duration::from_secs(30),
+        || reserved_at(&first_id),
+    );
+    first_node.kill();
+    wait_for(
+        "a reservation at the second relay",
+        Duration::from_secs(60),
+        || reserved_at(&second_id),
+    );
+    let status = bob.json(&["status", "--json"]);
+    let held = status["nat"]["reserved_at"]
+        .as_array()
+        .expect("reserved_at");
+    assert!(!held.iter().any(|p| *p == first_id.as_str()), "{status}");
+
+    let alice_node = alice.start_node(LOOPBACK);
+    let through = format!("{}/p2p-circuit", second_node.addr);
+    alice.add_contact("bob", &bob, std::slice::from_ref(&through));
+    bob.add_contact("alice", &alice, std::slice::from_ref(&alice_node.addr));
+    let id = alice.send("bob", "through the second relay");
+    bob.wait_arrival(&id);
+}
