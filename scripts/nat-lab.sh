@@ -9,6 +9,7 @@
 #
 #   scripts/nat-lab.sh [--trials N] [--pairs "eim:eim eim:sym sym:eim sym:sym"] [--messages M]
 #                      [--json] [--pigeon PATH] [--expect-direct PERCENT] [--keep]
+# (--keep: leave each trial's homes and node logs in the work directory, and say where)
 #
 # Kinds: eim = endpoint-independent mapping (MASQUERADE), sym = address-and-port-dependent
 # mapping ("symmetric", MASQUERADE --random-fully). Prints a table per pair, or with --json one
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --pigeon) pigeon=$2; shift 2 ;;
     --expect-direct) expect_direct=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "nat-lab: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -122,14 +123,9 @@ print(sum(1 for m in json.load(sys.stdin) if m["state"] == "delivered"))'
 trial() {
   local n=$1 who
   local port=$((4000 + n))
-  if [ "$keep" = 1 ]; then
-    # Keep each trial's homes and logs: move the last ones aside.
-    for who in relay a b; do
-      [ -e "$work/$who" ] && mv "$work/$who" "$work/$who.$((n - 1)).$RANDOM"
-      [ -e "$work/$who.log" ] && mv "$work/$who.log" "$work/$who.$((n - 1)).$RANDOM.log"
-    done
-  fi
-  rm -rf "$work/relay" "$work/a" "$work/b" "$work/relay.out" "$work/a.out" "$work/b.out"
+  # Each trial in a directory of its own (trial runs in a subshell: this is its own $work).
+  work=$work/trial-$n
+  mkdir -p "$work"
   for who in relay a b; do p "$who" init >/dev/null; done
   start relay relay --relay --listen "/ip4/$LAB_RELAY_IP/udp/$port/quic-v1" \
     --listen "/ip4/$LAB_RELAY_IP/tcp/$port"
@@ -182,11 +178,14 @@ trial() {
     # shellcheck disable=SC2086
     [ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
   done
-  for ((i = 0; i < 50; i++)); do
+  for ((i = 0; i < 100; i++)); do
     pids=$(for host in peer-a peer-b relay; do ip netns pids "$(lab_ns "$host")" 2>/dev/null; done)
     [ -z "$pids" ] && break
     sleep 0.1
   done
+  # shellcheck disable=SC2086
+  [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+  [ "$keep" = 1 ] || rm -rf "$work" 2>/dev/null || true
 }
 
 results=()
@@ -224,9 +223,9 @@ for pair in $pairs; do
   fi
 done
 if [ "$keep" = 1 ]; then
-  echo "nat-lab: homes and logs kept in $work" >&2
+  echo "nat-lab: homes and logs kept in $work (a directory per trial)" >&2
 else
-  rm -rf "$work"
+  rm -rf "$work" 2>/dev/null || true
 fi
 
 if [ "$json" = 1 ]; then
