@@ -278,6 +278,15 @@ impl Net {
         .await
     }
 
+    /// Asks the swarm task for something it knows; a stopped task answers with the default.
+    async fn query<T: Default>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> T {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(make(reply)).await.is_err() {
+            return T::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// Sends the command `make` builds around a reply channel, and waits for the reply.
     async fn ask<T>(
         &self,
@@ -381,53 +390,22 @@ impl Net {
 
     /// Every connected peer's connections (direct or relayed, and how).
     pub async fn links(&self) -> HashMap<PeerId, Vec<Link>> {
-        let (reply, rx) = oneshot::channel();
-        if self.commands.send(Command::Links { reply }).await.is_err() {
-            return HashMap::new();
-        }
-        rx.await.unwrap_or_default()
+        self.query(|reply| Command::Links { reply }).await
     }
 
     /// Reachability and relay state.
     pub async fn nat_info(&self) -> NatInfo {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::NatInfo { reply })
-            .await
-            .is_err()
-        {
-            return NatInfo::default();
-        }
-        rx.await.unwrap_or_default()
+        self.query(|reply| Command::NatInfo { reply }).await
     }
 
     /// The peers connected now.
     pub async fn connected_peers(&self) -> Vec<PeerId> {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::ConnectedPeers { reply })
-            .await
-            .is_err()
-        {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+        self.query(|reply| Command::ConnectedPeers { reply }).await
     }
 
     /// The addresses the node listens on now.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::ListenAddrs { reply })
-            .await
-            .is_err()
-        {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+        self.query(|reply| Command::ListenAddrs { reply }).await
     }
 }
 

@@ -176,7 +176,9 @@ impl Fetcher {
             }
             // Refilled once half the window is free: each look-up reads every pending
             // manifest, so one per chunk would cost the store thread a tenth of a transfer.
-            if tasks.len() <= self.config.window / 2 {
+            // A full group waiting for the one landing now holds further fetches back.
+            if tasks.len() <= self.config.window / 2 && !(self.group.full() && !landing.is_empty())
+            {
                 self.fill(&mut tasks).await;
             }
             self.release(&mut releases).await;

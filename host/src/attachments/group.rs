@@ -4,8 +4,9 @@
 //! recorded, and it is recorded only after its sync, so a crash loses at most the chunks of the
 //! groups not yet recorded, and those are fetched again.
 //!
-//! A group lands while the window goes on filling; what waits in it is bounded by
-//! [`GROUP_BYTES`] (plus one window), whatever the file size.
+//! A group lands while the window goes on filling, but no new chunk is asked for while the next
+//! group is already full ([`Group::full`]): memory stays within two groups and a window, whatever
+//! the file size and however slow the disk.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +61,11 @@ impl Group {
             && (in_flight == 0
                 || self.bytes >= GROUP_BYTES
                 || self.since.is_some_and(|t| t.elapsed() >= GROUP_DELAY))
+    }
+
+    /// Whether the group holds enough to land at once.
+    pub(super) fn full(&self) -> bool {
+        self.bytes >= GROUP_BYTES
     }
 
     /// How long until the group is due by its age alone.

@@ -66,6 +66,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, FrameE
     }
 }
 
+/// Reads a frame's length prefix and checks it against `max`.
+async fn read_len<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> std::io::Result<usize> {
+    let mut prefix = [0u8; 4];
+    io.read_exact(&mut prefix).await?;
+    Ok(checked_len(prefix, max)?)
+}
+
 fn checked_len(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(prefix) as usize;
     if len > max {
@@ -81,9 +88,7 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
-    let mut prefix = [0u8; 4];
-    io.read_exact(&mut prefix).await?;
-    let len = checked_len(prefix, max)?;
+    let len = read_len(io, max).await?;
     let mut body = vec![0u8; len];
     io.read_exact(&mut body).await?;
     Ok(decode_body(&body)?)
@@ -156,9 +161,7 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
-    let mut prefix = [0u8; 4];
-    io.read_exact(&mut prefix).await?;
-    let len = checked_len(prefix, max)?;
+    let len = read_len(io, max).await?;
     // The map, the key and the first byte of the byte string's head; then its length bytes.
     let fixed = bulk_head(key, 0).len();
     let mut head = vec![0u8; fixed.min(len)];
