@@ -177,8 +177,8 @@ impl Fetcher {
             // Refilled once half the window is free: each look-up reads every pending
             // manifest, so one per chunk would cost the store thread a tenth of a transfer.
             // A full group waiting for the one landing now holds further fetches back.
-            if tasks.len() <= self.config.window / 2 && !(self.group.full() && !landing.is_empty())
-            {
+            let held_back = self.group.full() && !landing.is_empty();
+            if tasks.len() <= self.config.window / 2 && !held_back {
                 self.fill(&mut tasks).await;
             }
             self.release(&mut releases).await;
