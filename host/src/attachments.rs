@@ -15,7 +15,6 @@ mod group;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use blake2::{Blake2b, Digest, digest::consts::U32};
@@ -401,10 +400,16 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Reads sealed chunk `index` from an attachment file.
 pub fn read_chunk(file: &Path, attachment: &AttachmentRef, index: u32) -> std::io::Result<Vec<u8>> {
     let len = sealed_len(index, attachment.size, attachment.chunk_size) as usize;
-    let mut buf = vec![0u8; len];
+    use std::io::{Seek, SeekFrom};
     let offset = chunk_offset(index, attachment.chunk_size);
-    let file = File::open(file)?;
-    file.read_exact_at(&mut buf, offset)?;
+    let mut file = File::open(file)?;
+    file.seek(SeekFrom::Start(offset))?;
+    // Read into spare capacity: no megabyte zeroed first, only to be overwritten.
+    let mut buf = Vec::with_capacity(len);
+    (&mut file).take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     // Served once per fetch: its pages can go.
     drop_cached(&file, offset, len as u64);
     Ok(buf)
