@@ -4,6 +4,5 @@
 
 mod cli;
 mod hostile_contact;
-mod hostile_otk;
 mod hostile_peer;
 mod rogue;
