@@ -182,6 +182,14 @@ pub async fn run_waiting(r: Refresher, cancel: tokio_util::sync::CancellationTok
     }
 }
 
+/// Counts a contact's answer to a request for one-time keys.
+fn answered(result: &str) {
+    crate::metrics::METRICS
+        .one_time_key_answers
+        .with_label_values(&[result])
+        .inc();
+}
+
 /// Asks `peer` for one-time keys if this node holds fewer than [`POOL_LOW`] of them, and keeps
 /// those that check out (signed by the contact for this node, usable, with between an hour and a
 /// year to live). Returns how many it kept.
@@ -214,6 +222,7 @@ pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId)
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "could not fetch one-time keys");
+            answered("failed");
             return 0;
         }
     };
@@ -230,13 +239,17 @@ pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId)
                 && (MIN_KEY_LIFE_MS..=MAX_KEY_LIFE_MS)
                     .contains(&k.expires_at_ms.saturating_sub(now))
         });
-    if !bad.is_empty() {
+    let result = if bad.is_empty() {
+        "kept"
+    } else {
         tracing::warn!(%peer, refused = bad.len(), "a contact's one-time keys did not check out; refused them");
-    }
-    match store
+        "refused"
+    };
+    let kept = store
         .call(move |db| db.add_pool_keys(&peer, &good, now))
-        .await
-    {
+        .await;
+    answered(result);
+    match kept {
         Ok(kept) => {
             tracing::debug!(%peer, kept, "kept one-time keys");
             kept

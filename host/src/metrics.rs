@@ -69,6 +69,9 @@ pub struct Metrics {
     pub relay_reservations: IntGauge,
     /// Connections this node relays now.
     pub relay_circuits: IntGauge,
+    /// Contacts' answers to this node's requests for one-time keys, by result: `kept` (every key
+    /// checked out), `refused` (some did not) or `failed` (no answer, or one that did not decode).
+    pub one_time_key_answers: IntCounterVec,
 }
 
 impl Metrics {
@@ -131,8 +134,17 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid gauge");
+        let one_time_key_answers = IntCounterVec::new(
+            Opts::new(
+                "pigeon_one_time_key_answers_total",
+                "Contacts' answers to requests for one-time keys, by result: kept, refused (some keys did not check out) or failed",
+            ),
+            &["result"],
+        )
+        .expect("valid counter");
         for m in [
             Box::new(plugin_call_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(one_time_key_answers.clone()),
             Box::new(plugin_failures.clone()),
             Box::new(plugin_disabled.clone()),
             Box::new(hole_punches.clone()),
@@ -141,6 +153,7 @@ impl Metrics {
             registry.register(m).expect("unique metric name");
         }
         Metrics {
+            one_time_key_answers,
             hole_punches,
             connections,
             relay_reservations: gauge(

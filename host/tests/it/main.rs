@@ -4,5 +4,7 @@
 
 mod cli;
 mod hostile_contact;
+mod hostile_nat;
+mod hostile_otk;
 mod hostile_peer;
 mod rogue;

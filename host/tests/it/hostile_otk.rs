@@ -38,14 +38,27 @@ async fn contact(node: &Node, name: &str) -> ContactInfo {
     }
 }
 
-/// Connects to the node, answers its request for one-time keys with `answer`, and disconnects;
-/// returns the request the node sent.
+/// How many of the node's requests for one-time keys ended in `result` (`kept`, `refused`,
+/// `failed`), as its metrics count them.
+fn answers(result: &str) -> u64 {
+    pigeon::metrics::METRICS
+        .one_time_key_answers
+        .with_label_values(&[result])
+        .get()
+}
+
+/// Connects to the node, answers its request for one-time keys with `answer`, stays until the
+/// node has taken the answer in (its metrics count one more answer ending in `result`: leaving at
+/// once could close the connection before the node read it), and disconnects; returns the request
+/// the node sent.
 async fn answer_once(
     rogue: &mut Rogue,
     node: PeerId,
     addr: &Multiaddr,
     answer: Vec<u8>,
+    result: &str,
 ) -> Vec<u8> {
+    let before = answers(result);
     rogue
         .dial(
             DialOpts::peer_id(node)
@@ -83,6 +96,17 @@ async fn answer_once(
     let request = tokio::time::timeout(Duration::from_secs(20), served)
         .await
         .expect("the node asked for keys on connecting");
+    let taken_in = async {
+        while answers(result) == before {
+            tokio::select! {
+                _ = rogue.select_next_some() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), taken_in)
+        .await
+        .unwrap_or_else(|_| panic!("the node did not count the answer as {result}"));
     let _ = rogue.disconnect_peer_id(node);
     let closed = async {
         loop {
@@ -147,7 +171,7 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
     }
     let mut oversized = vec![0, 0x10, 0, 0];
     oversized.extend_from_slice(&[0u8; 32 * 1024]);
-    let answers: Vec<(&str, Vec<u8>)> = vec![
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "signed by someone else",
             keys_frame(
@@ -155,6 +179,7 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
                     .map(|_| one_time::make(&other, &victim_peer, month).1)
                     .collect(),
             ),
+            "refused",
         ),
         (
             "for another holder",
@@ -163,10 +188,15 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
                     .map(|_| one_time::make(&rogue_keys, &other.peer_id(), month).1)
                     .collect(),
             ),
+            "refused",
         ),
-        ("unsigned", keys_frame(unsigned)),
-        ("without a signature", keys_frame(empty_signature)),
-        ("altered after signing", keys_frame(altered)),
+        ("unsigned", keys_frame(unsigned), "refused"),
+        (
+            "without a signature",
+            keys_frame(empty_signature),
+            "refused",
+        ),
+        ("altered after signing", keys_frame(altered), "refused"),
         (
             "expiring within the minute",
             keys_frame(
@@ -174,20 +204,21 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
                     .map(|_| one_time::make(&rogue_keys, &victim_peer, now_ms() + 60_000).1)
                     .collect(),
             ),
+            "refused",
         ),
-        ("more than a frame may hold", keys_frame(good(33))),
-        ("an oversized frame", oversized),
+        ("more than a frame may hold", keys_frame(good(33)), "failed"),
+        ("an oversized frame", oversized, "failed"),
         (
             "garbage",
             vec![0, 0, 0, 8, 0xff, 0xfe, 0xfd, 0xfc, 1, 2, 3, 4],
+            "failed",
         ),
     ];
-    for (what, answer) in answers {
-        let asked = answer_once(&mut rogue, victim_peer, &victim_addr, answer).await;
+    for (what, answer, result) in cases {
+        let asked = answer_once(&mut rogue, victim_peer, &victim_addr, answer, result).await;
         let request: OtkRequest = codec::decode(&asked, 1024).expect("the node's request decodes");
         assert_eq!(request.want, 32, "{what}");
         assert_eq!(request.held, Some(0), "{what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             contact(&victim, "rogue").await.one_time_keys_held,
             0,
@@ -195,12 +226,19 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
         );
     }
     // Good keys, with a flood of more than were asked for: the node keeps what it asked for.
-    answer_once(&mut rogue, victim_peer, &victim_addr, keys_frame(good(32))).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while contact(&victim, "rogue").await.one_time_keys_held != 32 {
-        assert!(Instant::now() < deadline, "the good keys were not kept");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    answer_once(
+        &mut rogue,
+        victim_peer,
+        &victim_addr,
+        keys_frame(good(32)),
+        "kept",
+    )
+    .await;
+    assert_eq!(
+        contact(&victim, "rogue").await.one_time_keys_held,
+        32,
+        "the good keys were kept"
+    );
 
     // Asking: a flood of requests, each claiming every key was lost.
     let started = Instant::now();
