@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/Cargo.toml");
-    let packages = ["misbehave", "future-api"];
+    let packages = ["misbehave", "future-api", "contract-1-0"];
     let built = pigeon_build_support::build_plugins(&manifest, &packages);
     for (name, wasm) in packages.iter().zip(built) {
         let var = format!(

@@ -123,8 +123,22 @@ pub enum NetEvent {
     },
     /// AutoNAT's view of this node's reachability changed.
     NatStatus(NatStatus),
+    /// A relay accepted a reservation for this node (not sent for renewals).
+    ReservationAccepted(PeerId),
     /// A listener through a relay closed (its reservation was refused or lapsed).
-    RelayLost(PeerId),
+    RelayLost {
+        /// The relay.
+        relay: PeerId,
+        /// Why, as far as libp2p says.
+        reason: String,
+    },
+    /// A hole punch with a peer connected through a relay ended.
+    HolePunch {
+        /// The peer.
+        peer: PeerId,
+        /// Why it failed; `None` when it made a direct connection.
+        error: Option<String>,
+    },
     /// A peer sent a batch; answer it with [`Net::respond`].
     InboundBatch {
         /// The Noise-authenticated sender.

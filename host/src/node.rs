@@ -392,9 +392,15 @@ impl Pump {
                 plugins.event(NodeEvent::PeerDisconnected(peer));
             }
             NetEvent::NatStatus(status) => plugins.event(NodeEvent::NatStatus(status)),
-            // A 1.0 plugin learns of a lost reservation when its circuit address is gone from
-            // what the relay says, or when the relay disconnects; the log says it here.
-            NetEvent::RelayLost(relay) => tracing::debug!(%relay, "relay listener closed"),
+            NetEvent::ReservationAccepted(relay) => {
+                plugins.event(NodeEvent::ReservationAccepted(relay))
+            }
+            NetEvent::RelayLost { relay, reason } => {
+                plugins.event(NodeEvent::ReservationLost { relay, reason })
+            }
+            NetEvent::HolePunch { peer, error } => {
+                plugins.event(NodeEvent::HolePunch { peer, error })
+            }
             NetEvent::InboundBatch {
                 peer,
                 batch,

@@ -55,8 +55,8 @@ pub mod discovery_bindings {
         export_macro_name: "__export_discovery",
         default_bindings_module: "pigeon_plugin_sdk::discovery_bindings",
         with: {
-            "pigeon:plugin/types@1.0.0": crate::rule_bindings::pigeon::plugin::types,
-            "pigeon:plugin/host@1.0.0": crate::rule_bindings::pigeon::plugin::host,
+            "pigeon:plugin/types@1.1.0": crate::rule_bindings::pigeon::plugin::types,
+            "pigeon:plugin/host@1.1.0": crate::rule_bindings::pigeon::plugin::host,
         },
     });
 }
@@ -64,12 +64,12 @@ pub mod discovery_bindings {
 #[cfg(target_arch = "wasm32")]
 use rule_bindings::pigeon::plugin::host as wit_host;
 pub use rule_bindings::pigeon::plugin::types::{
-    Action, DialFailure, DiscoveryAction, Level, Message, NatStatus, NodeEvent, PeerAddress,
-    RuleInfo,
+    Action, DialFailure, DiscoveryAction, HolePunch, Level, Message, NatStatus, NodeEvent,
+    PeerAddress, ReservationLoss, RuleInfo,
 };
 
 /// The version of the `pigeon:plugin` contract this SDK builds against.
-pub const SDK_VERSION: &str = "1.0.0";
+pub const SDK_VERSION: &str = "1.1.0";
 
 /// A configuration type for plugins that take none: accepts any table and ignores it.
 pub type NoConfig = serde::de::IgnoredAny;

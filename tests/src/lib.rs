@@ -288,6 +288,11 @@ impl TestHome {
         })
     }
 
+    /// What the node has logged so far (`<home>/node.log`, see [`TestHome::start_node`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("node.log")).unwrap_or_default()
+    }
+
     /// Starts `pigeon node run` on `listen`; its log (debug level) goes to `<home>/node.log`.
     pub fn start_node(&self, listen: &str) -> NodeProc {
         self.start_node_with(listen, &[])
@@ -516,6 +521,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub const MISBEHAVE_WASM: &str = env!("PIGEON_TEST_PLUGIN_MISBEHAVE");
 /// Test-only plugin built against `pigeon:plugin@2.0.0`.
 pub const FUTURE_API_WASM: &str = env!("PIGEON_TEST_PLUGIN_FUTURE_API");
+/// A discovery plugin built against contract 1.0.0, which logs every event it is sent.
+pub const CONTRACT_1_0_WASM: &str = env!("PIGEON_TEST_PLUGIN_CONTRACT_1_0");
 /// What the misbehave plugin's `sandbox` mode labels a message with when the
 /// sandbox holds: every host file, directory, variable, argument and socket denied.
 pub const SANDBOX_SEALED: [&str; 7] = [

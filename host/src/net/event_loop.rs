@@ -357,9 +357,12 @@ impl EventLoop {
                 ..
             } => {
                 if let Some(relay) = self.nat.listener_closed(listener_id) {
-                    let why = reason.err().map(|e| describe(&e)).unwrap_or_default();
-                    tracing::warn!(%relay, reason = %why, "no longer listening through the relay");
-                    self.emit(NetEvent::RelayLost(relay));
+                    let reason = match reason {
+                        Ok(()) => "the relay closed the reservation".to_owned(),
+                        Err(e) => describe(&e),
+                    };
+                    tracing::warn!(%relay, %reason, "no longer listening through the relay");
+                    self.emit(NetEvent::RelayLost { relay, reason });
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -455,10 +458,18 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Chunk(event)) => self.on_chunk_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Otk(event)) => self.on_otk_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
-                self.nat.client_event(&event)
+                if let Some(relay) = self.nat.client_event(&event) {
+                    self.emit(NetEvent::ReservationAccepted(relay));
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => self.nat.server_event(&event),
-            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.nat.punched(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
+                self.nat.punched(&event);
+                self.emit(NetEvent::HolePunch {
+                    peer: event.remote_peer_id,
+                    error: event.result.as_ref().err().map(|e| e.to_string()),
+                });
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => {
                 if let Some(status) = self.nat.tested(&event) {
                     tracing::info!(?status, "reachability as AutoNAT found it");

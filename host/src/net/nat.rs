@@ -271,18 +271,19 @@ impl Nat {
         Some(relay)
     }
 
-    /// An event of the relay client.
-    pub(super) fn client_event(&mut self, event: &relay::client::Event) {
+    /// An event of the relay client; returns the relay of a new (not renewed) reservation.
+    pub(super) fn client_event(&mut self, event: &relay::client::Event) -> Option<PeerId> {
         match event {
             relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,
                 renewal,
                 ..
             } => {
+                self.reserved_at.insert(*relay_peer_id);
                 if !renewal {
                     tracing::info!(relay = %relay_peer_id, "the relay holds a reservation for this node");
+                    return Some(*relay_peer_id);
                 }
-                self.reserved_at.insert(*relay_peer_id);
             }
             relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
                 tracing::debug!(relay = %relay_peer_id, "connected through a relay");
@@ -291,6 +292,7 @@ impl Nat {
                 tracing::debug!(peer = %src_peer_id, "a peer connected through a relay");
             }
         }
+        None
     }
 
     /// An event of the relay server.

@@ -7,7 +7,9 @@ use std::time::Instant;
 use wasmtime::component::{ComponentNamedList, Lift, Lower, TypedFunc};
 use wasmtime::{Engine, Store, Trap};
 
-use super::bindings::{Message, RuleInfo, WitAction, WitDiscoveryAction, WitNodeEvent};
+use super::bindings::{
+    Message, NodeEventV1_0, RuleInfo, WitAction, WitDiscoveryAction, WitNodeEvent,
+};
 use super::lift::{Actions, BoundedList, DiscoveryActions, InitResult, MAX_ACTIONS};
 use super::runtime::{Limits, Linked, Runtime, State};
 use crate::metrics::METRICS;
@@ -52,9 +54,10 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The interfaces a plugin exports; a 1.0.x export answers to these names too.
-const RULE_HOOKS: &str = "pigeon:plugin/rule-hooks@1.0.0";
-const DISCOVERY_HOOKS: &str = "pigeon:plugin/discovery-hooks@1.0.0";
+/// The interfaces a plugin exports; the export of any 1.x version answers to these names (wasmtime
+/// looks exports up by semver-compatible version).
+const RULE_HOOKS: &str = "pigeon:plugin/rule-hooks@1.1.0";
+const DISCOVERY_HOOKS: &str = "pigeon:plugin/discovery-hooks@1.1.0";
 
 /// The hooks of a live instance. What they return is lifted with its sizes checked first (see
 /// [`super::lift`]), not through the generated bindings.
@@ -63,9 +66,17 @@ enum Bound {
         on_message: TypedFunc<(Message,), (Actions,)>,
     },
     Discovery {
-        on_event: TypedFunc<(WitNodeEvent,), (DiscoveryActions,)>,
+        on_event: OnEvent,
         on_tick: TypedFunc<(u64,), (DiscoveryActions,)>,
     },
+}
+
+/// A discovery plugin's `on-event`, typed for the contract version it was built against.
+enum OnEvent {
+    /// 1.1 and later minor versions of this host's contract.
+    Current(TypedFunc<(WitNodeEvent,), (DiscoveryActions,)>),
+    /// 1.0: the events before 1.1.0's.
+    V1_0(TypedFunc<(NodeEventV1_0,), (DiscoveryActions,)>),
 }
 
 struct Live {
@@ -129,7 +140,7 @@ impl Instance {
         store.set_epoch_deadline(ticks);
         let (pre, interface) = match &self.linked {
             Linked::Rule(pre) => (pre.instance_pre(), RULE_HOOKS),
-            Linked::Discovery(pre) => (pre.instance_pre(), DISCOVERY_HOOKS),
+            Linked::Discovery { pre, .. } => (pre.instance_pre(), DISCOVERY_HOOKS),
         };
         let instance = pre
             .instantiate(&mut store)
@@ -148,8 +159,11 @@ impl Instance {
                     on_message: hook(&mut store, &instance, interface, "on-message")?,
                 }
             }
-            Linked::Discovery(_) => Bound::Discovery {
-                on_event: hook(&mut store, &instance, interface, "on-event")?,
+            Linked::Discovery { minor, .. } => Bound::Discovery {
+                on_event: match minor {
+                    0 => OnEvent::V1_0(hook(&mut store, &instance, interface, "on-event")?),
+                    _ => OnEvent::Current(hook(&mut store, &instance, interface, "on-event")?),
+                },
                 on_tick: hook(&mut store, &instance, interface, "on-tick")?,
             },
         };
@@ -209,13 +223,44 @@ impl Instance {
         Ok(self.kept(actions))
     }
 
-    /// Calls a discovery strategy's `on-event`.
+    /// Calls a discovery strategy's `on-event`; an event newer than the plugin's contract is
+    /// not sent (and returns no actions).
     pub fn on_event(&mut self, event: &WitNodeEvent) -> Result<Vec<WitDiscoveryAction>, Failure> {
-        let actions = self.call("on-event", |bound, store| match bound {
-            Bound::Discovery { on_event, .. } => {
-                on_event.call(store, (event.clone(),)).map(|(a,)| a)
+        self.ensure_live()?;
+        let older = matches!(
+            &self.live,
+            Some(Live {
+                bound: Bound::Discovery {
+                    on_event: OnEvent::V1_0(_),
+                    ..
+                },
+                ..
+            })
+        );
+        let older_event = if older {
+            match NodeEventV1_0::from_current(event) {
+                Some(e) => Some(e),
+                None => return Ok(Vec::new()),
             }
-            Bound::Rule { .. } => Ok(DiscoveryActions::empty()),
+        } else {
+            None
+        };
+        let actions = self.call("on-event", |bound, store| match (bound, older_event) {
+            (
+                Bound::Discovery {
+                    on_event: OnEvent::Current(on_event),
+                    ..
+                },
+                _,
+            ) => on_event.call(store, (event.clone(),)).map(|(a,)| a),
+            (
+                Bound::Discovery {
+                    on_event: OnEvent::V1_0(on_event),
+                    ..
+                },
+                Some(event),
+            ) => on_event.call(store, (event,)).map(|(a,)| a),
+            _ => Ok(DiscoveryActions::empty()),
         })?;
         Ok(self.kept(actions))
     }

@@ -22,7 +22,7 @@ pub const TICK: Duration = Duration::from_millis(5);
 /// The `pigeon:plugin` major version this host speaks.
 pub const API_MAJOR: u64 = 1;
 /// The newest `pigeon:plugin` minor version this host knows.
-pub const API_MINOR: u64 = 0;
+pub const API_MINOR: u64 = 1;
 /// Longest log line kept from a plugin, in bytes.
 const MAX_LOG_LINE: usize = 2048;
 /// Most WASI resources (streams, pollables) one instance may hold at once.
@@ -213,8 +213,14 @@ impl rule::pigeon::plugin::host::Host for State {
 pub enum Linked {
     /// An inbox rule.
     Rule(rule::InboxRulePre<State>),
-    /// A discovery strategy.
-    Discovery(discovery::DiscoveryPre<State>),
+    /// A discovery strategy, built against contract `1.minor`: it is sent the events its
+    /// version knows.
+    Discovery {
+        /// Ready to instantiate.
+        pre: discovery::DiscoveryPre<State>,
+        /// Its contract's minor version.
+        minor: u64,
+    },
 }
 
 /// What [`Runtime::load`] found out about a component.
@@ -323,7 +329,10 @@ impl Runtime {
                     .discovery_linker
                     .instantiate_pre(&component)
                     .map_err(link_error)?;
-                Linked::Discovery(discovery::DiscoveryPre::new(pre).map_err(link_error)?)
+                Linked::Discovery {
+                    pre: discovery::DiscoveryPre::new(pre).map_err(link_error)?,
+                    minor: minor_of(&api_version),
+                }
             }
         };
         Ok(Loaded {
@@ -371,6 +380,15 @@ fn check_header(wasm: &[u8]) -> Result<(), PluginError> {
 
 fn compile(engine: &Engine, wasm: &[u8]) -> Result<Component, PluginError> {
     Component::new(engine, wasm).map_err(|e| PluginError::Invalid(format!("{e:#}")))
+}
+
+/// The minor version of a version [`check_exports`] accepted (`1.1.0` gives 1).
+fn minor_of(version: &str) -> u64 {
+    version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Finds the `pigeon:plugin` interface a component exports and checks its version against the
@@ -620,6 +638,12 @@ mod tests {
             (PluginKind::Rule, "1.0.0".into())
         );
         assert_eq!(
+            check(&["pigeon:plugin/discovery-hooks@1.1.0"]).expect("ok"),
+            (PluginKind::Discovery, "1.1.0".into())
+        );
+        assert_eq!(minor_of("1.0.0"), 0);
+        assert_eq!(minor_of("1.1.2"), 1);
+        assert_eq!(
             check(&["x:y/z", "pigeon:plugin/discovery-hooks@1.0.3"])
                 .expect("patch releases load")
                 .0,
@@ -629,11 +653,14 @@ mod tests {
 
     #[test]
     fn other_majors_newer_minors_and_non_plugins_are_refused_with_the_reason() {
-        for found in ["2.0.0", "1.1.0", "0.9.0", "x"] {
+        for found in ["2.0.0", "1.2.0", "0.9.0", "x"] {
             let e = check(&[&format!("pigeon:plugin/rule-hooks@{found}")]).expect_err(found);
             let text = e.to_string();
             assert!(text.contains(found), "{text}");
-            assert!(text.contains("1.0"), "names the supported versions: {text}");
+            assert!(
+                text.contains("1.0.0 up to 1.1.x"),
+                "names the supported versions: {text}"
+            );
         }
         let e = check(&["wasi:cli/run@0.2.0"]).expect_err("not a plugin");
         assert!(e.to_string().contains("wasi:cli/run@0.2.0"), "{e}");

@@ -158,7 +158,7 @@ impl PluginSpec {
 
 /// The contract version the embedded plugins are built against (they build with this repository's
 /// SDK).
-pub const BUILTIN_API_VERSION: &str = "1.0.0";
+pub const BUILTIN_API_VERSION: &str = "1.1.0";
 
 /// Reads a component file, refusing anything too large to be a plugin.
 pub fn read_wasm(path: &Path) -> Result<Vec<u8>, PluginError> {
@@ -267,6 +267,22 @@ pub enum NodeEvent {
     NewListenAddress(Multiaddr),
     /// AutoNAT's view of the node's reachability changed.
     NatStatus(crate::net::NatStatus),
+    /// A relay holds a (new) reservation for this node. Contract 1.1.
+    ReservationAccepted(PeerId),
+    /// The node no longer listens through a relay. Contract 1.1.
+    ReservationLost {
+        /// The relay.
+        relay: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// A hole punch ended. Contract 1.1.
+    HolePunch {
+        /// The peer.
+        peer: PeerId,
+        /// Why it failed; `None` when it made a direct connection.
+        error: Option<String>,
+    },
 }
 
 impl NodeEvent {
@@ -289,6 +305,18 @@ impl NodeEvent {
                 crate::net::NatStatus::Unknown => bindings::NatStatus::Unknown,
                 crate::net::NatStatus::Public => bindings::NatStatus::Public,
                 crate::net::NatStatus::Private => bindings::NatStatus::Private,
+            }),
+            NodeEvent::ReservationAccepted(relay) => E::ReservationAccepted(relay.to_string()),
+            NodeEvent::ReservationLost { relay, reason } => {
+                E::ReservationLost(bindings::ReservationLoss {
+                    relay: relay.to_string(),
+                    reason: reason.clone(),
+                })
+            }
+            NodeEvent::HolePunch { peer, error } => E::HolePunch(bindings::HolePunch {
+                peer: peer.to_string(),
+                direct: error.is_none(),
+                error: error.clone(),
             }),
         }
     }

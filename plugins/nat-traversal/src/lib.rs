@@ -16,20 +16,23 @@
 //!
 //! It asks one relay at a time: it dials the relay (the connection must be up first, so that
 //! identify learns the address the relay observes), asks the node to listen through it, and waits
-//! for the node to report a `/p2p-circuit` listen address through that relay. A relay that grants
-//! none within `reservation_timeout_ms`, whose dial fails or that disconnects first is given up on
-//! for the next one; after a full round without a reservation it waits (from `retry_initial_ms`,
-//! doubling up to `retry_max_ms`) and starts another round. When the relay holding the reservation
-//! disconnects, the reservation has lapsed: it asks the same relay again after
-//! `retry_initial_ms`, then goes on through the others as before.
+//! for the node to report the reservation (`reservation-accepted`, or a `/p2p-circuit` listen
+//! address through that relay). A relay that grants none within `reservation_timeout_ms`, whose
+//! dial fails, that refuses or that disconnects first is given up on for the next one; after a
+//! full round without a reservation it waits (from `retry_initial_ms`, doubling up to
+//! `retry_max_ms`) and starts another round. When the relay holding the reservation drops it
+//! (`reservation-lost`: refused at renewal, lapsed) or disconnects, it asks the same relay again
+//! after `retry_initial_ms`, then goes on through the others as before. Hole punches are logged.
 //!
 //! It needs these node events: `started`, `nat-status` (with `"when-private"`),
-//! `new-listen-address` for circuit addresses, `peer-disconnected` and `dial-failed`. Time comes
-//! only from `on-tick`: a deadline that an event sets starts at the next tick, so a wait may last
-//! up to one tick longer than configured, never shorter.
+//! `new-listen-address` for circuit addresses, `peer-disconnected`, `dial-failed`, and from
+//! contract 1.1 `reservation-accepted`, `reservation-lost` and `hole-punch`. Time comes only from
+//! `on-tick`: a deadline that an event sets starts at the next tick, so a wait may last up to one
+//! tick longer than configured, never shorter.
 
 use pigeon_plugin_sdk::{
-    DialFailure, Discovery, DiscoveryAction, Level, NatStatus, NodeEvent, export_discovery, log,
+    DialFailure, Discovery, DiscoveryAction, HolePunch, Level, NatStatus, NodeEvent,
+    export_discovery, log,
 };
 use serde::Deserialize;
 
@@ -305,9 +308,14 @@ impl NatTraversal {
     }
 
     fn on_listen_address(&mut self, address: &str) -> Vec<DiscoveryAction> {
-        let Some(peer) = circuit_relay(address) else {
-            return Vec::new();
-        };
+        match circuit_relay(address) {
+            Some(peer) => self.reserved(peer, &format!("reachable at {address}")),
+            None => Vec::new(),
+        }
+    }
+
+    /// The relay `peer` holds a reservation for this node (`detail` says how it is known).
+    fn reserved(&mut self, peer: &str, detail: &str) -> Vec<DiscoveryAction> {
         let found = match self.state {
             State::Trying { relay, .. } if self.relays[relay].peer == peer => Some(relay),
             _ => self.relays.iter().position(|r| r.peer == peer),
@@ -315,7 +323,7 @@ impl NatTraversal {
         let Some(relay) = found else {
             log(
                 Level::Info,
-                &format!("listening through {address}, a relay not in the configuration"),
+                &format!("reserved at {peer}, a relay not in the configuration: {detail}"),
             );
             return Vec::new();
         };
@@ -332,10 +340,7 @@ impl NatTraversal {
             _ => {
                 log(
                     Level::Info,
-                    &format!(
-                        "reserved at relay {}: reachable at {address}",
-                        self.relay(relay)
-                    ),
+                    &format!("reserved at relay {}: {detail}", self.relay(relay)),
                 );
                 self.state = State::Reserved { relay };
                 self.failures_in_round = 0;
@@ -345,14 +350,15 @@ impl NatTraversal {
         Vec::new()
     }
 
-    fn on_disconnected(&mut self, peer: &str) -> Vec<DiscoveryAction> {
+    /// The reservation at relay `peer` is gone (`why`): ask again, or the next relay.
+    fn lost(&mut self, peer: &str, why: &str) -> Vec<DiscoveryAction> {
         match self.state {
             State::Reserved { relay } if self.relays[relay].peer == peer => {
                 if !self.wanted() {
                     log(
                         Level::Warn,
                         &format!(
-                            "the reservation at relay {} lapsed (it disconnected); publicly reachable, so not asking again",
+                            "the reservation at relay {} lapsed ({why}); publicly reachable, so not asking again",
                             self.relay(relay)
                         ),
                     );
@@ -362,7 +368,7 @@ impl NatTraversal {
                 log(
                     Level::Warn,
                     &format!(
-                        "the reservation at relay {} lapsed (it disconnected); asking it again in {} ms",
+                        "the reservation at relay {} lapsed ({why}); asking it again in {} ms",
                         self.relay(relay),
                         self.initial_ms
                     ),
@@ -377,10 +383,31 @@ impl NatTraversal {
                 Vec::new()
             }
             State::Trying { relay, .. } if self.relays[relay].peer == peer => {
-                self.fail(relay, "it disconnected before granting one", None)
+                self.fail(relay, &format!("{why} before granting one"), None)
             }
             _ => Vec::new(),
         }
+    }
+
+    fn on_disconnected(&mut self, peer: &str) -> Vec<DiscoveryAction> {
+        self.lost(peer, "it disconnected")
+    }
+
+    fn on_hole_punch(&mut self, punch: &HolePunch) -> Vec<DiscoveryAction> {
+        match &punch.error {
+            None => log(
+                Level::Info,
+                &format!("hole punch with {}: direct connection", punch.peer),
+            ),
+            Some(e) => log(
+                Level::Info,
+                &format!(
+                    "hole punch with {} failed ({e}); its messages go on through the relay",
+                    punch.peer
+                ),
+            ),
+        }
+        Vec::new()
     }
 
     fn on_dial_failed(&mut self, failure: &DialFailure) -> Vec<DiscoveryAction> {
@@ -408,6 +435,11 @@ impl NatTraversal {
             NodeEvent::PeerDisconnected(peer) => self.on_disconnected(peer),
             NodeEvent::DialFailed(failure) => self.on_dial_failed(failure),
             NodeEvent::PeerConnected(_) => Vec::new(),
+            NodeEvent::ReservationAccepted(relay) => {
+                self.reserved(relay, "the relay accepted the request")
+            }
+            NodeEvent::ReservationLost(loss) => self.lost(&loss.relay, &loss.reason),
+            NodeEvent::HolePunch(punch) => self.on_hole_punch(punch),
         }
     }
 
@@ -862,6 +894,71 @@ mod tests {
         assert_eq!(p.tick(6_000), attempt(R0));
         // A relay that disconnects before granting one counts as failed too.
         assert_eq!(p.event(&NodeEvent::PeerDisconnected(peer(R0))), attempt(R1));
+    }
+
+    fn loss(relay: &str, reason: &str) -> NodeEvent {
+        NodeEvent::ReservationLost(pigeon_plugin_sdk::ReservationLoss {
+            relay: peer(relay),
+            reason: reason.into(),
+        })
+    }
+
+    #[test]
+    fn the_relays_word_on_a_reservation_counts_as_the_listen_address_does() {
+        let mut p = trying_at(&[R0, R1], 0);
+        assert!(
+            p.event(&NodeEvent::ReservationAccepted("12D3KooWStranger".into()))
+                .is_empty()
+        );
+        assert!(matches!(p.state, State::Trying { relay: 0, .. }));
+        assert!(
+            p.event(&NodeEvent::ReservationAccepted(peer(R0)))
+                .is_empty()
+        );
+        assert_eq!(p.state, State::Reserved { relay: 0 });
+        assert!(p.tick(TIMEOUT * 10).is_empty(), "no deadline once reserved");
+        assert!(p.event(&circuit(R0)).is_empty(), "its listen address next");
+        assert_eq!(p.state, State::Reserved { relay: 0 });
+    }
+
+    #[test]
+    fn a_reservation_the_relay_drops_while_connected_is_asked_for_again() {
+        // The relay stays connected but no longer holds the reservation (refused at renewal):
+        // without `reservation-lost` nothing would tell the plugin.
+        let mut p = trying_at(&[R0, R1], 0);
+        p.event(&NodeEvent::ReservationAccepted(peer(R0)));
+        assert!(
+            p.event(&loss(R1, "not ours")).is_empty(),
+            "not the relay holding it"
+        );
+        assert_eq!(p.state, State::Reserved { relay: 0 });
+        assert!(p.event(&loss(R0, "reservation refused")).is_empty());
+        let t = 50_000;
+        assert!(p.tick(t).is_empty(), "waits retry_initial_ms first");
+        assert_eq!(p.tick(t + 1_000), attempt(R0), "the same relay first");
+        // The relay refuses again while being asked: the next one at once.
+        assert_eq!(p.event(&loss(R0, "reservation refused")), attempt(R1));
+        // The loss and the disconnection of one lapse count once.
+        p.event(&NodeEvent::ReservationAccepted(peer(R1)));
+        assert!(p.event(&loss(R1, "connection closed")).is_empty());
+        let waiting = p.state;
+        assert!(p.event(&NodeEvent::PeerDisconnected(peer(R1))).is_empty());
+        assert_eq!(p.state, waiting);
+    }
+
+    #[test]
+    fn hole_punches_are_logged_and_change_nothing() {
+        let mut p = trying_at(&[R0], 0);
+        p.event(&NodeEvent::ReservationAccepted(peer(R0)));
+        for error in [None, Some("no addresses".to_owned())] {
+            let punch = NodeEvent::HolePunch(HolePunch {
+                peer: "12D3KooWPeer".into(),
+                direct: error.is_none(),
+                error,
+            });
+            assert!(p.event(&punch).is_empty());
+            assert_eq!(p.state, State::Reserved { relay: 0 });
+        }
     }
 
     #[test]

@@ -41,6 +41,9 @@ fn a_node_behind_a_relay_is_reached_through_it_and_then_directly() {
     );
     // On loopback AutoNAT finds the node reachable; listen through the relay all the same.
     bob.config_set("plugins.nat-traversal.config.listen", r#""always""#);
+    // Beside it, a discovery plugin built against contract 1.0, which knows none of 1.1's events.
+    bob.config_set("plugins.old.path", pigeon_e2e::CONTRACT_1_0_WASM);
+    bob.config_set("plugins.old.enabled", "true");
     let bob_node = bob.start_node(LOOPBACK);
     let bob_id = peer_id(&bob_node.addr);
 
@@ -61,6 +64,15 @@ fn a_node_behind_a_relay_is_reached_through_it_and_then_directly() {
     assert_eq!(served["nat"]["max_reservations"], 128, "{served}");
     let human = relay.ok(&["status"]);
     assert!(human.contains("relaying: 1/128 reservations"), "{human}");
+    // The plugin heard of it from the relay's acceptance (contract 1.1's `reservation-accepted`).
+    wait_for("the plugin's word on it", Duration::from_secs(10), || {
+        bob.log()
+            .contains(&format!(
+                "reserved at relay {}: the relay accepted the request",
+                relay_node.addr
+            ))
+            .then_some(())
+    });
 
     // Alice knows bob only by his address through the relay.
     let through_relay = format!("{}/p2p-circuit", relay_node.addr);
@@ -97,6 +109,24 @@ fn a_node_behind_a_relay_is_reached_through_it_and_then_directly() {
     // A message after the punch goes over the direct connection.
     let again = alice.send("bob", "and now directly");
     bob.wait_arrival(&again);
+
+    // The 1.0 plugin loaded, was sent the events it knows, and none it does not (the node sent
+    // 1.1's events to nat-traversal meanwhile): not one of its calls failed.
+    let list = bob.json(&["plugins", "list", "--json"]);
+    let old = list
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["name"] == "old"))
+        .unwrap_or_else(|| panic!("no old plugin in {list}"));
+    assert_eq!(old["api_version"], "1.0.0", "{old}");
+    assert_eq!(old["status"], "ready", "{old}");
+    assert_eq!(old["failures"], 0, "{old}");
+    let log = bob.log();
+    for seen in ["started", "new-listen-address", "peer-connected"] {
+        assert!(
+            log.contains(&format!("a 1.0 plugin saw {seen}")),
+            "{seen} not in bob's log:\n{log}"
+        );
+    }
 }
 
 #[test]
@@ -115,6 +145,57 @@ fn relay_settings_are_checked() {
     home.config_set("relay.max_circuits", "32");
     let shown = home.ok(&["config", "get", "relay.max_circuits"]);
     assert_eq!(shown.trim(), "32");
+}
+
+/// A node that refuses to relay (it does not serve the relay protocol) stays connected, so only
+/// its refusal (contract 1.1's `reservation-lost`) tells the plugin to move on: it does so at
+/// once, not after `reservation_timeout_ms`, and the node reserves at the next relay.
+#[test]
+fn a_relay_that_refuses_the_reservation_is_left_at_once() {
+    let refuser = TestHome::init("refuser");
+    let refuser_node = refuser.start_node(LOOPBACK);
+    let relay = TestHome::init("relay");
+    let relay_node = relay.start_node_with(LOOPBACK, &["--relay"]);
+    let bob = TestHome::init("bob");
+    bob.config_set("plugins.nat-traversal.enabled", "true");
+    bob.config_set(
+        "plugins.nat-traversal.config.relays",
+        &format!(r#"["{}", "{}"]"#, refuser_node.addr, relay_node.addr),
+    );
+    bob.config_set("plugins.nat-traversal.config.listen", r#""always""#);
+    // Far longer than the test waits: a move to the next relay is the refusal's doing.
+    bob.config_set(
+        "plugins.nat-traversal.config.reservation_timeout_ms",
+        "600000",
+    );
+    let _bob_node = bob.start_node(LOOPBACK);
+    let relay_id = peer_id(&relay_node.addr);
+    wait_for(
+        "a reservation at the relay after the refusal",
+        Duration::from_secs(30),
+        || {
+            let status = bob.json(&["status", "--json"]);
+            status["nat"]["reserved_at"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|p| *p == relay_id.as_str()))
+                .then_some(())
+        },
+    );
+    let log = bob.log();
+    assert!(
+        log.contains(&format!("no reservation at relay {}: ", refuser_node.addr))
+            && log.contains("before granting one"),
+        "the refusal is not in bob's log:\n{log}"
+    );
+    // The refusing node is still connected: only its refusal moved the plugin on.
+    let refuser_id = peer_id(&refuser_node.addr);
+    let peers = bob.json(&["peers", "--json"]);
+    assert!(
+        peers
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["peer_id"] == refuser_id.as_str())),
+        "{peers}"
+    );
 }
 
 /// A relay that goes away takes its reservation along: the plugin asks the next relay, and

@@ -54,7 +54,7 @@ fn keyword_labeler_and_a_sender_rule_label_real_deliveries() {
     assert_eq!(kw["state"], "ready");
     assert_eq!(kw["status"], "ready");
     assert_eq!(kw["kind"], "rule");
-    assert_eq!(kw["api_version"], "1.0.0");
+    assert_eq!(kw["api_version"], "1.1.0");
     assert!(kw["calls"].as_u64().expect("calls") >= 2, "{kw}");
     assert_eq!(plugin(&list, "bootstrap")["state"], "disabled");
     assert_eq!(plugin(&list, "bootstrap")["status"], "disabled");
@@ -80,6 +80,35 @@ fn keyword_labeler_and_a_sender_rule_label_real_deliveries() {
         again["changed"], 0,
         "a second apply changes nothing: {again}"
     );
+}
+
+/// A discovery plugin's instance is dropped when it traps; the next one is told what the first
+/// was told before it can miss it: the node is up (`started`). Here with a plugin built against
+/// contract 1.0, which must go on loading beside 1.1 plugins.
+#[test]
+fn a_discovery_plugin_that_traps_is_replayed_what_it_was_told() {
+    let home = TestHome::init("replay");
+    home.config_set("plugins.old.path", pigeon_e2e::CONTRACT_1_0_WASM);
+    home.config_set("plugins.old.enabled", "true");
+    home.config_set("plugins.old.config.trap_at_tick", "2");
+    let node = home.start_node(LOOPBACK);
+    wait_for("a second instance", Duration::from_secs(30), || {
+        let list = home.json(&["plugins", "list", "--json"]);
+        (plugin(&list, "old")["failures"].as_u64() >= Some(1)).then_some(())
+    });
+    wait_for("the replay", Duration::from_secs(10), || {
+        (home.log().matches("a 1.0 plugin saw started").count() >= 2).then_some(())
+    });
+    let list = home.json(&["plugins", "list", "--json"]);
+    let old = plugin(&list, "old");
+    assert_eq!(old["api_version"], "1.0.0", "{old}");
+    assert!(
+        old["last_failure"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("on-tick: trapped")),
+        "{old}"
+    );
+    assert_eq!(node.stop(), Some(0));
 }
 
 #[test]
@@ -216,7 +245,7 @@ fn bad_plugins_are_refused_with_their_reason_and_the_node_runs_without_them() {
         (
             pigeon_e2e::FUTURE_API_WASM.to_owned(),
             2,
-            "built against pigeon:plugin@2.0.0, but this pigeon supports pigeon:plugin@1.0",
+            "built against pigeon:plugin@2.0.0, but this pigeon supports pigeon:plugin@1.1 (1.0.0 up to 1.1.x)",
         ),
         (
             file("core.wasm", b"\0asm\x01\0\0\0"),
@@ -260,7 +289,7 @@ fn bad_plugins_are_refused_with_their_reason_and_the_node_runs_without_them() {
     );
     let good = bob.json(&["plugins", "check", MISBEHAVE_WASM, "--json"]);
     assert_eq!(good["kind"], "rule");
-    assert_eq!(good["api_version"], "1.0.0");
+    assert_eq!(good["api_version"], "1.1.0");
 
     for (key, value) in [
         ("plugins.future.path", pigeon_e2e::FUTURE_API_WASM),
@@ -357,7 +386,7 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
     let wasm_text = wasm.display().to_string();
     let check = bob.ok(&["plugins", "check", &wasm_text]);
     assert!(
-        check.contains("a rule plugin built against pigeon:plugin@1.0.0"),
+        check.contains("a rule plugin built against pigeon:plugin@1.1.0"),
         "{check}"
     );
 
@@ -384,7 +413,7 @@ fn a_scaffolded_plugin_builds_checks_and_runs_in_a_node() {
     // With no node running, `plugins list` reads the config and checks the file.
     let offline = bob.json(&["plugins", "list", "--json"]);
     assert_eq!(plugin(&offline, "urgent-rule")["status"], "not_running");
-    assert_eq!(plugin(&offline, "urgent-rule")["api_version"], "1.0.0");
+    assert_eq!(plugin(&offline, "urgent-rule")["api_version"], "1.1.0");
     bob.config_set("plugins.urgent-rule.config.word", "urgent");
     bob.config_set("plugins.urgent-rule.config.label", "now");
     let bob_node = bob.start_node(LOOPBACK);
