@@ -225,6 +225,8 @@ fn unexpected(response: Response) -> Error {
 }
 
 /// Asks before a destructive action: yes with `--yes`, a question on a terminal, refusal otherwise.
+/// Every command that removes or overwrites data asks through this (the test below holds each to
+/// its `--yes`), and says `nothing changed` when the answer is no.
 fn confirm(question: &str, yes: bool) -> Result<bool> {
     if yes {
         return Ok(true);
@@ -238,4 +240,125 @@ fn confirm(question: &str, yes: bool) -> Result<bool> {
         .read_line(&mut answer)
         .map_err(Error::io("cannot read the answer on stdin"))?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Commands that remove or overwrite data: each asks on a terminal and takes `--yes`.
+    const DESTRUCTIVE: &[&str] = &[
+        "backup create",
+        "contacts rm",
+        "inbox redact",
+        "inbox rm",
+        "inbox rules rm",
+        "inbox save",
+        "keys passwd",
+        "outbox cancel",
+    ];
+
+    /// Commands that remove or overwrite nothing (or refuse to: `init`, `restore` and `plugins
+    /// new` only ever write where nothing is). A command added to neither list fails the test
+    /// below, so that whoever adds it decides.
+    const SAFE: &[&str] = &[
+        "backup verify",
+        "bench attachment",
+        "bench delivery",
+        "bench keys",
+        "bench rules",
+        "bench search",
+        "config get",
+        "config set",
+        "config show",
+        "contacts add",
+        "contacts list",
+        "contacts set",
+        "demo local-two-peers",
+        "id",
+        "inbox archive",
+        "inbox fetch",
+        "inbox label add",
+        "inbox label rm",
+        "inbox list",
+        "inbox mark",
+        "inbox read",
+        "inbox reindex",
+        "inbox rules add",
+        "inbox rules apply",
+        "inbox rules list",
+        "inbox search",
+        "inbox unarchive",
+        "init",
+        "keys rekey",
+        "keys status",
+        "node run",
+        "outbox list",
+        "outbox retry",
+        "peers",
+        "plugins check",
+        "plugins list",
+        "plugins new",
+        "restore",
+        "send",
+        "status",
+    ];
+
+    /// Every leaf command's path (`inbox rules rm`) and the command itself.
+    fn leaves(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        let subs: Vec<_> = cmd.get_subcommands().collect();
+        if subs.is_empty() {
+            out.push((path.to_owned(), cmd.clone()));
+        }
+        for sub in subs {
+            let name = sub.get_name();
+            let path = if path.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{path} {name}")
+            };
+            leaves(sub, &path, out);
+        }
+    }
+
+    #[test]
+    fn every_destructive_command_takes_yes_and_every_command_is_classified() {
+        let mut all = Vec::new();
+        leaves(&Cli::command(), "", &mut all);
+        let mut seen = Vec::new();
+        for (path, cmd) in &all {
+            let yes = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == "yes")
+                .map(|a| (a.get_long(), a.get_short()));
+            match (
+                DESTRUCTIVE.contains(&path.as_str()),
+                SAFE.contains(&path.as_str()),
+            ) {
+                (true, false) => assert_eq!(
+                    yes,
+                    Some((Some("yes"), Some('y'))),
+                    "`pigeon {path}` removes or overwrites data: it needs --yes/-y (and to ask through cli::confirm)"
+                ),
+                (false, true) => assert_eq!(
+                    yes, None,
+                    "`pigeon {path}` is listed as safe but takes --yes: move it to DESTRUCTIVE"
+                ),
+                _ => panic!(
+                    "`pigeon {path}` is in {} of the lists: put it in DESTRUCTIVE (and give it --yes) or in SAFE",
+                    if DESTRUCTIVE.contains(&path.as_str()) {
+                        "both"
+                    } else {
+                        "neither"
+                    }
+                ),
+            }
+            seen.push(path.as_str());
+        }
+        for listed in DESTRUCTIVE.iter().chain(SAFE) {
+            assert!(seen.contains(listed), "`pigeon {listed}` no longer exists");
+        }
+    }
 }

@@ -186,6 +186,90 @@ impl TestHome {
         )
     }
 
+    /// Runs `pigeon ARGS` with a pseudo-terminal as its stdin and stderr (stdout stays a pipe),
+    /// waits for its question (a line ending in `[y/N] `), types `answer` and Enter, and returns
+    /// what the terminal showed and the output. Bounded by [`COMMAND_TIMEOUT`].
+    pub fn answer_on_terminal(&self, args: &[&str], answer: &str) -> (String, Output) {
+        use std::io::{Read, Write};
+        use std::os::fd::{FromRawFd, OwnedFd};
+
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two descriptors into the given ints; the other pointers may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened by openpty and are owned here alone.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut cmd = self.cmd(args);
+        cmd.stdin(Stdio::from(slave.try_clone().expect("dup")))
+            .stderr(Stdio::from(slave))
+            .stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn pigeon");
+        // `cmd` holds the parent's copies of the slave: drop them, so the master reads EOF (EIO)
+        // once the child is gone.
+        drop(cmd);
+        let mut reader = std::fs::File::from(master.try_clone().expect("dup"));
+        let mut writer = std::fs::File::from(master);
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = shown.clone();
+        let pump = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        let text = |shown: &std::sync::Mutex<Vec<u8>>| {
+            String::from_utf8_lossy(&shown.lock().expect("lock")).into_owned()
+        };
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        while !text(&shown).contains("[y/N] ") {
+            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                panic!(
+                    "pigeon {args:?} asked nothing; the terminal showed: {:?}",
+                    text(&shown)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        writer
+            .write_all(format!("{answer}\n").as_bytes())
+            .expect("type the answer");
+        let mut stdout = Vec::new();
+        if let Some(mut out) = child.stdout.take() {
+            out.read_to_end(&mut stdout).expect("read stdout");
+        }
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("pigeon {args:?} did not end after the answer");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(writer);
+        let _ = pump.join();
+        let output = Output {
+            status,
+            stdout,
+            stderr: Vec::new(),
+        };
+        (text(&shown), output)
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);

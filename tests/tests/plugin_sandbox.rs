@@ -113,7 +113,7 @@ fn a_plugin_built_against_another_major_is_refused_with_the_supported_versions()
         Err(e @ PluginError::Version { .. }) => {
             let text = e.to_string();
             assert!(text.contains("pigeon:plugin@2.0.0"), "{text}");
-            assert!(text.contains("supports pigeon:plugin@1.0"), "{text}");
+            assert!(text.contains("supports pigeon:plugin@1.1"), "{text}");
         }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a 2.0.0 plugin loaded"),

@@ -1,5 +1,6 @@
 //! `pigeon backup create` and `backup verify`
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Subcommand;
@@ -45,8 +46,8 @@ pub(super) struct CreateArgs {
     /// Encrypt to the age public keys in FILE, one per line (`#` comments allowed).
     #[arg(long, value_name = "FILE")]
     recipients_file: Option<PathBuf>,
-    /// Replace FILE if it exists.
-    #[arg(long)]
+    /// Replace FILE if it exists, without asking (asks on a terminal; refuses otherwise).
+    #[arg(long, short)]
     yes: bool,
     /// Print JSON.
     #[arg(long)]
@@ -81,8 +82,16 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     }
 }
 
-fn create(g: &Global, args: CreateArgs) -> Result<()> {
+fn create(g: &Global, mut args: CreateArgs) -> Result<()> {
     let home = g.home()?;
+    // On a terminal an existing file is asked about; off one, `backup::create` refuses it.
+    if args.file.exists() && !args.yes && std::io::stdin().is_terminal() {
+        if !super::confirm(&format!("Replace {}?", args.file.display()), false)? {
+            println!("nothing changed");
+            return Ok(());
+        }
+        args.yes = true;
+    }
     let recipients = backup::recipients(&args.recipient, args.recipients_file.as_deref())?;
     if args.recipients_file.is_some() && recipients.is_empty() {
         return Err(backup::BackupError::Usage(

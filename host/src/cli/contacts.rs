@@ -98,7 +98,7 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
         }
         Command::Rm { name, yes } => {
             if !confirm(&format!("Remove contact {name:?}?"), yes)? {
-                println!("kept {name}");
+                println!("nothing changed");
                 return Ok(());
             }
             g.call(Request::ContactsRm { name: name.clone() }).await?;

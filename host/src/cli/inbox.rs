@@ -2,6 +2,8 @@
 
 mod search;
 
+use std::io::IsTerminal;
+
 use super::{Global, count, print_json, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentError};
 use crate::control::api::{Request, Response};
@@ -110,14 +112,14 @@ pub(super) enum Command {
     /// Write a message's attachments to files, verified against their whole-file hash.
     ///
     /// Names from the sender are made safe (no directories, no leading dot); an existing file is
-    /// not overwritten unless --yes is given.
+    /// overwritten only when you say so (asks on a terminal; --yes otherwise).
     Save {
         /// The message id, or a unique prefix of at least 4 characters.
         id: String,
         /// Directory to write into [default: the current directory].
         #[arg(long, value_name = "DIR")]
         out: Option<std::path::PathBuf>,
-        /// Overwrite existing files.
+        /// Overwrite existing files without asking (asks on a terminal; refuses otherwise).
         #[arg(long, short)]
         yes: bool,
     },
@@ -381,16 +383,36 @@ async fn save(g: &Global, id: String, out: Option<std::path::PathBuf>, yes: bool
         }
         let bar = progress_bar(a.size, &format!("saving {}", a.name));
         let file = attachments::file_path(home.root(), &a.id_hex());
-        let result = attachments::save(&file, a, &dir, yes, |done| {
-            if let Some(bar) = &bar {
-                bar.set_position(done);
+        let mut overwrite = yes;
+        let path = loop {
+            let result = attachments::save(&file, a, &dir, overwrite, |done| {
+                if let Some(bar) = &bar {
+                    bar.set_position(done);
+                }
+            });
+            match result {
+                // On a terminal the question; off one, the error says to pass --yes.
+                Err(AttachmentError::Exists(target))
+                    if !overwrite && std::io::stdin().is_terminal() =>
+                {
+                    if let Some(bar) = &bar {
+                        bar.suspend(|| ());
+                    }
+                    if !super::confirm(&format!("Overwrite {}?", target.display()), false)? {
+                        println!("kept {}", target.display());
+                        break None;
+                    }
+                    overwrite = true;
+                }
+                other => break Some(other?),
             }
-        });
+        };
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        let path = result?;
-        println!("{}", path.display());
+        if let Some(path) = path {
+            println!("{}", path.display());
+        }
     }
     Ok(())
 }
@@ -433,10 +455,13 @@ pub(super) enum RulesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove rule ID.
+    /// Remove rule ID (asks first on a terminal; --yes otherwise).
     Rm {
         /// The rule id (from `rules list`).
         id: i64,
+        /// Do not ask.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Run every rule over the messages already in the inbox and apply the changes.
     ///
@@ -503,7 +528,11 @@ async fn rules(g: &Global, cmd: RulesCommand) -> Result<()> {
                 println!("{}\tfrom {}\t+{}", r.id, r.from, r.label);
             }
         }
-        RulesCommand::Rm { id } => {
+        RulesCommand::Rm { id, yes } => {
+            if !super::confirm(&format!("Remove rule {id}?"), yes)? {
+                println!("nothing changed");
+                return Ok(());
+            }
             g.call(Request::RulesRm { id }).await?;
             println!("rule {id} removed");
         }

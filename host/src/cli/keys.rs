@@ -63,6 +63,9 @@ pub(super) struct PasswdArgs {
     /// Print JSON progress lines and the final status.
     #[arg(long)]
     json: bool,
+    /// Do not ask (asks first on a terminal; refuses otherwise).
+    #[arg(long, short)]
+    yes: bool,
 }
 
 pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
@@ -91,6 +94,14 @@ async fn passwd(g: &Global, args: PasswdArgs) -> Result<()> {
             "An earlier `keys passwd` stopped before its new passphrase took effect: the keystore \
              still opens with the passphrase it had before. Starting again."
         );
+    }
+    let question = format!(
+        "Change the passphrase of {}? Afterwards the old one opens nothing here, old copies of the keystore included.",
+        home.root().display()
+    );
+    if !super::confirm(&question, args.yes)? {
+        println!("nothing changed");
+        return Ok(());
     }
     let current = passphrase::obtain(g.passphrase_file.as_deref(), Confirm::Once)?;
     let new = passphrase::obtain_new(args.new_passphrase_file.as_deref())?;

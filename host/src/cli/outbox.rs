@@ -43,7 +43,7 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
         },
         Command::Cancel { id, yes } => {
             if !confirm(&format!("Cancel message {id}?"), yes)? {
-                println!("kept {id}");
+                println!("nothing changed");
                 return Ok(());
             }
             match g.call(Request::OutboxCancel { id }).await? {

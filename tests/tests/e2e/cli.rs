@@ -492,3 +492,84 @@ fn another_users_control_client_is_refused() {
     // The owner still does.
     home.ok(&["status"]);
 }
+
+/// The question before a destructive command, on a real terminal: "no" changes nothing, "yes"
+/// does it; off a terminal, without --yes, the command refuses and says how to confirm.
+#[test]
+fn destructive_commands_ask_on_a_terminal() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    alice.add_contact("bob", &bob, &[]);
+    let names = |home: &TestHome| -> Vec<String> {
+        home.json(&["contacts", "list", "--json"])
+            .as_array()
+            .expect("contacts")
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    let (shown, out) = alice.answer_on_terminal(&["contacts", "rm", "bob"], "n");
+    assert!(
+        shown.contains("Remove contact \"bob\"? [y/N] "),
+        "{shown:?}"
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nothing changed"
+    );
+    assert_eq!(names(&alice), ["bob"], "kept after no");
+    let (_, out) = alice.answer_on_terminal(&["contacts", "rm", "bob"], "y");
+    assert!(out.status.success(), "{out:?}");
+    assert!(names(&alice).is_empty(), "removed after yes");
+
+    // A rule: before, `inbox rules rm` removed without asking.
+    alice.add_contact("bob", &bob, &[]);
+    let rule = alice.json(&[
+        "inbox", "rules", "add", "--from", "bob", "--label", "b", "--json",
+    ]);
+    let id = rule["id"].to_string();
+    let rules = |home: &TestHome| home.json(&["inbox", "rules", "list", "--json"]);
+    let refused = alice.run(&["inbox", "rules", "rm", &id]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        stderr(&refused).contains("Remove rule") && stderr(&refused).contains("pass --yes"),
+        "{}",
+        stderr(&refused)
+    );
+    let (shown, _) = alice.answer_on_terminal(&["inbox", "rules", "rm", &id], "no");
+    assert!(
+        shown.contains(&format!("Remove rule {id}? [y/N] ")),
+        "{shown:?}"
+    );
+    assert_eq!(rules(&alice).as_array().map(Vec::len), Some(1), "kept");
+    let (_, out) = alice.answer_on_terminal(&["inbox", "rules", "rm", &id], "yes");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(rules(&alice).as_array().map(Vec::len), Some(0), "removed");
+
+    // A backup over an existing file: "no" leaves the file as it was, "yes" replaces it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("home.age");
+    std::fs::write(&file, b"an older file").expect("write");
+    let target = file.to_str().expect("path");
+    let (shown, out) = alice.answer_on_terminal(&["backup", "create", target], "n");
+    assert!(
+        shown.contains(&format!("Replace {target}? [y/N] ")),
+        "{shown:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nothing changed"
+    );
+    assert_eq!(std::fs::read(&file).expect("read"), b"an older file");
+    let (_, out) = alice.answer_on_terminal(&["backup", "create", target], "y");
+    assert!(out.status.success(), "{out:?}");
+    assert!(alice.ok(&["backup", "verify", target]).contains("sound"));
+
+    // The passphrase: asked before any passphrase prompt; "no" leaves the old one working.
+    let (shown, out) = alice.answer_on_terminal(&["keys", "passwd"], "n");
+    assert!(shown.contains("Change the passphrase of"), "{shown:?}");
+    assert!(!shown.contains("New passphrase"), "{shown:?}");
+    assert!(out.status.success(), "{out:?}");
+    alice.ok(&["contacts", "list"]);
+}

@@ -39,7 +39,7 @@ fn passwd(home: &TestHome) -> Value {
 /// Runs `keys passwd --json` to `new`; returns its final status line.
 fn passwd_to(home: &TestHome, new: &str) -> Value {
     let out = output_within(
-        home.cmd(&["keys", "passwd", "--json"])
+        home.cmd(&["keys", "passwd", "--yes", "--json"])
             .env("PIGEON_NEW_PASSPHRASE", new),
         COMMAND_TIMEOUT,
         "keys passwd",
@@ -380,7 +380,13 @@ fn keys_passwd_killed_at_any_point_leaves_a_home_that_opens_with_one_passphrase(
         // (the re-wrap is a small part of a change when the rekey is long).
         let at = round as f64 / KILL_POINTS as f64;
         let after = whole.mul_f64(at * at * 1.1);
-        kill_after(&home, &old, &new, &["keys", "passwd", "--json"], after);
+        kill_after(
+            &home,
+            &old,
+            &new,
+            &["keys", "passwd", "--yes", "--json"],
+            after,
+        );
         let (current, status) = the_one_that_opens(&home, &[&old, &new]);
         if current == old {
             before_rename += 1;
@@ -440,6 +446,7 @@ fn keys_passwd_raises_the_kdf_cost_within_bounds() {
         home.cmd(&[
             "keys",
             "passwd",
+            "--yes",
             "--kdf-memory",
             "96",
             "--kdf-passes",
