@@ -5,6 +5,7 @@
 
 mod backup;
 mod bench;
+mod completions;
 mod config;
 mod contacts;
 mod demo;
@@ -12,6 +13,7 @@ mod id;
 mod inbox;
 mod init;
 mod keys;
+mod man;
 mod node;
 mod outbox;
 mod peers;
@@ -115,6 +117,21 @@ enum Command {
     /// Self-contained demonstrations.
     #[command(subcommand)]
     Demo(demo::Command),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// Besides commands and options it completes contact names, message ids (with their subject
+    /// while a node runs) and labels, asking this binary each time; it never asks for the
+    /// passphrase. Add to the shell's start-up file:
+    ///
+    ///   bash (~/.bashrc):    source <(pigeon completions bash)
+    ///   zsh (~/.zshrc):      source <(pigeon completions zsh)
+    ///   fish (config.fish):  pigeon completions fish | source
+    ///   elvish (rc.elv):     eval (pigeon completions elvish | slurp)
+    ///   powershell ($PROFILE): pigeon completions powershell | Out-String | Invoke-Expression
+    #[command(verbatim_doc_comment)]
+    Completions(completions::Args),
+    /// Write a man page per command (pigeon.1, pigeon-send.1, ...) into a directory.
+    Man(man::Args),
 }
 
 impl Cli {
@@ -141,6 +158,8 @@ impl Cli {
     }
 }
 
+pub use completions::complete_if_asked;
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
@@ -161,6 +180,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Config(cmd) => config::run(g, cmd),
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Demo(cmd) => demo::run(cmd).await,
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
     }
 }
 
@@ -265,6 +286,8 @@ mod tests {
     /// below, so that whoever adds it decides.
     const SAFE: &[&str] = &[
         "backup verify",
+        "completions",
+        "man",
         "bench attachment",
         "bench delivery",
         "bench keys",

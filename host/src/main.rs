@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A shell asking for completions (`COMPLETE=bash pigeon -- ...`) is answered here, and exits.
+    pigeon::cli::complete_if_asked();
     let cli = pigeon::cli::Cli::parse();
     if cli.may_die_of_a_closed_pipe() {
         // Rust ignores SIGPIPE, which makes `println!` panic when a reader such as `head` goes

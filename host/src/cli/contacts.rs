@@ -1,5 +1,7 @@
 //! `pigeon contacts add|list|set|rm`
 
+use clap_complete::engine::ArgValueCandidates;
+
 use super::{Global, confirm, print_json, unexpected};
 use crate::config::ForwardSecrecy;
 use crate::control::api::{Request, Response};
@@ -30,6 +32,7 @@ pub(super) enum Command {
     /// Example: pigeon contacts set bob --forward-secrecy require
     Set {
         /// The contact's name.
+        #[arg(add = ArgValueCandidates::new(super::completions::contacts))]
         name: String,
         /// Forward secrecy for messages to this contact: off, prefer, require, or default
         /// (delivery.forward_secrecy). `pigeon send --forward-secrecy` still wins for one message.
@@ -39,6 +42,7 @@ pub(super) enum Command {
     /// Remove a contact (asks first on a terminal).
     Rm {
         /// The contact's name.
+        #[arg(add = ArgValueCandidates::new(super::completions::contacts))]
         name: String,
         /// Do not ask.
         #[arg(long, short)]

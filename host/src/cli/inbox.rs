@@ -2,6 +2,7 @@
 
 mod search;
 
+use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter};
 use std::io::IsTerminal;
 
 use super::{Global, count, print_json, progress_bar, unexpected};
@@ -21,7 +22,7 @@ pub(super) enum Command {
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
         /// Only messages with this label.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(super::completions::labels))]
         label: Option<String>,
         /// Only unread messages.
         #[arg(long)]
@@ -52,7 +53,8 @@ pub(super) enum Command {
     Search {
         /// The query (several arguments are joined with spaces; `-word` is a word to exclude,
         /// not an option).
-        #[arg(required = true, value_name = "QUERY", allow_hyphen_values = true)]
+        #[arg(required = true, value_name = "QUERY", allow_hyphen_values = true,
+              add = ArgValueCompleter::new(super::completions::query_word))]
         query: Vec<String>,
         /// Show at most N hits (1 to 10000).
         #[arg(long, value_name = "N", default_value_t = 50,
@@ -76,11 +78,13 @@ pub(super) enum Command {
     /// readable.
     Archive {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
     },
     /// Bring an archived message back into `inbox list`.
     Unarchive {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
     },
     /// Mark a message read or unread (`inbox read` marks it read).
@@ -88,12 +92,14 @@ pub(super) enum Command {
         /// `read` or `unread`.
         state: MarkState,
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
     },
     /// Delete a message entirely: its text, labels, attachments and their keys, with no older
     /// copy left in the database files (asks first on a terminal; --yes otherwise).
     Rm {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
         /// Do not ask.
         #[arg(long, short)]
@@ -104,6 +110,7 @@ pub(super) enum Command {
     /// copy stays in the database files. Asks first on a terminal; --yes otherwise.
     Redact {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
         /// Do not ask.
         #[arg(long, short)]
@@ -115,6 +122,7 @@ pub(super) enum Command {
     /// overwritten only when you say so (asks on a terminal; --yes otherwise).
     Save {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
         /// Directory to write into [default: the current directory].
         #[arg(long, value_name = "DIR")]
@@ -136,6 +144,7 @@ pub(super) enum Command {
     /// `pigeon inbox read ID` shows how far each has come.
     Fetch {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
     },
     /// Show one whole message, and mark it read.
@@ -144,6 +153,7 @@ pub(super) enum Command {
     /// (`\u{1b}`), so none of them can drive the terminal; --json and --raw keep it exact.
     Read {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
         /// Print JSON (with `body`).
         #[arg(long, conflicts_with = "raw")]
@@ -422,15 +432,19 @@ pub(super) enum LabelCommand {
     /// Add LABEL to message ID.
     Add {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
         /// The label (letters, digits, '-', '_', '.', '/', ':').
+        #[arg(add = ArgValueCandidates::new(super::completions::labels))]
         label: String,
     },
     /// Remove LABEL from message ID.
     Rm {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
         /// The label.
+        #[arg(add = ArgValueCandidates::new(super::completions::labels))]
         label: String,
     },
 }
@@ -440,10 +454,10 @@ pub(super) enum RulesCommand {
     /// Label every message from CONTACT with LABEL as it arrives.
     Add {
         /// The contact's name.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(super::completions::contacts))]
         from: String,
         /// The label to add.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(super::completions::labels))]
         label: String,
         /// Print the new rule's id as JSON: {"id": N}.
         #[arg(long)]

@@ -1,5 +1,7 @@
 //! `pigeon outbox list|retry|cancel`
 
+use clap_complete::engine::ArgValueCandidates;
+
 use super::{Global, confirm, print_json, unexpected};
 use crate::control::api::{Request, Response};
 use crate::error::Result;
@@ -16,6 +18,7 @@ pub(super) enum Command {
     /// Try a queued message now, whatever its backoff says; a failed one is queued again.
     Retry {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::outbox_ids))]
         id: String,
     },
     /// Cancel a message that is not delivered yet (asks first on a terminal).
@@ -24,6 +27,7 @@ pub(super) enum Command {
     /// A batch already on the wire may still arrive.
     Cancel {
         /// The message id, or a unique prefix of at least 4 characters.
+        #[arg(add = ArgValueCandidates::new(super::completions::outbox_ids))]
         id: String,
         /// Do not ask.
         #[arg(long, short)]

@@ -3,6 +3,8 @@
 use std::io::Read;
 use std::path::PathBuf;
 
+use clap_complete::engine::ArgValueCandidates;
+
 use super::{Global, progress_bar, unexpected};
 use crate::attachments::{self, AttachmentRef};
 use crate::config::{Config, ForwardSecrecy};
@@ -25,6 +27,7 @@ use crate::store::Sealing;
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     /// The contact's name.
+    #[arg(add = ArgValueCandidates::new(super::completions::contacts))]
     contact: String,
     /// The message text (or use --body-file).
     #[arg(required_unless_present = "body_file", conflicts_with = "body_file")]

@@ -1,6 +1,7 @@
 //! The CLI as a user meets it: homes, passphrases, contacts, errors and exit codes.
 
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::Duration;
 
 use pigeon_e2e::{OutputBounded, TestHome, files_under, http_get, metric, wait_for};
@@ -572,4 +573,254 @@ fn destructive_commands_ask_on_a_terminal() {
     assert!(!shown.contains("New passphrase"), "{shown:?}");
     assert!(out.status.success(), "{out:?}");
     alice.ok(&["contacts", "list"]);
+}
+
+/// `bash`, `zsh` or `fish`: from the machine, or installed with apt-get when missing (Debian has
+/// only bash; CI runs as root). A shell that cannot be had fails the test with the reason.
+fn shell(name: &str) -> std::path::PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let find = || {
+        ["/usr/bin", "/bin", "/usr/local/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(name))
+            .find(|p| p.exists())
+    };
+    if let Some(path) = find() {
+        return path;
+    }
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = find() {
+        return path;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let installed = apt(&["install", "-y", "-q", name])
+        .ok()
+        .filter(|o| o.status.success())
+        .or_else(|| {
+            apt(&["update", "-q"]).ok()?;
+            apt(&["install", "-y", "-q", name]).ok()
+        });
+    match (installed, find()) {
+        (_, Some(path)) => path,
+        (out, None) => panic!(
+            "{name} is missing and `apt-get install {name}` (as root) did not install it: {}",
+            out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_else(|| "apt-get did not run".into())
+        ),
+    }
+}
+
+/// Completion in real shells: bash completes commands, contact names, undelivered message ids
+/// and labels through the script `pigeon completions bash` prints, reading the home without the
+/// passphrase; zsh and fish load their scripts, and fish completes a contact too.
+#[test]
+fn shells_complete_commands_contacts_ids_and_labels() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    alice.add_contact("bob", &bob, &[]);
+    alice.add_contact("carol", &TestHome::init("carol"), &[]);
+    let queued = alice.send("bob", "never delivered: bob is offline");
+    alice.ok(&["inbox", "rules", "add", "--from", "bob", "--label", "work"]);
+    let home = alice.path().to_str().expect("path").to_owned();
+    let script = alice.ok(&["completions", "bash"]);
+    assert!(script.contains("complete -o nospace"), "{script}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script_file = dir.path().join("pigeon.bash");
+    std::fs::write(&script_file, &script).expect("write");
+
+    // Each case: the words typed so far (the last one being completed) and what must be offered.
+    let bash = |words: &[&str]| -> Vec<String> {
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let program = format!(
+            r#"source '{}'
+COMP_WORDS=({})
+COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+COMP_TYPE=9
+_clap_complete_pigeon pigeon "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+printf '%s\n' "${{COMPREPLY[@]}}""#,
+            script_file.display(),
+            quoted.join(" ")
+        );
+        let out = Command::new(shell("bash"))
+            .arg("--norc")
+            .arg("-c")
+            .arg(program)
+            // Completion must never need the passphrase.
+            .env_remove("PIGEON_PASSPHRASE")
+            .stdin(std::process::Stdio::null())
+            .output_bounded();
+        assert!(out.status.success(), "bash: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    assert_eq!(bash(&["pigeon", "se"]), ["send"]);
+    let contacts = bash(&["pigeon", "--home", &home, "send", ""]);
+    assert!(
+        contacts.starts_with(&["bob".to_owned(), "carol".to_owned()]),
+        "{contacts:?}"
+    );
+    assert_eq!(
+        bash(&["pigeon", "--home", &home, "contacts", "rm", "c"]),
+        ["carol"]
+    );
+    let ids = bash(&["pigeon", "--home", &home, "outbox", "cancel", ""]);
+    assert!(ids.contains(&queued), "{queued} not in {ids:?}");
+    assert_eq!(
+        bash(&["pigeon", "--home", &home, "inbox", "search", "label:w"]),
+        ["label:work"]
+    );
+    assert_eq!(
+        bash(&[
+            "pigeon", "--home", &home, "inbox", "rules", "add", "--from", "b"
+        ]),
+        ["bob"]
+    );
+
+    // zsh: the script loads under compinit without a word on stderr.
+    let zsh_script = alice.ok(&["completions", "zsh"]);
+    let zsh_file = dir.path().join("pigeon.zsh");
+    std::fs::write(&zsh_file, zsh_script).expect("write");
+    let out = Command::new(shell("zsh"))
+        .arg("-f")
+        .arg("-c")
+        .arg(format!(
+            "autoload -Uz compinit && compinit -u -d '{}/zcompdump' && source '{}'",
+            dir.path().display(),
+            zsh_file.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .output_bounded();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "zsh: {}",
+        stderr(&out)
+    );
+
+    // fish: loads, and completes a contact name through it.
+    let fish_script = alice.ok(&["completions", "fish"]);
+    let fish_file = dir.path().join("pigeon.fish");
+    std::fs::write(&fish_file, fish_script).expect("write");
+    let out = Command::new(shell("fish"))
+        .arg("--no-config")
+        .arg("-c")
+        .arg(format!(
+            "source '{}'; complete -C 'pigeon --home {home} send ca'",
+            fish_file.display()
+        ))
+        .env_remove("PIGEON_PASSPHRASE")
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::null())
+        .output_bounded();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "fish: {}",
+        stderr(&out)
+    );
+    let offered = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(offered.trim(), "carol", "{offered}");
+}
+
+/// `pigeon man` writes a page per command that man can read.
+#[test]
+fn man_writes_a_page_per_command() {
+    let home = TestHome::init("man");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = home.ok(&["man", "--out", dir.path().to_str().expect("path")]);
+    let written: Vec<&str> = out.lines().collect();
+    for page in [
+        "pigeon.1",
+        "pigeon-send.1",
+        "pigeon-inbox-rules-rm.1",
+        "pigeon-completions.1",
+    ] {
+        let path = dir.path().join(page);
+        assert!(
+            written.contains(&path.to_str().expect("path")),
+            "{page} not in {out}"
+        );
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+    assert!(
+        !written.iter().any(|p| p.contains("-help")),
+        "no pages for clap's help subcommands: {out}"
+    );
+    let rm = std::fs::read_to_string(dir.path().join("pigeon-inbox-rules-rm.1")).expect("read");
+    assert!(
+        rm.contains("pigeon\\-inbox\\-rules\\-rm") && rm.contains("yes"),
+        "{rm}"
+    );
+}
+
+/// With a node running, a message id is offered with its subject beside it (fish shows it), the
+/// subject cleaned of anything that could drive the terminal; without one, with its sender.
+#[test]
+fn message_ids_complete_with_their_subject_while_a_node_runs() {
+    let pair = pigeon_e2e::Pair::start();
+    let id = pair
+        .alice
+        .ok(&[
+            "send",
+            "bob",
+            "the body",
+            "--subject",
+            "plan \u{1b}[2Jfor friday",
+        ])
+        .trim()
+        .to_owned();
+    pair.bob.wait_arrival(&id);
+    let script = pair.bob.ok(&["completions", "fish"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("pigeon.fish");
+    std::fs::write(&file, script).expect("write");
+    let home = pair.bob.path().to_str().expect("path").to_owned();
+    let offered = |what: &str| {
+        let out = Command::new(shell("fish"))
+            .arg("--no-config")
+            .arg("-c")
+            .arg(format!(
+                "source '{}'; complete -C 'pigeon --home {home} inbox read '",
+                file.display()
+            ))
+            .env_remove("PIGEON_PASSPHRASE")
+            .env("HOME", dir.path())
+            .stdin(std::process::Stdio::null())
+            .output_bounded();
+        assert!(out.status.success(), "fish {what}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let running = offered("with the node");
+    let line = running
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not offered: {running:?}"));
+    assert!(
+        line.contains("plan") && line.contains("for friday"),
+        "{line:?}"
+    );
+    assert!(
+        !line.contains('\u{1b}'),
+        "a raw escape reached the shell: {line:?}"
+    );
+    drop(pair.bob_node);
+    let stopped = offered("without the node");
+    let line = stopped
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not offered: {stopped:?}"));
+    assert!(
+        line.contains("from alice") || line.contains("from 12D3"),
+        "{line:?}"
+    );
 }
