@@ -196,7 +196,14 @@ impl Global {
     }
 }
 
-/// Prints `value` as pretty JSON on stdout.
+/// On a terminal, says that a list is empty (`no messages`); a pipe gets nothing, so that a script
+/// counting lines counts none.
+fn say_if_empty<T>(items: &[T], what: &str) {
+    if items.is_empty() && std::io::stdout().is_terminal() {
+        println!("{what}");
+    }
+}
+
 /// `1 message`, `2 messages`.
 fn count(n: u64, noun: &str) -> String {
     if n == 1 {
@@ -206,6 +213,7 @@ fn count(n: u64, noun: &str) -> String {
     }
 }
 
+/// Prints `value` as pretty JSON on stdout.
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| Error::encode("the output as JSON", e))?;

@@ -140,14 +140,17 @@ async fn wait_for(ops: &Ops, count: usize) -> Result<Vec<String>> {
             other => return Err(other.unexpected().into()),
         };
         if items.len() >= count || tokio::time::Instant::now() > deadline {
-            let mut bodies = Vec::new();
-            for item in items {
+            // In the order of the conversation: the list is newest first; sent times break ties
+            // between messages that arrived in one batch.
+            let mut messages = Vec::new();
+            for item in items.into_iter().rev() {
                 if let Response::Message(m) = ops.handle(Request::InboxRead { id: item.id }).await?
                 {
-                    bodies.push(m.body);
+                    messages.push((m.sent_at, m.body));
                 }
             }
-            return Ok(bodies);
+            messages.sort_by(|a, b| a.0.cmp(&b.0));
+            return Ok(messages.into_iter().map(|(_, body)| body).collect());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

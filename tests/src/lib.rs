@@ -190,6 +190,17 @@ impl TestHome {
     /// waits for its question (a line ending in `[y/N] `), types `answer` and Enter, and returns
     /// what the terminal showed and the output. Bounded by [`COMMAND_TIMEOUT`].
     pub fn answer_on_terminal(&self, args: &[&str], answer: &str) -> (String, Output) {
+        self.on_terminal(args, Some(answer))
+    }
+
+    /// Runs `pigeon ARGS` with a pseudo-terminal as stdin, stdout and stderr; returns what the
+    /// terminal showed (`\r\n` line ends, as a terminal gets them) and the exit status.
+    pub fn show_on_terminal(&self, args: &[&str]) -> (String, std::process::ExitStatus) {
+        let (shown, out) = self.on_terminal(args, None);
+        (shown, out.status)
+    }
+
+    fn on_terminal(&self, args: &[&str], answer: Option<&str>) -> (String, Output) {
         use std::io::{Read, Write};
         use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -209,9 +220,13 @@ impl TestHome {
         let (master, slave) =
             unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
         let mut cmd = self.cmd(args);
-        cmd.stdin(Stdio::from(slave.try_clone().expect("dup")))
-            .stderr(Stdio::from(slave))
-            .stdout(Stdio::piped());
+        cmd.stdin(Stdio::from(slave.try_clone().expect("dup")));
+        if answer.is_some() {
+            cmd.stdout(Stdio::piped());
+        } else {
+            cmd.stdout(Stdio::from(slave.try_clone().expect("dup")));
+        }
+        cmd.stderr(Stdio::from(slave));
         let mut child = cmd.spawn().expect("spawn pigeon");
         // `cmd` holds the parent's copies of the slave: drop them, so the master reads EOF (EIO)
         // once the child is gone.
@@ -233,19 +248,21 @@ impl TestHome {
             String::from_utf8_lossy(&shown.lock().expect("lock")).into_owned()
         };
         let deadline = Instant::now() + COMMAND_TIMEOUT;
-        while !text(&shown).contains("[y/N] ") {
-            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-                let _ = child.kill();
-                panic!(
-                    "pigeon {args:?} asked nothing; the terminal showed: {:?}",
-                    text(&shown)
-                );
+        if let Some(answer) = answer {
+            while !text(&shown).contains("[y/N] ") {
+                if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                    let _ = child.kill();
+                    panic!(
+                        "pigeon {args:?} asked nothing; the terminal showed: {:?}",
+                        text(&shown)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            writer
+                .write_all(format!("{answer}\n").as_bytes())
+                .expect("type the answer");
         }
-        writer
-            .write_all(format!("{answer}\n").as_bytes())
-            .expect("type the answer");
         let mut stdout = Vec::new();
         if let Some(mut out) = child.stdout.take() {
             out.read_to_end(&mut stdout).expect("read stdout");
@@ -256,7 +273,7 @@ impl TestHome {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("pigeon {args:?} did not end after the answer");
+                panic!("pigeon {args:?} did not end in time");
             }
             std::thread::sleep(Duration::from_millis(20));
         };

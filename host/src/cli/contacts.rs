@@ -73,9 +73,10 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             if json {
                 return print_json(&contacts);
             }
-            if contacts.is_empty() {
-                println!("no contacts yet: pigeon contacts add NAME ADDRESS");
-            }
+            super::say_if_empty(
+                &contacts,
+                "no contacts yet: pigeon contacts add NAME ADDRESS",
+            );
             for c in contacts {
                 println!(
                     "{}\t{}\tforward-secrecy={}\t{}",

@@ -150,7 +150,8 @@ pub(super) enum Command {
     /// Show one whole message, and mark it read.
     ///
     /// Text from the sender is shown with control characters and escape sequences made visible
-    /// (`\u{1b}`), so none of them can drive the terminal; --json and --raw keep it exact.
+    /// (`\u{1b}`), so none of them can drive the terminal; --json, and --raw into a pipe, keep it
+    /// exact.
     Read {
         /// The message id, or a unique prefix of at least 4 characters.
         #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
@@ -158,7 +159,8 @@ pub(super) enum Command {
         /// Print JSON (with `body`).
         #[arg(long, conflicts_with = "raw")]
         json: bool,
-        /// Print only the body, exactly as it came (for pipes: not for a terminal).
+        /// Print only the body, exactly as it came into a pipe (on a terminal, made safe and
+        /// ending in a newline).
         #[arg(long)]
         raw: bool,
     },
@@ -261,6 +263,7 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             if json {
                 return print_json(&items);
             }
+            super::say_if_empty(&items, "no messages");
             for i in &items {
                 println!("{}", line(i));
             }
@@ -317,7 +320,19 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             if raw {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
-                out.write_all(m.body.as_bytes())
+                // A pipe gets the bytes as sent. A terminal gets them made safe (the sender's
+                // escape sequences shown, not obeyed) and ending in a newline, so that the shell's
+                // prompt does not run into the last line.
+                let body = if out.is_terminal() {
+                    let mut body = shown(&m.body);
+                    if !body.is_empty() && !body.ends_with('\n') {
+                        body.push('\n');
+                    }
+                    body
+                } else {
+                    m.body.clone()
+                };
+                out.write_all(body.as_bytes())
                     .and_then(|()| out.flush())
                     .map_err(crate::error::Error::io("cannot write the body".to_owned()))?;
                 return Ok(());
@@ -538,6 +553,10 @@ async fn rules(g: &Global, cmd: RulesCommand) -> Result<()> {
             if json {
                 return print_json(&rules);
             }
+            super::say_if_empty(
+                &rules,
+                "no rules: pigeon inbox rules add --from CONTACT --label LABEL",
+            );
             for r in rules {
                 println!("{}\tfrom {}\t+{}", r.id, r.from, r.label);
             }

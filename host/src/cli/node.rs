@@ -70,11 +70,26 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
     // still shuts it down cleanly instead of killing it.
     let stop = stop_signal();
     let node = Node::start(&home, keys, &config, &listen).await?;
+    // With --log-format json every line the process prints is JSON (a service manager may
+    // capture stdout and stderr into one stream).
+    let json = matches!(g.log_format, crate::logging::LogFormat::Json);
     for addr in node.listen_addrs().await {
-        println!("listening on {addr}");
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "event": "listening", "addr": addr.to_string() })
+            );
+        } else {
+            println!("listening on {addr}");
+        }
     }
     if let Some(addr) = node.metrics_addr() {
-        println!("metrics on http://{addr}/metrics");
+        let url = format!("http://{addr}/metrics");
+        if json {
+            println!("{}", serde_json::json!({ "event": "metrics", "url": url }));
+        } else {
+            println!("metrics on {url}");
+        }
     }
     stop.await;
     tracing::info!("shutting down");

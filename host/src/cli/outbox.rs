@@ -69,6 +69,7 @@ async fn list(g: &Global, json: bool) -> Result<()> {
     if json {
         return print_json(&entries);
     }
+    super::say_if_empty(&entries, "no messages");
     for e in entries {
         let next = e.next_attempt.unwrap_or_else(|| "-".into());
         let error = crate::terminal::one_line(&e.last_error.unwrap_or_default());

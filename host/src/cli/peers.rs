@@ -23,6 +23,7 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
     if args.json {
         return print_json(&peers);
     }
+    super::say_if_empty(&peers, "no peers known yet");
     for p in peers {
         let name = p.name.as_deref().unwrap_or("-");
         let state = if p.connected { "connected" } else { "" };

@@ -449,9 +449,7 @@ impl Db {
 
     /// How many messages the inbox holds.
     pub fn inbox_count(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get::<_, i64>(0))? as u64)
+        inbox_count(&self.conn)
     }
 
     pub(super) fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
@@ -659,6 +657,11 @@ pub fn opening(text: &str, max: usize) -> String {
         taken += 1;
     }
     out
+}
+
+/// [`Db::inbox_count`] on any connection (`store::Peek` needs no keys for it).
+pub(super) fn inbox_count(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get::<_, i64>(0))? as u64)
 }
 
 #[cfg(test)]

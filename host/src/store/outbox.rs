@@ -663,24 +663,7 @@ impl Db {
 
     /// Counts by state, and when the oldest queued message was queued.
     pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
-        let mut counts = OutboxCounts::default();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT state, COUNT(*), MIN(created_at) FROM outbox GROUP BY state")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let n = r.get::<_, i64>(1)? as u64;
-            match OutboxState::parse(&r.get::<_, String>(0)?)? {
-                OutboxState::Queued => {
-                    counts.queued = n;
-                    counts.oldest_queued_at = r.get::<_, Option<i64>>(2)?.map(|t| t as u64);
-                }
-                OutboxState::Waiting => counts.waiting = n,
-                OutboxState::Delivered => counts.delivered = n,
-                OutboxState::Failed => counts.failed = n,
-            }
-        }
-        Ok(counts)
+        outbox_counts(&self.conn)
     }
 
     fn resolve_outbox_id(&self, prefix: &str) -> Result<(String, OutboxState), StoreError> {
@@ -901,6 +884,28 @@ pub(super) fn parse_id(s: &str) -> Result<MessageId, StoreError> {
             .try_into()
             .map_err(|_| StoreError::Corrupt("message id"))?,
     ))
+}
+
+/// [`Db::outbox_counts`] on any connection (`store::Peek` reads them without the keys: states and
+/// times are in clear).
+pub(super) fn outbox_counts(conn: &rusqlite::Connection) -> Result<OutboxCounts, StoreError> {
+    let mut counts = OutboxCounts::default();
+    let mut stmt =
+        conn.prepare_cached("SELECT state, COUNT(*), MIN(created_at) FROM outbox GROUP BY state")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let n = r.get::<_, i64>(1)? as u64;
+        match OutboxState::parse(&r.get::<_, String>(0)?)? {
+            OutboxState::Queued => {
+                counts.queued = n;
+                counts.oldest_queued_at = r.get::<_, Option<i64>>(2)?.map(|t| t as u64);
+            }
+            OutboxState::Waiting => counts.waiting = n,
+            OutboxState::Delivered => counts.delivered = n,
+            OutboxState::Failed => counts.failed = n,
+        }
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]

@@ -67,6 +67,16 @@ impl Peek {
         )
     }
 
+    /// Outbox counts by state (what `pigeon status` shows).
+    pub fn outbox_counts(&self) -> Result<super::OutboxCounts, StoreError> {
+        super::outbox::outbox_counts(&self.0)
+    }
+
+    /// Messages in the inbox.
+    pub fn inbox_count(&self) -> Result<u64, StoreError> {
+        super::inbox::inbox_count(&self.0)
+    }
+
     /// Every label in use on a message or in a rule, sorted.
     pub fn labels(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
@@ -112,6 +122,8 @@ mod tests {
         assert_eq!(peek.labels().expect("labels"), ["work"]);
         assert!(peek.inbox(10).expect("inbox").is_empty());
         assert!(peek.undelivered(10).expect("outbox").is_empty());
+        assert_eq!(peek.inbox_count().expect("count"), 0);
+        assert_eq!(peek.outbox_counts().expect("counts").queued, 0);
         let missing = dir.path().join("none.db");
         assert!(Peek::open(&missing).is_err());
         assert!(!missing.exists(), "nothing created");

@@ -824,3 +824,112 @@ fn message_ids_complete_with_their_subject_while_a_node_runs() {
         "{line:?}"
     );
 }
+
+/// What a new user ran into: a raw body without a final newline ran into the prompt (and showed
+/// the sender's escapes raw); empty lists printed nothing on a terminal; `status` wanted the
+/// passphrase with no node running.
+#[test]
+fn rough_edges_a_new_user_met_are_gone() {
+    let pair = pigeon_e2e::Pair::start();
+    let body = "no newline at the end \u{1b}[2J";
+    let id = pair.alice.ok(&["send", "bob", body]).trim().to_owned();
+    pair.bob.wait_arrival(&id);
+    let (shown, status) = pair.bob.show_on_terminal(&["inbox", "read", &id, "--raw"]);
+    assert!(status.success(), "{shown:?}");
+    assert!(shown.ends_with("at the end \\u{1b}[2J\r\n"), "{shown:?}");
+    let piped = pair.bob.run(&["inbox", "read", &id, "--raw"]);
+    assert_eq!(
+        piped.stdout,
+        body.as_bytes(),
+        "a pipe gets the bytes as sent"
+    );
+
+    let (shown, _) = pair.bob.show_on_terminal(&["outbox", "list"]);
+    assert_eq!(shown.trim(), "no messages");
+    assert!(
+        pair.bob.run(&["outbox", "list"]).stdout.is_empty(),
+        "nothing when piped"
+    );
+    let (shown, _) = pair
+        .bob
+        .show_on_terminal(&["inbox", "search", "nothing-like-this"]);
+    assert_eq!(shown.trim(), "no messages match");
+
+    // No node, no passphrase: status still answers, from what is in clear.
+    let lonely = TestHome::init("lonely");
+    lonely.add_contact("bob", &pair.bob, &[]);
+    lonely.send("bob", "queued: no node runs here");
+    let out = lonely
+        .cmd(&["status", "--json"])
+        .env_remove("PIGEON_PASSPHRASE")
+        .output_bounded();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["node_running"], false, "{status}");
+    assert_eq!(status["outbox"]["queued"], 1, "{status}");
+    assert_eq!(status["peer_id"], lonely.json(&["id", "--json"])["peer_id"]);
+}
+
+/// With `--log-format json`, every line `node run` prints is JSON, stdout included.
+#[test]
+fn a_node_with_json_logs_prints_only_json() {
+    use std::io::BufRead;
+    let home = TestHome::init("jsonlogs");
+    let mut child = home
+        .cmd(&[
+            "--log-format",
+            "json",
+            "node",
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("\"metrics\"")) {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => lines.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no metrics line within 30 s: {lines:?}");
+            }
+        }
+    }
+    // SAFETY: kill(2) on the child's own pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{out:?}");
+    for line in lines.iter().chain(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(v.is_object(), "{line}");
+    }
+    let listening: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+    assert_eq!(listening["event"], "listening", "{listening}");
+    assert!(
+        listening["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+    );
+}

@@ -333,6 +333,15 @@ fn the_demo_runs_end_to_end() {
     );
     assert!(stdout.contains("bob received 3 messages"), "{stdout}");
     assert!(stdout.contains("alice received 2 messages"), "{stdout}");
+    // In the order of the conversation, as a reader expects.
+    let at = |text: &str| {
+        stdout
+            .find(text)
+            .unwrap_or_else(|| panic!("{text:?} not in {stdout}"))
+    };
+    assert!(at("Hello Bob, this is Alice.") < at("Sealed with HPKE, stored encrypted."));
+    assert!(at("Sealed with HPKE, stored encrypted.") < at("Delivered exactly once."));
+    assert!(at("Hi Alice! Bob here.") < at("Got all three."));
     assert!(
         stdout.contains("all messages arrived exactly once; temporary homes removed"),
         "{stdout}"

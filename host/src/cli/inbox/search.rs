@@ -40,11 +40,9 @@ pub(super) async fn search(
     if json {
         return print_json(&hits);
     }
+    super::super::say_if_empty(&hits, "no messages match");
     for hit in &hits {
         println!("{}\t{}", line(&hit.item), one_line(&hit.snippet));
-    }
-    if hits.is_empty() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("no message matches");
     }
     Ok(())
 }
