@@ -15,6 +15,7 @@ mod init;
 mod keys;
 mod man;
 mod node;
+mod ops;
 mod outbox;
 mod peers;
 mod plugins;
@@ -117,6 +118,9 @@ enum Command {
     /// Self-contained demonstrations.
     #[command(subcommand)]
     Demo(demo::Command),
+    /// Check the home and say what to do about anything wrong (`ops check`).
+    #[command(subcommand)]
+    Ops(ops::Command),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     ///
     /// Besides commands and options it completes contact names, message ids (with their subject
@@ -180,6 +184,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Config(cmd) => config::run(g, cmd),
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Demo(cmd) => demo::run(cmd).await,
+        Command::Ops(cmd) => ops::run(g, cmd).await,
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),
     }
@@ -326,6 +331,7 @@ mod tests {
         "keys rekey",
         "keys status",
         "node run",
+        "ops check",
         "outbox list",
         "outbox retry",
         "peers",

@@ -142,8 +142,11 @@ impl Error {
             | Error::Control(_)
             | Error::Io { .. }
             | Error::Task { .. }
-            | Error::Encode { .. }
-            | Error::Run(_) => ErrorKind::Other,
+            | Error::Encode { .. } => ErrorKind::Other,
+            Error::Run(RunError::Unhealthy { problems, .. }) if *problems > 0 => {
+                ErrorKind::Unhealthy
+            }
+            Error::Run(_) => ErrorKind::Other,
             Error::Remote { kind, .. } => *kind,
         }
     }
@@ -178,6 +181,14 @@ pub enum RunError {
     /// A built-in plugin a benchmark needs is not in this build.
     #[error("bench: {0} is not built in")]
     NotBuiltIn(&'static str),
+    /// `ops check` found problems (exit 7), or, with `--strict`, warnings (exit 1).
+    #[error("ops check: {problems} problem(s), {warnings} warning(s)")]
+    Unhealthy {
+        /// Checks that found a problem.
+        problems: usize,
+        /// Checks that found something worth a look.
+        warnings: usize,
+    },
 }
 
 /// Result with the library's [`Error`].

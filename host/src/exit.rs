@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Conflict,
     /// A stored file is damaged or was tampered with: exit code 6.
     Corrupt,
+    /// `pigeon ops check` found a problem: exit code 7.
+    Unhealthy,
 }
 
 impl ErrorKind {
@@ -34,6 +36,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 4,
             ErrorKind::Conflict => 5,
             ErrorKind::Corrupt => 6,
+            ErrorKind::Unhealthy => 7,
         }
     }
 }
@@ -52,6 +55,7 @@ mod tests {
             (ErrorKind::NotFound, 4),
             (ErrorKind::Conflict, 5),
             (ErrorKind::Corrupt, 6),
+            (ErrorKind::Unhealthy, 7),
         ];
         for (kind, code) in table {
             assert_eq!(kind.exit_code(), code, "{kind:?}");

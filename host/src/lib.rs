@@ -25,6 +25,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod ops;
 pub mod passphrase;
 pub mod plugins;
 pub mod rekey;

@@ -402,11 +402,13 @@ impl TestHome {
     /// Like [`TestHome::start_node`], with more arguments for `node run` (e.g. `--metrics-addr`)
     /// or global ones (e.g. `--log-format json`).
     pub fn start_node_with(&self, listen: &str, extra: &[&str]) -> NodeProc {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path().join("node.log"))
-            .expect("open node log");
+        // 0600, as everything in a home is (`ops check` holds the home to it).
+        let log = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().create(true).append(true),
+            0o600,
+        )
+        .open(self.path().join("node.log"))
+        .expect("open node log");
         let mut args = vec!["node", "run", "--listen", listen, "-v"];
         args.extend_from_slice(extra);
         let mut child = self

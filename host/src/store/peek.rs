@@ -88,6 +88,51 @@ impl Peek {
         Ok(labels)
     }
 
+    /// What `PRAGMA integrity_check` finds (nothing when every page is sound; at most 20 lines).
+    pub fn integrity(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.0.prepare("PRAGMA integrity_check(20)")?;
+        let lines = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(lines.into_iter().filter(|l| l != "ok").collect())
+    }
+
+    /// The schema version, and whether this pigeon knows it.
+    pub fn schema_version(&self) -> Result<(usize, bool), StoreError> {
+        super::audit::schema_version(&self.0)
+    }
+
+    /// Every attachment's id (hex), as its file is named.
+    pub fn attachment_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.0.prepare("SELECT id FROM attachments")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Attachments whose message is in neither the inbox nor the outbox.
+    pub fn stranded_transfers(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.0.prepare(
+            "SELECT a.id FROM attachments a
+             WHERE NOT EXISTS (SELECT 1 FROM inbox i WHERE i.id = a.message_id)
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.message_id)
+             ORDER BY a.id LIMIT 20",
+        )?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Opens every sealed value under `at_rest` (see [`super::audit`]).
+    pub fn audit(
+        &self,
+        at_rest: &crate::keys::at_rest::AtRest,
+    ) -> Result<Result<super::Audit, super::Unopened>, StoreError> {
+        super::audit(&self.0, at_rest)
+    }
+
     fn glimpses(&self, sql: &str, limit: u32) -> Result<Vec<Glimpse>, StoreError> {
         let mut stmt = self.0.prepare(sql)?;
         let rows = stmt

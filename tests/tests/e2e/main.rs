@@ -12,6 +12,7 @@ mod forward_secrecy;
 mod keys;
 mod messaging;
 mod nat;
+mod ops;
 mod plugins;
 mod rules;
 mod sdk_agrees;
