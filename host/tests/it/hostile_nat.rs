@@ -50,8 +50,7 @@ async fn garbage_on_the_hole_punch_is_refused_and_the_node_goes_on() {
         .parse::<pigeon::keys::address::Address>()
         .expect("address")
         .peer_id();
-    let (victim_address, victim_addr) = address_of(&victim).await;
-    let (alice_address, alice_addr) = address_of(&alice).await;
+    let (victim_address, _) = address_of(&victim).await;
     let victim_peer = victim_address
         .parse::<pigeon::keys::address::Address>()
         .expect("address")
@@ -120,20 +119,7 @@ async fn garbage_on_the_hole_punch_is_refused_and_the_node_goes_on() {
         vec![circuit.to_string()],
     )
     .await;
-    add_contact(
-        &victim,
-        "alice",
-        alice_address,
-        vec![alice_addr.to_string()],
-    )
-    .await;
-    add_contact(
-        &alice,
-        "victim",
-        victim_address,
-        vec![victim_addr.to_string()],
-    )
-    .await;
+    befriend(&victim, "victim", &alice, "alice").await;
     victim
         .ops()
         .handle(Request::Send {

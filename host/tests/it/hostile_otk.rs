@@ -292,15 +292,7 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
 
     // The node goes on: a real contact's message arrives.
     let alice = start_node(dir.path(), "alice").await;
-    let (alice_address, _) = address_of(&alice).await;
-    add_contact(&victim, "alice", alice_address, vec![]).await;
-    add_contact(
-        &alice,
-        "victim",
-        victim_address,
-        vec![victim_addr.to_string()],
-    )
-    .await;
+    befriend(&victim, "victim", &alice, "alice").await;
     still_delivers(&alice, "victim", &victim, 1).await;
     victim.shutdown().await;
     alice.shutdown().await;

@@ -19,7 +19,6 @@ async fn hostile_frames_are_refused_and_the_node_goes_on() {
     let alice_keys =
         keystore::unlock(&dir.path().join("alice/keystore"), PASS).expect("alice keys");
     let (victim_address, victim_addr) = address_of(&victim).await;
-    let (alice_address, alice_addr) = address_of(&alice).await;
     let victim_peer = victim_address
         .parse::<pigeon::keys::address::Address>()
         .expect("address")
@@ -128,20 +127,7 @@ async fn hostile_frames_are_refused_and_the_node_goes_on() {
     );
 
     // The node goes on: a real message from a real contact arrives.
-    add_contact(
-        &victim,
-        "alice",
-        alice_address,
-        vec![alice_addr.to_string()],
-    )
-    .await;
-    add_contact(
-        &alice,
-        "victim",
-        victim_address,
-        vec![victim_addr.to_string()],
-    )
-    .await;
+    befriend(&victim, "victim", &alice, "alice").await;
     still_delivers(&alice, "victim", &victim, 1).await;
     victim.shutdown().await;
     alice.shutdown().await;

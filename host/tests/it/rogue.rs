@@ -161,6 +161,15 @@ pub(crate) async fn address_of(node: &Node) -> (String, Multiaddr) {
     (info.address, info.listen[0].parse().expect("listen addr"))
 }
 
+/// Makes `a` and `b` contacts of each other (`b` as `b_name` in a's list, `a` as `a_name` in b's),
+/// each with the other's listen address.
+pub(crate) async fn befriend(a: &Node, a_name: &str, b: &Node, b_name: &str) {
+    let (a_address, a_addr) = address_of(a).await;
+    let (b_address, b_addr) = address_of(b).await;
+    add_contact(a, b_name, b_address, vec![b_addr.to_string()]).await;
+    add_contact(b, a_name, a_address, vec![a_addr.to_string()]).await;
+}
+
 pub(crate) async fn add_contact(node: &Node, name: &str, address: String, addrs: Vec<String>) {
     node.ops()
         .handle(Request::ContactsAdd {

@@ -23,6 +23,27 @@ fn connections(who: &TestHome, peer: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// `Some(())` once `home`'s node holds a reservation at the relay `relay` (a PeerId).
+fn reserved_at(home: &TestHome, relay: &str) -> Option<()> {
+    let status = home.json(&["status", "--json"]);
+    status["nat"]["reserved_at"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|p| *p == relay))
+        .then_some(())
+}
+
+/// Enables nat-traversal in `home` with these relays, listening through them whatever AutoNAT
+/// says (on loopback it finds the node reachable).
+fn behind_relays(home: &TestHome, relays: &[&str]) {
+    let list: Vec<String> = relays.iter().map(|r| format!("\"{r}\"")).collect();
+    home.config_set("plugins.nat-traversal.enabled", "true");
+    home.config_set(
+        "plugins.nat-traversal.config.relays",
+        &format!("[{}]", list.join(", ")),
+    );
+    home.config_set("plugins.nat-traversal.config.listen", r#""always""#);
+}
+
 fn peer_id(addr: &str) -> String {
     addr.rsplit("/p2p/").next().expect("/p2p/").to_owned()
 }
@@ -34,13 +55,7 @@ fn a_node_behind_a_relay_is_reached_through_it_and_then_directly() {
     let relay_id = peer_id(&relay_node.addr);
 
     let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
-    bob.config_set("plugins.nat-traversal.enabled", "true");
-    bob.config_set(
-        "plugins.nat-traversal.config.relays",
-        &format!(r#"["{}"]"#, relay_node.addr),
-    );
-    // On loopback AutoNAT finds the node reachable; listen through the relay all the same.
-    bob.config_set("plugins.nat-traversal.config.listen", r#""always""#);
+    behind_relays(&bob, &[relay_node.addr.as_str()]);
     // Beside it, a discovery plugin built against contract 1.0, which knows none of 1.1's events.
     bob.config_set("plugins.old.path", pigeon_e2e::CONTRACT_1_0_WASM);
     bob.config_set("plugins.old.enabled", "true");
@@ -49,11 +64,7 @@ fn a_node_behind_a_relay_is_reached_through_it_and_then_directly() {
 
     // Bob holds a reservation at the relay, and the relay counts it.
     wait_for("bob's reservation", Duration::from_secs(30), || {
-        let status = bob.json(&["status", "--json"]);
-        status["nat"]["reserved_at"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|p| *p == relay_id.as_str()))
-            .then_some(())
+        reserved_at(&bob, &relay_id)
     });
     let served = relay.json(&["status", "--json"]);
     assert_eq!(served["nat"]["serving"], true, "{served}");
@@ -157,12 +168,10 @@ fn a_relay_that_refuses_the_reservation_is_left_at_once() {
     let relay = TestHome::init("relay");
     let relay_node = relay.start_node_with(LOOPBACK, &["--relay"]);
     let bob = TestHome::init("bob");
-    bob.config_set("plugins.nat-traversal.enabled", "true");
-    bob.config_set(
-        "plugins.nat-traversal.config.relays",
-        &format!(r#"["{}", "{}"]"#, refuser_node.addr, relay_node.addr),
+    behind_relays(
+        &bob,
+        &[refuser_node.addr.as_str(), relay_node.addr.as_str()],
     );
-    bob.config_set("plugins.nat-traversal.config.listen", r#""always""#);
     // Far longer than the test waits: a move to the next relay is the refusal's doing.
     bob.config_set(
         "plugins.nat-traversal.config.reservation_timeout_ms",
@@ -173,13 +182,7 @@ fn a_relay_that_refuses_the_reservation_is_left_at_once() {
     wait_for(
         "a reservation at the relay after the refusal",
         Duration::from_secs(30),
-        || {
-            let status = bob.json(&["status", "--json"]);
-            status["nat"]["reserved_at"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|p| *p == relay_id.as_str()))
-                .then_some(())
-        },
+        || reserved_at(&bob, &relay_id),
     );
     let log = bob.log();
     assert!(
@@ -206,36 +209,24 @@ fn when_the_relay_goes_away_the_node_reserves_at_the_next_one() {
     let first_node = first.start_node_with(LOOPBACK, &["--relay"]);
     let second_node = second.start_node_with(LOOPBACK, &["--relay"]);
     let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
-    bob.config_set("plugins.nat-traversal.enabled", "true");
-    bob.config_set(
-        "plugins.nat-traversal.config.relays",
-        &format!(r#"["{}", "{}"]"#, first_node.addr, second_node.addr),
-    );
-    bob.config_set("plugins.nat-traversal.config.listen", r#""always""#);
+    behind_relays(&bob, &[first_node.addr.as_str(), second_node.addr.as_str()]);
     bob.config_set(
         "plugins.nat-traversal.config.reservation_timeout_ms",
         "3000",
     );
     bob.config_set("plugins.nat-traversal.config.retry_initial_ms", "500");
     let _bob_node = bob.start_node(LOOPBACK);
-    let reserved_at = |relay: &str| {
-        let status = bob.json(&["status", "--json"]);
-        status["nat"]["reserved_at"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|p| *p == relay))
-            .then_some(())
-    };
     let (first_id, second_id) = (peer_id(&first_node.addr), peer_id(&second_node.addr));
     wait_for(
         "a reservation at the first relay",
         Duration::from_secs(30),
-        || reserved_at(&first_id),
+        || reserved_at(&bob, &first_id),
     );
     first_node.kill();
     wait_for(
         "a reservation at the second relay",
         Duration::from_secs(60),
-        || reserved_at(&second_id),
+        || reserved_at(&bob, &second_id),
     );
     let status = bob.json(&["status", "--json"]);
     let held = status["nat"]["reserved_at"]
