@@ -431,10 +431,25 @@ impl TestHome {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(a) = line.strip_prefix("listening on ") {
-                        addr.get_or_insert_with(|| a.to_owned());
-                    } else if let Some(m) = line.strip_prefix("metrics on ") {
-                        metrics = Some(m.to_owned());
+                    // Plain lines, or with --log-format json, {"event": ..., "addr"|"url": ...}.
+                    let json: Option<Value> = serde_json::from_str(&line).ok();
+                    let field = |event: &str, key: &str| {
+                        json.as_ref()
+                            .filter(|j| j["event"] == event)
+                            .and_then(|j| j[key].as_str().map(str::to_owned))
+                    };
+                    if let Some(a) = line
+                        .strip_prefix("listening on ")
+                        .map(str::to_owned)
+                        .or_else(|| field("listening", "addr"))
+                    {
+                        addr.get_or_insert(a);
+                    } else if let Some(m) = line
+                        .strip_prefix("metrics on ")
+                        .map(str::to_owned)
+                        .or_else(|| field("metrics", "url"))
+                    {
+                        metrics = Some(m);
                     }
                 }
                 Err(_) => {

@@ -562,7 +562,24 @@ async fn rules(g: &Global, cmd: RulesCommand) -> Result<()> {
             }
         }
         RulesCommand::Rm { id, yes } => {
-            if !super::confirm(&format!("Remove rule {id}?"), yes)? {
+            // A rule that does not exist is said so before any question.
+            let rules = match g.call(Request::RulesList).await? {
+                Response::Rules(rules) => rules,
+                other => return Err(unexpected(other)),
+            };
+            let Some(rule) = rules.iter().find(|r| r.id == id) else {
+                return Err(crate::store::StoreError::NotFound {
+                    what: "rule",
+                    name: id.to_string(),
+                }
+                .into());
+            };
+            let question = format!(
+                "Remove rule {id} (messages from {} get +{})?",
+                one_line(&rule.from),
+                one_line(&rule.label)
+            );
+            if !super::confirm(&question, yes)? {
                 println!("nothing changed");
                 return Ok(());
             }

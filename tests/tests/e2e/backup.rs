@@ -297,8 +297,16 @@ fn a_backup_taken_while_receiving_restores_into_a_node_that_carries_on() {
         let hits = restored.json(&["inbox", "search", "--json", "backedup7"]);
         (hits.as_array()?.len() == 1).then_some(())
     });
-    let hits = restored.json(&["inbox", "search", "--json", "after3"]);
-    assert_eq!(hits.as_array().map(Vec::len), Some(1), "{hits}");
+    // A message stored is searchable shortly after (the index commits at most every 250 ms,
+    // longer on a loaded machine), so this waits too; one never indexed still fails it.
+    wait_for(
+        "a message received after the restore in the index",
+        Duration::from_secs(60),
+        || {
+            let hits = restored.json(&["inbox", "search", "--json", "after3"]);
+            (hits.as_array()?.len() == 1).then_some(())
+        },
+    );
 }
 
 #[test]

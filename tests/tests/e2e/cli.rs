@@ -540,7 +540,9 @@ fn destructive_commands_ask_on_a_terminal() {
     );
     let (shown, _) = alice.answer_on_terminal(&["inbox", "rules", "rm", &id], "no");
     assert!(
-        shown.contains(&format!("Remove rule {id}? [y/N] ")),
+        shown.contains(&format!(
+            "Remove rule {id} (messages from bob get +b)? [y/N] "
+        )),
         "{shown:?}"
     );
     assert_eq!(rules(&alice).as_array().map(Vec::len), Some(1), "kept");

@@ -102,7 +102,7 @@ fn a_sender_rule_labels_deliveries_and_apply_catches_up() {
         Some(4)
     );
     let id = rules[0]["id"].as_i64().expect("rule id").to_string();
-    pair.bob.ok(&["inbox", "rules", "rm", &id]);
+    pair.bob.ok(&["inbox", "rules", "rm", &id, "--yes"]);
     assert!(
         pair.bob
             .json(&["inbox", "rules", "list", "--json"])
