@@ -21,6 +21,7 @@ mod peers;
 mod plugins;
 mod restore;
 mod send;
+mod sent;
 mod status;
 
 use std::io::IsTerminal;
@@ -94,6 +95,9 @@ enum Command {
     /// List and read received messages.
     #[command(subcommand)]
     Inbox(inbox::Command),
+    /// What you sent, readable here, with its delivery state: list, read, delete, redact.
+    #[command(subcommand)]
+    Sent(sent::Command),
     /// Change the passphrase (rekeying everything at rest) and show the keys in use.
     #[command(subcommand)]
     Keys(keys::Command),
@@ -174,6 +178,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Node(cmd) => node::run(g, cmd).await,
         Command::Send(args) => send::run(g, args).await,
         Command::Outbox(cmd) => outbox::run(g, cmd).await,
+        Command::Sent(cmd) => sent::run(g, cmd).await,
         Command::Inbox(cmd) => inbox::run(g, cmd).await,
         Command::Keys(cmd) => keys::run(g, cmd).await,
         Command::Backup(cmd) => backup::run(g, cmd).await,
@@ -292,6 +297,8 @@ mod tests {
         "inbox save",
         "keys passwd",
         "outbox cancel",
+        "sent redact",
+        "sent rm",
     ];
 
     /// Commands that remove or overwrite nothing (or refuse to: `init`, `restore` and `plugins
@@ -340,6 +347,8 @@ mod tests {
         "plugins new",
         "restore",
         "send",
+        "sent list",
+        "sent read",
         "status",
     ];
 

@@ -19,6 +19,7 @@ mod peek;
 mod rekey;
 mod rules;
 mod search;
+mod sent;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -40,6 +41,7 @@ pub use peek::{Glimpse, Peek};
 pub use rekey::RekeyCursor;
 pub use rules::{RuleChange, RuleView, RulesApplied};
 pub use search::{FeedDoc, HitRow, SearchLink};
+pub use sent::{SentFile, SentItem, SentQuery, SentView};
 
 use crate::exit::ErrorKind;
 use crate::keys::Keys;

@@ -44,6 +44,9 @@ pub struct Contents {
     pub redacted: u64,
     /// Outbox messages still queued.
     pub queued: u64,
+    /// Messages in the sent history.
+    #[serde(default)]
+    pub sent: u64,
     /// Sealed database values that opened.
     pub sealed_values: u64,
     /// Attachment files, and the chunks in them that were authenticated.
@@ -443,6 +446,7 @@ impl State {
             messages: audit.messages,
             redacted: audit.redacted,
             queued: audit.queued,
+            sent: audit.sent,
             sealed_values: audit.sealed,
             attachment_files: self.attachment_files,
             chunks: self.chunks,

@@ -167,6 +167,7 @@ pub(super) fn print_contents(c: &Contents) {
         count(c.messages, "message"),
         c.redacted
     );
+    println!("sent:     {}", count(c.sent, "message"));
     println!("outbox:   {} queued", c.queued);
     println!(
         "files:    {}, {} chunks authenticated; {} sealed values opened; {} parts",

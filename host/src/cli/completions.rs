@@ -186,6 +186,14 @@ pub(super) fn outbox_ids() -> Vec<CompletionCandidate> {
     glimpses(peek(&home).and_then(|p| p.undelivered(MAX_IDS).ok()), "to")
 }
 
+/// Ids of sent messages (what `sent read`, `sent rm` and `sent redact` take).
+pub(super) fn sent_ids() -> Vec<CompletionCandidate> {
+    let Some(home) = home() else {
+        return Vec::new();
+    };
+    glimpses(peek(&home).and_then(|p| p.sent(MAX_IDS).ok()), "to")
+}
+
 fn glimpses(rows: Option<Vec<Glimpse>>, word: &str) -> Vec<CompletionCandidate> {
     rows.unwrap_or_default()
         .into_iter()

@@ -318,24 +318,7 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
                 other => return Err(unexpected(other)),
             };
             if raw {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                // A pipe gets the bytes as sent. A terminal gets them made safe (the sender's
-                // escape sequences shown, not obeyed) and ending in a newline, so that the shell's
-                // prompt does not run into the last line.
-                let body = if out.is_terminal() {
-                    let mut body = shown(&m.body);
-                    if !body.is_empty() && !body.ends_with('\n') {
-                        body.push('\n');
-                    }
-                    body
-                } else {
-                    m.body.clone()
-                };
-                out.write_all(body.as_bytes())
-                    .and_then(|()| out.flush())
-                    .map_err(crate::error::Error::io("cannot write the body".to_owned()))?;
-                return Ok(());
+                return write_raw(&m.body);
             }
             if json {
                 return print_json(&m);
@@ -621,7 +604,33 @@ fn describe(action: &crate::inbox::rules::Action) -> String {
 
 /// Deletes or redacts a message (`request`) after asking (on a terminal; `--yes` otherwise), and
 /// removes its sealed attachment files.
-async fn scrub(g: &Global, request: Request, question: &str, verb: &str, yes: bool) -> Result<()> {
+/// Writes `body` alone to stdout: to a pipe the bytes as sent; to a terminal made safe (escape
+/// sequences shown, not obeyed) and ending in a newline, so that the shell's prompt does not run
+/// into the last line.
+pub(super) fn write_raw(body: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let body = if out.is_terminal() {
+        let mut body = shown(body);
+        if !body.is_empty() && !body.ends_with('\n') {
+            body.push('\n');
+        }
+        body
+    } else {
+        body.to_owned()
+    };
+    out.write_all(body.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(crate::error::Error::io("cannot write the body".to_owned()))
+}
+
+pub(super) async fn scrub(
+    g: &Global,
+    request: Request,
+    question: &str,
+    verb: &str,
+    yes: bool,
+) -> Result<()> {
     if !super::confirm(question, yes)? {
         println!("nothing changed");
         return Ok(());

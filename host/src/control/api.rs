@@ -197,6 +197,35 @@ impl Ops {
                 self.search.get().await?.sync().await?;
                 Ok(Response::Removed { id, attachments })
             }
+            Request::SentList { limit, to } => {
+                let sent = self
+                    .store
+                    .call(move |db| {
+                        let to = match to {
+                            Some(name) => {
+                                Some(db.contact_by_name(&name)?.address.peer_id().to_string())
+                            }
+                            None => None,
+                        };
+                        db.sent(&crate::store::SentQuery { limit, to })
+                    })
+                    .await?;
+                Ok(Response::Sent(sent))
+            }
+            Request::SentRead { id } => Ok(Response::SentMessage(
+                self.store.call(move |db| db.sent_message(&id)).await?,
+            )),
+            Request::SentRm { id } => {
+                let (id, attachments) = self.store.call(move |db| db.remove_sent(&id)).await?;
+                Ok(Response::Removed { id, attachments })
+            }
+            Request::SentRedact { id } => {
+                let (id, attachments) = self
+                    .store
+                    .call(move |db| db.redact_sent(&id, now_ms()))
+                    .await?;
+                Ok(Response::Removed { id, attachments })
+            }
             Request::InboxSearch { query, limit, sort } => {
                 // A malformed query is refused before anything is opened.
                 crate::inbox::query::parse(&query).map_err(SearchError::from)?;

@@ -54,6 +54,31 @@ pub struct SaveInfo {
 }
 
 /// Inserts attachment rows inside the caller's transaction.
+/// Deletes the records (and chunk records) of the attachments of message `id` in `direction`
+/// ('in' or 'out') inside the caller's transaction; returns their ids, whose files the caller
+/// removes.
+pub(super) fn delete_of_message(
+    tx: &Transaction<'_>,
+    id: &str,
+    direction: &str,
+) -> Result<Vec<String>, StoreError> {
+    let attachments: Vec<String> = tx
+        .prepare_cached("SELECT id FROM attachments WHERE message_id = ?1 AND direction = ?2")?
+        .query_map([id, direction], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for a in &attachments {
+        tx.execute(
+            "DELETE FROM attachment_chunks WHERE attachment_id = ?1",
+            [a],
+        )?;
+    }
+    tx.execute(
+        "DELETE FROM attachments WHERE message_id = ?1 AND direction = ?2",
+        [id, direction],
+    )?;
+    Ok(attachments)
+}
+
 pub(super) fn insert_attachments(
     tx: &Transaction<'_>,
     at_rest: &AtRest,
@@ -93,7 +118,7 @@ pub(super) fn insert_attachments(
 }
 
 impl Db {
-    fn attachment_ref(
+    pub(super) fn attachment_ref(
         &self,
         id: &str,
         sealed: &[u8],

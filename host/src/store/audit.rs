@@ -22,6 +22,8 @@ pub struct Audit {
     pub redacted: u64,
     /// Outbox messages still queued.
     pub queued: u64,
+    /// Messages in the sent history (redacted ones included).
+    pub sent: u64,
     /// Sealed values opened.
     pub sealed: u64,
     /// Plaintext bytes they held.
@@ -145,11 +147,32 @@ fn walk(conn: &Connection, at_rest: &AtRest) -> Result<Audit, Stop> {
         o.open(super::inbox::SENDER, &id, Some(key_id), sender.as_deref())?;
     }
 
-    // A backup from an older pigeon may lack the later columns and tables (migrations 9 and 10).
+    // A backup from an older pigeon may lack the later columns and tables (migrations 9 to 11).
     let has = |column: &str, table: &str| {
         conn.prepare(&format!("SELECT {column} FROM {table} LIMIT 0"))
             .is_ok()
     };
+    if has("body", "sent") {
+        let mut stmt =
+            conn.prepare("SELECT id, key_id, body, subject, redacted_at IS NOT NULL FROM sent")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, key_id, body, subject, redacted): (
+                String,
+                u32,
+                Vec<u8>,
+                Option<Vec<u8>>,
+                bool,
+            ) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            o.audit.sent += 1;
+            if redacted {
+                continue;
+            }
+            o.open(super::sent::TABLE, &id, Some(key_id), Some(&body))?;
+            o.open(super::sent::SUBJECT, &id, Some(key_id), subject.as_deref())?;
+        }
+    }
+
     let sql = if has("payload", "outbox") {
         "SELECT id, key_id, envelope, state, payload FROM outbox"
     } else {

@@ -416,7 +416,7 @@ impl Db {
     ) -> Result<(String, Vec<String>), StoreError> {
         let id = self.resolve_id(id)?;
         let tx = self.conn.transaction()?;
-        let attachments = delete_incoming_attachments(&tx, &id)?;
+        let attachments = super::attachments::delete_of_message(&tx, &id, "in")?;
         tx.execute(
             "UPDATE inbox SET body = X'', subject = NULL, redacted_at = COALESCE(redacted_at, ?2)
              WHERE id = ?1",
@@ -436,7 +436,7 @@ impl Db {
     pub fn remove_message(&mut self, id: &str) -> Result<(String, Vec<String>), StoreError> {
         let id = self.resolve_id(id)?;
         let tx = self.conn.transaction()?;
-        let attachments = delete_incoming_attachments(&tx, &id)?;
+        let attachments = super::attachments::delete_of_message(&tx, &id, "in")?;
         let seq = purge_from_search(&tx, &id)?;
         tx.execute("DELETE FROM labels WHERE message_id = ?1", [&id])?;
         tx.execute("DELETE FROM inbox WHERE id = ?1", [&id])?;
@@ -550,26 +550,6 @@ struct StoredMessage {
     body: Vec<u8>,
     key_id: u32,
     forward_secret: bool,
-}
-
-/// Deletes the records of message `id`'s incoming attachments and their chunks (inside the
-/// caller's transaction); returns their ids.
-fn delete_incoming_attachments(tx: &Transaction<'_>, id: &str) -> Result<Vec<String>, StoreError> {
-    let attachments: Vec<String> = tx
-        .prepare("SELECT id FROM attachments WHERE message_id = ?1 AND direction = 'in'")?
-        .query_map([id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for a in &attachments {
-        tx.execute(
-            "DELETE FROM attachment_chunks WHERE attachment_id = ?1",
-            [a],
-        )?;
-    }
-    tx.execute(
-        "DELETE FROM attachments WHERE message_id = ?1 AND direction = 'in'",
-        [id],
-    )?;
-    Ok(attachments)
 }
 
 /// Records (inside the caller's transaction) that the search index must let go of message `id`;

@@ -10,7 +10,7 @@ use rusqlite_migration::{M, Migrations};
 /// older rows once, when it migrates past it).
 pub(super) const SEALED_ROWS: usize = 5;
 /// The schema version of the last migration below (a database past it is from a newer pigeon).
-pub(super) const LATEST: usize = 10;
+pub(super) const LATEST: usize = 11;
 
 pub(super) static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
@@ -232,6 +232,24 @@ CREATE INDEX outbox_age ON outbox (state, created_at);
 CREATE INDEX outbox_peer_due ON outbox (state, peer_id, next_attempt_at);
 -- A contact's own forward secrecy policy; NULL: delivery.forward_secrecy.
 ALTER TABLE contacts ADD COLUMN forward_secrecy TEXT CHECK (forward_secrecy IN ('off', 'prefer', 'require'));
+"#,
+        ),
+        M::up(
+            r#"
+-- The sent history: what the owner sent, readable on this side. The id is the outbox row's (which
+-- says how delivery goes); subject and body are sealed under key_id (domains sent.subject and
+-- sent); redacted_at: when its text was scrubbed (body empty, subject NULL).
+CREATE TABLE sent (
+    id          TEXT PRIMARY KEY,
+    peer_id     TEXT NOT NULL,
+    sent_at     INTEGER NOT NULL,
+    subject     BLOB,
+    body        BLOB NOT NULL,
+    key_id      INTEGER NOT NULL,
+    redacted_at INTEGER
+);
+CREATE INDEX sent_at ON sent (sent_at);
+CREATE INDEX sent_peer ON sent (peer_id, sent_at);
 "#,
         ),
     ])

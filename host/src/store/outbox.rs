@@ -41,7 +41,7 @@ impl OutboxState {
             OutboxState::Failed => "failed",
         }
     }
-    fn parse(s: &str) -> Result<OutboxState, StoreError> {
+    pub(super) fn parse(s: &str) -> Result<OutboxState, StoreError> {
         match s {
             "queued" => Ok(OutboxState::Queued),
             "waiting" => Ok(OutboxState::Waiting),
@@ -164,7 +164,8 @@ impl Db {
         Ok(())
     }
 
-    /// Queues message `payload` to `peer` as [`Db::enqueue`] does, under forward secrecy `policy`:
+    /// Queues message `payload` to `peer` as [`Db::enqueue`] does, and keeps it in the sent
+    /// history (in the same transaction), under forward secrecy `policy`:
     /// unless it is `off`, sealed to one of the peer's one-time keys when this node holds one
     /// (taken from the pool in the same transaction, so it seals this message and no other).
     /// Without one, `prefer` queues `fallback` (sealed to the peer's long-term key) and `require`
@@ -180,12 +181,15 @@ impl Db {
         now: u64,
         policy: ForwardSecrecy,
     ) -> Result<Sealing, StoreError> {
-        if policy == ForwardSecrecy::Off {
-            self.enqueue(id, peer, fallback, attachments, now)?;
-            return Ok(Sealing::LongTermKey);
-        }
         let keys = self.keys.clone();
         let tx = self.conn.transaction()?;
+        super::sent::insert_sent(&tx, keys.at_rest(), peer, payload)?;
+        if policy == ForwardSecrecy::Off {
+            let row = Row::plain(id, peer, fallback);
+            insert_with_attachments(&tx, keys.at_rest(), &row, attachments, now)?;
+            tx.commit()?;
+            return Ok(Sealing::LongTermKey);
+        }
         let sealed = seal_to_pool_key(&tx, &keys, peer, payload, now)?;
         let row = Row {
             id,

@@ -67,6 +67,17 @@ impl Peek {
         )
     }
 
+    /// The newest `limit` messages of the sent history (what `sent read|rm|redact` take), newest
+    /// first.
+    pub fn sent(&self, limit: u32) -> Result<Vec<Glimpse>, StoreError> {
+        self.glimpses(
+            "SELECT s.id, COALESCE(c.name, s.peer_id), s.sent_at FROM sent s
+             LEFT JOIN contacts c ON c.peer_id = s.peer_id
+             ORDER BY s.sent_at DESC, s.id LIMIT ?1",
+            limit,
+        )
+    }
+
     /// Outbox counts by state (what `pigeon status` shows).
     pub fn outbox_counts(&self) -> Result<super::OutboxCounts, StoreError> {
         super::outbox::outbox_counts(&self.0)

@@ -16,6 +16,7 @@ use super::{Db, StoreError};
 /// before rows were sealed holds no seal).
 const COUNTS: &str = "
     SELECT key_id, COUNT(*) FROM inbox GROUP BY key_id
+    UNION ALL SELECT key_id, COUNT(*) FROM sent GROUP BY key_id
     UNION ALL SELECT key_id, COUNT(*) FROM outbox
               WHERE envelope IS NOT NULL OR payload IS NOT NULL GROUP BY key_id
     UNION ALL SELECT key_id, COUNT(*) FROM attachments GROUP BY key_id
@@ -36,6 +37,7 @@ const ONE_TIME: [(&str, &str); 2] = [
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RekeyCursor {
     inbox: i64,
+    sent: i64,
     outbox: i64,
     attachments: i64,
     contacts: i64,
@@ -63,6 +65,11 @@ impl Db {
             at_rest
                 .seal_under(current, table, row, plain)
                 .ok_or(StoreError::Corrupt("the current data key is not held"))
+        };
+        // A value sealed under `key_id`, sealed again under the current key.
+        let reseal = |table: &str, row: &str, key_id: u32, blob: &[u8]| {
+            let plain = zeroize::Zeroizing::new(open(table, row, key_id, blob)?);
+            seal(table, row, &plain)
         };
         let tx = self.conn.transaction()?;
         let mut moved = 0;
@@ -99,33 +106,55 @@ impl Db {
                 // Scrubbed: nothing sealed is left in it.
                 body
             } else {
-                seal(
-                    super::inbox::TABLE,
-                    &id,
-                    &open(super::inbox::TABLE, &id, key_id, &body)?,
-                )?
+                reseal(super::inbox::TABLE, &id, key_id, &body)?
             };
-            let subject = match subject {
-                Some(s) => Some(seal(
-                    super::inbox::SUBJECT,
-                    &id,
-                    &open(super::inbox::SUBJECT, &id, key_id, &s)?,
-                )?),
-                None => None,
-            };
-            let sender = match sender {
-                Some(s) => Some(seal(
-                    super::inbox::SENDER,
-                    &id,
-                    &open(super::inbox::SENDER, &id, key_id, &s)?,
-                )?),
-                None => None,
-            };
+            let subject = subject
+                .map(|s| reseal(super::inbox::SUBJECT, &id, key_id, &s))
+                .transpose()?;
+            let sender = sender
+                .map(|s| reseal(super::inbox::SENDER, &id, key_id, &s))
+                .transpose()?;
             tx.prepare_cached(
                 "UPDATE inbox SET body = ?2, subject = ?3, sender_seal = ?4, key_id = ?5
                  WHERE id = ?1",
             )?
             .execute(params![id, body, subject, sender, current])?;
+            moved += 1;
+        }
+
+        let left = limit.saturating_sub(moved);
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(i64, String, u32, Vec<u8>, Option<Vec<u8>>, bool)> = tx
+            .prepare_cached(
+                "SELECT rowid, id, key_id, body, subject, redacted_at IS NOT NULL FROM sent
+                 WHERE rowid > ?3 AND key_id != ?1 ORDER BY rowid LIMIT ?2",
+            )?
+            .query_map(params![current, left as i64, cursor.sent], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (rowid, id, key_id, body, subject, redacted) in rows {
+            cursor.sent = rowid;
+            // A redacted body is empty, sealed under no key.
+            let body = if redacted {
+                body
+            } else {
+                reseal(super::sent::TABLE, &id, key_id, &body)?
+            };
+            let subject = subject
+                .map(|s| reseal(super::sent::SUBJECT, &id, key_id, &s))
+                .transpose()?;
+            tx.prepare_cached(
+                "UPDATE sent SET body = ?2, subject = ?3, key_id = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, body, subject, current])?;
             moved += 1;
         }
 
@@ -240,6 +269,7 @@ impl Db {
         let n: i64 = self.conn.query_row(
             "SELECT COALESCE((SELECT SUM(LENGTH(body) + IFNULL(LENGTH(subject), 0)
                                       + IFNULL(LENGTH(sender_seal), 0)) FROM inbox), 0)
+                  + COALESCE((SELECT SUM(LENGTH(body) + IFNULL(LENGTH(subject), 0)) FROM sent), 0)
                   + COALESCE((SELECT SUM(IFNULL(LENGTH(envelope), 0)
                                       + IFNULL(LENGTH(payload), 0)) FROM outbox), 0)
                   + COALESCE((SELECT SUM(LENGTH(ref)) FROM attachments), 0)
@@ -258,6 +288,7 @@ impl Db {
             .conn
             .query_row(
                 "SELECT 1 FROM inbox WHERE key_id != ?1
+                 UNION ALL SELECT 1 FROM sent WHERE key_id != ?1
                  UNION ALL SELECT 1 FROM outbox WHERE key_id IS NOT NULL AND key_id != ?1
                  UNION ALL SELECT 1 FROM attachments WHERE key_id != ?1
                  UNION ALL SELECT 1 FROM contacts WHERE seal IS NOT NULL AND key_id != ?1

@@ -663,7 +663,7 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
             .filter(|l| !l.is_empty())
             .collect()
     };
-    assert_eq!(bash(&["pigeon", "se"]), ["send"]);
+    assert_eq!(bash(&["pigeon", "se"]), ["send", "sent"]);
     let contacts = bash(&["pigeon", "--home", &home, "send", ""]);
     assert!(
         contacts.starts_with(&["bob".to_owned(), "carol".to_owned()]),
@@ -674,6 +674,8 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
         ["carol"]
     );
     let ids = bash(&["pigeon", "--home", &home, "outbox", "cancel", ""]);
+    assert!(ids.contains(&queued), "{queued} not in {ids:?}");
+    let ids = bash(&["pigeon", "--home", &home, "sent", "read", ""]);
     assert!(ids.contains(&queued), "{queued} not in {ids:?}");
     assert_eq!(
         bash(&["pigeon", "--home", &home, "inbox", "search", "label:w"]),

@@ -17,3 +17,4 @@ mod plugins;
 mod rules;
 mod sdk_agrees;
 mod search;
+mod sent;

@@ -9,7 +9,7 @@ use crate::inbox::search::{Hit, IndexStatus, Sort};
 use crate::plugins::PluginStatus;
 use crate::store::{
     InboxItem, InboxQuery, MessageView, OutboxCounts, OutboxEntry, PeerHealth, RuleView,
-    RulesApplied, SaveInfo,
+    RulesApplied, SaveInfo, SentItem, SentView,
 };
 
 /// A request to a node.
@@ -149,6 +149,28 @@ pub enum Request {
         /// Id or unique prefix.
         id: String,
     },
+    /// The sent history, newest first.
+    SentList {
+        /// At most this many.
+        limit: Option<u32>,
+        /// Only messages to this contact (its name).
+        to: Option<String>,
+    },
+    /// Read one sent message.
+    SentRead {
+        /// Id or unique prefix.
+        id: String,
+    },
+    /// Delete a sent message from the history (and its outbox record).
+    SentRm {
+        /// Id or unique prefix.
+        id: String,
+    },
+    /// Scrub a sent message's text and files, keeping its metadata.
+    SentRedact {
+        /// Id or unique prefix.
+        id: String,
+    },
     /// Search the inbox.
     InboxSearch {
         /// The query, in the search language (`inbox::query`).
@@ -230,6 +252,10 @@ pub enum Response {
     Inbox(Vec<InboxItem>),
     /// For [`Request::InboxRead`].
     Message(MessageView),
+    /// For [`Request::SentList`].
+    Sent(Vec<SentItem>),
+    /// For [`Request::SentRead`].
+    SentMessage(SentView),
     /// For [`Request::InboxAttachments`].
     Attachments(Vec<SaveInfo>),
     /// For [`Request::OutboxRetry`], [`Request::OutboxCancel`], [`Request::LabelAdd`] and
@@ -238,8 +264,9 @@ pub enum Response {
         /// The message id.
         id: String,
     },
-    /// For [`Request::InboxRm`] and [`Request::InboxRedact`]: the full id, and the attachments
-    /// whose sealed files the caller removes.
+    /// For [`Request::InboxRm`], [`Request::InboxRedact`], [`Request::SentRm`] and
+    /// [`Request::SentRedact`]: the full id, and the attachments whose sealed files the caller
+    /// removes.
     Removed {
         /// The message id.
         id: String,
