@@ -87,7 +87,7 @@ enum Command {
     /// Run the node.
     #[command(subcommand)]
     Node(node::Command),
-    /// Queue a message to a contact; prints its id once it is durably queued.
+    // Its help is `send::Args`'s (a doc comment here would replace the long one).
     Send(send::Args),
     /// Show outgoing messages and their delivery state; retry or cancel one.
     #[command(subcommand)]
@@ -334,6 +334,7 @@ mod tests {
         "inbox rules list",
         "inbox search",
         "inbox unarchive",
+        "inbox watch",
         "init",
         "keys rekey",
         "keys status",

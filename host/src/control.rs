@@ -32,6 +32,9 @@ pub enum ControlError {
     /// A node holds the home but its socket does not answer.
     #[error("a node holds {0} but does not answer on its control socket; is it still starting?")]
     Unresponsive(std::path::PathBuf),
+    /// The request is served only by a running node, and none runs.
+    #[error("no node runs for {0}; start one with `pigeon node run` (this follows a running node)")]
+    NoNode(std::path::PathBuf),
     /// The node took the request and gave no answer in time.
     #[error(
         "the node did not answer within {0} s; it may be stuck (see its log) or stopped (kill -CONT)"

@@ -9,6 +9,7 @@
 pub mod query;
 pub mod rules;
 pub mod search;
+pub mod watch;
 
 use libp2p::PeerId;
 

@@ -10,6 +10,7 @@
 mod attachments;
 mod audit;
 mod contacts;
+mod feeds;
 mod health;
 mod inbox;
 mod migrations;
@@ -23,12 +24,13 @@ mod sent;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use attachments::{AttachmentView, Download, MAX_BAD_CHUNKS, SaveInfo};
 pub use audit::{Audit, AuditedAttachment, Unopened, audit, schema_version};
@@ -121,7 +123,12 @@ enum Msg {
 pub struct Store {
     jobs: mpsc::Sender<Msg>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Counts the jobs that changed the inbox, the outbox or the sent history ([`Store::changes`]).
+    changes: watch::Receiver<u64>,
 }
+
+/// The tables whose changes [`Store::changes`] reports.
+const WATCHED: [&str; 3] = ["inbox", "outbox", "sent"];
 
 /// The connection and the keys that seal rows; only the store thread holds it.
 pub struct Db {
@@ -146,6 +153,7 @@ impl Store {
     pub async fn open(path: &Path, keys: Arc<Keys>) -> Result<Store, StoreError> {
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let (opened_tx, opened) = oneshot::channel();
+        let (changed, changes) = watch::channel(0u64);
         let path = path.to_owned();
         let thread = std::thread::Builder::new()
             .name("pigeon-store".into())
@@ -160,8 +168,21 @@ impl Store {
                         return;
                     }
                 };
+                let dirty = Arc::new(AtomicBool::new(false));
+                let mark = dirty.clone();
+                db.conn.update_hook(Some(
+                    move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+                        if WATCHED.contains(&table) {
+                            mark.store(true, Ordering::Relaxed);
+                        }
+                    },
+                ));
                 while let Some(Msg::Job(job)) = rx.blocking_recv() {
                     job(&mut db);
+                    // After the job, so that whoever looks (through a later job) sees its commit.
+                    if dirty.swap(false, Ordering::Relaxed) {
+                        changed.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     db.pay_checkpoint(rx.is_empty());
                 }
                 db.pay_checkpoint(true);
@@ -171,6 +192,7 @@ impl Store {
         let store = Store {
             jobs,
             thread: Arc::new(Mutex::new(Some(thread))),
+            changes,
         };
         match opened.await {
             Ok(Ok(())) => Ok(store),
@@ -183,6 +205,15 @@ impl Store {
                 Err(StoreError::Closed)
             }
         }
+    }
+
+    /// A receiver that sees a new value after each job that changed the inbox, the outbox or the
+    /// sent history (never blocking the store: a slow watcher sees the latest value only, and
+    /// reads what changed from the store). A job run after the change is seen sees the change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        let mut rx = self.changes.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     /// Runs `f` on the store thread and returns its result.

@@ -1,6 +1,7 @@
-//! `pigeon inbox list|search|reindex|read|save|fetch|archive|mark|rm|redact|label|rules`
+//! `pigeon inbox list|search|watch|reindex|read|save|fetch|archive|mark|rm|redact|label|rules`
 
 mod search;
+mod watch;
 
 use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter};
 use std::io::IsTerminal;
@@ -67,6 +68,8 @@ pub(super) enum Command {
         #[arg(long)]
         json: bool,
     },
+    // Its help is `watch::Args`'s (a doc comment here would replace the long one).
+    Watch(watch::Args),
     /// Build the search index again from the inbox (it repairs itself on start; this is for
     /// doing it by hand). The inbox is not touched.
     Reindex {
@@ -275,6 +278,7 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             json,
         } => search::search(g, query, limit, sort, json).await?,
         Command::Reindex { json } => search::reindex(g, json).await?,
+        Command::Watch(args) => watch::run(g, args).await?,
         Command::Save { id, out, yes } => save(g, id, out, yes).await?,
         Command::Archive { id } => {
             update(g, Request::InboxArchive { id, archived: true }, "archived").await?

@@ -96,7 +96,7 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
 }
 
 /// One `sent list` line.
-fn line(i: &SentItem) -> String {
+pub(super) fn line(i: &SentItem) -> String {
     format!(
         "{}\t{}\t{}\t{}\t{}\t{}",
         i.id,

@@ -5,6 +5,7 @@
 mod keys;
 mod wire;
 
+use super::ControlError;
 use std::sync::Arc;
 
 use libp2p::Multiaddr;
@@ -226,6 +227,10 @@ impl Ops {
                     .await?;
                 Ok(Response::Removed { id, attachments })
             }
+            // A stream: the control server serves it with `Ops::watcher` (see `server.rs`).
+            Request::InboxWatch(_) => {
+                Err(ControlError::NoNode(std::path::PathBuf::from("this home")).into())
+            }
             Request::InboxSearch { query, limit, sort } => {
                 // A malformed query is refused before anything is opened.
                 crate::inbox::query::parse(&query).map_err(SearchError::from)?;
@@ -425,6 +430,14 @@ impl Ops {
             });
         }
         Ok(Response::Peers(peers))
+    }
+
+    /// Starts an `inbox watch` (the control server streams what it sees).
+    pub async fn watcher(
+        &self,
+        spec: crate::inbox::watch::WatchSpec,
+    ) -> Result<crate::inbox::watch::Watcher> {
+        crate::inbox::watch::Watcher::start(self.store.clone(), self.search.clone(), spec).await
     }
 
     async fn status(&self) -> Result<Response> {

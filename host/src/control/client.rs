@@ -192,3 +192,54 @@ async fn exchange(home: &Home, request: &Request) -> Result<Option<Result<Respon
         Reply::Err { kind, message } => Ok(Some(Err(Error::Remote { kind, message }))),
     }
 }
+
+/// Follows the running node's inbox as `spec` says, calling `seen` for each thing seen, until
+/// `seen` fails (its error is returned: a closed stdout, say) or the node goes away (an error).
+/// Needs a running node: with none, [`ControlError::NoNode`].
+pub async fn watch(
+    home: &Home,
+    spec: crate::inbox::watch::WatchSpec,
+    mut seen: impl FnMut(crate::inbox::watch::WatchEvent) -> Result<()>,
+) -> Result<()> {
+    home.require()?;
+    let protocol = |e: &dyn std::fmt::Display| Error::from(ControlError::Protocol(e.to_string()));
+    let stream = match UnixStream::connect(home.socket()).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ControlError::NoNode(home.root().to_owned()).into());
+        }
+        Err(e) => return Err(protocol(&e)),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(&Request::InboxWatch(spec)).map_err(|e| protocol(&e))?;
+    line.push(b'\n');
+    write.write_all(&line).await.map_err(|e| protocol(&e))?;
+    let mut reader = BufReader::new(read);
+    let mut started = false;
+    loop {
+        let mut answer = String::new();
+        (&mut reader)
+            .take(MAX_LINE * 2)
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| protocol(&e))?;
+        if answer.is_empty() {
+            return Err(protocol(&"the node closed the watch (did it stop?)"));
+        }
+        match serde_json::from_str::<Reply>(&answer).map_err(|e| protocol(&e))? {
+            Reply::Ok(response) => match (*response, started) {
+                (Response::Watching, false) => started = true,
+                (Response::Watched(event), true) => seen(event)?,
+                (other, _) => {
+                    return Err(ControlError::UnexpectedAnswer(format!("{other:?}")).into());
+                }
+            },
+            Reply::Err { kind, message } => return Err(Error::Remote { kind, message }),
+        }
+    }
+}

@@ -158,6 +158,9 @@ async fn serve_one(stream: UnixStream, ops: Ops) {
     let reply = match read {
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::InboxWatch(spec)) => {
+                return watch(&ops, spec, reader, write).await;
+            }
             Ok(request) => match ops.handle(request).await {
                 Ok(response) => Reply::Ok(Box::new(response)),
                 Err(e) => error_reply(&e),
@@ -173,6 +176,54 @@ async fn serve_one(stream: UnixStream, ops: Ops) {
         },
     };
     send(&mut write, &reply).await;
+}
+
+/// Serves `inbox watch`: [`Response::Watching`], then a line for each thing seen, until the
+/// client closes its end (or sends anything more), a write fails, or the node stops. A slow
+/// client slows only this task: the watcher reads from the store what it has not told yet.
+async fn watch(
+    ops: &Ops,
+    spec: crate::inbox::watch::WatchSpec,
+    mut reader: BufReader<tokio::io::Take<tokio::net::unix::OwnedReadHalf>>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+) {
+    let mut watcher = match ops.watcher(spec).await {
+        Ok(w) => w,
+        Err(e) => return send(&mut write, &error_reply(&e)).await,
+    };
+    if write_line(&mut write, &Reply::Ok(Box::new(Response::Watching)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut byte = [0u8; 1];
+    loop {
+        tokio::select! {
+            seen = watcher.next() => match seen {
+                Ok(events) => {
+                    for event in events {
+                        let reply = Reply::Ok(Box::new(Response::Watched(event)));
+                        if write_line(&mut write, &reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => return send(&mut write, &error_reply(&e)).await,
+            },
+            // The client sends nothing after its request: EOF (or anything) means it is gone.
+            _ = reader.read(&mut byte) => return,
+        }
+    }
+}
+
+async fn write_line(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply,
+) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await
 }
 
 fn error_reply(e: &Error) -> Reply {

@@ -354,31 +354,7 @@ impl Search {
         sort: Sort,
     ) -> Result<Vec<Hit>, SearchError> {
         let query = query::parse(text)?;
-        self.wait_ready().await?;
-        if compile::needs_states(&query) && !self.shared.states.loaded() {
-            store.call(|db| db.load_states()).await?;
-        }
-        let mut wanted = Vec::new();
-        compile::senders(&query, &mut wanted);
-        let senders = if wanted.is_empty() {
-            HashMap::new()
-        } else {
-            store.call(move |db| resolve_senders(db, &wanted)).await?
-        };
-        let shared = self.shared.clone();
-        let q = query.clone();
-        let top = tokio::task::spawn_blocking(move || -> Result<_, SearchError> {
-            let engine = shared.engine();
-            let cx = compile::Context {
-                fields: engine.fields,
-                states: &shared.states,
-                senders: &senders,
-            };
-            let compiled = compile::compile(&q, &cx)?;
-            engine.top(&*compiled, limit, sort == Sort::Relevance)
-        })
-        .await
-        .map_err(|_| SearchError::Closed)??;
+        let top = self.top(store, &query, limit, sort, None).await?;
         let seqs: Vec<u64> = top.iter().map(|(s, _)| *s).collect();
         let scores: HashMap<u64, f32> = top.into_iter().collect();
         let rows = store
@@ -401,6 +377,71 @@ impl Search {
                 item: r.item,
             })
             .collect())
+    }
+
+    /// The seqs in `after..=upto` that `query` matches, oldest first, once the index holds
+    /// everything the store committed before this call (`inbox watch` with a query).
+    pub async fn matching(
+        &self,
+        store: &Store,
+        query: &query::Query,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<u64>, SearchError> {
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        self.sync().await?;
+        let limit = usize::try_from(upto - after).unwrap_or(usize::MAX);
+        let range = Some((after, upto));
+        let mut seqs: Vec<u64> = self
+            .top(store, query, limit, Sort::Date, range)
+            .await?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// The `limit` best hits of `query` (seqs with scores), only among seqs in `range`
+    /// (`(after, upto)`: after `after`, up to `upto`) if given.
+    async fn top(
+        &self,
+        store: &Store,
+        query: &query::Query,
+        limit: usize,
+        sort: Sort,
+        range: Option<(u64, u64)>,
+    ) -> Result<Vec<(u64, f32)>, SearchError> {
+        self.wait_ready().await?;
+        if compile::needs_states(query) && !self.shared.states.loaded() {
+            store.call(|db| db.load_states()).await?;
+        }
+        let mut wanted = Vec::new();
+        compile::senders(query, &mut wanted);
+        let senders = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            store.call(move |db| resolve_senders(db, &wanted)).await?
+        };
+        let shared = self.shared.clone();
+        let q = query.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, SearchError> {
+            let engine = shared.engine();
+            let cx = compile::Context {
+                fields: engine.fields,
+                states: &shared.states,
+                senders: &senders,
+            };
+            let mut compiled = compile::compile(&q, &cx)?;
+            if let Some((after, upto)) = range {
+                compiled = compile::within_seqs(compiled, engine.fields, after, upto);
+            }
+            engine.top(&*compiled, limit, sort == Sort::Relevance)
+        })
+        .await
+        .map_err(|_| SearchError::Closed)?
     }
 
     /// Seals the key of every index file under the current data key (a rekey's part here);

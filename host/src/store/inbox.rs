@@ -80,6 +80,28 @@ pub struct InboxItem {
     pub forward_secret: bool,
 }
 
+impl From<&MessageView> for InboxItem {
+    /// The listing row of a whole message.
+    fn from(m: &MessageView) -> InboxItem {
+        InboxItem {
+            id: m.id.clone(),
+            from: m.from.clone(),
+            from_peer_id: m.from_peer_id.clone(),
+            received_at: m.received_at.clone(),
+            subject: m.subject.clone(),
+            labels: m.labels.clone(),
+            preview: if m.redacted_at.is_some() {
+                "(redacted)".to_owned()
+            } else {
+                preview(&m.body)
+            },
+            read: m.read,
+            archived: m.archived,
+            forward_secret: m.forward_secret,
+        }
+    }
+}
+
 /// Which messages `inbox list` shows as to archiving.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -18,3 +18,4 @@ mod rules;
 mod sdk_agrees;
 mod search;
 mod sent;
+mod watch;

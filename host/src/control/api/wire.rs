@@ -171,6 +171,10 @@ pub enum Request {
         /// Id or unique prefix.
         id: String,
     },
+    /// Follow the inbox (and, if asked, the sent history) as it changes: answered by a stream of
+    /// lines, [`Response::Watching`] and then a [`Response::Watched`] for each thing seen, until
+    /// the client closes the connection. Only a running node serves it.
+    InboxWatch(crate::inbox::watch::WatchSpec),
     /// Search the inbox.
     InboxSearch {
         /// The query, in the search language (`inbox::query`).
@@ -252,6 +256,10 @@ pub enum Response {
     Inbox(Vec<InboxItem>),
     /// For [`Request::InboxRead`].
     Message(MessageView),
+    /// The first line of the answer to [`Request::InboxWatch`]: the watch has started.
+    Watching,
+    /// Each further line of the answer to [`Request::InboxWatch`].
+    Watched(crate::inbox::watch::WatchEvent),
     /// For [`Request::SentList`].
     Sent(Vec<SentItem>),
     /// For [`Request::SentRead`].

@@ -117,6 +117,23 @@ fn state(filter: StateFilter, cx: &Context<'_>) -> Result<Box<dyn TQuery>, Searc
     Ok(Box::new(SeqSetQuery::new("seq", seqs)))
 }
 
+/// `query`, only among the messages whose seq is after `after` and up to `upto`.
+pub fn within_seqs(
+    query: Box<dyn TQuery>,
+    fields: Fields,
+    after: u64,
+    upto: u64,
+) -> Box<dyn TQuery> {
+    let range = RangeQuery::new(
+        Bound::Excluded(Term::from_field_u64(fields.seq, after)),
+        Bound::Included(Term::from_field_u64(fields.seq, upto)),
+    );
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Must, query),
+        (Occur::Must, Box::new(range)),
+    ]))
+}
+
 /// Whether `query` filters on state (so the state table must be loaded first).
 pub fn needs_states(query: &Query) -> bool {
     match query {

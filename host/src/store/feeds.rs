@@ -1,0 +1,86 @@
+//! What `inbox watch` reads: the inbox in the order it was stored (by seq, after a given one), and
+//! the sent history's new rows and delivery states, so that a watcher that was slow, or woke
+//! late, reads from here what it missed: nothing is pushed to it, so nothing is lost or blocked.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::outbox::OutboxState;
+use super::{Db, MessageView, SentItem, StoreError};
+
+impl Db {
+    /// Up to `limit` messages stored after seq `after`, in the order they were stored, with their
+    /// seqs.
+    pub fn inbox_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, MessageView)>, StoreError> {
+        let ids: Vec<(i64, String)> = self
+            .conn
+            .prepare_cached("SELECT seq, id FROM inbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+            .query_map(params![after as i64, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        ids.into_iter()
+            .map(|(seq, id)| Ok((seq as u64, self.message(&id)?)))
+            .collect()
+    }
+
+    /// The seq of inbox message `id` (or a unique prefix).
+    pub fn seq_of(&self, id: &str) -> Result<u64, StoreError> {
+        let id = self.resolve_id(id)?;
+        let seq: i64 = self
+            .conn
+            .query_row("SELECT seq FROM inbox WHERE id = ?1", [&id], |r| r.get(0))?;
+        Ok(seq as u64)
+    }
+
+    /// The last row of the sent history (0 when it is empty), where a watch of it starts.
+    pub fn sent_mark(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT IFNULL(MAX(rowid), 0) FROM sent", [], |r| r.get(0))?)
+    }
+
+    /// Up to `limit` rows of the sent history after row `after`, oldest first, with their rows.
+    pub fn sent_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, SentItem)>, StoreError> {
+        let ids: Vec<(i64, String)> = self
+            .conn
+            .prepare_cached("SELECT rowid, id FROM sent WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?
+            .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        ids.into_iter()
+            .map(|(row, id)| Ok((row, self.sent_message(&id)?.item)))
+            .collect()
+    }
+
+    /// The sent messages not yet delivered, with their states.
+    pub fn sent_open(&self) -> Result<Vec<(String, OutboxState)>, StoreError> {
+        let rows: Vec<(String, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT s.id, IFNULL(o.state, 'failed') FROM sent s LEFT JOIN outbox o ON o.id = s.id
+                 WHERE o.state IS NOT 'delivered'",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, state)| Ok((id, OutboxState::parse(&state)?)))
+            .collect()
+    }
+
+    /// The delivery state of each of `ids` (`None`: no longer in the history).
+    pub fn sent_states(&self, ids: &[String]) -> Result<Vec<Option<OutboxState>>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT IFNULL(o.state, 'failed') FROM sent s LEFT JOIN outbox o ON o.id = s.id
+             WHERE s.id = ?1",
+        )?;
+        ids.iter()
+            .map(|id| {
+                stmt.query_row([id], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map(|s| OutboxState::parse(&s))
+                    .transpose()
+            })
+            .collect()
+    }
+}
