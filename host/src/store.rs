@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use attachments::{AttachmentView, Download, MAX_BAD_CHUNKS, SaveInfo};
 pub use audit::{Audit, AuditedAttachment, Unopened, audit, schema_version};
 pub use contacts::Contact;
+pub use feeds::Said;
 pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received, opening};
 pub use one_time::MAX_PER_CONTACT as ONE_TIME_KEYS_PER_CONTACT;

@@ -227,6 +227,17 @@ impl Ops {
                     .await?;
                 Ok(Response::Removed { id, attachments })
             }
+            Request::Conversation { contact, limit } => {
+                let (peer_id, said) = self
+                    .store
+                    .call(move |db| {
+                        let peer = db.contact_by_name(&contact)?.address.peer_id().to_string();
+                        let said = db.conversation(&peer, limit)?;
+                        Ok((peer, said))
+                    })
+                    .await?;
+                Ok(Response::Conversation { peer_id, said })
+            }
             // A stream: the control server serves it with `Ops::watcher` (see `server.rs`).
             Request::InboxWatch(_) => {
                 Err(ControlError::NoNode(std::path::PathBuf::from("this home")).into())

@@ -199,7 +199,7 @@ async fn exchange(home: &Home, request: &Request) -> Result<Option<Result<Respon
 pub async fn watch(
     home: &Home,
     spec: crate::inbox::watch::WatchSpec,
-    mut seen: impl FnMut(crate::inbox::watch::WatchEvent) -> Result<()>,
+    mut seen: impl FnMut(crate::store::Said) -> Result<()>,
 ) -> Result<()> {
     home.require()?;
     let protocol = |e: &dyn std::fmt::Display| Error::from(ControlError::Protocol(e.to_string()));

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::query::{self, Query};
 use super::search::LazySearch;
 use crate::error::Result;
-use crate::store::{MessageView, OutboxState, SentItem, Store, StoreError};
+use crate::store::{OutboxState, Said, Store, StoreError};
 
 /// Messages read from the store per round trip.
 const PAGE: u32 = 100;
@@ -33,16 +33,6 @@ pub struct WatchSpec {
     /// Also what is sent, and each change of its delivery state.
     #[serde(default)]
     pub sent: bool,
-}
-
-/// One thing seen.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum WatchEvent {
-    /// A message stored in the inbox: the fields of `inbox read --json`.
-    Received(MessageView),
-    /// A message sent, or a new delivery state of one: the fields of `sent list --json`.
-    Sent(SentItem),
 }
 
 /// A watch under way.
@@ -110,7 +100,7 @@ impl Watcher {
     }
 
     /// The next things seen, waiting until there are some. `Err` when the store closes.
-    pub async fn next(&mut self) -> Result<Vec<WatchEvent>> {
+    pub async fn next(&mut self) -> Result<Vec<Said>> {
         loop {
             let (events, more) = self.poll().await?;
             if !events.is_empty() {
@@ -126,7 +116,7 @@ impl Watcher {
     }
 
     /// What came since the last look, at most a page of each kind; `more` if there is more.
-    async fn poll(&mut self) -> Result<(Vec<WatchEvent>, bool)> {
+    async fn poll(&mut self) -> Result<(Vec<Said>, bool)> {
         let after = self.seq;
         let batch = self
             .store
@@ -148,7 +138,7 @@ impl Watcher {
                 batch
                     .into_iter()
                     .filter(|(seq, _)| keep.as_ref().is_none_or(|k| k.contains(seq)))
-                    .map(|(_, m)| WatchEvent::Received(m)),
+                    .map(|(_, m)| Said::Received(m)),
             );
         }
         let Some(sent) = self.sent.take() else {
@@ -161,12 +151,12 @@ impl Watcher {
                 let mut items = Vec::new();
                 let new = db.sent_after(sent.row, PAGE)?;
                 let more = new.len() == PAGE as usize;
-                for (row, item) in new {
+                for (row, view) in new {
                     sent.row = row;
-                    if item.state != OutboxState::Delivered {
-                        sent.open.insert(item.id.clone(), item.state);
+                    if view.item.state != OutboxState::Delivered {
+                        sent.open.insert(view.item.id.clone(), view.item.state);
                     }
-                    items.push(item);
+                    items.push(view);
                 }
                 let ids: Vec<String> = sent.open.keys().cloned().collect();
                 let states = db.sent_states(&ids)?;
@@ -182,7 +172,7 @@ impl Watcher {
                             } else {
                                 sent.open.insert(id.clone(), state);
                             }
-                            items.push(db.sent_message(&id)?.item);
+                            items.push(db.sent_message(&id)?);
                         }
                         Some(_) => {}
                     }
@@ -191,7 +181,7 @@ impl Watcher {
             })
             .await?;
         self.sent = Some(sent);
-        out.extend(items.into_iter().map(WatchEvent::Sent));
+        out.extend(items.into_iter().map(Said::Sent));
         Ok((out, more || more_sent))
     }
 }

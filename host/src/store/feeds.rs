@@ -3,9 +3,20 @@
 //! late, reads from here what it missed: nothing is pushed to it, so nothing is lost or blocked.
 
 use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 
 use super::outbox::OutboxState;
-use super::{Db, MessageView, SentItem, StoreError};
+use super::{Db, MessageView, SentView, StoreError};
+
+/// A message either way, as `inbox watch --json` prints it and `pigeon chat` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Said {
+    /// A message stored in the inbox: the fields of `inbox read --json`.
+    Received(MessageView),
+    /// A message sent (or a new delivery state of one): the fields of `sent read --json`.
+    Sent(SentView),
+}
 
 impl Db {
     /// Up to `limit` messages stored after seq `after`, in the order they were stored, with their
@@ -22,6 +33,32 @@ impl Db {
             .collect::<Result<_, _>>()?;
         ids.into_iter()
             .map(|(seq, id)| Ok((seq as u64, self.message(&id)?)))
+            .collect()
+    }
+
+    /// The last `limit` messages between this node and `peer`, both ways, oldest first: received
+    /// ones by when they arrived, sent ones by when they were sent (`pigeon chat`).
+    pub fn conversation(&self, peer: &str, limit: u32) -> Result<Vec<Said>, StoreError> {
+        let rows: Vec<(bool, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT mine, id FROM (
+                     SELECT 0 AS mine, id, received_at AS at, rowid AS r FROM inbox WHERE sender = ?1
+                     UNION ALL
+                     SELECT 1, id, sent_at, rowid FROM sent WHERE peer_id = ?1)
+                 ORDER BY at DESC, r DESC LIMIT ?2",
+            )?
+            .query_map(params![peer, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .rev()
+            .map(|(mine, id)| {
+                Ok(if mine {
+                    Said::Sent(self.sent_message(&id)?)
+                } else {
+                    Said::Received(self.message(&id)?)
+                })
+            })
             .collect()
     }
 
@@ -42,14 +79,14 @@ impl Db {
     }
 
     /// Up to `limit` rows of the sent history after row `after`, oldest first, with their rows.
-    pub fn sent_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, SentItem)>, StoreError> {
+    pub fn sent_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, SentView)>, StoreError> {
         let ids: Vec<(i64, String)> = self
             .conn
             .prepare_cached("SELECT rowid, id FROM sent WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?
             .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         ids.into_iter()
-            .map(|(row, id)| Ok((row, self.sent_message(&id)?.item)))
+            .map(|(row, id)| Ok((row, self.sent_message(&id)?)))
             .collect()
     }
 

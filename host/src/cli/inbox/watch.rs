@@ -5,8 +5,8 @@ use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter};
 use super::super::Global;
 use crate::control::client;
 use crate::error::{Error, Result};
-use crate::inbox::watch::{WatchEvent, WatchSpec};
-use crate::store::{InboxItem, MessageView};
+use crate::inbox::watch::WatchSpec;
+use crate::store::{InboxItem, MessageView, Said};
 
 /// Print each message as it is stored, until interrupted (Ctrl-C), for scripts and bots.
 ///
@@ -14,7 +14,7 @@ use crate::store::{InboxItem, MessageView};
 /// read --json` and "kind": "received". With a QUERY (the language of `inbox search`), only the
 /// messages it matches. It starts from now; --since ID first prints what was stored after that
 /// message, then goes on, with no gap and nothing twice. --sent also prints each message you send
-/// and each change of its delivery state ("kind": "sent", the fields of `sent list --json`; as
+/// and each change of its delivery state ("kind": "sent", the fields of `sent read --json`; as
 /// text, a line of `sent list` after the word `sent`).
 ///
 /// Follows the running node (start one with `pigeon node run`). A slow reader never holds up
@@ -51,9 +51,9 @@ pub(in crate::cli) async fn run(g: &Global, args: Args) -> Result<()> {
             serde_json::to_string(&event).map_err(|e| Error::encode("the message as JSON", e))?
         } else {
             match &event {
-                WatchEvent::Received(m) if sent => format!("received\t{}", received(m)),
-                WatchEvent::Received(m) => received(m),
-                WatchEvent::Sent(s) => format!("sent\t{}", super::super::sent::line(s)),
+                Said::Received(m) if sent => format!("received\t{}", received(m)),
+                Said::Received(m) => received(m),
+                Said::Sent(s) => format!("sent\t{}", super::super::sent::line(&s.item)),
             }
         };
         println!("{line}");

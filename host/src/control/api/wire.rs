@@ -171,6 +171,13 @@ pub enum Request {
         /// Id or unique prefix.
         id: String,
     },
+    /// The last messages between this node and a contact, both ways, oldest first.
+    Conversation {
+        /// The contact's name.
+        contact: String,
+        /// At most this many.
+        limit: u32,
+    },
     /// Follow the inbox (and, if asked, the sent history) as it changes: answered by a stream of
     /// lines, [`Response::Watching`] and then a [`Response::Watched`] for each thing seen, until
     /// the client closes the connection. Only a running node serves it.
@@ -256,10 +263,17 @@ pub enum Response {
     Inbox(Vec<InboxItem>),
     /// For [`Request::InboxRead`].
     Message(MessageView),
+    /// For [`Request::Conversation`].
+    Conversation {
+        /// The contact's PeerId.
+        peer_id: String,
+        /// The messages, oldest first.
+        said: Vec<crate::store::Said>,
+    },
     /// The first line of the answer to [`Request::InboxWatch`]: the watch has started.
     Watching,
     /// Each further line of the answer to [`Request::InboxWatch`].
-    Watched(crate::inbox::watch::WatchEvent),
+    Watched(crate::store::Said),
     /// For [`Request::SentList`].
     Sent(Vec<SentItem>),
     /// For [`Request::SentRead`].
