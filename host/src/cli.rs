@@ -5,6 +5,7 @@
 
 mod backup;
 mod bench;
+mod chat;
 mod completions;
 mod config;
 mod contacts;
@@ -89,6 +90,8 @@ enum Command {
     Node(node::Command),
     // Its help is `send::Args`'s (a doc comment here would replace the long one).
     Send(send::Args),
+    // Its help is `chat::Args`'s.
+    Chat(chat::Args),
     /// Show outgoing messages and their delivery state; retry or cancel one.
     #[command(subcommand)]
     Outbox(outbox::Command),
@@ -179,6 +182,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => send::run(g, args).await,
         Command::Outbox(cmd) => outbox::run(g, cmd).await,
         Command::Sent(cmd) => sent::run(g, cmd).await,
+        Command::Chat(args) => chat::run(g, args).await,
         Command::Inbox(cmd) => inbox::run(g, cmd).await,
         Command::Keys(cmd) => keys::run(g, cmd).await,
         Command::Backup(cmd) => backup::run(g, cmd).await,
@@ -313,6 +317,7 @@ mod tests {
         "bench keys",
         "bench rules",
         "bench search",
+        "chat",
         "config get",
         "config set",
         "config show",

@@ -7,6 +7,7 @@
 pub mod attachments;
 pub mod backup;
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod clock;
 pub mod config;

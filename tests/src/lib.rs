@@ -652,3 +652,45 @@ pub const SANDBOX_SEALED: [&str; 7] = [
     "socket:denied",
     "udp:denied",
 ];
+
+/// A program the tests drive (`zsh`, `fish`, `tmux`): from the machine, or installed with apt-get
+/// when missing (a fresh Debian has none of them; CI runs as root). One that cannot be had fails the
+/// test with the reason.
+pub fn system_tool(name: &str) -> PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let find = || {
+        ["/usr/bin", "/bin", "/usr/local/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+    };
+    if let Some(path) = find() {
+        return path;
+    }
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = find() {
+        return path;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let installed = apt(&["install", "-y", "-q", name])
+        .ok()
+        .filter(|o| o.status.success())
+        .or_else(|| {
+            apt(&["update", "-q"]).ok()?;
+            apt(&["install", "-y", "-q", name]).ok()
+        });
+    match (installed, find()) {
+        (_, Some(path)) => path,
+        (out, None) => panic!(
+            "{name} is missing and `apt-get install {name}` (as root) did not install it: {}",
+            out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_else(|| "apt-get did not run".into())
+        ),
+    }
+}

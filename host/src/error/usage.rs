@@ -95,6 +95,11 @@ pub enum UsageError {
     /// A numeric option outside its range; the text names the option(s) and the range.
     #[error("{0}")]
     OutOfRange(String),
+    /// A full-screen command run off a terminal.
+    #[error(
+        "`pigeon {0}` needs a terminal (stdin and stdout); from a script, use `pigeon send` and `pigeon inbox watch`"
+    )]
+    NotATerminal(&'static str),
     /// A destructive action asked off a terminal, without `--yes`.
     #[error("{0} Not on a terminal: pass --yes to confirm.")]
     NeedsYes(String),

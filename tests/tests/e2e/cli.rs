@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use pigeon_e2e::{OutputBounded, TestHome, files_under, http_get, metric, wait_for};
+use pigeon_e2e::{OutputBounded, TestHome, files_under, http_get, metric, system_tool, wait_for};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)
@@ -577,47 +577,6 @@ fn destructive_commands_ask_on_a_terminal() {
     alice.ok(&["contacts", "list"]);
 }
 
-/// `bash`, `zsh` or `fish`: from the machine, or installed with apt-get when missing (Debian has
-/// only bash; CI runs as root). A shell that cannot be had fails the test with the reason.
-fn shell(name: &str) -> std::path::PathBuf {
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let find = || {
-        ["/usr/bin", "/bin", "/usr/local/bin"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(name))
-            .find(|p| p.exists())
-    };
-    if let Some(path) = find() {
-        return path;
-    }
-    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = find() {
-        return path;
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(std::process::Stdio::null())
-            .output()
-    };
-    let installed = apt(&["install", "-y", "-q", name])
-        .ok()
-        .filter(|o| o.status.success())
-        .or_else(|| {
-            apt(&["update", "-q"]).ok()?;
-            apt(&["install", "-y", "-q", name]).ok()
-        });
-    match (installed, find()) {
-        (_, Some(path)) => path,
-        (out, None) => panic!(
-            "{name} is missing and `apt-get install {name}` (as root) did not install it: {}",
-            out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                .unwrap_or_else(|| "apt-get did not run".into())
-        ),
-    }
-}
-
 /// Completion in real shells: bash completes commands, contact names, undelivered message ids
 /// and labels through the script `pigeon completions bash` prints, reading the home without the
 /// passphrase; zsh and fish load their scripts, and fish completes a contact too.
@@ -648,7 +607,7 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
             script_file.display(),
             quoted.join(" ")
         );
-        let out = Command::new(shell("bash"))
+        let out = Command::new(system_tool("bash"))
             .arg("--norc")
             .arg("-c")
             .arg(program)
@@ -692,7 +651,7 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
     let zsh_script = alice.ok(&["completions", "zsh"]);
     let zsh_file = dir.path().join("pigeon.zsh");
     std::fs::write(&zsh_file, zsh_script).expect("write");
-    let out = Command::new(shell("zsh"))
+    let out = Command::new(system_tool("zsh"))
         .arg("-f")
         .arg("-c")
         .arg(format!(
@@ -712,7 +671,7 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
     let fish_script = alice.ok(&["completions", "fish"]);
     let fish_file = dir.path().join("pigeon.fish");
     std::fs::write(&fish_file, fish_script).expect("write");
-    let out = Command::new(shell("fish"))
+    let out = Command::new(system_tool("fish"))
         .arg("--no-config")
         .arg("-c")
         .arg(format!(
@@ -790,7 +749,7 @@ fn message_ids_complete_with_their_subject_while_a_node_runs() {
     std::fs::write(&file, script).expect("write");
     let home = pair.bob.path().to_str().expect("path").to_owned();
     let offered = |what: &str| {
-        let out = Command::new(shell("fish"))
+        let out = Command::new(system_tool("fish"))
             .arg("--no-config")
             .arg("-c")
             .arg(format!(

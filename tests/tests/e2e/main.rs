@@ -6,6 +6,7 @@
 
 mod attachments;
 mod backup;
+mod chat;
 mod cli;
 mod delivery;
 mod forward_secrecy;

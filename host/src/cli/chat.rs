@@ -1,0 +1,270 @@
+//! `pigeon chat CONTACT`
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap_complete::engine::ArgValueCandidates;
+use ratatui::crossterm::event::{self, Event};
+use tokio::sync::mpsc;
+
+use super::{Global, unexpected};
+use crate::attachments;
+use crate::chat::{Action, Chat, view};
+use crate::control::api::{Request, Response};
+use crate::control::{ControlError, client};
+use crate::error::{Error, Result, UsageError};
+use crate::home::Home;
+use crate::inbox::watch::WatchSpec;
+use crate::store::Said;
+
+/// The conversation with one contact, full screen: both directions in order, new messages as
+/// they arrive, each of yours with its delivery state as it changes.
+///
+/// Type and press Enter to send (Alt-Enter starts a new line); PgUp/PgDn (or Up/Down on an empty
+/// line) scroll back; `/save [DIR]` saves the files of the newest message that has some; Esc or
+/// Ctrl-C leaves. The status line shows whether the contact is connected, directly or through a
+/// relay. What the contact wrote is shown, never obeyed: its escape sequences cannot drive your
+/// terminal.
+///
+/// Talks to the running node (start one with `pigeon node run`); for scripts, see `pigeon send`
+/// and `pigeon inbox watch`.
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    /// The contact's name.
+    #[arg(add = ArgValueCandidates::new(super::completions::contacts))]
+    contact: String,
+    /// How many earlier messages to show.
+    #[arg(long, value_name = "N", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    history: u32,
+}
+
+/// What the loop waits on.
+enum Input {
+    Term(Event),
+    Said(Said),
+    /// The watch ended: the node went away (or the connection broke).
+    Ended(Error),
+    Peers(Vec<crate::store::PeerHealth>),
+    Progress(String, Vec<u32>),
+}
+
+pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
+    let home = g.home()?;
+    home.require()?;
+    let request = Request::Conversation {
+        contact: args.contact.clone(),
+        limit: args.history,
+    };
+    let (peer_id, history) = match ask(&home, request).await? {
+        Response::Conversation { peer_id, said } => (peer_id, said),
+        other => return Err(unexpected(other)),
+    };
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        return Err(UsageError::NotATerminal("chat").into());
+    }
+    let mut chat = Chat::new(args.contact, peer_id, history);
+    let (tx, rx) = mpsc::unbounded_channel();
+    spawn_inputs(&home, &tx);
+    mark_read(
+        &home,
+        &chat,
+        chat.entries().iter().map(|e| e.id.clone()).collect(),
+    );
+    // Restores the terminal on a panic too (ratatui's hook); every other way out goes through
+    // `restore` below.
+    let mut terminal = ratatui::try_init().map_err(Error::io("cannot set up the terminal"))?;
+    let result = run_loop(&home, &mut chat, &mut terminal, rx, &tx).await;
+    ratatui::restore();
+    result
+}
+
+/// A request to the running node; none running (or gone) is an error, never a fallback.
+async fn ask(home: &Home, request: Request) -> Result<Response> {
+    match client::try_node(home, &request).await? {
+        Some(reply) => reply,
+        None => Err(ControlError::NoNode(home.root().to_owned()).into()),
+    }
+}
+
+/// Starts what feeds the loop: the terminal's events (a thread: reading them blocks), the node's
+/// watch, the contact's connection every 2 s, and the progress of files arriving.
+fn spawn_inputs(home: &Home, tx: &mpsc::UnboundedSender<Input>) {
+    let keys = tx.clone();
+    std::thread::spawn(move || {
+        while let Ok(ev) = event::read() {
+            if keys.send(Input::Term(ev)).is_err() {
+                break;
+            }
+        }
+    });
+    let (said, h) = (tx.clone(), home.clone());
+    tokio::spawn(async move {
+        let spec = WatchSpec {
+            query: None,
+            since: None,
+            sent: true,
+        };
+        let end = client::watch(&h, spec, |s| {
+            said.send(Input::Said(s))
+                .map_err(|_| Error::from(ControlError::Protocol("the chat ended".into())))
+        })
+        .await;
+        let error = end.err().unwrap_or_else(|| {
+            ControlError::Protocol("the node closed the watch (did it stop?)".into()).into()
+        });
+        let _ = said.send(Input::Ended(error));
+    });
+    let (peers, h) = (tx.clone(), home.clone());
+    tokio::spawn(async move {
+        loop {
+            if let Ok(Response::Peers(list)) = ask(&h, Request::Peers).await
+                && peers.send(Input::Peers(list)).is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}
+
+async fn run_loop(
+    home: &Home,
+    chat: &mut Chat,
+    terminal: &mut ratatui::DefaultTerminal,
+    mut rx: mpsc::UnboundedReceiver<Input>,
+    tx: &mpsc::UnboundedSender<Input>,
+) -> Result<()> {
+    let mut progress = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        terminal
+            .draw(|frame| view::render(frame, chat))
+            .map_err(Error::io("cannot draw on the terminal"))?;
+        let input = tokio::select! {
+            input = rx.recv() => input,
+            _ = progress.tick() => {
+                poll_progress(home, chat, tx);
+                continue;
+            }
+        };
+        let Some(input) = input else {
+            return Ok(());
+        };
+        match input {
+            Input::Term(Event::Key(key)) => {
+                let page = terminal
+                    .size()
+                    .map(|s| view::page(ratatui::layout::Rect::new(0, 0, s.width, s.height)))
+                    .unwrap_or(10);
+                match chat.key(key, page) {
+                    Action::None => {}
+                    Action::Quit => return Ok(()),
+                    Action::Send(text) => send(home, chat, text).await,
+                    Action::Save(dir) => save(home, chat, dir).await,
+                }
+            }
+            // A resize, a paste, focus: the next draw fits the new size.
+            Input::Term(_) => {}
+            Input::Said(said) => {
+                let id = match &said {
+                    Said::Received(m) => Some(m.id.clone()),
+                    Said::Sent(_) => None,
+                };
+                if chat.apply(said)
+                    && let Some(id) = id
+                {
+                    mark_read(home, chat, vec![id]);
+                }
+            }
+            Input::Ended(error) => return Err(error),
+            Input::Peers(peers) => chat.set_link(&peers),
+            Input::Progress(id, held) => chat.progress(&id, &held),
+        }
+    }
+}
+
+async fn send(home: &Home, chat: &mut Chat, body: String) {
+    let request = Request::Send {
+        to: chat.contact.clone(),
+        subject: None,
+        body,
+        attachments: Vec::new(),
+        forward_secrecy: None,
+    };
+    chat.notice = match ask(home, request).await {
+        // The watch brings it into the conversation, queued, and then its delivery.
+        Ok(Response::Queued { .. }) => None,
+        Ok(other) => Some(format!("unexpected answer: {}", unexpected(other))),
+        Err(e) => Some(format!("not sent: {e}")),
+    };
+}
+
+/// Marks the conversation's received messages `ids` read, in the background.
+fn mark_read(home: &Home, chat: &Chat, ids: Vec<String>) {
+    let unread: Vec<String> = ids
+        .into_iter()
+        .filter(|id| chat.entries().iter().any(|e| &e.id == id && !e.mine))
+        .collect();
+    let home = home.clone();
+    tokio::spawn(async move {
+        for id in unread {
+            let _ = ask(&home, Request::InboxMark { id, read: true }).await;
+        }
+    });
+}
+
+/// Asks how far the files still arriving have got.
+fn poll_progress(home: &Home, chat: &Chat, tx: &mpsc::UnboundedSender<Input>) {
+    for id in chat.arriving() {
+        let (home, tx) = (home.clone(), tx.clone());
+        tokio::spawn(async move {
+            if let Ok(Response::Attachments(list)) =
+                ask(&home, Request::InboxAttachments { id: id.clone() }).await
+            {
+                let held = list.iter().map(|a| a.chunks_held).collect();
+                let _ = tx.send(Input::Progress(id, held));
+            }
+        });
+    }
+}
+
+/// `/save [DIR]`: the complete files of the newest message that has files, into DIR (or the
+/// current directory); a file that exists there is kept, and the status line says so.
+async fn save(home: &Home, chat: &mut Chat, dir: Option<String>) {
+    let Some(entry) = chat.newest_with_files() else {
+        chat.notice = Some("no message here has files".into());
+        return;
+    };
+    let id = entry.id.clone();
+    let dir = PathBuf::from(dir.unwrap_or_else(|| ".".into()));
+    let list = match ask(home, Request::InboxAttachments { id }).await {
+        Ok(Response::Attachments(list)) => list,
+        Ok(other) => {
+            chat.notice = Some(unexpected(other).to_string());
+            return;
+        }
+        Err(e) => {
+            chat.notice = Some(e.to_string());
+            return;
+        }
+    };
+    let mut said = Vec::new();
+    for info in list {
+        let a = &info.attachment;
+        let name = crate::terminal::one_line(&a.name);
+        if info.chunks_held < a.chunk_count() {
+            said.push(format!("{name}: still arriving"));
+            continue;
+        }
+        let file = attachments::file_path(home.root(), &a.id_hex());
+        said.push(match attachments::save(&file, a, &dir, false, |_| {}) {
+            Ok(path) => format!(
+                "saved {}",
+                crate::terminal::one_line(&path.display().to_string())
+            ),
+            Err(e) => format!("{name}: {e}"),
+        });
+    }
+    chat.notice = Some(said.join("; "));
+}

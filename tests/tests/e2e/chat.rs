@@ -1,0 +1,200 @@
+//! `pigeon chat` driven for real: under tmux (on its own socket), against two real nodes, keys
+//! sent and the pane read back, as a user at a terminal would see it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pigeon_e2e::{OutputBounded, Pair, pigeon_bin, system_tool, wait_for};
+
+/// A tmux server of the test's own (its socket in a temporary directory), killed on drop.
+struct Tmux {
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    /// A session 100x24 running `bash --norc` with `env` set.
+    fn start(env: &[(&str, &str)]) -> Tmux {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmux = Tmux {
+            socket: dir.path().join("tmux.sock"),
+            _dir: dir,
+        };
+        let mut args = vec!["new-session", "-d", "-x", "100", "-y", "24"];
+        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for p in &pairs {
+            args.extend(["-e", p.as_str()]);
+        }
+        args.extend(["bash", "--norc", "--noprofile"]);
+        tmux.run(&args);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(system_tool("tmux"))
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output_bounded();
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `text` literally.
+    fn type_text(&self, text: &str) {
+        self.run(&["send-keys", "-l", text]);
+    }
+
+    /// Presses `keys` (tmux key names: Enter, Escape, C-c, M-Enter).
+    fn press(&self, keys: &str) {
+        self.run(&["send-keys", keys]);
+    }
+
+    fn pane(&self) -> String {
+        self.run(&["capture-pane", "-p"])
+    }
+
+    /// Whether the program in the pane has the alternate screen (a full-screen view) up.
+    fn alternate(&self) -> bool {
+        self.run(&["display", "-p", "#{alternate_on}"]).trim() == "1"
+    }
+
+    /// Waits (at most 30 s) for the pane to show `what`; returns the pane.
+    fn wait_shown(&self, what: &str) -> String {
+        wait_for(
+            &format!("the pane to show {what:?}"),
+            Duration::from_secs(30),
+            || {
+                let pane = self.pane();
+                pane.contains(what).then_some(pane)
+            },
+        )
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new(system_tool("tmux"))
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .stdin(Stdio::null())
+            .output_bounded();
+    }
+}
+
+fn chat_command(home: &Path, contact: &str) -> String {
+    format!(
+        "{} --home {} chat {contact}",
+        pigeon_bin().display(),
+        home.display()
+    )
+}
+
+#[test]
+fn a_conversation_under_tmux_sends_receives_and_restores_the_terminal() {
+    let mut pair = Pair::start();
+    let earlier = pair.bob.send("alice", "an earlier word from bob");
+    pair.alice.wait_arrival(&earlier);
+    let tmux = Tmux::start(&[]);
+    tmux.type_text(&chat_command(pair.alice.path(), "bob"));
+    tmux.press("Enter");
+
+    // The history, and the contact's connection in the status line.
+    tmux.wait_shown("an earlier word from bob");
+    assert!(tmux.alternate(), "a full-screen view");
+    tmux.wait_shown("connected (direct)");
+    assert_eq!(
+        pair.alice.json(&["inbox", "read", &earlier, "--json"])["read"],
+        true,
+        "what the chat showed is read"
+    );
+
+    // Typed and sent: it shows, then shows delivered; bob has it.
+    tmux.type_text("hello bob, from the chat view");
+    tmux.press("Enter");
+    let pane = tmux.wait_shown("you · delivered");
+    assert!(pane.contains("hello bob, from the chat view"), "{pane}");
+    let got = wait_for("bob to have it", Duration::from_secs(30), || {
+        pair.bob
+            .inbox()
+            .into_iter()
+            .find(|m| m["preview"] == "hello bob, from the chat view")
+    });
+    assert_eq!(got["from"], "alice");
+
+    // Two lines in one message (Alt-Enter), sent as one.
+    tmux.type_text("first line");
+    tmux.press("M-Enter");
+    tmux.type_text("second line");
+    tmux.press("Enter");
+    tmux.wait_shown("second line");
+    wait_for(
+        "the two-line message at bob",
+        Duration::from_secs(30),
+        || {
+            pair.bob
+                .inbox()
+                .into_iter()
+                .find(|m| m["preview"] == "first line second line")
+        },
+    );
+
+    // Bob's reply appears as it arrives; his escape sequences are shown, not obeyed.
+    pair.bob
+        .send("alice", "a reply \x1b[2J\x1b]0;owned\x07 with escapes");
+    let pane = tmux.wait_shown("a reply");
+    assert!(pane.contains(r"\u{1b}[2J"), "{pane}");
+    let title = tmux.run(&["display", "-p", "#{pane_title}"]);
+    assert!(!title.contains("owned"), "the title was set: {title}");
+
+    // A command it does not know says so; Esc leaves and the terminal is as before.
+    tmux.type_text("/nonsense");
+    tmux.press("Enter");
+    tmux.wait_shown("no command /nonsense");
+    tmux.press("Escape");
+    wait_for("the chat to end", Duration::from_secs(30), || {
+        (!tmux.alternate()).then_some(())
+    });
+
+    // Again, and this time the node goes away: the chat ends, says why, and restores the
+    // terminal; the shell gets its prompt back and the exit status is 1.
+    tmux.type_text(&chat_command(pair.alice.path(), "bob"));
+    tmux.press("Enter");
+    tmux.wait_shown("hello bob, from the chat view");
+    pair.alice_node.take().expect("alice").stop();
+    wait_for(
+        "the chat to end with the node",
+        Duration::from_secs(30),
+        || (!tmux.alternate()).then_some(()),
+    );
+    tmux.type_text("echo status=$?");
+    tmux.press("Enter");
+    let pane = tmux.wait_shown("status=1");
+    assert!(pane.contains("node"), "{pane}");
+}
+
+#[test]
+fn chat_needs_a_node_and_a_terminal() {
+    let pair = Pair::start();
+    // Off a terminal: a clear refusal (exit 2), nothing drawn.
+    let off = pair.alice.run(&["chat", "bob"]);
+    assert_eq!(off.status.code(), Some(2), "{off:?}");
+    assert!(
+        String::from_utf8_lossy(&off.stderr).contains("needs a terminal"),
+        "{off:?}"
+    );
+    // An unknown contact: exit 4.
+    let unknown = pair.alice.run(&["chat", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(4), "{unknown:?}");
+    // No node: says so (exit 1), on a terminal too.
+    let idle = pigeon_e2e::TestHome::init("idle");
+    let none = idle.run(&["chat", "bob"]);
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("no node runs"),
+        "{none:?}"
+    );
+}
