@@ -43,7 +43,7 @@ pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState, S
 pub use peek::{Glimpse, Peek};
 pub use rekey::RekeyCursor;
 pub use rules::{RuleChange, RuleView, RulesApplied};
-pub use search::{FeedDoc, HitRow, SearchLink};
+pub use search::{FeedDoc, HitRow, Listed, SearchLink};
 pub use sent::{SentFile, SentItem, SentQuery, SentView};
 
 use crate::exit::ErrorKind;

@@ -43,10 +43,12 @@ pub(super) enum Command {
     ///
     /// Words must all match (accents and case do not matter: `cafe` finds `Café`). `AND`, `OR`,
     /// `NOT` (or `-word`) and parentheses combine them; "an exact phrase" in quotes; `invoic*`
-    /// for words that start so. Filters: from:CONTACT, label:L, subject:WORD, has:attachment,
-    /// attachment:NAME, is:unread, is:read, is:archived, after:DATE, before:DATE (YYYY-MM-DD,
-    /// UTC, or RFC 3339). A filter alone is a query. Quote the whole query for the shell when it
-    /// holds quotes or parentheses:
+    /// for words that start so. Filters: from:CONTACT, to:CONTACT, label:L, subject:WORD,
+    /// has:attachment, attachment:NAME, is:unread, is:read, is:archived, after:DATE, before:DATE
+    /// (YYYY-MM-DD, UTC, or RFC 3339), in:inbox, in:sent, in:all. What you sent (`pigeon sent`)
+    /// is searched with in:sent, in:all or to:CONTACT; otherwise only what you received. A
+    /// filter alone is a query. Quote the whole query for the shell when it holds quotes or
+    /// parentheses:
     ///
     ///   pigeon inbox search 'invoice (march OR april) -paid from:alice'
     ///

@@ -218,6 +218,8 @@ impl Ops {
             )),
             Request::SentRm { id } => {
                 let (id, attachments) = self.store.call(move |db| db.remove_sent(&id)).await?;
+                // Gone from the index (its words out of every file) before the answer.
+                self.search.get().await?.sync().await?;
                 Ok(Response::Removed { id, attachments })
             }
             Request::SentRedact { id } => {
@@ -225,6 +227,7 @@ impl Ops {
                     .store
                     .call(move |db| db.redact_sent(&id, now_ms()))
                     .await?;
+                self.search.get().await?.sync().await?;
                 Ok(Response::Removed { id, attachments })
             }
             Request::Conversation { contact, limit } => {

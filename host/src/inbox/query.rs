@@ -40,6 +40,11 @@ pub enum Query {
 pub enum Filter {
     /// `from:CONTACT`: the contact's name or the sender's PeerId.
     From(String),
+    /// `to:CONTACT`: a message sent to the contact (its name or PeerId).
+    To(String),
+    /// `in:inbox`, `in:sent`, `in:all`: which messages to look among (received only, unless a
+    /// query says `in:` or `to:`).
+    In(Folder),
     /// `label:L`.
     Label(String),
     /// `subject:WORD`: a word of the subject only.
@@ -54,6 +59,17 @@ pub enum Filter {
     After(u64),
     /// `before:DATE`: received before, in ms since the epoch.
     Before(u64),
+}
+
+/// Where `in:` looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Folder {
+    /// Received messages.
+    Inbox,
+    /// Sent messages.
+    Sent,
+    /// Both.
+    All,
 }
 
 /// A message state for `is:`.
@@ -332,6 +348,13 @@ fn filter(key: &str, value: &str, token: &Token) -> Result<Filter, QueryError> {
     };
     Ok(match key {
         "from" => Filter::From(need("a contact")?),
+        "to" => Filter::To(need("a contact")?),
+        "in" => Filter::In(match value {
+            "inbox" => Folder::Inbox,
+            "sent" => Folder::Sent,
+            "all" => Folder::All,
+            _ => return Err(token.error("in: takes inbox, sent or all")),
+        }),
         "label" => Filter::Label(need("a label")?),
         "subject" => Filter::Subject(single_word(&need("a word")?, token)?),
         "attachment" => Filter::Attachment(single_word(&need("a name")?, token)?),
@@ -347,7 +370,7 @@ fn filter(key: &str, value: &str, token: &Token) -> Result<Filter, QueryError> {
         "before" => Filter::Before(date(value, token)?),
         _ => {
             return Err(token.error(&format!(
-                "unknown filter {key}: (from, label, subject, has, attachment, is, after, before)"
+                "unknown filter {key}: (from, to, in, label, subject, has, attachment, is, after, before)"
             )));
         }
     })

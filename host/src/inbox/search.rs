@@ -39,7 +39,7 @@ pub use self::state::{MsgState, SeqSetQuery, StateFilter, States};
 use crate::exit::ErrorKind;
 use crate::inbox::query::{self, QueryError};
 use crate::keys::Keys;
-use crate::store::{FeedDoc, InboxItem, SearchLink, Store, StoreError};
+use crate::store::{FeedDoc, Listed, SearchLink, Store, StoreError};
 
 /// The shortest time between two commits while messages keep arriving (a message is searchable
 /// within about this long after it is stored).
@@ -121,9 +121,9 @@ pub enum Sort {
 /// One hit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hit {
-    /// What `inbox list` shows of it.
+    /// What `inbox list` (or, for a sent message, `sent list`) shows of it, and `kind`.
     #[serde(flatten)]
-    pub item: InboxItem,
+    pub item: Listed,
     /// Its text around the first match, matched words in `[...]`.
     pub snippet: String,
     /// Its relevance (BM25; filters alone score 1 each).
@@ -357,12 +357,7 @@ impl Search {
         let top = self.top(store, &query, limit, sort, None).await?;
         let seqs: Vec<u64> = top.iter().map(|(s, _)| *s).collect();
         let scores: HashMap<u64, f32> = top.into_iter().collect();
-        let rows = store
-            .call(move |db| {
-                let rows = db.search_hits(&seqs)?;
-                Ok(seqs.into_iter().zip(rows).collect::<Vec<_>>())
-            })
-            .await?;
+        let rows = store.call(move |db| db.search_hits(&seqs)).await?;
         let mut marks = compile::Highlights::default();
         compile::highlights(&query, &mut marks);
         let text_query = !marks.is_empty();
@@ -434,7 +429,7 @@ impl Search {
                 states: &shared.states,
                 senders: &senders,
             };
-            let mut compiled = compile::compile(&q, &cx)?;
+            let mut compiled = compile::compile_scoped(&q, &cx)?;
             if let Some((after, upto)) = range {
                 compiled = compile::within_seqs(compiled, engine.fields, after, upto);
             }
@@ -793,7 +788,7 @@ mod tests {
             .await
             .expect("search")
             .into_iter()
-            .map(|h| h.item.id)
+            .map(|h| h.item.id().to_owned())
             .collect()
     }
 
@@ -857,11 +852,116 @@ mod tests {
                 .await
                 .expect("search")
                 .into_iter()
-                .map(|h| h.item.id)
+                .map(|h| h.item.id().to_owned())
                 .collect();
             let want: Vec<String> = with_word.iter().take(limit).cloned().collect();
             assert_eq!(got, want, "limit {limit}");
         }
+        search.close().await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sent_messages_are_found_with_in_sent_and_to_and_leave_when_redacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Arc::new(Keys::generate());
+        let store = Store::open(&dir.path().join("pigeon.db"), keys.clone())
+            .await
+            .expect("store");
+        let (bob, carol) = (Keys::generate(), Keys::generate());
+        let (bob_peer, carol_address) = (bob.peer_id(), carol.address());
+        let bob_address = bob.address();
+        let sent_msg_ids = store
+            .call(move |db| {
+                db.add_contact("bob", &bob_address, &[])?;
+                db.add_contact("carol", &carol_address, &[])?;
+                let mut ids = Vec::new();
+                for (to, text) in [(&bob, "invoice for bob"), (&carol, "invoice for carol")] {
+                    let p = crate::envelope::Payload {
+                        id: MessageId::random(),
+                        sent_at_ms: 5,
+                        subject: None,
+                        body: text.into(),
+                        attachments: vec![],
+                    };
+                    let me = Keys::generate();
+                    let env =
+                        crate::envelope::seal(&me, &to.peer_id(), to.address().enc_public(), &p)
+                            .expect("seal");
+                    db.enqueue_with_policy(
+                        &p.id,
+                        &to.peer_id(),
+                        &p,
+                        &env,
+                        &[],
+                        5,
+                        crate::config::ForwardSecrecy::Off,
+                    )?;
+                    ids.push(p.id);
+                }
+                Ok(ids)
+            })
+            .await
+            .expect("send");
+        let sent_ids: Vec<String> = sent_msg_ids.iter().map(ToString::to_string).collect();
+        let got = received(bob_peer, "an invoice from bob");
+        let got_id = got.id.to_string();
+        store
+            .call(move |db| db.store_received(&[got], 10).map(drop))
+            .await
+            .expect("store");
+        let search = Search::open(&dir.path().join("search"), keys.clone(), store.clone())
+            .await
+            .expect("open");
+        search.sync().await.expect("sync");
+
+        // Received only, unless the query says where to look.
+        assert_eq!(
+            ids(&search, &store, "invoice").await,
+            std::slice::from_ref(&got_id)
+        );
+        let mut sent_hits = ids(&search, &store, "invoice in:sent").await;
+        sent_hits.sort();
+        let mut want = sent_ids.clone();
+        want.sort();
+        assert_eq!(sent_hits, want);
+        assert_eq!(
+            ids(&search, &store, "to:carol").await,
+            std::slice::from_ref(&sent_ids[1])
+        );
+        assert_eq!(ids(&search, &store, "invoice in:all").await.len(), 3);
+        assert_eq!(
+            ids(&search, &store, "from:bob in:all").await,
+            std::slice::from_ref(&got_id)
+        );
+        let hit = &search
+            .search(&store, "invoice to:bob", 10, Sort::Date)
+            .await
+            .expect("search")[0];
+        assert!(
+            matches!(&hit.item, Listed::Sent(i) if i.to == "bob"),
+            "{hit:?}"
+        );
+        assert_eq!(hit.snippet, "[invoice] for bob");
+
+        // Redacted, its words leave the index; its metadata stays findable.
+        let (id, msg_id) = (sent_ids[0].clone(), sent_msg_ids[0]);
+        store
+            .call(move |db| {
+                db.mark_delivered(&[msg_id], 20)?;
+                db.redact_sent(&id, 30).map(drop)
+            })
+            .await
+            .expect("redact");
+        search.sync().await.expect("sync");
+        assert_eq!(
+            ids(&search, &store, "invoice to:bob").await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(&search, &store, "to:bob").await,
+            std::slice::from_ref(&sent_ids[0])
+        );
         search.close().await;
         store.close().await;
     }

@@ -238,7 +238,8 @@ ALTER TABLE contacts ADD COLUMN forward_secrecy TEXT CHECK (forward_secrecy IN (
             r#"
 -- The sent history: what the owner sent, readable on this side. The id is the outbox row's (which
 -- says how delivery goes); subject and body are sealed under key_id (domains sent.subject and
--- sent); redacted_at: when its text was scrubbed (body empty, subject NULL).
+-- sent); redacted_at: when its text was scrubbed (body empty, subject NULL); seq: from the inbox's
+-- counter, so that the search index follows both with one high-water mark.
 CREATE TABLE sent (
     id          TEXT PRIMARY KEY,
     peer_id     TEXT NOT NULL,
@@ -246,7 +247,8 @@ CREATE TABLE sent (
     subject     BLOB,
     body        BLOB NOT NULL,
     key_id      INTEGER NOT NULL,
-    redacted_at INTEGER
+    redacted_at INTEGER,
+    seq         INTEGER NOT NULL UNIQUE
 );
 CREATE INDEX sent_at ON sent (sent_at);
 CREATE INDEX sent_peer ON sent (peer_id, sent_at);

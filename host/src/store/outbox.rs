@@ -188,6 +188,8 @@ impl Db {
             let row = Row::plain(id, peer, fallback);
             insert_with_attachments(&tx, keys.at_rest(), &row, attachments, now)?;
             tx.commit()?;
+            // The sent history is searchable.
+            self.wake_search();
             return Ok(Sealing::LongTermKey);
         }
         let sealed = seal_to_pool_key(&tx, &keys, peer, payload, now)?;
@@ -213,6 +215,7 @@ impl Db {
         };
         insert_with_attachments(&tx, keys.at_rest(), &row, attachments, now)?;
         tx.commit()?;
+        self.wake_search();
         Ok(sealing)
     }
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Db, InboxItem, StoreError};
+use serde::{Deserialize, Serialize};
+
+use super::{Db, InboxItem, SentItem, StoreError};
 use crate::inbox::search::{MsgState, States};
 
 /// How the store tells the search index about changes.
@@ -21,14 +23,25 @@ pub struct SearchLink {
     pub states: Arc<States>,
 }
 
+/// The table a message is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The inbox.
+    Received,
+    /// The sent history.
+    Sent,
+}
+
 /// A message as the index takes it in.
 #[derive(Debug, Clone, Default)]
 pub struct FeedDoc {
     /// Its sequence number.
     pub seq: u64,
-    /// Sender PeerId.
+    /// Sender PeerId (this node's own for a message it sent).
     pub sender: String,
-    /// When it arrived (ms).
+    /// For a message this node sent: the recipient's PeerId.
+    pub to: Option<String>,
+    /// When it arrived, or was sent (ms).
     pub received_at: u64,
     /// Subject ("" when none).
     pub subject: String,
@@ -40,11 +53,32 @@ pub struct FeedDoc {
     pub redacted: bool,
 }
 
+/// A hit's listing fields: those of `inbox list` for a received message, of `sent list` for a
+/// sent one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Listed {
+    /// A received message.
+    Received(InboxItem),
+    /// A sent message.
+    Sent(SentItem),
+}
+
+impl Listed {
+    /// The message's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Listed::Received(i) => &i.id,
+            Listed::Sent(i) => &i.id,
+        }
+    }
+}
+
 /// A search hit as the store fills it in.
 #[derive(Debug, Clone)]
 pub struct HitRow {
     /// The listing fields.
-    pub item: InboxItem,
+    pub item: Listed,
     /// The subject, for snippets.
     pub subject: String,
     /// The text, for snippets.
@@ -147,43 +181,93 @@ impl Db {
         Ok(())
     }
 
-    /// Up to `limit` messages with a seq above `after`, in seq order, opened for indexing.
+    /// Up to `limit` messages, received and sent, with a seq above `after`, in seq order, opened
+    /// for indexing.
     pub fn search_feed(&self, after: u64, limit: u32) -> Result<Vec<FeedDoc>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, id, sender, received_at, subject, body, key_id, redacted_at,
-                    EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = i.id AND a.direction = 'in')
-             FROM inbox i WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        // Each table in seq order, merged: the `limit` lowest of both.
+        let mut out = self.feed_rows(
+            Side::Received,
+            "seq > ?1 ORDER BY seq LIMIT ?2",
+            after,
+            limit,
         )?;
-        let mut rows = stmt.query(params![after as i64, limit])?;
+        out.extend(self.feed_rows(Side::Sent, "seq > ?1 ORDER BY seq LIMIT ?2", after, limit)?);
+        out.sort_by_key(|d| d.seq);
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    /// The rows of one side `WHERE` says (`?1` a seq, `?2` a limit), opened for indexing.
+    fn feed_rows(
+        &self,
+        side: Side,
+        filter: &str,
+        seq: u64,
+        limit: u32,
+    ) -> Result<Vec<FeedDoc>, StoreError> {
+        let sql = match side {
+            Side::Received => format!(
+                "SELECT seq, id, sender, received_at, subject, body, key_id, redacted_at,
+                        EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = i.id AND a.direction = 'in'),
+                        NULL
+                 FROM inbox i WHERE {filter}"
+            ),
+            Side::Sent => format!(
+                "SELECT seq, id, NULL, sent_at, subject, body, key_id, redacted_at,
+                        EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = s.id AND a.direction = 'out'),
+                        peer_id
+                 FROM sent s WHERE {filter}"
+            ),
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![seq as i64, limit])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            let seq = r.get::<_, i64>(0)? as u64;
-            let id: String = r.get(1)?;
-            out.push(self.feed_doc(seq, &id, r)?);
+            out.push(self.feed_doc(side, r)?);
         }
         Ok(out)
     }
 
-    fn feed_doc(&self, seq: u64, id: &str, r: &rusqlite::Row<'_>) -> Result<FeedDoc, StoreError> {
+    /// A row of [`Db::feed_rows`] as the index takes it in.
+    fn feed_doc(&self, side: Side, r: &rusqlite::Row<'_>) -> Result<FeedDoc, StoreError> {
+        let seq = r.get::<_, i64>(0)? as u64;
+        let id: String = r.get(1)?;
         let key_id: u32 = r.get(6)?;
         let redacted = r.get::<_, Option<i64>>(7)?.is_some();
-        let has_attachments: bool = r.get(8)?;
+        let has_attachments = r.get::<_, bool>(8)? && !redacted;
+        let (body_domain, subject_domain) = match side {
+            Side::Received => (super::inbox::TABLE, super::inbox::SUBJECT),
+            Side::Sent => (super::sent::TABLE, super::sent::SUBJECT),
+        };
+        let subject = match r.get::<_, Option<Vec<u8>>>(4)? {
+            Some(b) => self.open_text(subject_domain, &id, key_id, &b)?,
+            None => String::new(),
+        };
+        let body = if redacted {
+            String::new()
+        } else {
+            self.open_text(body_domain, &id, key_id, &r.get::<_, Vec<u8>>(5)?)?
+        };
+        let attachments = match (side, has_attachments) {
+            (_, false) => Vec::new(),
+            (Side::Received, true) => self
+                .attachment_views(&id)?
+                .into_iter()
+                .map(|a| a.name)
+                .collect(),
+            (Side::Sent, true) => self.sent_files(&id)?.into_iter().map(|f| f.name).collect(),
+        };
         Ok(FeedDoc {
             seq,
-            sender: r.get(2)?,
-            received_at: r.get::<_, i64>(3)? as u64,
-            subject: self
-                .open_subject(id, key_id, r.get(4)?)?
-                .unwrap_or_default(),
-            body: self.body_of(id, key_id, &r.get::<_, Vec<u8>>(5)?, redacted)?,
-            attachments: if has_attachments && !redacted {
-                self.attachment_views(id)?
-                    .into_iter()
-                    .map(|a| a.name)
-                    .collect()
-            } else {
-                Vec::new()
+            sender: match side {
+                Side::Received => r.get(2)?,
+                Side::Sent => self.keys.peer_id().to_string(),
             },
+            to: r.get(9)?,
+            received_at: r.get::<_, i64>(3)? as u64,
+            subject,
+            body,
+            attachments,
             redacted,
         })
     }
@@ -196,22 +280,14 @@ impl Db {
             .prepare("SELECT seq FROM search_purge ORDER BY seq")?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, id, sender, received_at, subject, body, key_id, redacted_at,
-                    EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = i.id AND a.direction = 'in')
-             FROM inbox i WHERE seq = ?1",
-        )?;
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            let mut rows = stmt.query([seq])?;
-            let doc = match rows.next()? {
-                Some(r) => {
-                    let id: String = r.get(1)?;
-                    Some(self.feed_doc(seq as u64, &id, r)?)
-                }
-                None => None,
-            };
-            out.push((seq as u64, doc));
+            let seq = seq as u64;
+            let mut doc = self.feed_rows(Side::Received, "seq = ?1 AND ?2 > 0", seq, 1)?;
+            if doc.is_empty() {
+                doc = self.feed_rows(Side::Sent, "seq = ?1 AND ?2 > 0", seq, 1)?;
+            }
+            out.push((seq, doc.pop()));
         }
         Ok(out)
     }
@@ -229,9 +305,9 @@ impl Db {
         Ok(())
     }
 
-    /// The listing fields and texts of the messages `seqs`, in that order; those that are gone
-    /// are left out.
-    pub fn search_hits(&self, seqs: &[u64]) -> Result<Vec<HitRow>, StoreError> {
+    /// The listing fields and texts of the messages `seqs`, in that order, each with its seq;
+    /// those that are gone are left out.
+    pub fn search_hits(&self, seqs: &[u64]) -> Result<Vec<(u64, HitRow)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, sender, sender_seal, received_at, subject, body, key_id, read, archived,
                     redacted_at, forward_secret
@@ -239,19 +315,30 @@ impl Db {
         )?;
         let mut names = super::inbox::Names::default();
         let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            let mut rows = stmt.query([*seq as i64])?;
-            let Some(r) = rows.next()? else {
-                continue;
+        for &seq in seqs {
+            let mut rows = stmt.query([seq as i64])?;
+            let row = match rows.next()? {
+                Some(r) => {
+                    let redacted = r.get::<_, Option<i64>>(9)?.is_some();
+                    let (item, body) = self.list_item(r, &mut names)?;
+                    HitRow {
+                        subject: item.subject.clone().unwrap_or_default(),
+                        item: Listed::Received(item),
+                        body,
+                        redacted,
+                    }
+                }
+                None => match self.sent_by_seq(seq)? {
+                    Some(view) => HitRow {
+                        subject: view.item.subject.clone().unwrap_or_default(),
+                        redacted: view.item.redacted_at.is_some(),
+                        body: view.body,
+                        item: Listed::Sent(view.item),
+                    },
+                    None => continue,
+                },
             };
-            let redacted = r.get::<_, Option<i64>>(9)?.is_some();
-            let (item, body) = self.list_item(r, &mut names)?;
-            out.push(HitRow {
-                subject: item.subject.clone().unwrap_or_default(),
-                item,
-                body,
-                redacted,
-            });
+            out.push((seq, row));
         }
         Ok(out)
     }
@@ -260,7 +347,8 @@ impl Db {
     /// `mark` must hold).
     pub fn search_census(&self, mark: u64) -> Result<u64, StoreError> {
         let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM inbox WHERE seq <= ?1",
+            "SELECT (SELECT COUNT(*) FROM inbox WHERE seq <= ?1)
+                  + (SELECT COUNT(*) FROM sent WHERE seq <= ?1)",
             [mark as i64],
             |r| r.get(0),
         )?;

@@ -110,7 +110,8 @@ pub(super) fn insert_sent(
         })
         .transpose()?;
     tx.prepare_cached(
-        "INSERT INTO sent (id, peer_id, sent_at, subject, body, key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO sent (id, peer_id, sent_at, subject, body, key_id, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT value + 1 FROM counters WHERE name = 'inbox_seq'))",
     )?
     .execute(params![
         id,
@@ -120,6 +121,8 @@ pub(super) fn insert_sent(
         body,
         key_id
     ])?;
+    tx.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'inbox_seq'")?
+        .execute([])?;
     Ok(())
 }
 
@@ -156,6 +159,20 @@ impl Db {
         Ok(view)
     }
 
+    /// Sent message `seq` (its place in the search index's order), if it is in the history.
+    pub(super) fn sent_by_seq(&self, seq: u64) -> Result<Option<SentView>, StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM sent s LEFT JOIN outbox o ON o.id = s.id WHERE s.seq = ?1"
+            ))?
+            .query_row(
+                [seq as i64],
+                |r| Ok(self.sent_row(r, &mut Names::default())),
+            )
+            .optional()?
+            .transpose()
+    }
+
     /// Deletes sent message `id` (or a unique prefix) from the history, with its outbox record,
     /// leaving no older copy in the database files; refused while it is still on its way.
     /// Returns its full id and the ids of its files, whose sealed copies the caller removes.
@@ -164,10 +181,12 @@ impl Db {
         let tx = self.conn.transaction()?;
         settled(&tx, &id)?;
         let files = super::attachments::delete_of_message(&tx, &id, "out")?;
+        purge_from_search(&tx, &id)?;
         tx.execute("DELETE FROM sent WHERE id = ?1", [&id])?;
         tx.execute("DELETE FROM outbox WHERE id = ?1", [&id])?;
         tx.commit()?;
         self.checkpoint()?;
+        self.wake_search();
         Ok((id, files))
     }
 
@@ -185,8 +204,10 @@ impl Db {
             params![id, now as i64],
         )?;
         let files = super::attachments::delete_of_message(&tx, &id, "out")?;
+        purge_from_search(&tx, &id)?;
         tx.commit()?;
         self.checkpoint()?;
+        self.wake_search();
         Ok((id, files))
     }
 
@@ -266,7 +287,7 @@ impl Db {
         })
     }
 
-    fn sent_files(&self, id: &str) -> Result<Vec<SentFile>, StoreError> {
+    pub(super) fn sent_files(&self, id: &str) -> Result<Vec<SentFile>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, ref, key_id, released FROM attachments
              WHERE message_id = ?1 AND direction = 'out' ORDER BY rowid",
@@ -284,6 +305,16 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// Records (inside the caller's transaction) that the search index must let go of sent message
+/// `id` (it goes back in with its metadata only if it was redacted).
+fn purge_from_search(tx: &Transaction<'_>, id: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO search_purge (seq) SELECT seq FROM sent WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
 }
 
 /// Refuses (a conflict) when message `id` is still on its way: queued, waiting for a one-time

@@ -91,13 +91,53 @@ fn what_alice_sent_stays_readable_with_its_delivery_state() {
     let nobody = alice.run(&["sent", "list", "--to", "nobody"]);
     assert_eq!(nobody.status.code(), Some(4), "{nobody:?}");
 
+    // Searchable with in:sent and to:, never among what alice received.
+    let search = |q: &str| -> Vec<String> {
+        alice
+            .json(&["inbox", "search", "--json", q])
+            .as_array()
+            .expect("hits")
+            .iter()
+            .map(|h| {
+                assert_eq!(h["kind"], "sent", "{h}");
+                h["id"].as_str().expect("id").to_owned()
+            })
+            .collect()
+    };
+    // (The index takes a message in within about 250 ms.)
+    wait_for(
+        "the sent messages in the index",
+        Duration::from_secs(30),
+        || (search("historyword in:sent").len() == 3).then_some(()),
+    );
+    assert_eq!(
+        search("historyword to:carol"),
+        std::slice::from_ref(&to_carol)
+    );
+    assert_eq!(search("subject:plan to:bob"), std::slice::from_ref(&first));
+    assert!(search("historyword").is_empty(), "received only by default");
+    let text = alice.ok(&["inbox", "search", "historyword", "to:carol"]);
+    assert!(
+        text.starts_with(&format!("sent\t{to_carol}\tqueued\tcarol\t")),
+        "{text}"
+    );
+
     // Redacted: the record stays, the text goes; removed: gone from the history and the outbox.
     alice.ok(&["sent", "redact", &first, "--yes"]);
     let m = alice.json(&["sent", "read", &first, "--json"]);
     assert_eq!(m["body"], "");
     assert_eq!(m["state"], "delivered");
     assert!(m["redacted_at"].is_string(), "{m}");
+    assert!(
+        !search("historyword in:sent").contains(&first),
+        "its words left the index"
+    );
+    assert_eq!(search("subject:plan in:sent"), Vec::<String>::new());
     alice.ok(&["sent", "rm", &second, "--yes"]);
+    assert_eq!(
+        search("historyword in:sent"),
+        std::slice::from_ref(&to_carol)
+    );
     assert!(state_of(alice, &second).is_none());
     assert!(alice.outbox().iter().all(|e| e["id"] != second.as_str()));
     let missing = alice.run(&["sent", "read", &second]);

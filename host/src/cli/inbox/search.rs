@@ -6,6 +6,7 @@ use super::{Global, line, print_json, unexpected};
 use crate::control::api::{Request, Response};
 use crate::error::Result;
 use crate::inbox::search::{IndexStatus, Sort};
+use crate::store::Listed;
 use crate::terminal::one_line;
 
 /// `--sort`.
@@ -42,7 +43,11 @@ pub(super) async fn search(
     }
     super::super::say_if_empty(&hits, "no messages match");
     for hit in &hits {
-        println!("{}\t{}", line(&hit.item), one_line(&hit.snippet));
+        let listed = match &hit.item {
+            Listed::Received(item) => line(item),
+            Listed::Sent(item) => format!("sent\t{}", super::super::sent::line(item)),
+        };
+        println!("{listed}\t{}", one_line(&hit.snippet));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use tantivy::schema::{Field, IndexRecordOption};
 use super::SearchError;
 use super::index::Fields;
 use super::state::{SeqSetQuery, StateFilter, States};
-use crate::inbox::query::{Filter, Query};
+use crate::inbox::query::{Filter, Folder, Query};
 
 /// What compiling needs besides the query.
 pub struct Context<'a> {
@@ -70,6 +70,35 @@ pub fn compile(query: &Query, cx: &Context<'_>) -> Result<Box<dyn TQuery>, Searc
     })
 }
 
+/// The messages this node sent.
+fn sent(fields: &Fields) -> Box<dyn TQuery> {
+    Box::new(TermQuery::new(
+        Term::from_field_u64(fields.sent, 1),
+        IndexRecordOption::Basic,
+    ))
+}
+
+/// `query` compiled, among received messages only unless it says where to look (`in:`, `to:`).
+pub fn compile_scoped(query: &Query, cx: &Context<'_>) -> Result<Box<dyn TQuery>, SearchError> {
+    let compiled = compile(query, cx)?;
+    if names_a_folder(query) {
+        return Ok(compiled);
+    }
+    Ok(Box::new(BooleanQuery::new(vec![
+        (Occur::Must, compiled),
+        (Occur::MustNot, sent(&cx.fields)),
+    ])))
+}
+
+fn names_a_folder(query: &Query) -> bool {
+    match query {
+        Query::And(p) | Query::Or(p) => p.iter().any(names_a_folder),
+        Query::Not(q) => names_a_folder(q),
+        Query::Filter(Filter::In(_) | Filter::To(_)) => true,
+        _ => false,
+    }
+}
+
 fn word(field: Field, w: &str) -> Box<dyn TQuery> {
     Box::new(TermQuery::new(
         Term::from_field_text(field, w),
@@ -90,6 +119,22 @@ fn filter(f: &Filter, cx: &Context<'_>) -> Result<Box<dyn TQuery>, SearchError> 
                 IndexRecordOption::Basic,
             ))
         }
+        Filter::To(who) => {
+            let peer = cx
+                .senders
+                .get(who)
+                .ok_or_else(|| SearchError::UnknownSender(who.clone()))?;
+            Box::new(TermQuery::new(
+                Term::from_field_text(fields.to, peer),
+                IndexRecordOption::Basic,
+            ))
+        }
+        Filter::In(Folder::Sent) => sent(fields),
+        Filter::In(Folder::Inbox) => Box::new(BooleanQuery::new(vec![
+            (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
+            (Occur::MustNot, sent(fields)),
+        ])),
+        Filter::In(Folder::All) => Box::new(AllQuery),
         Filter::Subject(w) => word(fields.subject, w),
         Filter::Attachment(w) => word(fields.attachment, w),
         Filter::HasAttachment => Box::new(TermQuery::new(
@@ -149,7 +194,7 @@ pub fn senders(query: &Query, out: &mut Vec<String>) {
     match query {
         Query::And(p) | Query::Or(p) => p.iter().for_each(|q| senders(q, out)),
         Query::Not(q) => senders(q, out),
-        Query::Filter(Filter::From(who)) => out.push(who.clone()),
+        Query::Filter(Filter::From(who) | Filter::To(who)) => out.push(who.clone()),
         _ => {}
     }
 }

@@ -18,7 +18,7 @@ use crate::store::FeedDoc;
 
 /// Bumped when the schema, the settings or what is indexed changes: an index of another version
 /// is rebuilt.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Memory for the writer's indexing, in all.
 const WRITER_MEMORY: usize = 128 * 1024 * 1024;
 
@@ -27,7 +27,7 @@ const WRITER_MEMORY: usize = 128 * 1024 * 1024;
 pub struct Fields {
     /// The message's seq (the store's key for it).
     pub seq: tantivy::schema::Field,
-    /// When it arrived, ms.
+    /// When it arrived (or was sent), ms.
     pub received: tantivy::schema::Field,
     /// Sender PeerId.
     pub from: tantivy::schema::Field,
@@ -39,6 +39,10 @@ pub struct Fields {
     pub attachment: tantivy::schema::Field,
     /// 1 when it has attachments.
     pub has_attachment: tantivy::schema::Field,
+    /// Recipient PeerId, for a message this node sent.
+    pub to: tantivy::schema::Field,
+    /// 1 for a message this node sent.
+    pub sent: tantivy::schema::Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -56,6 +60,8 @@ fn schema() -> (Schema, Fields) {
         subject: b.add_text_field("subject", words.clone()),
         attachment: b.add_text_field("attachment", words),
         has_attachment: b.add_u64_field("has_attachment", INDEXED),
+        to: b.add_text_field("to", STRING),
+        sent: b.add_u64_field("sent", INDEXED),
     };
     (b.build(), fields)
 }
@@ -160,6 +166,10 @@ impl Engine {
         d.add_u64(f.seq, doc.seq);
         d.add_u64(f.received, doc.received_at);
         d.add_text(f.from, &doc.sender);
+        if let Some(to) = &doc.to {
+            d.add_text(f.to, to);
+            d.add_u64(f.sent, 1);
+        }
         if !doc.redacted {
             d.add_text(f.text, &doc.subject);
             d.add_text(f.text, &doc.body);
