@@ -159,7 +159,21 @@ pub async fn try_node(home: &Home, request: &Request) -> Result<Option<Result<Re
         .unwrap_or_else(|_| Err(ControlError::NoAnswer(limit.as_secs()).into()))
 }
 
-async fn exchange(home: &Home, request: &Request) -> Result<Option<Result<Response>>> {
+/// A protocol error saying `e`.
+fn protocol(e: &dyn std::fmt::Display) -> Error {
+    ControlError::Protocol(e.to_string()).into()
+}
+
+/// Connects to the node's socket and sends `request`; `None` if no node listens there.
+async fn send_request(
+    home: &Home,
+    request: &Request,
+) -> Result<
+    Option<(
+        tokio::net::unix::OwnedReadHalf,
+        tokio::net::unix::OwnedWriteHalf,
+    )>,
+> {
     let stream = match UnixStream::connect(home.socket()).await {
         Ok(stream) => stream,
         Err(e)
@@ -170,13 +184,19 @@ async fn exchange(home: &Home, request: &Request) -> Result<Option<Result<Respon
         {
             return Ok(None);
         }
-        Err(e) => return Err(ControlError::Protocol(e.to_string()).into()),
+        Err(e) => return Err(protocol(&e)),
     };
-    let protocol = |e: &dyn std::fmt::Display| Error::from(ControlError::Protocol(e.to_string()));
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).map_err(|e| protocol(&e))?;
     line.push(b'\n');
     write.write_all(&line).await.map_err(|e| protocol(&e))?;
+    Ok(Some((read, write)))
+}
+
+async fn exchange(home: &Home, request: &Request) -> Result<Option<Result<Response>>> {
+    let Some((read, _write)) = send_request(home, request).await? else {
+        return Ok(None);
+    };
     let mut answer = String::new();
     BufReader::new(read.take(MAX_LINE * 2))
         .read_line(&mut answer)
@@ -202,23 +222,9 @@ pub async fn watch(
     mut seen: impl FnMut(crate::store::Said) -> Result<()>,
 ) -> Result<()> {
     home.require()?;
-    let protocol = |e: &dyn std::fmt::Display| Error::from(ControlError::Protocol(e.to_string()));
-    let stream = match UnixStream::connect(home.socket()).await {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(ControlError::NoNode(home.root().to_owned()).into());
-        }
-        Err(e) => return Err(protocol(&e)),
+    let Some((read, _write)) = send_request(home, &Request::InboxWatch(spec)).await? else {
+        return Err(ControlError::NoNode(home.root().to_owned()).into());
     };
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(&Request::InboxWatch(spec)).map_err(|e| protocol(&e))?;
-    line.push(b'\n');
-    write.write_all(&line).await.map_err(|e| protocol(&e))?;
     let mut reader = BufReader::new(read);
     let mut started = false;
     loop {

@@ -58,8 +58,8 @@ pub enum SearchError {
     /// The query does not parse.
     #[error(transparent)]
     Query(#[from] QueryError),
-    /// `from:` names no contact (and is not a PeerId).
-    #[error("from:{0} names no contact; give a contact's name or a PeerId")]
+    /// `from:` or `to:` names no contact (and is not a PeerId).
+    #[error("no contact {0:?}: from: and to: take a contact's name or a PeerId")]
     UnknownSender(String),
     /// The index failed.
     #[error("search index: {0}")]

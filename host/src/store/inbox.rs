@@ -475,19 +475,27 @@ impl Db {
     }
 
     pub(super) fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
+        self.resolve_prefix("inbox", "message", prefix)
+    }
+
+    /// The one id in `table` that starts with `prefix` (a user's, checked first); `what` names
+    /// the thing in the error when there is none.
+    pub(super) fn resolve_prefix(
+        &self,
+        table: &str,
+        what: &'static str,
+        prefix: &str,
+    ) -> Result<String, StoreError> {
         let prefix = super::check_id_prefix(prefix)?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id FROM inbox WHERE id LIKE ?1 || '%' LIMIT 2")?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT id FROM {table} WHERE id LIKE ?1 || '%' LIMIT 2"
+        ))?;
         let ids: Vec<String> = stmt
             .query_map([&prefix], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         match ids.as_slice() {
             [one] => Ok(one.clone()),
-            [] => Err(StoreError::NotFound {
-                what: "message",
-                name: prefix,
-            }),
+            [] => Err(StoreError::NotFound { what, name: prefix }),
             _ => Err(StoreError::Ambiguous(prefix)),
         }
     }

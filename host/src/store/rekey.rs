@@ -30,6 +30,100 @@ const ONE_TIME: [(&str, &str); 2] = [
     (super::one_time::POOL, "key"),
 ];
 
+/// A table of messages: the seal domains of its body, subject and (received only) sender seal.
+struct Texts {
+    table: &'static str,
+    body: &'static str,
+    subject: &'static str,
+    /// The column and domain of the sender's seal, where there is one.
+    sender: Option<&'static str>,
+}
+
+const INBOX_TEXTS: Texts = Texts {
+    table: "inbox",
+    body: super::inbox::TABLE,
+    subject: super::inbox::SUBJECT,
+    sender: Some(super::inbox::SENDER),
+};
+
+const SENT_TEXTS: Texts = Texts {
+    table: "sent",
+    body: super::sent::TABLE,
+    subject: super::sent::SUBJECT,
+    sender: None,
+};
+
+/// Opens a value (domain, row, key id, sealed) and seals it again under the current key.
+type Reseal<'a> = dyn Fn(&str, &str, u32, &[u8]) -> Result<Vec<u8>, StoreError> + 'a;
+
+/// A message row: rowid, id, key id, body, subject, sender seal, whether redacted.
+type TextRow = (
+    i64,
+    String,
+    u32,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    bool,
+);
+
+/// Moves up to `limit` rows of `t` sealed under another key than `current` (after rowid `at`,
+/// which it advances) to `current` with `reseal`; returns how many.
+fn rekey_texts(
+    tx: &rusqlite::Transaction<'_>,
+    t: &Texts,
+    current: u32,
+    limit: usize,
+    at: &mut i64,
+    reseal: &Reseal<'_>,
+) -> Result<usize, StoreError> {
+    let (sender_column, set_sender) = match t.sender {
+        Some(_) => ("sender_seal", ", sender_seal = ?4"),
+        None => ("NULL", ""),
+    };
+    let rows: Vec<TextRow> = tx
+        .prepare_cached(&format!(
+            "SELECT rowid, id, key_id, body, subject, {sender_column}, redacted_at IS NOT NULL
+             FROM {} WHERE rowid > ?3 AND key_id != ?1 ORDER BY rowid LIMIT ?2",
+            t.table
+        ))?
+        .query_map(params![current, limit as i64, *at], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let moved = rows.len();
+    for (rowid, id, key_id, body, subject, sender, redacted) in rows {
+        *at = rowid;
+        let body = if redacted {
+            // Scrubbed: nothing sealed is left in it.
+            body
+        } else {
+            reseal(t.body, &id, key_id, &body)?
+        };
+        let subject = subject
+            .map(|s| reseal(t.subject, &id, key_id, &s))
+            .transpose()?;
+        let sender = match (sender, t.sender) {
+            (Some(s), Some(domain)) => Some(reseal(domain, &id, key_id, &s)?),
+            _ => None,
+        };
+        tx.prepare_cached(&format!(
+            "UPDATE {} SET body = ?2, subject = ?3{set_sender}, key_id = ?5 WHERE id = ?1",
+            t.table
+        ))?
+        .execute(params![id, body, subject, sender, current])?;
+    }
+    Ok(moved)
+}
+
 /// Where a pass of batches has got to in each table (the last rowid looked at), so that each
 /// batch goes on from there instead of scanning again the rows already moved: a row's key id
 /// sits after its sealed blobs, and reaching it means reading them. Kept in memory only: a pass
@@ -74,88 +168,12 @@ impl Db {
         let tx = self.conn.transaction()?;
         let mut moved = 0;
 
-        type InboxRow = (
-            i64,
-            String,
-            u32,
-            Vec<u8>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            bool,
-        );
-        let rows: Vec<InboxRow> = tx
-            .prepare_cached(
-                "SELECT rowid, id, key_id, body, subject, sender_seal, redacted_at IS NOT NULL
-                 FROM inbox WHERE rowid > ?3 AND key_id != ?1 ORDER BY rowid LIMIT ?2",
-            )?
-            .query_map(params![current, limit as i64, cursor.inbox], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (rowid, id, key_id, body, subject, sender, redacted) in rows {
-            cursor.inbox = rowid;
-            let body = if redacted {
-                // Scrubbed: nothing sealed is left in it.
-                body
-            } else {
-                reseal(super::inbox::TABLE, &id, key_id, &body)?
-            };
-            let subject = subject
-                .map(|s| reseal(super::inbox::SUBJECT, &id, key_id, &s))
-                .transpose()?;
-            let sender = sender
-                .map(|s| reseal(super::inbox::SENDER, &id, key_id, &s))
-                .transpose()?;
-            tx.prepare_cached(
-                "UPDATE inbox SET body = ?2, subject = ?3, sender_seal = ?4, key_id = ?5
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, body, subject, sender, current])?;
-            moved += 1;
-        }
-
-        let left = limit.saturating_sub(moved);
-        #[allow(clippy::type_complexity)]
-        let rows: Vec<(i64, String, u32, Vec<u8>, Option<Vec<u8>>, bool)> = tx
-            .prepare_cached(
-                "SELECT rowid, id, key_id, body, subject, redacted_at IS NOT NULL FROM sent
-                 WHERE rowid > ?3 AND key_id != ?1 ORDER BY rowid LIMIT ?2",
-            )?
-            .query_map(params![current, left as i64, cursor.sent], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (rowid, id, key_id, body, subject, redacted) in rows {
-            cursor.sent = rowid;
-            // A redacted body is empty, sealed under no key.
-            let body = if redacted {
-                body
-            } else {
-                reseal(super::sent::TABLE, &id, key_id, &body)?
-            };
-            let subject = subject
-                .map(|s| reseal(super::sent::SUBJECT, &id, key_id, &s))
-                .transpose()?;
-            tx.prepare_cached(
-                "UPDATE sent SET body = ?2, subject = ?3, key_id = ?4 WHERE id = ?1",
-            )?
-            .execute(params![id, body, subject, current])?;
-            moved += 1;
+        for (texts, at) in [
+            (&INBOX_TEXTS, &mut cursor.inbox),
+            (&SENT_TEXTS, &mut cursor.sent),
+        ] {
+            let left = limit.saturating_sub(moved);
+            moved += rekey_texts(&tx, texts, current, left, at, &reseal)?;
         }
 
         let left = limit.saturating_sub(moved);

@@ -220,21 +220,7 @@ impl Db {
     }
 
     fn resolve_sent_id(&self, prefix: &str) -> Result<String, StoreError> {
-        let prefix = super::check_id_prefix(prefix)?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id FROM sent WHERE id LIKE ?1 || '%' LIMIT 2")?;
-        let ids: Vec<String> = stmt
-            .query_map([&prefix], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        match ids.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => Err(StoreError::NotFound {
-                what: "sent message",
-                name: prefix,
-            }),
-            _ => Err(StoreError::Ambiguous(prefix)),
-        }
+        self.resolve_prefix("sent", "sent message", prefix)
     }
 
     /// A row whose columns are [`COLUMNS`], opened.

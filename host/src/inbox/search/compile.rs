@@ -70,6 +70,18 @@ pub fn compile(query: &Query, cx: &Context<'_>) -> Result<Box<dyn TQuery>, Searc
     })
 }
 
+/// The messages whose `field` (from, to) is the PeerId `who` names.
+fn peer(field: Field, who: &str, cx: &Context<'_>) -> Result<Box<dyn TQuery>, SearchError> {
+    let peer = cx
+        .senders
+        .get(who)
+        .ok_or_else(|| SearchError::UnknownSender(who.to_owned()))?;
+    Ok(Box::new(TermQuery::new(
+        Term::from_field_text(field, peer),
+        IndexRecordOption::Basic,
+    )))
+}
+
 /// The messages this node sent.
 fn sent(fields: &Fields) -> Box<dyn TQuery> {
     Box::new(TermQuery::new(
@@ -109,26 +121,8 @@ fn word(field: Field, w: &str) -> Box<dyn TQuery> {
 fn filter(f: &Filter, cx: &Context<'_>) -> Result<Box<dyn TQuery>, SearchError> {
     let fields = &cx.fields;
     Ok(match f {
-        Filter::From(who) => {
-            let peer = cx
-                .senders
-                .get(who)
-                .ok_or_else(|| SearchError::UnknownSender(who.clone()))?;
-            Box::new(TermQuery::new(
-                Term::from_field_text(fields.from, peer),
-                IndexRecordOption::Basic,
-            ))
-        }
-        Filter::To(who) => {
-            let peer = cx
-                .senders
-                .get(who)
-                .ok_or_else(|| SearchError::UnknownSender(who.clone()))?;
-            Box::new(TermQuery::new(
-                Term::from_field_text(fields.to, peer),
-                IndexRecordOption::Basic,
-            ))
-        }
+        Filter::From(who) => peer(fields.from, who, cx)?,
+        Filter::To(who) => peer(fields.to, who, cx)?,
         Filter::In(Folder::Sent) => sent(fields),
         Filter::In(Folder::Inbox) => Box::new(BooleanQuery::new(vec![
             (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
