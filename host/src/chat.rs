@@ -92,6 +92,8 @@ pub enum Action {
     /// Save the files of the newest message that has complete ones into this directory (or the
     /// current one).
     Save(Option<String>),
+    /// Send this file (its path as typed).
+    Attach(String),
     /// Leave.
     Quit,
 }
@@ -266,7 +268,8 @@ impl Chat {
         Action::None
     }
 
-    /// Enter: the line as a message, or a command (`/save [DIR]`, `/quit`, `/help`).
+    /// Enter: the line as a message, or a command (`/attach PATH`, `/save [DIR]`, `/quit`,
+    /// `/help`).
     fn enter(&mut self) -> Action {
         let text = self.editor.text.clone();
         if text.trim().is_empty() {
@@ -274,8 +277,20 @@ impl Chat {
         }
         if let Some(command) = text.strip_prefix('/').filter(|c| !c.starts_with('/')) {
             let mut words = command.split_whitespace();
-            let action = match (words.next(), words.next()) {
-                (Some("save"), dir) => Action::Save(dir.map(str::to_owned)),
+            let verb = words.next();
+            // The rest of the line, spaces kept: a path may hold them.
+            let rest = command
+                .trim_start()
+                .split_once(char::is_whitespace)
+                .map(|(_, r)| r.trim().to_owned())
+                .filter(|r| !r.is_empty());
+            let action = match (verb, rest) {
+                (Some("save"), dir) => Action::Save(dir),
+                (Some("attach"), Some(path)) => Action::Attach(path),
+                (Some("attach"), None) => {
+                    self.notice = Some("/attach takes a file's path".to_owned());
+                    Action::None
+                }
                 (Some("quit" | "q"), _) => Action::Quit,
                 (Some("help"), _) | (None, _) => {
                     self.notice = Some(HELP.to_owned());
@@ -298,7 +313,7 @@ impl Chat {
 }
 
 /// What `/help` says.
-pub const HELP: &str = "Enter sends · Alt-Enter new line · PgUp/PgDn scroll · /save [DIR] keeps the newest files · //text sends /text · Esc quits";
+pub const HELP: &str = "Enter sends · Alt-Enter new line · PgUp/PgDn scroll · /attach PATH sends a file · /save [DIR] keeps the newest files · //text sends /text · Esc quits";
 
 /// The line being typed: its text and the cursor (a char index).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -447,6 +462,15 @@ mod tests {
             chat.key(key(KeyCode::Enter), 10),
             Action::Save(Some("/tmp/x".into()))
         );
+        typed(&mut chat, "/attach /tmp/a file.txt");
+        assert_eq!(
+            chat.key(key(KeyCode::Enter), 10),
+            Action::Attach("/tmp/a file.txt".into()),
+            "the rest of the line, spaces kept"
+        );
+        typed(&mut chat, "/attach");
+        assert_eq!(chat.key(key(KeyCode::Enter), 10), Action::None);
+        assert!(chat.notice.as_deref().is_some_and(|n| n.contains("path")));
         typed(&mut chat, "//etc is a path");
         assert_eq!(
             chat.key(key(KeyCode::Enter), 10),

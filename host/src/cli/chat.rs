@@ -9,20 +9,23 @@ use ratatui::crossterm::event::{self, Event};
 use tokio::sync::mpsc;
 
 use super::{Global, unexpected};
-use crate::attachments;
+use crate::attachments::{self, AttachmentRef};
 use crate::chat::{Action, Chat, view};
+use crate::config::Config;
 use crate::control::api::{Request, Response};
 use crate::control::{ControlError, client};
 use crate::error::{Error, Result, UsageError};
 use crate::home::Home;
 use crate::inbox::watch::WatchSpec;
 use crate::store::Said;
+use crate::terminal::one_line;
 
 /// The conversation with one contact, full screen: both directions in order, new messages as
 /// they arrive, each of yours with its delivery state as it changes.
 ///
 /// Type and press Enter to send (Alt-Enter starts a new line); PgUp/PgDn (or Up/Down on an empty
-/// line) scroll back; `/save [DIR]` saves the files of the newest message that has some; Esc or
+/// line) scroll back; `/attach PATH` sends a file; `/save [DIR]` saves the files of the newest
+/// message that has some; Esc or
 /// Ctrl-C leaves. The status line shows whether the contact is connected, directly or through a
 /// relay. What the contact wrote is shown, never obeyed: its escape sequences cannot drive your
 /// terminal.
@@ -48,6 +51,8 @@ enum Input {
     Ended(Error),
     Peers(Vec<crate::store::PeerHealth>),
     Progress(String, Vec<u32>),
+    /// A line for the status bar from work done aside.
+    Notice(String),
 }
 
 pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
@@ -162,6 +167,10 @@ async fn run_loop(
                     Action::Quit => return Ok(()),
                     Action::Send(text) => send(home, chat, text).await,
                     Action::Save(dir) => save(home, chat, dir).await,
+                    Action::Attach(path) => {
+                        chat.notice = Some(format!("sealing {}…", one_line(&path)));
+                        attach(home, chat.contact.clone(), path, tx.clone());
+                    }
                 }
             }
             // A resize, a paste, focus: the next draw fits the new size.
@@ -180,6 +189,7 @@ async fn run_loop(
             Input::Ended(error) => return Err(error),
             Input::Peers(peers) => chat.set_link(&peers),
             Input::Progress(id, held) => chat.progress(&id, &held),
+            Input::Notice(notice) => chat.notice = Some(notice),
         }
     }
 }
@@ -198,6 +208,43 @@ async fn send(home: &Home, chat: &mut Chat, body: String) {
         Ok(other) => Some(format!("unexpected answer: {}", unexpected(other))),
         Err(e) => Some(format!("not sent: {e}")),
     };
+}
+
+/// `/attach PATH`: seals the file into the home and sends it to `contact`, aside from the loop (a
+/// large file takes a while); the status line says how it went.
+fn attach(home: &Home, contact: String, path: String, tx: mpsc::UnboundedSender<Input>) {
+    let home = home.clone();
+    tokio::spawn(async move {
+        let (root, file) = (home.root().to_owned(), PathBuf::from(&path));
+        let config = home.config();
+        let staged = tokio::task::spawn_blocking(move || -> Result<AttachmentRef> {
+            let max = Config::load(&config)?.attachments.max_size;
+            Ok(attachments::stage(&root, &file, max, |_| {})?)
+        })
+        .await
+        .unwrap_or_else(|_| Err(ControlError::Protocol("sealing the file failed".into()).into()));
+        let notice = match staged {
+            Err(e) => format!("not sent: {e}"),
+            Ok(staged) => {
+                let name = one_line(&staged.name);
+                let request = Request::Send {
+                    to: contact,
+                    subject: None,
+                    body: String::new(),
+                    attachments: vec![staged.clone()],
+                    forward_secrecy: None,
+                };
+                let result = ask(&home, request).await;
+                super::send::forget_unsent(home.root(), std::slice::from_ref(&staged), &result);
+                match result {
+                    Ok(Response::Queued { .. }) => format!("sending {name}"),
+                    Ok(other) => format!("unexpected answer: {}", unexpected(other)),
+                    Err(e) => format!("not sent: {e}"),
+                }
+            }
+        };
+        let _ = tx.send(Input::Notice(notice));
+    });
 }
 
 /// Marks the conversation's received messages `ids` read, in the background.

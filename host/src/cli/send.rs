@@ -66,23 +66,7 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
         forward_secrecy: args.forward_secrecy,
     };
     let result = g.call(request).await;
-    match &result {
-        Err(e) if may_be_queued(e) && !staged.is_empty() => {
-            // The node may have queued the message and will serve these files to the recipient:
-            // removing them would leave it asking forever for a file that is gone.
-            tracing::warn!(
-                files = staged.len(),
-                "the node did not answer; the sealed copies of the attachments are kept in case it queued the message (`pigeon outbox list` tells)"
-            );
-        }
-        Err(_) => {
-            // The message was refused or never reached a node: nothing references the copies.
-            for a in &staged {
-                let _ = std::fs::remove_file(attachments::file_path(home.root(), &a.id_hex()));
-            }
-        }
-        Ok(_) => {}
-    }
+    forget_unsent(home.root(), &staged, &result);
     match result? {
         Response::Queued {
             id,
@@ -114,6 +98,32 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
             Ok(())
         }
         other => Err(unexpected(other)),
+    }
+}
+
+/// After a send of a message with the attachments `staged` (sealed under `root`) ended as
+/// `result`: removes their sealed copies if the message surely was not queued.
+pub(super) fn forget_unsent(
+    root: &std::path::Path,
+    staged: &[AttachmentRef],
+    result: &Result<Response>,
+) {
+    match result {
+        Err(e) if may_be_queued(e) && !staged.is_empty() => {
+            // The node may have queued the message and will serve these files to the recipient:
+            // removing them would leave it asking forever for a file that is gone.
+            tracing::warn!(
+                files = staged.len(),
+                "the node did not answer; the sealed copies of the attachments are kept in case it queued the message (`pigeon outbox list` tells)"
+            );
+        }
+        Err(_) => {
+            // The message was refused or never reached a node: nothing references the copies.
+            for a in staged {
+                let _ = std::fs::remove_file(attachments::file_path(root, &a.id_hex()));
+            }
+        }
+        Ok(_) => {}
     }
 }
 

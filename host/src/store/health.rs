@@ -126,58 +126,12 @@ impl Db {
 
     /// The health of each address known for `peer`, healthiest first.
     pub fn addr_health(&self, peer: &PeerId, now: u64) -> Result<Vec<AddrHealth>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT addr, successes, failures, rtt_ms, updated_at FROM addr_health WHERE peer_id = ?1",
-        )?;
-        let rows = stmt.query_map([peer.to_string()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (addr, succ, fail, rtt_ms, at): (String, f64, f64, Option<f64>, i64) = row?;
-            let (succ, fail) = (decay(succ, at as u64, now), decay(fail, at as u64, now));
-            out.push(AddrHealth {
-                addr,
-                successes: succ,
-                failures: fail,
-                rtt_ms,
-                score: score(succ, fail),
-                updated_at: format_time(at as u64),
-            });
-        }
-        out.sort_by(|a, b| b.score.total_cmp(&a.score));
-        Ok(out)
+        addr_health(&self.conn, peer, now)
     }
 
     /// Every peer with a health record or a contact entry.
     pub fn peers_health(&self, now: u64) -> Result<Vec<PeerHealth>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT p.peer_id, c.name FROM (SELECT peer_id FROM addr_health UNION SELECT peer_id FROM contacts) p
-             LEFT JOIN contacts c ON c.peer_id = p.peer_id ORDER BY c.name IS NULL, c.name, p.peer_id",
-        )?;
-        let rows: Vec<(String, Option<String>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::new();
-        for (peer_id, name) in rows {
-            let peer: PeerId = peer_id
-                .parse()
-                .map_err(|_| StoreError::Corrupt("peer id"))?;
-            out.push(PeerHealth {
-                addrs: self.addr_health(&peer, now)?,
-                peer_id,
-                name,
-                connected: false,
-                connections: Vec::new(),
-            });
-        }
-        Ok(out)
+        peers_health(&self.conn, now)
     }
 
     fn health_row(&self, peer: &PeerId, addr: &Multiaddr) -> Result<Option<HealthRow>, StoreError> {
@@ -208,6 +162,69 @@ impl Db {
         )?;
         Ok(())
     }
+}
+
+/// Each address of `peer` with its decayed counts and score, best first.
+pub(super) fn addr_health(
+    conn: &rusqlite::Connection,
+    peer: &PeerId,
+    now: u64,
+) -> Result<Vec<AddrHealth>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT addr, successes, failures, rtt_ms, updated_at FROM addr_health WHERE peer_id = ?1",
+    )?;
+    let rows = stmt.query_map([peer.to_string()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (addr, succ, fail, rtt_ms, at): (String, f64, f64, Option<f64>, i64) = row?;
+        let (succ, fail) = (decay(succ, at as u64, now), decay(fail, at as u64, now));
+        out.push(AddrHealth {
+            addr,
+            successes: succ,
+            failures: fail,
+            rtt_ms,
+            score: score(succ, fail),
+            updated_at: format_time(at as u64),
+        });
+    }
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(out)
+}
+
+/// Every peer with a health record or a contact entry (no connection known: that is the node's).
+pub(super) fn peers_health(
+    conn: &rusqlite::Connection,
+    now: u64,
+) -> Result<Vec<PeerHealth>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT p.peer_id, c.name FROM (SELECT peer_id FROM addr_health UNION SELECT peer_id FROM contacts) p
+         LEFT JOIN contacts c ON c.peer_id = p.peer_id ORDER BY c.name IS NULL, c.name, p.peer_id",
+    )?;
+    let rows: Vec<(String, Option<String>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (peer_id, name) in rows {
+        let peer: PeerId = peer_id
+            .parse()
+            .map_err(|_| StoreError::Corrupt("peer id"))?;
+        out.push(PeerHealth {
+            addrs: addr_health(conn, &peer, now)?,
+            peer_id,
+            name,
+            connected: false,
+            connections: Vec::new(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! What the database tells without the passphrase: the columns kept in clear (contact names,
-//! message ids, senders, times, labels), read through a read-only connection of its own. For
-//! shell completion, which must never prompt and may run while a node writes (WAL readers do not
-//! block the writer). Nothing sealed is read here.
+//! message ids, senders, times, labels, address health), read through a read-only connection of
+//! its own. For shell completion, which must never prompt and may run while a node writes (WAL
+//! readers do not block the writer), and for `status` and `peers` with no node running. Nothing
+//! sealed is read here.
 
 use std::path::Path;
 use std::time::Duration;
@@ -76,6 +77,12 @@ impl Peek {
              ORDER BY s.sent_at DESC, s.id LIMIT ?1",
             limit,
         )
+    }
+
+    /// Every known peer and the health of its addresses (what `pigeon peers` shows when no node
+    /// runs: nothing is connected then).
+    pub fn peers_health(&self, now: u64) -> Result<Vec<super::PeerHealth>, StoreError> {
+        super::health::peers_health(&self.0, now)
     }
 
     /// Outbox counts by state (what `pigeon status` shows).

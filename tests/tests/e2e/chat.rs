@@ -142,6 +142,39 @@ fn a_conversation_under_tmux_sends_receives_and_restores_the_terminal() {
         },
     );
 
+    // A file each way: /attach sends one; one from bob shows complete and /save keeps it.
+    let files = tempfile::tempdir().expect("tempdir");
+    let outgoing = files.path().join("plan for bob.txt");
+    std::fs::write(&outgoing, b"the plan, in a file").expect("write");
+    tmux.type_text(&format!("/attach {}", outgoing.display()));
+    tmux.press("Enter");
+    tmux.wait_shown("[file] plan for bob.txt (19 bytes)");
+    let with_file = wait_for("bob to have the file", Duration::from_secs(30), || {
+        pair.bob.inbox().into_iter().find(|m| {
+            let id = m["id"].as_str().unwrap_or_default();
+            let read = pair.bob.json(&["inbox", "read", id, "--json"]);
+            (read["attachments"][0]["name"] == "plan for bob.txt"
+                && read["attachments"][0]["state"] == "complete")
+                .then_some(())
+                .is_some()
+        })
+    });
+    assert_eq!(with_file["from"], "alice");
+    let incoming = files.path().join("report.bin");
+    let content: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&incoming, &content).expect("write");
+    pair.bob.send_attached("alice", "the report", &incoming);
+    tmux.wait_shown("complete: /save to keep it");
+    let saved = files.path().join("saved");
+    std::fs::create_dir(&saved).expect("mkdir");
+    tmux.type_text(&format!("/save {}", saved.display()));
+    tmux.press("Enter");
+    tmux.wait_shown("saved ");
+    assert_eq!(
+        std::fs::read(saved.join("report.bin")).expect("saved"),
+        content
+    );
+
     // Bob's reply appears as it arrives; his escape sequences are shown, not obeyed.
     pair.bob
         .send("alice", "a reply \x1b[2J\x1b]0;owned\x07 with escapes");

@@ -831,6 +831,15 @@ fn rough_edges_a_new_user_met_are_gone() {
     assert_eq!(status["node_running"], false, "{status}");
     assert_eq!(status["outbox"]["queued"], 1, "{status}");
     assert_eq!(status["peer_id"], lonely.json(&["id", "--json"])["peer_id"]);
+    // And peers: the contact, nothing connected.
+    let out = lonely
+        .cmd(&["peers", "--json"])
+        .env_remove("PIGEON_PASSPHRASE")
+        .output_bounded();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(peers[0]["name"], "bob", "{peers}");
+    assert_eq!(peers[0]["connected"], false, "{peers}");
 }
 
 /// With `--log-format json`, every line `node run` prints is JSON, stdout included.
