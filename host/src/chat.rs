@@ -237,6 +237,8 @@ impl Chat {
         if key.kind == KeyEventKind::Release {
             return Action::None;
         }
+        // A notice stays until the next key; the status line then shows the connection again.
+        self.notice = None;
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         let alt = key.modifiers.contains(KeyModifiers::ALT);
         match key.code {

@@ -220,6 +220,7 @@ fn a_backup_taken_while_receiving_restores_into_a_node_that_carries_on() {
         "the snapshot holds the messages before it and some of those during it: {contents}"
     );
     assert_eq!(contents["queued"], 1, "{contents}");
+    assert_eq!(contents["sent"], 1, "bob's sent history: {contents}");
     assert_eq!(contents["contacts"], 2, "{contents}");
     assert_eq!(contents["attachment_files"], 1, "{contents}");
     assert!(contents["chunks"].as_u64() >= Some(1), "{contents}");
@@ -270,6 +271,9 @@ fn a_backup_taken_while_receiving_restores_into_a_node_that_carries_on() {
         "{labelled}"
     );
     assert_eq!(item(&before[5]).expect("read")["read"], true);
+    // What bob sent is in the restored history, readable.
+    let sent = restored.json(&["sent", "read", &to_carol, "--json"]);
+    assert_eq!(sent["body"], "queued in the backup for carol", "{sent}");
     assert_eq!(item(&before[6]).expect("unread")["read"], false);
     let saved = work.path().join("saved");
     std::fs::create_dir(&saved).expect("mkdir");

@@ -183,6 +183,17 @@ fn a_conversation_under_tmux_sends_receives_and_restores_the_terminal() {
     let title = tmux.run(&["display", "-p", "#{pane_title}"]);
     assert!(!title.contains("owned"), "the title was set: {title}");
 
+    // A smaller terminal: drawn again to fit, the status line at the new bottom (a key first:
+    // the notice of /save gives the status line back to the connection).
+    tmux.press("BSpace");
+    tmux.run(&["resize-window", "-x", "60", "-y", "12"]);
+    wait_for("the view to fit 60x12", Duration::from_secs(30), || {
+        let pane = tmux.pane();
+        let lines: Vec<&str> = pane.lines().collect();
+        (lines.len() <= 12 && lines.last().is_some_and(|l| l.starts_with("bob ·"))).then_some(())
+    });
+    tmux.run(&["resize-window", "-x", "100", "-y", "24"]);
+
     // A command it does not know says so; Esc leaves and the terminal is as before.
     tmux.type_text("/nonsense");
     tmux.press("Enter");
@@ -196,7 +207,7 @@ fn a_conversation_under_tmux_sends_receives_and_restores_the_terminal() {
     // terminal; the shell gets its prompt back and the exit status is 1.
     tmux.type_text(&chat_command(pair.alice.path(), "bob"));
     tmux.press("Enter");
-    tmux.wait_shown("hello bob, from the chat view");
+    tmux.wait_shown("with escapes");
     pair.alice_node.take().expect("alice").stop();
     wait_for(
         "the chat to end with the node",
