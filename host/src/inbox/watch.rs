@@ -20,6 +20,9 @@ use crate::store::{OutboxState, Said, Store, StoreError};
 
 /// Messages read from the store per round trip.
 const PAGE: u32 = 100;
+/// After a change, how long a watcher waits before it looks (changes meanwhile come in the same
+/// look); also the most a message waits to be told, beyond the store's own commit.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What to watch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +114,9 @@ impl Watcher {
                     .changed()
                     .await
                     .map_err(|_| StoreError::Closed)?;
+                // The outbox changes with every attempt and ack: during a drain, one look per
+                // [`LOOK_EVERY`] takes in many changes and keeps the store thread free.
+                tokio::time::sleep(LOOK_EVERY).await;
             }
         }
     }

@@ -184,26 +184,37 @@ impl Db {
     /// Up to `limit` messages, received and sent, with a seq above `after`, in seq order, opened
     /// for indexing.
     pub fn search_feed(&self, after: u64, limit: u32) -> Result<Vec<FeedDoc>, StoreError> {
-        // Each table in seq order, merged: the `limit` lowest of both.
-        let mut out = self.feed_rows(
-            Side::Received,
-            "seq > ?1 ORDER BY seq LIMIT ?2",
-            after,
-            limit,
-        )?;
-        out.extend(self.feed_rows(Side::Sent, "seq > ?1 ORDER BY seq LIMIT ?2", after, limit)?);
+        // The `limit` lowest seqs of both tables (seqs only: nothing opened yet), then the rows up
+        // to the last of them from each, opened.
+        let mut seqs: Vec<i64> = Vec::new();
+        for table in ["inbox", "sent"] {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT seq FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let found = stmt.query_map(params![after as i64, limit], |r| r.get(0))?;
+            for seq in found {
+                seqs.push(seq?);
+            }
+        }
+        seqs.sort_unstable();
+        let Some(&upto) = seqs.get((limit as usize).min(seqs.len()).saturating_sub(1)) else {
+            return Ok(Vec::new());
+        };
+        let range = "seq > ?1 AND seq <= ?2 ORDER BY seq";
+        let mut out = self.feed_rows(Side::Received, range, after, upto as u64)?;
+        out.extend(self.feed_rows(Side::Sent, range, after, upto as u64)?);
         out.sort_by_key(|d| d.seq);
-        out.truncate(limit as usize);
         Ok(out)
     }
 
-    /// The rows of one side `WHERE` says (`?1` a seq, `?2` a limit), opened for indexing.
+    /// The rows of one side `filter` picks (`?1` and `?2` the two values given), opened for
+    /// indexing.
     fn feed_rows(
         &self,
         side: Side,
         filter: &str,
-        seq: u64,
-        limit: u32,
+        first: u64,
+        second: u64,
     ) -> Result<Vec<FeedDoc>, StoreError> {
         let sql = match side {
             Side::Received => format!(
@@ -220,7 +231,7 @@ impl Db {
             ),
         };
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![seq as i64, limit])?;
+        let mut rows = stmt.query(params![first as i64, second as i64])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             out.push(self.feed_doc(side, r)?);
@@ -283,9 +294,10 @@ impl Db {
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let seq = seq as u64;
-            let mut doc = self.feed_rows(Side::Received, "seq = ?1 AND ?2 > 0", seq, 1)?;
+            let one = "seq >= ?1 AND seq <= ?2";
+            let mut doc = self.feed_rows(Side::Received, one, seq, seq)?;
             if doc.is_empty() {
-                doc = self.feed_rows(Side::Sent, "seq = ?1 AND ?2 > 0", seq, 1)?;
+                doc = self.feed_rows(Side::Sent, one, seq, seq)?;
             }
             out.push((seq, doc.pop()));
         }
