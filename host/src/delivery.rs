@@ -2,8 +2,10 @@
 //!
 //! Due messages are coalesced per peer into batches (up to `batch_max_messages` or
 //! `batch_max_bytes`), and up to `batches_in_flight` batches go to one peer at once, each on its
-//! own stream of the same connection. A message handed to the network is leased (its next attempt
-//! pushed past the request deadline), so it is never sent twice at once. Each answer is recorded:
+//! own stream of the same connection. A message handed to the network is in flight until its answer
+//! comes back: the loop keeps those ids in memory and `due` leaves them out, so it is never sent
+//! twice at once (and nothing is written for it: a restart has nothing in flight). Each answer is
+//! recorded:
 //! acked messages are delivered, a refusal that may pass and a batch without an answer are retried
 //! on the peer's adaptive schedule ([`backoff`]), a refusal for good marks the message failed.
 //! A peer that connects gets its due messages at once, whatever its backoff says. Messages older
@@ -35,8 +37,6 @@ use backoff::{Backoff, Schedule};
 
 /// Longest the loop sleeps without looking at the outbox again.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
-/// How long a message handed to the network stays out of `due` (past the request timeout).
-const LEASE_MS: u64 = 45_000;
 /// How often the TTL is enforced and the outbox gauges refreshed.
 const HOUSEKEEPING_MS: u64 = 1_000;
 
@@ -76,6 +76,7 @@ pub fn spawn(
         schedule: Schedule::new(Backoff::from_config(config)),
         limits: Limits::from(config),
         in_flight: HashMap::new(),
+        waived: HashSet::new(),
         attempts: JoinSet::new(),
         next_housekeeping: 0,
     };
@@ -124,15 +125,21 @@ struct Sender {
     schedule: Schedule,
     limits: Limits,
     in_flight: HashMap<PeerId, InFlight>,
+    /// Peers whose queued messages are all due, whatever their schedule says: each peer with a
+    /// queued message when the loop starts, and each peer that connects. A peer leaves the set at
+    /// its next failed attempt. Kept here instead of rewriting every queued row's next attempt (a
+    /// backlog of days would be rewritten whole on each reconnect).
+    waived: HashSet<PeerId>,
     attempts: JoinSet<Attempt>,
     next_housekeeping: u64,
 }
 
 impl Sender {
     async fn run(mut self, mut wakes: mpsc::UnboundedReceiver<Wake>, cancel: CancellationToken) {
-        let now = self.clock.now_ms();
-        if let Err(e) = self.store.call(move |db| db.reset_schedule(now)).await {
-            tracing::error!(error = %e, "cannot read the outbox");
+        // After a restart nothing is in flight and every peer deserves a fresh try.
+        match self.store.call(|db| db.queued_peers()).await {
+            Ok(peers) => self.waived.extend(peers),
+            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
         }
         loop {
             if let Err(e) = self.step().await {
@@ -144,9 +151,9 @@ impl Sender {
                 wake = wakes.recv() => match wake {
                     None => break,
                     Some(wake) => {
-                        let mut linger = self.on_wake(wake).await;
+                        let mut linger = self.on_wake(wake);
                         while let Ok(wake) = wakes.try_recv() {
-                            linger |= self.on_wake(wake).await;
+                            linger |= self.on_wake(wake);
                         }
                         if linger && !self.limits.linger.is_zero() {
                             // Let a burst of sends fill the batch before it goes.
@@ -169,27 +176,12 @@ impl Sender {
     }
 
     /// Returns whether the wake asks for lingering.
-    async fn on_wake(&mut self, wake: Wake) -> bool {
+    fn on_wake(&mut self, wake: Wake) -> bool {
         match wake {
             Wake::Queued => true,
             Wake::PeerConnected(peer) => {
-                let now = self.clock.now_ms();
-                let busy = self
-                    .in_flight
-                    .get(&peer)
-                    .map(|f| f.ids.clone())
-                    .unwrap_or_default();
-                match self
-                    .store
-                    .call(move |db| db.make_due_now(&peer, now, &busy))
-                    .await
-                {
-                    Ok(n) if n > 0 => {
-                        tracing::debug!(%peer, messages = n, "peer connected: due now")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "cannot reschedule"),
-                }
+                tracing::debug!(%peer, "peer connected: its queued messages are due now");
+                self.waived.insert(peer);
                 false
             }
         }
@@ -219,9 +211,10 @@ impl Sender {
             .flat_map(|f| f.ids.iter().copied())
             .collect();
         let per_peer = self.limits.batch_messages * self.limits.window;
+        let waived = self.waived.clone();
         let due = self
             .store
-            .call(move |db| db.due(now, per_peer, &room, &busy))
+            .call(move |db| db.due_waiving(now, per_peer, &room, &busy, &waived))
             .await?;
         let mut launches = Vec::new();
         for peer_due in due {
@@ -239,13 +232,6 @@ impl Sender {
         if launches.is_empty() {
             return Ok(());
         }
-        let leased: Vec<MessageId> = launches
-            .iter()
-            .flat_map(|(_, _, m)| m.iter().map(|m| m.id))
-            .collect();
-        self.store
-            .call(move |db| db.lease(&leased, now + LEASE_MS))
-            .await?;
         for (peer, addrs, messages) in launches {
             let entry = self.in_flight.entry(peer).or_default();
             entry.batches += 1;
@@ -389,10 +375,16 @@ impl Sender {
         if retry_ids.is_empty() {
             self.schedule.answered(peer);
         } else {
-            let at = self.schedule.failed(peer, now, &mut rand::thread_rng());
+            let at = self.failed(peer, now);
             plan.retry = Some((retry_reason.unwrap_or_default().to_owned(), at, retry_ids));
         }
         plan
+    }
+
+    /// A failed attempt to `peer`: when to try again, by its schedule, which applies again.
+    fn failed(&mut self, peer: PeerId, now: u64) -> u64 {
+        self.waived.remove(&peer);
+        self.schedule.failed(peer, now, &mut rand::thread_rng())
     }
 
     fn retry_all(
@@ -402,7 +394,7 @@ impl Sender {
         error: String,
         now: u64,
     ) -> Plan {
-        let at = self.schedule.failed(peer, now, &mut rand::thread_rng());
+        let at = self.failed(peer, now);
         Plan {
             retry: Some((error, at, messages.iter().map(|m| m.0).collect())),
             ..Plan::default()

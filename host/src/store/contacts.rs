@@ -184,9 +184,7 @@ impl Db {
                 "contact row that disagrees with its seal",
             ));
         }
-        let address: Address = row
-            .address
-            .parse()
+        let address = Address::parse_stored(&row.address)
             .map_err(|_| StoreError::Corrupt("contact address"))?;
         if address.peer_id().to_string() != row.peer_id {
             return Err(StoreError::Corrupt("contact peer id"));

@@ -176,17 +176,23 @@ impl Db {
         items: &[Received],
         now: u64,
     ) -> Result<Vec<ReceiveOutcome>, StoreError> {
+        // A batch comes from one sender: its PeerId is written out (base58, slow) once.
+        let mut senders: HashMap<PeerId, String> = HashMap::new();
         let sealed: Vec<_> = items
             .iter()
             .map(|m| {
                 let row = m.id.to_string();
+                let sender = senders
+                    .entry(m.sender)
+                    .or_insert_with(|| m.sender.to_string())
+                    .clone();
                 let (key_id, body) = self.seal(TABLE, &row, m.body.as_bytes());
                 let subject = m
                     .subject
                     .as_ref()
                     .map(|s| self.seal(SUBJECT, &row, s.as_bytes()).1);
-                let sender = self.seal(SENDER, &row, m.sender.to_string().as_bytes()).1;
-                (row, key_id, body, subject, sender)
+                let sender_seal = self.seal(SENDER, &row, sender.as_bytes()).1;
+                (row, sender, key_id, body, subject, sender_seal)
             })
             .collect();
         let keys = self.keys.clone();
@@ -198,13 +204,14 @@ impl Db {
             let mut find = tx.prepare_cached("SELECT sender FROM inbox WHERE id = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO inbox (id, sender, sent_at, received_at, size, subject, body, key_id, sender_seal, forward_secret, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                         (SELECT value + 1 FROM counters WHERE name = 'inbox_seq'))",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
-            let mut next_seq = tx
-                .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'inbox_seq'")?;
-            for (m, (row, key_id, body, subject, sender_seal)) in items.iter().zip(sealed) {
-                let sender = m.sender.to_string();
+            // The counter is read once and written once per batch.
+            let mut seq: i64 = tx
+                .prepare_cached("SELECT value FROM counters WHERE name = 'inbox_seq'")?
+                .query_row([], |r| r.get(0))?;
+            let first_seq = seq;
+            for (m, (row, sender, key_id, body, subject, sender_seal)) in items.iter().zip(sealed) {
                 if let Some((key, hash)) = &m.one_time_key {
                     // The one-time key's secret goes with this commit: stored or a duplicate,
                     // the message is held, and the key may open nothing more.
@@ -217,6 +224,7 @@ impl Db {
                     Some(_) => ReceiveOutcome::IdConflict,
                     None => {
                         let size = m.body.len() + m.subject.as_ref().map_or(0, String::len);
+                        seq += 1;
                         insert.execute(params![
                             row,
                             sender,
@@ -227,9 +235,9 @@ impl Db {
                             body,
                             key_id,
                             sender_seal,
-                            m.one_time_key.is_some()
+                            m.one_time_key.is_some(),
+                            seq
                         ])?;
-                        next_seq.execute([])?;
                         super::attachments::insert_attachments(
                             &tx,
                             keys.at_rest(),
@@ -243,6 +251,10 @@ impl Db {
                         ReceiveOutcome::Stored
                     }
                 });
+            }
+            if seq != first_seq {
+                tx.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'inbox_seq'")?
+                    .execute([seq])?;
             }
         }
         tx.commit()?;

@@ -391,16 +391,31 @@ impl Db {
         room: &HashMap<PeerId, usize>,
         in_flight: &HashSet<MessageId>,
     ) -> Result<Vec<DueBatch>, StoreError> {
+        self.due_waiving(now, per_peer, room, in_flight, &HashSet::new())
+    }
+
+    /// [`Db::due`], where every queued message to a peer in `waived` is due, whatever its next
+    /// attempt says (the peer has just connected, or the node has just started).
+    pub fn due_waiving(
+        &self,
+        now: u64,
+        per_peer: usize,
+        room: &HashMap<PeerId, usize>,
+        in_flight: &HashSet<MessageId>,
+        waived: &HashSet<PeerId>,
+    ) -> Result<Vec<DueBatch>, StoreError> {
         let mut batches: BTreeMap<PeerId, Vec<DueMessage>> = BTreeMap::new();
-        for text in self.queued_peers()? {
-            let peer: PeerId = text
-                .parse()
-                .map_err(|_| StoreError::Corrupt("outbox peer id"))?;
+        for (peer, text) in self.queued_peers_as_stored()? {
             let limit = room.get(&peer).copied().unwrap_or(per_peer);
             if limit == 0 {
                 continue;
             }
-            let messages = self.due_for(&text, now, limit, in_flight)?;
+            let due_by = if waived.contains(&peer) {
+                i64::MAX as u64
+            } else {
+                now
+            };
+            let messages = self.due_for(&text, due_by, limit, in_flight)?;
             if !messages.is_empty() {
                 batches.insert(peer, messages);
             }
@@ -417,9 +432,18 @@ impl Db {
             .collect()
     }
 
-    /// The peers (as stored) with queued messages: one index probe per peer (a loose index scan
-    /// of `outbox_peer_due`), however many messages each has queued.
-    fn queued_peers(&self) -> Result<Vec<String>, StoreError> {
+    /// The peers with queued messages.
+    pub fn queued_peers(&self) -> Result<Vec<PeerId>, StoreError> {
+        Ok(self
+            .queued_peers_as_stored()?
+            .into_iter()
+            .map(|(peer, _)| peer)
+            .collect())
+    }
+
+    /// The peers with queued messages, each with its id as stored: one index probe per peer (a
+    /// loose index scan of `outbox_peer_due`), however many messages each has queued.
+    fn queued_peers_as_stored(&self) -> Result<Vec<(PeerId, String)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "WITH RECURSIVE peers(peer) AS (
                  SELECT MIN(peer_id) FROM outbox WHERE state = 'queued'
@@ -430,17 +454,24 @@ impl Db {
              SELECT peer FROM peers WHERE peer IS NOT NULL",
         )?;
         let peers = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+            .query_map([], |r| r.get::<_, String>(0))?
+            .map(|text| {
+                let text = text?;
+                let peer = text
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("outbox peer id"))?;
+                Ok((peer, text))
+            })
+            .collect::<Result<_, StoreError>>()?;
         Ok(peers)
     }
 
-    /// Up to `limit` due messages to `peer` (as stored), earliest due first, leaving out
-    /// `in_flight`.
+    /// Up to `limit` messages to `peer` (as stored) due by `due_by`, earliest due first, leaving
+    /// out `in_flight`.
     fn due_for(
         &self,
         peer: &str,
-        now: u64,
+        due_by: u64,
         limit: usize,
         in_flight: &HashSet<MessageId>,
     ) -> Result<Vec<DueMessage>, StoreError> {
@@ -451,7 +482,7 @@ impl Db {
         )?;
         // In-flight messages stay queued until acked: read past as many as there are.
         let rows_wanted = (limit + in_flight.len()) as i64;
-        let mut rows = stmt.query(params![peer, now as i64, rows_wanted])?;
+        let mut rows = stmt.query(params![peer, due_by as i64, rows_wanted])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             if out.len() >= limit {
@@ -487,31 +518,6 @@ impl Db {
         Ok(stmt
             .query_row([now as i64], |r| r.get::<_, Option<i64>>(0))?
             .map(|t| t as u64))
-    }
-
-    /// Puts messages handed to the network out of reach of `due` until `until` (the attempt's
-    /// deadline); the attempt's outcome replaces this with delivered or a retry time.
-    pub fn lease(&mut self, ids: &[MessageId], until: u64) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1 AND state = 'queued'",
-            )?;
-            for id in ids {
-                stmt.execute(params![id.to_string(), until as i64])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Makes every queued message due now: after a restart, nothing is in flight and every peer
-    /// deserves a fresh try.
-    pub fn reset_schedule(&mut self, now: u64) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE outbox SET next_attempt_at = ?1 WHERE state = 'queued' AND next_attempt_at > ?1",
-            [now as i64],
-        )?)
     }
 
     /// Records acks: the messages are delivered and their envelopes dropped, in one transaction.
@@ -558,34 +564,6 @@ impl Db {
         fail(&tx, &id.to_string(), error)?;
         tx.commit()?;
         Ok(())
-    }
-
-    /// Makes every queued message for `peer` due now (it just connected), except those in flight.
-    pub fn make_due_now(
-        &mut self,
-        peer: &PeerId,
-        now: u64,
-        in_flight: &HashSet<MessageId>,
-    ) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction()?;
-        let mut changed = 0;
-        {
-            let mut select = tx.prepare_cached(
-                "SELECT id FROM outbox WHERE peer_id = ?1 AND state = 'queued' AND next_attempt_at > ?2",
-            )?;
-            let ids: Vec<String> = select
-                .query_map(params![peer.to_string(), now as i64], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut update =
-                tx.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?;
-            for id in ids {
-                if !in_flight.contains(&parse_id(&id)?) {
-                    changed += update.execute(params![id, now as i64])?;
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(changed)
     }
 
     /// The whole outbox, oldest first.
@@ -1268,23 +1246,18 @@ mod tests {
         );
         assert_eq!(db.next_due_after(500).expect("next"), Some(1000));
         assert_eq!(db.next_due_after(1500).expect("next"), Some(2000));
-        assert_eq!(
-            db.make_due_now(&peer, 600, &HashSet::from([b]))
-                .expect("due now"),
-            1
-        );
-        assert_eq!(
-            db.make_due_now(&peer, 600, &HashSet::new())
-                .expect("due now"),
-            1
-        );
-        assert_eq!(
-            db.due(600, 64, &HashMap::new(), &HashSet::new())
-                .expect("due")[0]
-                .messages
-                .len(),
-            2
-        );
+        // A peer that connects has every queued message due, whatever the schedule says; a
+        // waiver for another peer changes nothing for this one.
+        let ids = |waived: &HashSet<PeerId>| {
+            db.due_waiving(600, 64, &HashMap::new(), &HashSet::new(), waived)
+                .expect("due")
+                .into_iter()
+                .flat_map(|b| b.messages.into_iter().map(|m| m.id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&HashSet::from([peer])), vec![a, b]);
+        assert_eq!(ids(&HashSet::from([Keys::generate().peer_id()])), vec![]);
+        assert_eq!(db.queued_peers().expect("peers"), vec![peer]);
 
         db.mark_delivered(&[a], 700).expect("deliver");
         db.mark_failed(&b, "refused").expect("fail");
@@ -1298,7 +1271,7 @@ mod tests {
     }
 
     #[test]
-    fn leases_expiry_retry_and_cancel() {
+    fn in_flight_expiry_retry_and_cancel() {
         let (_dir, mut db, _keys) = temp_db();
         let peer = Keys::generate().peer_id();
         let (a, b, c) = (
@@ -1310,23 +1283,24 @@ mod tests {
             .expect("enqueue");
         db.enqueue(&c, &peer, &envelope(), &[], 5_000)
             .expect("enqueue c");
-        // A leased message is out of `due` until the lease ends; a restart ends every lease.
-        db.lease(&[a], 60_000).expect("lease");
+        // A message in flight is left out of `due`, which reads past it for the others.
         let due = db
-            .due(6_000, 64, &HashMap::new(), &HashSet::new())
+            .due(6_000, 2, &HashMap::new(), &HashSet::from([a]))
             .expect("due");
         assert_eq!(
             due[0].messages.iter().map(|m| m.id).collect::<Vec<_>>(),
             vec![b, c]
         );
-        assert_eq!(db.reset_schedule(6_000).expect("reset"), 1);
-        assert_eq!(
-            db.due(6_000, 64, &HashMap::new(), &HashSet::new())
-                .expect("due")[0]
-                .messages
-                .len(),
-            3
-        );
+        // Scheduled later, it is not due until then, unless its peer's schedule is waived.
+        db.mark_retry(&[(a, 60_000)], "dial failed").expect("retry");
+        let due = |waived| {
+            db.due_waiving(6_000, 64, &HashMap::new(), &HashSet::new(), &waived)
+                .expect("due")
+                .first()
+                .map_or(0, |b| b.messages.len())
+        };
+        assert_eq!(due(HashSet::new()), 2);
+        assert_eq!(due(HashSet::from([peer])), 3);
         // a and b are older than the cutoff: they expire; c does not.
         assert_eq!(db.expire(1_000, "too old").expect("expire"), 2);
         let counts = db.outbox_counts().expect("counts");
