@@ -137,11 +137,10 @@ impl Db {
     ) -> Result<Option<EncSecret>, StoreError> {
         let row: Option<(Vec<u8>, u32)> = self
             .conn
-            .query_row(
-                "SELECT secret, key_id FROM otk_secrets WHERE id = ?1 AND holder = ?2",
-                params![id.as_slice(), holder.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT secret, key_id FROM otk_secrets WHERE id = ?1 AND holder = ?2")?
+            .query_row(params![id.as_slice(), holder.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         let Some((sealed, key_id)) = row else {
             return Ok(None);
@@ -161,11 +160,8 @@ impl Db {
     pub fn one_time_key_used(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT envelope_hash FROM otk_used WHERE id = ?1",
-                params![id.as_slice()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT envelope_hash FROM otk_used WHERE id = ?1")?
+            .query_row(params![id.as_slice()], |r| r.get(0))
             .optional()?)
     }
 
@@ -258,14 +254,13 @@ pub(super) fn spend_secret(
     envelope_hash: &[u8],
     now: u64,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "DELETE FROM otk_secrets WHERE id = ?1",
-        params![id.as_slice()],
-    )?;
-    tx.execute(
+    // Once per forward-secret message received: statements kept compiled.
+    tx.prepare_cached("DELETE FROM otk_secrets WHERE id = ?1")?
+        .execute(params![id.as_slice()])?;
+    tx.prepare_cached(
         "INSERT OR IGNORE INTO otk_used (id, envelope_hash, used_at) VALUES (?1, ?2, ?3)",
-        params![id.as_slice(), envelope_hash, now as i64],
-    )?;
+    )?
+    .execute(params![id.as_slice(), envelope_hash, now as i64])?;
     Ok(())
 }
 
