@@ -52,6 +52,66 @@ pub struct DeliveryRun {
     /// Peak resident memory of this process (both nodes) during the drain, in bytes; 0 where
     /// the platform does not say.
     pub peak_rss_bytes: u64,
+    /// Where the drain's CPU went (both nodes).
+    pub cpu: DrainCpu,
+}
+
+/// The CPU a drain used, in this process (both nodes), and what share of it went where.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainCpu {
+    /// CPU seconds used during the drain.
+    pub seconds: f64,
+    /// Cores busy on average: CPU seconds over the drain's seconds.
+    pub cores_busy: f64,
+    /// Cores the machine has.
+    pub cores: usize,
+    /// Share of the CPU seconds spent opening envelopes (HPKE, on the receiver's blocking pool).
+    pub opening_share: f64,
+    /// Share spent on the two nodes' store threads (SQLite, sealing rows at rest, commits).
+    pub stores_share: f64,
+    /// Messages per second the opens alone would allow with every core opening and nothing
+    /// else running, at the CPU an open took in this drain: the ceiling of this machine.
+    pub opens_alone_per_second: f64,
+}
+
+/// Counters read before a drain, to take the drain's CPU from.
+struct CpuMark {
+    process: Duration,
+    open_micros: u64,
+    store_micros: u64,
+}
+
+impl CpuMark {
+    fn now() -> CpuMark {
+        CpuMark {
+            process: crate::clock::process_cpu(),
+            open_micros: crate::metrics::METRICS.open_cpu_micros.get(),
+            store_micros: crate::metrics::METRICS.store_cpu_micros.get(),
+        }
+    }
+
+    /// The CPU used since the mark, over a drain of `messages` that took `seconds`.
+    fn since(&self, seconds: f64, messages: usize) -> DrainCpu {
+        let now = CpuMark::now();
+        let used = now.process.saturating_sub(self.process).as_secs_f64();
+        let opening = now.open_micros.saturating_sub(self.open_micros) as f64 / 1e6;
+        let stores = now.store_micros.saturating_sub(self.store_micros) as f64 / 1e6;
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let share = |part: f64| if used > 0.0 { part / used } else { 0.0 };
+        let per_open = opening / messages.max(1) as f64;
+        DrainCpu {
+            seconds: used,
+            cores_busy: used / seconds.max(1e-9),
+            cores,
+            opening_share: share(opening),
+            stores_share: share(stores),
+            opens_alone_per_second: if per_open > 0.0 {
+                cores as f64 / per_open
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 /// Envelopes sealed and opened to measure the single-core open rate.
@@ -212,6 +272,7 @@ pub async fn delivery(
     // once all are in, the sender's outbox is asked until it records every message delivered.
     // Asking it all along would cost the sender's store a count of its outbox every few ms.
     let acked_before = crate::metrics::METRICS.sent.get();
+    let cpu = CpuMark::now();
     let bob = Node::start(&bob_home, bob_keys, &Config::default(), &[bob_listen]).await?;
     let started = Instant::now();
     let late = |delivered| -> Error {
@@ -242,6 +303,7 @@ pub async fn delivery(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu.since(seconds, messages);
     let peak_rss_bytes = peak_rss();
     alice.shutdown().await;
     bob.shutdown().await;
@@ -260,6 +322,7 @@ pub async fn delivery(
         drain_vs_one_core_open: messages_per_second / open_per_second_one_core,
         forward_secret,
         peak_rss_bytes,
+        cpu,
     })
 }
 

@@ -242,9 +242,14 @@ async fn open_all(
         let run = std::mem::replace(&mut envelopes, rest);
         let (keys, sender_key, one_time) = (keys.clone(), sender_key.clone(), one_time.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
-            run.iter()
+            let cpu = crate::clock::thread_cpu();
+            let opened = run
+                .iter()
                 .map(|env| open_one(&keys, &peer, &sender_key, env, &one_time))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            let spent = crate::clock::thread_cpu().saturating_sub(cpu);
+            METRICS.open_cpu_micros.inc_by(spent.as_micros() as u64);
+            opened
         }));
     }
     let mut opened = Vec::with_capacity(n);

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub plugin_rules_skipped: IntCounter,
     /// Network events the node could not take in because its event queue was full.
     pub net_events_dropped: IntCounter,
+    /// CPU time spent opening received envelopes (HPKE), in microseconds.
+    pub open_cpu_micros: IntCounter,
+    /// CPU time the store thread spent on its jobs, in microseconds.
+    pub store_cpu_micros: IntCounter,
     /// Control-socket connections being served.
     pub control_connections: IntGauge,
     /// Control-socket connections refused: another user's, or idle past the request time.
@@ -164,6 +168,14 @@ impl Metrics {
             plugin_call_seconds,
             plugin_failures,
             plugin_disabled,
+            open_cpu_micros: counter(
+                "pigeon_envelope_open_cpu_microseconds_total",
+                "CPU time spent opening received envelopes (HPKE), in microseconds",
+            ),
+            store_cpu_micros: counter(
+                "pigeon_store_cpu_microseconds_total",
+                "CPU time the store thread spent on its jobs, in microseconds",
+            ),
             net_events_dropped: counter(
                 "pigeon_net_events_dropped_total",
                 "Network events not taken in because the node's event queue was full (batches among them were answered `unavailable`)",

@@ -49,6 +49,7 @@ pub use sent::{SentFile, SentItem, SentQuery, SentView};
 use crate::exit::ErrorKind;
 use crate::keys::Keys;
 use crate::keys::at_rest::AtRestError;
+use crate::metrics::METRICS;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -179,12 +180,15 @@ impl Store {
                     },
                 ));
                 while let Some(Msg::Job(job)) = rx.blocking_recv() {
+                    let cpu = crate::clock::thread_cpu();
                     job(&mut db);
                     // After the job, so that whoever looks (through a later job) sees its commit.
                     if dirty.swap(false, Ordering::Relaxed) {
                         changed.send_modify(|n| *n = n.wrapping_add(1));
                     }
                     db.pay_checkpoint(rx.is_empty());
+                    let spent = crate::clock::thread_cpu().saturating_sub(cpu);
+                    METRICS.store_cpu_micros.inc_by(spent.as_micros() as u64);
                 }
                 db.pay_checkpoint(true);
                 // Dropping `db` here closes the connection on this thread, before `close` returns.

@@ -277,6 +277,14 @@ async fn run_delivery(cmd: Command) -> Result<()> {
                     run.open_per_second_one_core,
                     run.peak_rss_bytes as f64 / (1024.0 * 1024.0)
                 );
+                println!(
+                    "  CPU: {:.2} of {} cores busy; {:.0} % of it opening envelopes, {:.0} % on the two stores; opens alone would allow {:.0} msg/s",
+                    run.cpu.cores_busy,
+                    run.cpu.cores,
+                    run.cpu.opening_share * 100.0,
+                    run.cpu.stores_share * 100.0,
+                    run.cpu.opens_alone_per_second
+                );
                 if fs && let Some(plain) = runs.last() {
                     let plain: &crate::bench::DeliveryRun = plain;
                     println!(

@@ -397,5 +397,17 @@ fn the_bench_command_reports_figures() {
             (drain / open - ratio).abs() < 1e-6 * ratio.max(1.0),
             "{run}"
         );
+        // Where the CPU went: opening and the stores are parts of what the process used, and
+        // every message was opened, so the opens took CPU.
+        let cpu = &run["cpu"];
+        let share = |k: &str| cpu[k].as_f64().expect(k);
+        assert!(share("seconds") > 0.0 && share("cores_busy") > 0.0, "{run}");
+        assert!(share("opening_share") > 0.0, "{run}");
+        assert!(share("stores_share") > 0.0, "{run}");
+        assert!(
+            share("opening_share") + share("stores_share") <= 1.05,
+            "{run}"
+        );
+        assert!(share("opens_alone_per_second") > 0.0, "{run}");
     }
 }
