@@ -69,14 +69,18 @@ pub(super) async fn run(g: &Global, args: Args) -> Result<()> {
     if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
         return Err(UsageError::NotATerminal("chat").into());
     }
+    // Only what is unread is marked: opening a long conversation again writes nothing.
+    let unread: Vec<String> = history
+        .iter()
+        .filter_map(|said| match said {
+            Said::Received(m) if !m.read => Some(m.id.clone()),
+            _ => None,
+        })
+        .collect();
     let mut chat = Chat::new(args.contact, peer_id, history);
     let (tx, rx) = mpsc::unbounded_channel();
     spawn_inputs(&home, &tx);
-    mark_read(
-        &home,
-        &chat,
-        chat.entries().iter().map(|e| e.id.clone()).collect(),
-    );
+    mark_read(&home, &chat, unread);
     // Restores the terminal on a panic too (ratatui's hook); every other way out goes through
     // `restore` below.
     let mut terminal = ratatui::try_init().map_err(Error::io("cannot set up the terminal"))?;
