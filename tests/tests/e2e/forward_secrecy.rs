@@ -60,7 +60,16 @@ fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_and_seals_to_them()
     wait_for("a second round of keys", Duration::from_secs(30), || {
         (contact(&alice, "bob")["one_time_keys_held"] == 43).then_some(())
     });
-    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 43);
+    // Bob has handed out what she holds, or one more. Her request counts the key of "again" as
+    // held while "again" is on its way; when bob stores "again" (and spends its key) before he
+    // answers, he forgets one too few. That secret opens nothing she can send (she holds no such
+    // key); it goes with its key's expiry, or first at her next request (the oldest go first).
+    // Never fewer: that would leave her keys bob cannot open.
+    let phantom = contact(&bob, "alice")["one_time_keys_handed_out"]
+        .as_u64()
+        .and_then(|n| n.checked_sub(43))
+        .expect("bob handed out at least what alice holds");
+    assert!(phantom <= 1, "{phantom} more handed out than held");
 
     // A message is now sealed to one of them: it arrives and reads back, the key is gone from
     // both sides, and bob keeps only the tombstone of its use.
@@ -69,11 +78,17 @@ fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_and_seals_to_them()
     let m = bob.json(&["inbox", "read", &sealed, "--json"]);
     assert_eq!(m["body"], "sealed to a one-time key");
     assert_eq!(contact(&alice, "bob")["one_time_keys_held"], 42);
-    assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 42);
+    assert_eq!(
+        contact(&bob, "alice")["one_time_keys_handed_out"],
+        42 + phantom
+    );
     let db = rusqlite::Connection::open(bob.path().join("pigeon.db")).expect("bob's db");
     let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).expect("count") };
     assert_eq!(count("SELECT COUNT(*) FROM otk_used"), 2);
-    assert_eq!(count("SELECT COUNT(*) FROM otk_secrets"), 42);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM otk_secrets"),
+        42 + phantom as i64
+    );
     let fs = count("SELECT COUNT(*) FROM inbox WHERE forward_secret = 1");
     let plain = count("SELECT COUNT(*) FROM inbox WHERE forward_secret = 0");
     assert_eq!(
