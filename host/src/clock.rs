@@ -1,5 +1,5 @@
 //! Time behind a trait, so that logic which depends on it (backoff, due times) is tested without
-//! sleeping.
+//! sleeping; and the CPU clocks that say what a piece of work cost (the open and store counters).
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
