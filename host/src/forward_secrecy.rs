@@ -13,8 +13,11 @@ use libp2p::PeerId;
 use crate::keys::Keys;
 use crate::keys::one_time::{self, SignedKey};
 use crate::net::Net;
-use crate::net::protocol::{MAX_ONE_TIME_KEYS, OtkRequest};
+use crate::net::protocol::{MAX_HELD_IDS, MAX_ONE_TIME_KEYS, OtkId, OtkRequest};
 use crate::store::{ONE_TIME_KEYS_PER_CONTACT, Store, now_ms};
+
+// A contact can list every key of this node's it may hold.
+const _: () = assert!(ONE_TIME_KEYS_PER_CONTACT as usize <= MAX_HELD_IDS);
 
 /// A contact's keys are asked for when this node holds fewer than this many of them.
 pub const POOL_LOW: u64 = 16;
@@ -36,17 +39,21 @@ pub async fn hand_out(
 ) -> Vec<SignedKey> {
     let now = now_ms();
     let held = request.held.map(u64::from);
+    let held_ids: Option<Vec<[u8; 16]>> = request
+        .held_ids
+        .as_ref()
+        .map(|ids| ids.iter().map(|id| id.0).collect());
     let out = match store
         .call(move |db| {
-            let out = db.one_time_secrets_out(&peer, now)?;
-            match held {
-                Some(held) if held < out => {
-                    let lost = db.forget_lost_secrets(&peer, held, now)?;
-                    tracing::info!(%peer, lost, "a contact lost one-time keys of this node; forgot as many");
-                    Ok(held)
-                }
-                _ => Ok(out),
+            let lost = match (held_ids, held) {
+                (Some(ids), _) => db.forget_secrets_not_held(&peer, &ids, now)?,
+                (None, Some(held)) => db.forget_lost_secrets(&peer, held, now)?,
+                (None, None) => 0,
+            };
+            if lost > 0 {
+                tracing::info!(%peer, lost, "a contact lost one-time keys of this node; forgot them");
             }
+            db.one_time_secrets_out(&peer, now)
         })
         .await
     {
@@ -197,28 +204,29 @@ pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId)
     let now = now_ms();
     let (held, unused) = match store
         .call(move |db| {
-            Ok((
-                db.one_time_keys_held(&peer, now)?,
-                db.pool_keys(&peer, now)?,
-            ))
+            let unused = db.pool_keys(&peer, now)?;
+            if unused >= POOL_LOW {
+                return Ok(None);
+            }
+            Ok(Some((db.one_time_keys_held(&peer, now)?, unused)))
         })
         .await
     {
-        Ok(n) => n,
-        Err(_) => return 0,
+        Ok(Some(n)) => n,
+        Ok(None) | Err(_) => return 0,
     };
-    if unused >= POOL_LOW {
-        return 0;
-    }
     let want = ONE_TIME_KEYS_PER_CONTACT
         .saturating_sub(unused)
         .min(u64::from(MAX_ONE_TIME_KEYS)) as u16;
-    let held = Some(held.min(u64::from(u16::MAX)) as u16);
+    let ids = held
+        .ids
+        .map(|ids| ids.into_iter().map(OtkId).collect::<Vec<_>>());
+    let held = Some(held.count.min(u64::from(u16::MAX)) as u16);
     let addrs = store
         .call(move |db| db.dial_addrs(&peer, now))
         .await
         .unwrap_or_default();
-    let response = match net.fetch_one_time_keys(peer, addrs, want, held).await {
+    let response = match net.fetch_one_time_keys(peer, addrs, want, held, ids).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "could not fetch one-time keys");

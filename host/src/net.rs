@@ -41,7 +41,7 @@ const MSG_STREAMS_PER_CONNECTION: usize = 8;
 pub(crate) const EVENT_QUEUE: usize = 1024;
 use protocol::{
     Batch, BatchResponse, CHUNK_PROTOCOL, ChunkCodec, ChunkRequest, ChunkResponse, MSG_PROTOCOL,
-    MsgCodec, OTK_PROTOCOL, OtkCodec, OtkRequest, OtkResponse,
+    MsgCodec, OTK_PROTOCOL, OtkCodec, OtkId, OtkRequest, OtkResponse,
 };
 
 /// Errors starting or using the network.
@@ -343,19 +343,24 @@ impl Net {
             .await;
     }
 
-    /// Asks `peer` for up to `want` one-time keys, saying it holds `held` of them (dialing `addrs`
-    /// if not connected).
+    /// Asks `peer` for up to `want` one-time keys, saying it holds `held` of them, which are
+    /// `held_ids` (dialing `addrs` if not connected).
     pub async fn fetch_one_time_keys(
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         want: u16,
         held: Option<u16>,
+        held_ids: Option<Vec<OtkId>>,
     ) -> Result<OtkResponse, SendError> {
         self.ask(|reply| Command::FetchOtk {
             peer,
             addrs,
-            request: OtkRequest { want, held },
+            request: OtkRequest {
+                want,
+                held,
+                held_ids,
+            },
             reply,
         })
         .await

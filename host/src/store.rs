@@ -38,7 +38,7 @@ pub use contacts::Contact;
 pub use feeds::Said;
 pub use health::{AddrHealth, PeerHealth};
 pub use inbox::{Archived, InboxItem, InboxQuery, MessageView, ReceiveOutcome, Received, opening};
-pub use one_time::MAX_PER_CONTACT as ONE_TIME_KEYS_PER_CONTACT;
+pub use one_time::{HeldKeys, MAX_PER_CONTACT as ONE_TIME_KEYS_PER_CONTACT};
 pub use outbox::{DueBatch, DueMessage, OutboxCounts, OutboxEntry, OutboxState, Sealing};
 pub use peek::{Glimpse, Peek};
 pub use rekey::RekeyCursor;

@@ -136,6 +136,12 @@ pub enum ChunkResponse {
 pub const OTK_PROTOCOL: StreamProtocol = StreamProtocol::new("/pigeon/otk/1");
 /// Most one-time keys asked for or handed out in one exchange.
 pub const MAX_ONE_TIME_KEYS: u16 = 32;
+/// Most key ids a request may list as held (what a contact may hold unused of this node's keys).
+pub const MAX_HELD_IDS: usize = 64;
+
+/// A one-time key's id, as a request lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OtkId(#[serde(with = "serde_bytes")] pub [u8; 16]);
 
 /// A request for up to `want` one-time keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +154,12 @@ pub struct OtkRequest {
     /// that the asker gets fresh ones now rather than when those expire. Absent from older askers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<u16>,
+    /// The ids of the keys counted in `held`, when there are at most [`MAX_HELD_IDS`]. With
+    /// them this node forgets exactly the keys the asker lost. A count alone cannot tell them
+    /// from the key of a message on its way that this node stores (and so spends) before it
+    /// answers: it would forget one too few. Absent from older askers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ids: Option<Vec<OtkId>>,
 }
 
 /// The answer to an [`OtkRequest`]: keys signed by their owner for the asker (none when it holds
@@ -212,12 +224,23 @@ impl Frame for ChunkResponse {
     }
 }
 impl Frame for OtkRequest {
-    const MAX: usize = 64;
+    // An id is 17 bytes encoded: 64 of them, the count and the field names fit well within.
+    const MAX: usize = 1536;
     fn validate(&self) -> io::Result<()> {
         if self.want > MAX_ONE_TIME_KEYS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "asks for too many one-time keys",
+            ));
+        }
+        if self
+            .held_ids
+            .as_ref()
+            .is_some_and(|ids| ids.len() > MAX_HELD_IDS)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "lists too many one-time keys as held",
             ));
         }
         Ok(())
@@ -319,5 +342,40 @@ impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &res).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_listing_every_held_key_fits_and_one_listing_more_is_refused() {
+        let full = OtkRequest {
+            want: MAX_ONE_TIME_KEYS,
+            held: Some(u16::MAX),
+            held_ids: Some(vec![OtkId([0xff; 16]); MAX_HELD_IDS]),
+        };
+        let frame = codec::encode(&full, OtkRequest::MAX).expect("fits");
+        let back: OtkRequest = codec::decode(&frame, OtkRequest::MAX).expect("decodes");
+        assert_eq!(back, full);
+        assert!(back.validate().is_ok());
+        let over = OtkRequest {
+            held_ids: Some(vec![OtkId([1; 16]); MAX_HELD_IDS + 1]),
+            ..full
+        };
+        assert!(over.validate().is_err(), "more ids than a contact may hold");
+        // An older asker's request (no ids) still reads.
+        let old = codec::encode(
+            &OtkRequest {
+                want: 4,
+                held: Some(3),
+                held_ids: None,
+            },
+            OtkRequest::MAX,
+        )
+        .expect("encode");
+        let back: OtkRequest = codec::decode(&old, OtkRequest::MAX).expect("decodes");
+        assert_eq!(back.held_ids, None);
     }
 }

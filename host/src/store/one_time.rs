@@ -17,13 +17,27 @@ pub(super) const POOL: &str = "otk_pool";
 
 /// Most unused keys this node keeps handed out to one contact, and most it keeps from one.
 pub const MAX_PER_CONTACT: u64 = 64;
+/// The outbox rows to `?1` sealed to one of its one-time keys and not yet delivered.
+const SEALED_TO_A_KEY: &str = "peer_id = ?1 AND forward_secret = 1 AND envelope IS NOT NULL
+     AND state IN ('queued', 'failed')";
+
+/// The keys of a contact's that this node holds ([`Db::one_time_keys_held`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldKeys {
+    /// How many.
+    pub count: u64,
+    /// Their ids, unless there are more than [`MAX_PER_CONTACT`].
+    pub ids: Option<Vec<[u8; 16]>>,
+}
+
 /// How long the tombstone of a used key is kept: longer than any resend of its envelope (a
 /// message is given up after `delivery.message_ttl`, 30 days by default).
 const TOMBSTONE_KEPT_MS: u64 = 90 * 24 * 3600 * 1000;
 
 impl Db {
     /// Forgets the secrets handed to `holder` beyond the newest `keep` unexpired ones (the holder
-    /// says it holds only `keep`: it uses the oldest first, so those are the ones it lost).
+    /// says it holds only `keep`, without listing them: it uses the oldest first, so those are
+    /// the ones it lost; [`Db::forget_secrets_not_held`] is exact where the holder lists them).
     /// Returns how many went. A message sealed to one of them after all is refused
     /// `one_time_key_gone` and sealed again by its sender, not lost.
     pub fn forget_lost_secrets(
@@ -44,16 +58,80 @@ impl Db {
         )?)
     }
 
-    /// How many of `owner`'s one-time keys this node holds for use: unused and unexpired in the
-    /// pool, or sealing a message not yet delivered (which `owner` still has to open).
-    pub fn one_time_keys_held(&self, owner: &PeerId, now: u64) -> Result<u64, StoreError> {
+    /// Forgets the unexpired secrets handed to `holder` that are not in `held` (the holder lists
+    /// every key of this node's it still holds; one it no longer lists it lost). Returns how
+    /// many went. A listed id with no secret (a message sealed to it was stored, and spent it,
+    /// while the list was on its way) changes nothing.
+    pub fn forget_secrets_not_held(
+        &mut self,
+        holder: &PeerId,
+        held: &[[u8; 16]],
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        let held: std::collections::HashSet<&[u8; 16]> = held.iter().collect();
+        let tx = self.conn.transaction()?;
+        let out: Vec<Vec<u8>> = tx
+            .prepare("SELECT id FROM otk_secrets WHERE holder = ?1 AND expires_at > ?2")?
+            .query_map(params![holder.to_string(), now as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut lost = 0;
+        for id in out {
+            let listed = <[u8; 16]>::try_from(id.as_slice()).is_ok_and(|id| held.contains(&id));
+            if !listed {
+                lost += tx.execute("DELETE FROM otk_secrets WHERE id = ?1", params![id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(lost)
+    }
+
+    /// The one-time keys of `owner`'s this node holds for use: unused and unexpired in the pool,
+    /// or sealing a message not yet delivered (which `owner` still has to open). Their ids too
+    /// when there are at most [`MAX_PER_CONTACT`] (all a contact may hand out unused).
+    pub fn one_time_keys_held(&self, owner: &PeerId, now: u64) -> Result<HeldKeys, StoreError> {
+        let owner_text = owner.to_string();
         let in_flight: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE peer_id = ?1 AND forward_secret = 1
-             AND envelope IS NOT NULL AND state IN ('queued', 'failed')",
-            [owner.to_string()],
+            &format!("SELECT COUNT(*) FROM outbox WHERE {SEALED_TO_A_KEY}"),
+            [&owner_text],
             |r| r.get(0),
         )?;
-        Ok(self.pool_keys(owner, now)? + in_flight as u64)
+        let count = self.pool_keys(owner, now)? + in_flight as u64;
+        if count > MAX_PER_CONTACT {
+            return Ok(HeldKeys { count, ids: None });
+        }
+        let mut ids = Vec::new();
+        let mut pool = self
+            .conn
+            .prepare("SELECT id FROM otk_pool WHERE owner = ?1 AND expires_at > ?2")?;
+        for id in pool.query_map(params![owner_text, now as i64], |r| r.get::<_, Vec<u8>>(0))? {
+            ids.push(
+                <[u8; 16]>::try_from(id?.as_slice())
+                    .map_err(|_| StoreError::Corrupt("one-time key id"))?,
+            );
+        }
+        let mut sealed = self.conn.prepare(&format!(
+            "SELECT id, envelope, key_id FROM outbox WHERE {SEALED_TO_A_KEY}"
+        ))?;
+        let mut rows = sealed.query([&owner_text])?;
+        while let Some(r) = rows.next()? {
+            let row: String = r.get(0)?;
+            let blob: Vec<u8> = r.get(1)?;
+            let plain = self.open_sealed(super::outbox::TABLE, &row, r.get(2)?, &blob)?;
+            let envelope: crate::envelope::Envelope = ciborium::from_reader(plain.as_slice())
+                .map_err(|_| StoreError::Corrupt("outbox envelope"))?;
+            match crate::envelope::one_time_key(&envelope) {
+                Ok(Some(id)) => ids.push(id),
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        "forward-secret envelope without its key",
+                    ));
+                }
+            }
+        }
+        Ok(HeldKeys {
+            count,
+            ids: Some(ids),
+        })
     }
 
     /// Stores the secrets of keys about to be handed to `holder`, as many as keep it within
@@ -266,6 +344,8 @@ pub(super) fn spend_secret(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{HashMap, HashSet};
+
     use super::*;
     use crate::keys::Keys;
 
@@ -382,6 +462,48 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_that_lists_its_keys_gets_exactly_the_others_forgotten() {
+        let (_dir, mut db, keys) = crate::store::test_support::temp_db();
+        let holder = Keys::generate().peer_id();
+        let (secrets, signed): (Vec<OneTimeSecret>, Vec<SignedKey>) = (0..6)
+            .map(|_| one_time::make(&keys, &holder, 1_000_000))
+            .unzip();
+        db.store_one_time_secrets(&holder, &secrets, 100)
+            .expect("store");
+        // Another contact's secret is never touched by this holder's list.
+        let other = Keys::generate().peer_id();
+        let (theirs, _) = one_time::make(&keys, &other, 1_000_000);
+        db.store_one_time_secrets(&other, &[theirs], 100)
+            .expect("store");
+        // It lists keys 1, 3 and 4, and an id already spent (a message on its way when it
+        // asked): 0, 2 and 5 go, whatever their age.
+        let spent = [9u8; 16];
+        let listed = [signed[1].id, signed[3].id, signed[4].id, spent];
+        assert_eq!(
+            db.forget_secrets_not_held(&holder, &listed, 200)
+                .expect("forget"),
+            3
+        );
+        for (i, k) in signed.iter().enumerate() {
+            let kept = db.one_time_secret(&k.id, &holder).expect("read").is_some();
+            assert_eq!(kept, [1, 3, 4].contains(&i), "key {i}");
+        }
+        assert_eq!(db.one_time_secrets_out(&other, 200).expect("out"), 1);
+        // Listing them again forgets nothing; listing none forgets the rest.
+        assert_eq!(
+            db.forget_secrets_not_held(&holder, &listed, 200)
+                .expect("forget"),
+            0
+        );
+        assert_eq!(
+            db.forget_secrets_not_held(&holder, &[], 200)
+                .expect("forget"),
+            3
+        );
+        assert_eq!(db.one_time_secrets_out(&holder, 200).expect("out"), 0);
+    }
+
+    #[test]
     fn keys_held_count_the_pool_and_the_messages_sealed_to_keys_not_yet_delivered() {
         let (_dir, mut db, alice) = crate::store::test_support::temp_db();
         let bob = Keys::generate();
@@ -411,9 +533,77 @@ mod tests {
         )
         .expect("queue");
         assert_eq!(db.pool_keys(&bob.peer_id(), 30).expect("pool"), 2);
-        assert_eq!(db.one_time_keys_held(&bob.peer_id(), 30).expect("held"), 3);
+        let sorted = |mut ids: Vec<[u8; 16]>| {
+            ids.sort();
+            ids
+        };
+        let held = db.one_time_keys_held(&bob.peer_id(), 30).expect("held");
+        assert_eq!(held.count, 3);
+        // The two left in the pool and the one the queued message is sealed to: all three.
+        assert_eq!(
+            sorted(held.ids.expect("ids")),
+            sorted(signed.iter().map(|k| k.id).collect())
+        );
+        let sealed_to = crate::envelope::one_time_key(
+            &db.due(40, 8, &HashMap::new(), &HashSet::new())
+                .expect("due")[0]
+                .messages[0]
+                .envelope,
+        )
+        .expect("envelope")
+        .expect("forward secret");
         db.mark_delivered(&[payload.id], 40).expect("delivered");
-        assert_eq!(db.one_time_keys_held(&bob.peer_id(), 30).expect("held"), 2);
+        let held = db.one_time_keys_held(&bob.peer_id(), 30).expect("held");
+        assert_eq!(held.count, 2);
+        assert_eq!(
+            sorted(held.ids.expect("ids")),
+            sorted(
+                signed
+                    .iter()
+                    .map(|k| k.id)
+                    .filter(|id| *id != sealed_to)
+                    .collect()
+            )
+        );
+        // A full pool: all of them listed. One more held than a contact may hand out (a
+        // benchmark's pool): the count alone.
+        let more: Vec<SignedKey> = (0..MAX_PER_CONTACT)
+            .map(|_| one_time::make(&bob, &alice.peer_id(), 1_000_000).1)
+            .collect();
+        db.add_pool_keys(&bob.peer_id(), &more, 50).expect("pool");
+        let held = db.one_time_keys_held(&bob.peer_id(), 60).expect("held");
+        assert_eq!(held.count, MAX_PER_CONTACT);
+        assert_eq!(
+            held.ids.map(|ids| ids.len()),
+            Some(MAX_PER_CONTACT as usize)
+        );
+        let next = crate::envelope::Payload {
+            id: crate::envelope::MessageId::random(),
+            ..payload
+        };
+        db.enqueue_with_policy(
+            &next.id,
+            &bob.peer_id(),
+            &next,
+            &fallback,
+            &[],
+            60,
+            crate::config::ForwardSecrecy::Prefer,
+        )
+        .expect("queue");
+        db.add_pool_keys(
+            &bob.peer_id(),
+            &[one_time::make(&bob, &alice.peer_id(), 1_000_000).1],
+            60,
+        )
+        .expect("pool");
+        assert_eq!(
+            db.one_time_keys_held(&bob.peer_id(), 60).expect("held"),
+            HeldKeys {
+                count: MAX_PER_CONTACT + 1,
+                ids: None
+            }
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use pigeon::control::api::{ContactInfo, Request, Response};
 use pigeon::keys::Keys;
 use pigeon::keys::one_time::{self, SignedKey};
 use pigeon::net::codec;
-use pigeon::net::protocol::{OtkRequest, OtkResponse};
+use pigeon::net::protocol::{MAX_HELD_IDS, OtkId, OtkRequest, OtkResponse};
 use pigeon::node::Node;
 
 use crate::rogue::*;
@@ -243,13 +243,16 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
     // Asking: a flood of requests, each claiming every key was lost.
     let started = Instant::now();
     let mut with_keys = 0;
-    for _ in 0..30 {
+    for round in 0..30 {
+        // Half of them by count, half listing no key (or keys never handed out) as held.
+        let held_ids = (round % 2 == 1).then(|| vec![OtkId([round as u8; 16]); round % 5]);
         let request = codec::encode(
             &OtkRequest {
                 want: 32,
                 held: Some(0),
+                held_ids,
             },
-            1024,
+            2048,
         )
         .expect("encode");
         let answer = raw_request(&mut rogue, victim_peer, &victim_addr, request)
@@ -268,22 +271,29 @@ async fn hostile_one_time_keys_are_refused_and_requests_are_bounded() {
         "{with_keys} answers with keys in {:?}",
         started.elapsed()
     );
-    // Out of bounds: too many keys asked for, a frame larger than a request may be.
-    let too_many = codec::encode(
-        &OtkRequest {
+    // Out of bounds: too many keys asked for, too many listed as held, a frame larger than a
+    // request may be.
+    for bad in [
+        OtkRequest {
             want: 33,
             held: None,
+            held_ids: None,
         },
-        1024,
-    )
-    .expect("encode");
-    assert!(
-        raw_request(&mut rogue, victim_peer, &victim_addr, too_many)
-            .await
-            .is_err()
-    );
-    let mut big = vec![0, 0, 0, 200];
-    big.extend_from_slice(&[0u8; 200]);
+        OtkRequest {
+            want: 1,
+            held: None,
+            held_ids: Some(vec![OtkId([7; 16]); MAX_HELD_IDS + 1]),
+        },
+    ] {
+        let frame = codec::encode(&bad, 4096).expect("encode");
+        assert!(
+            raw_request(&mut rogue, victim_peer, &victim_addr, frame)
+                .await
+                .is_err()
+        );
+    }
+    let mut big = 2000u32.to_be_bytes().to_vec();
+    big.extend_from_slice(&[0u8; 2000]);
     assert!(
         raw_request(&mut rogue, victim_peer, &victim_addr, big)
             .await
