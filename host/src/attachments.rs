@@ -167,6 +167,43 @@ pub fn sealed_len(index: u32, size: u64, chunk_size: u32) -> u64 {
     size.saturating_sub(start).min(u64::from(chunk_size)) + TAG
 }
 
+/// How long a sealed file in `attachments/` that no attachment owns is left before a starting
+/// node removes it ([`remove_orphans`]). A crash left it: between the commit of a `rm` or
+/// `redact` and the removal of its files, or between a `send --attach` staging its files and
+/// the node queueing the message. A younger one may be a send staging right now.
+pub const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the sealed files in `home_root`'s `attachments/` that none of the attachment ids
+/// `known` owns and that were last written at least [`ORPHAN_AGE`] before `now`; returns how
+/// many went. Files of other names are left for `ops check` to report.
+pub fn remove_orphans(
+    home_root: &Path,
+    known: &std::collections::HashSet<String>,
+    now: std::time::SystemTime,
+) -> usize {
+    let Ok(entries) = std::fs::read_dir(home_root.join("attachments")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".sealed")) else {
+            continue;
+        };
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) || known.contains(id) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age >= ORPHAN_AGE));
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The file holding attachment `id` under `home_root`.
 pub fn file_path(home_root: &Path, id_hex: &str) -> PathBuf {
     home_root
@@ -524,6 +561,36 @@ pub fn save(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_old_sealed_files_that_nothing_owns_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = dir.path().join("attachments");
+        std::fs::create_dir(&files).expect("mkdir");
+        let now = std::time::SystemTime::now();
+        let write = |name: &str, age_s: u64| {
+            let path = files.join(name);
+            let f = std::fs::File::create(&path).expect("create");
+            f.set_modified(now - std::time::Duration::from_secs(age_s))
+                .expect("mtime");
+            path
+        };
+        let old = super::ORPHAN_AGE.as_secs() + 60;
+        let owned = write("aa01.sealed", old);
+        let orphan = write("bb02.sealed", old);
+        let staging = write("cc03.sealed", 5);
+        let other = write("notes.txt", old);
+        let odd = write("zz-x.sealed", old);
+        let known = std::collections::HashSet::from(["aa01".to_owned()]);
+        assert_eq!(super::remove_orphans(dir.path(), &known, now), 1);
+        assert!(!orphan.exists(), "an old file nothing owns goes");
+        for kept in [&owned, &staging, &other, &odd] {
+            assert!(kept.exists(), "{} stays", kept.display());
+        }
+        // No attachments directory at all: nothing to do.
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert_eq!(super::remove_orphans(empty.path(), &known, now), 0);
+    }
+
     use super::*;
 
     fn sample(dir: &Path, len: usize) -> PathBuf {

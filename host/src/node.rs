@@ -81,6 +81,7 @@ impl Node {
         };
         let keys = Arc::new(keys);
         let store = Store::open(&home.database(), keys.clone()).await?;
+        remove_orphaned_files(home, &store).await;
         let cancel = CancellationToken::new();
         let contacts = store.call(|db| db.contact_peer_ids()).await?;
         let (net, events, net_task) = Net::spawn(
@@ -619,5 +620,28 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("finished handlers still count");
+    }
+}
+
+/// Removes the sealed attachment files a crash left behind ([`crate::attachments::remove_orphans`]).
+async fn remove_orphaned_files(home: &Home, store: &Store) {
+    let known = match store.call(|db| db.attachment_ids()).await {
+        Ok(known) => known,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the attachments; no leftover files removed");
+            return;
+        }
+    };
+    let root = home.root().to_owned();
+    let removed = tokio::task::spawn_blocking(move || {
+        crate::attachments::remove_orphans(&root, &known, std::time::SystemTime::now())
+    })
+    .await
+    .unwrap_or(0);
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed sealed attachment files nothing refers to (left by a crash)"
+        );
     }
 }

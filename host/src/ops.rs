@@ -596,7 +596,9 @@ fn attachment_files(home: &Home) -> Vec<Check> {
             shown.join(", "),
             if orphans.len() > 5 { ", ..." } else { "" }
         ),
-        Some("with no node running, remove them (rm)"),
+        Some(
+            "a node removes the sealed ones an hour old or more when it starts; or, with no node running, remove them (rm)",
+        ),
     )]
 }
 

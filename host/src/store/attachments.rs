@@ -192,6 +192,15 @@ impl Db {
         Ok(())
     }
 
+    /// The ids of every attachment, sent or received (the files `attachments/` may hold).
+    pub fn attachment_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id FROM attachments")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
     /// Bytes of the attachments received from `peer` that the node holds or fetches (what
     /// `attachments.max_peer_bytes` bounds).
     pub fn incoming_attachment_bytes(&self, peer: &PeerId) -> Result<u64, StoreError> {

@@ -587,3 +587,32 @@ fn redaction_leaves_nothing_of_the_message_behind() {
     let next = pair.alice.send("bob", "after the redaction");
     pair.bob.wait_arrival(&next);
 }
+
+/// Sealed files a crash left in `attachments/` (a `redact` or `rm` killed after its commit and
+/// before it removed them, a `send --attach` killed after staging): a node removes the old ones
+/// when it starts, and keeps a young one, which a send may be staging right now.
+#[test]
+fn a_starting_node_removes_the_sealed_files_a_crash_left() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::init("alice");
+    let dir = home.path().join("attachments");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let leave = |name: &str, age: Duration| {
+        let path = dir.join(name);
+        std::fs::write(&path, b"sealed bytes nothing refers to").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_modified(std::time::SystemTime::now() - age)
+            .expect("mtime");
+        path
+    };
+    let old = leave("00ff.sealed", Duration::from_secs(2 * 3600));
+    let young = leave("11ee.sealed", Duration::from_secs(60));
+    let _node = home.start_node("/ip4/127.0.0.1/tcp/0");
+    assert!(!old.exists(), "an old leftover is removed");
+    assert!(young.exists(), "a young one may be a send staging");
+}
