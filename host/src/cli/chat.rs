@@ -257,10 +257,15 @@ fn mark_read(home: &Home, chat: &Chat, ids: Vec<String>) {
         .into_iter()
         .filter(|id| chat.entries().iter().any(|e| &e.id == id && !e.mine))
         .collect();
+    if unread.is_empty() {
+        return;
+    }
     let home = home.clone();
     tokio::spawn(async move {
-        for id in unread {
-            let _ = ask(&home, Request::InboxMark { id, read: true }).await;
+        // One request and one transaction, however many (the history shows at most 500).
+        for ids in unread.chunks(crate::control::api::MAX_MARKED) {
+            let ids = ids.to_vec();
+            let _ = ask(&home, Request::InboxMarkMany { ids, read: true }).await;
         }
     });
 }

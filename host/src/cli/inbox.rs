@@ -92,13 +92,14 @@ pub(super) enum Command {
         #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
         id: String,
     },
-    /// Mark a message read or unread (`inbox read` marks it read).
+    /// Mark messages read or unread (`inbox read` marks one read). Several at once are marked
+    /// together: all of them, or none if one id is unknown.
     Mark {
         /// `read` or `unread`.
         state: MarkState,
-        /// The message id, or a unique prefix of at least 4 characters.
-        #[arg(add = ArgValueCandidates::new(super::completions::inbox_ids))]
-        id: String,
+        /// Message ids, or unique prefixes of at least 4 characters (at most 1000).
+        #[arg(required = true, add = ArgValueCandidates::new(super::completions::inbox_ids))]
+        ids: Vec<String>,
     },
     /// Delete a message entirely: its text, labels, attachments and their keys, with no older
     /// copy left in the database files (asks first on a terminal; --yes otherwise).
@@ -296,12 +297,25 @@ pub(super) async fn run(g: &Global, cmd: Command) -> Result<()> {
             )
             .await?
         }
-        Command::Mark { state, id } => {
+        Command::Mark { state, mut ids } => {
             let (read, verb) = match state {
                 MarkState::Read => (true, "marked read"),
                 MarkState::Unread => (false, "marked unread"),
             };
-            update(g, Request::InboxMark { id, read }, verb).await?
+            match ids.len() {
+                1 => {
+                    let id = ids.remove(0);
+                    update(g, Request::InboxMark { id, read }, verb).await?
+                }
+                _ => match g.call(Request::InboxMarkMany { ids, read }).await? {
+                    Response::UpdatedMany { ids } => {
+                        for id in ids {
+                            println!("{id} {verb}");
+                        }
+                    }
+                    other => return Err(unexpected(other)),
+                },
+            }
         }
         Command::Rm { id, yes } => {
             let question = format!("Delete message {id} and its attachments for good?");

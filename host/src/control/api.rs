@@ -23,7 +23,7 @@ use crate::net::Net;
 use crate::plugins::LazyPlugins;
 use crate::store::{RuleChange, RulesApplied, Store, now_ms};
 
-pub use wire::{ContactInfo, IdInfo, Request, Response, Secret, StatusInfo};
+pub use wire::{ContactInfo, IdInfo, MAX_MARKED, Request, Response, Secret, StatusInfo};
 
 /// The running node's parts that requests may use.
 #[derive(Clone)]
@@ -178,6 +178,22 @@ impl Ops {
             Request::InboxMark { id, read } => Ok(Response::Updated {
                 id: self.store.call(move |db| db.set_read(&id, read)).await?,
             }),
+            Request::InboxMarkMany { ids, read } => {
+                if ids.len() > wire::MAX_MARKED {
+                    return Err(UsageError::OutOfRange(format!(
+                        "{} messages to mark; at most {} at once",
+                        ids.len(),
+                        wire::MAX_MARKED
+                    ))
+                    .into());
+                }
+                Ok(Response::UpdatedMany {
+                    ids: self
+                        .store
+                        .call(move |db| db.set_read_many(&ids, read))
+                        .await?,
+                })
+            }
             Request::InboxArchive { id, archived } => Ok(Response::Updated {
                 id: self
                     .store

@@ -428,6 +428,26 @@ impl Db {
         Ok(id)
     }
 
+    /// Marks messages `ids` (or unique prefixes) read or unread, in one transaction: all of them,
+    /// or none if one is unknown or ambiguous. Returns their full ids.
+    pub fn set_read_many(&mut self, ids: &[String], read: bool) -> Result<Vec<String>, StoreError> {
+        let full = ids
+            .iter()
+            .map(|id| self.resolve_id(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE inbox SET read = ?2 WHERE id = ?1")?;
+            for id in &full {
+                stmt.execute(params![id, read])?;
+            }
+        }
+        tx.commit()?;
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        self.refresh_states(&refs)?;
+        Ok(full)
+    }
+
     /// Archives or unarchives message `id` (or a unique prefix); returns its full id.
     pub fn set_archived(&mut self, id: &str, archived: bool) -> Result<String, StoreError> {
         let id = self.resolve_id(id)?;

@@ -550,6 +550,21 @@ fn read_archive_and_delete() {
     assert_eq!(state(&ids[0], &["--unread"]).as_deref(), Some("unread"));
     let json = pair.bob.json(&["inbox", "read", &ids[0], "--json"]);
     assert_eq!(json["read"], true);
+    // Several at once: all, or none when one id is unknown (exit 4, nothing marked).
+    let (a, b) = (&ids[0][..8], &ids[1][..8]);
+    let out = pair.bob.run(&["inbox", "mark", "unread", a, b, "ffffffff"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(state(&ids[0], &["--unread"]), None, "none marked");
+    let marked = pair.bob.ok(&["inbox", "mark", "unread", a, b]);
+    assert_eq!(
+        marked.lines().collect::<Vec<_>>(),
+        [
+            format!("{} marked unread", ids[0]),
+            format!("{} marked unread", ids[1])
+        ]
+    );
+    assert_eq!(state(&ids[0], &["--unread"]).as_deref(), Some("unread"));
+    pair.bob.ok(&["inbox", "mark", "read", a]);
 
     // Archived: out of the default listing, in --archived and --all.
     assert!(

@@ -12,6 +12,9 @@ use crate::store::{
     RulesApplied, SaveInfo, SentItem, SentView,
 };
 
+/// Most messages one [`Request::InboxMarkMany`] marks.
+pub const MAX_MARKED: usize = 1000;
+
 /// A request to a node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -129,6 +132,14 @@ pub enum Request {
     InboxMark {
         /// Id or unique prefix.
         id: String,
+        /// Read (true) or unread.
+        read: bool,
+    },
+    /// Mark several messages read or unread, in one transaction: all of them, or none if one
+    /// id is unknown or ambiguous.
+    InboxMarkMany {
+        /// Ids or unique prefixes (at most [`MAX_MARKED`]).
+        ids: Vec<String>,
         /// Read (true) or unread.
         read: bool,
     },
@@ -285,6 +296,11 @@ pub enum Response {
     Updated {
         /// The message id.
         id: String,
+    },
+    /// For [`Request::InboxMarkMany`]: the full message ids, in the order asked.
+    UpdatedMany {
+        /// The message ids.
+        ids: Vec<String>,
     },
     /// For [`Request::InboxRm`], [`Request::InboxRedact`], [`Request::SentRm`] and
     /// [`Request::SentRedact`]: the full id, and the attachments whose sealed files the caller
