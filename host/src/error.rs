@@ -138,6 +138,10 @@ impl Error {
             Error::Search(e) => e.kind(),
             Error::Scaffold(e) => e.kind(),
             Error::Backup(e) => e.kind(),
+            // A file the user named that does not exist (`--body-file`), as for `--attach`.
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
             Error::Net(_)
             | Error::Control(_)
             | Error::Io { .. }
@@ -211,6 +215,9 @@ mod tests {
         assert_eq!(e.kind().exit_code(), 1);
         assert!(std::error::Error::source(&e).is_some());
         assert_eq!(e.to_string(), "bench: denied");
+        // A file that does not exist is "not found", exit 4, as a missing attachment is.
+        let missing = Error::io("cannot read body.txt")(std::io::ErrorKind::NotFound.into());
+        assert_eq!(missing.kind().exit_code(), 4);
     }
 
     #[test]

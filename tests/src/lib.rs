@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod tmux;
+
 /// The longest a single CLI command may take in a test.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 

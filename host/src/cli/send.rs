@@ -190,11 +190,11 @@ mod tests {
     use crate::error::{Error, UsageError};
 
     #[test]
-    fn a_body_file_that_cannot_be_read_is_io_and_one_that_is_not_text_is_usage() {
+    fn a_missing_body_file_is_not_found_and_one_that_is_not_text_is_usage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = read_body(&dir.path().join("missing.txt")).expect_err("missing");
         assert!(matches!(missing, Error::Io { .. }), "{missing:?}");
-        assert_eq!(missing.kind().exit_code(), 1);
+        assert_eq!(missing.kind().exit_code(), 4, "as a missing --attach file");
         assert!(missing.to_string().starts_with("cannot read "), "{missing}");
 
         let binary = dir.path().join("bin.dat");

@@ -49,11 +49,18 @@ pub async fn call_with(home: &Home, unlock: Unlock<'_>, request: Request) -> Res
         return reply;
     }
     let op = op_name(&request);
+    // The passphrase is asked for before the home is locked: a prompt may wait on its owner for
+    // as long as they like, and would keep a node from starting and other commands from running
+    // all that time.
+    let pass = match unlock {
+        Unlock::Obtain(file) => passphrase::obtain(file, Confirm::Once)?,
+        Unlock::Given(pass) => zeroize::Zeroizing::new(pass.to_owned()),
+    };
     let deadline = tokio::time::Instant::now() + BUSY_GRACE;
     loop {
         match home.try_lock(Role::Command(&op)) {
             Ok(lock) => {
-                let reply = run_here(home, &unlock, request).await;
+                let reply = run_here(home, &pass, request).await;
                 drop(lock);
                 return reply;
             }
@@ -77,12 +84,8 @@ pub async fn call_with(home: &Home, unlock: Unlock<'_>, request: Request) -> Res
 
 /// Runs `request` in this process, which holds the home's lock; the store and plugin threads are
 /// closed and joined before it returns, so nothing runs on once the lock is let go.
-async fn run_here(home: &Home, unlock: &Unlock<'_>, request: Request) -> Result<Response> {
-    let pass = match unlock {
-        Unlock::Obtain(file) => passphrase::obtain(*file, Confirm::Once)?,
-        Unlock::Given(pass) => zeroize::Zeroizing::new((*pass).to_owned()),
-    };
-    let keys = Arc::new(keystore::unlock(&home.keystore(), &pass)?);
+async fn run_here(home: &Home, pass: &str, request: Request) -> Result<Response> {
+    let keys = Arc::new(keystore::unlock(&home.keystore(), pass)?);
     let store = Store::open(&home.database(), keys.clone()).await?;
     let config = match Config::load(&home.config()) {
         Ok(config) => config,

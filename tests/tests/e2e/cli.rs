@@ -292,6 +292,17 @@ fn a_body_too_large_or_not_text_is_refused() {
     let out = alice.run(&["send", "bob", "--body-file", binary.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not UTF-8"), "{}", stderr(&out));
+    // A file that is not there is "not found", whether it is the body or an attachment.
+    let gone = alice.path().join("gone.txt");
+    let gone = gone.to_str().expect("path");
+    for args in [
+        &["send", "bob", "--body-file", gone][..],
+        &["send", "bob", "hello", "--attach", gone],
+    ] {
+        let out = alice.run(args);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("gone.txt"), "{}", stderr(&out));
+    }
     assert!(alice.outbox().is_empty());
 }
 
@@ -904,4 +915,28 @@ fn a_node_with_json_logs_prints_only_json() {
             .as_str()
             .is_some_and(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
     );
+}
+
+/// A command waiting at the passphrase prompt holds nothing: another command runs meanwhile
+/// (before, the prompt held the home's lock, and others waited 30 s for it and then failed as
+/// "busy"). Once answered, the prompt's command does its work.
+#[test]
+fn a_passphrase_prompt_keeps_no_one_else_waiting() {
+    let (alice, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    alice.add_contact("bob", &bob, &[]);
+    let queued = alice.send("bob", "bob is offline");
+    let tmux = pigeon_e2e::tmux::Tmux::start(&[]);
+    tmux.type_text(&format!(
+        "{} --home {} outbox list",
+        pigeon_e2e::pigeon_bin().display(),
+        alice.path().display()
+    ));
+    tmux.press("Enter");
+    tmux.wait_shown("pigeon passphrase:");
+    let listed = alice.ok(&["outbox", "list"]);
+    assert!(listed.contains(&queued), "{listed}");
+    tmux.type_text(pigeon_e2e::PASSPHRASE);
+    tmux.press("Enter");
+    let pane = tmux.wait_shown(&queued);
+    assert!(!pane.contains("busy"), "{pane}");
 }
