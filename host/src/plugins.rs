@@ -21,6 +21,7 @@ pub mod builtin;
 pub mod instance;
 mod lift;
 mod nowait;
+mod replay;
 pub mod runtime;
 pub mod scaffold;
 pub mod service;

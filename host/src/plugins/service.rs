@@ -257,10 +257,9 @@ impl Slot {
 struct Thread {
     slots: Vec<Slot>,
     actions: Option<tokio_mpsc::UnboundedSender<DiscoveryAction>>,
-    /// The node's state as discovery plugins learnt it (`started`, the last `nat-status`): a
-    /// fresh instance, after a trap, is told it before anything else, or it would wait forever
-    /// for events that came before it.
-    replay: Vec<NodeEvent>,
+    /// The node's state as discovery plugins learnt it: a fresh instance, after a trap, is
+    /// told it before anything else.
+    replay: super::replay::Replay,
     /// Kept alive for as long as the instances: it drives their deadlines.
     _runtime: Option<Runtime>,
     /// When every plugin had loaded.
@@ -308,7 +307,7 @@ impl Thread {
             ready_at: Instant::now(),
             slots,
             actions,
-            replay: Vec::new(),
+            replay: Default::default(),
             _runtime: runtime,
         }
     }
@@ -418,15 +417,7 @@ impl Thread {
     fn event(&mut self, event: &NodeEvent) {
         let wit = event.to_wit();
         self.discovery("on-event", |i| i.on_event(&wit));
-        match event {
-            NodeEvent::Started => self.replay.insert(0, event.clone()),
-            NodeEvent::NatStatus(_) => {
-                self.replay
-                    .retain(|e| !matches!(e, NodeEvent::NatStatus(_)));
-                self.replay.push(event.clone());
-            }
-            _ => {}
-        }
+        self.replay.note(event);
     }
 
     fn tick(&mut self) {
@@ -446,7 +437,7 @@ impl Thread {
             let fresh = !instance.is_live();
             let mut actions = Vec::new();
             if fresh {
-                for past in &self.replay {
+                for past in &self.replay.events() {
                     let Some(instance) = slot.callable(PluginKind::Discovery) else {
                         break;
                     };

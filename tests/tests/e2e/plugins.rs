@@ -82,9 +82,10 @@ fn keyword_labeler_and_a_sender_rule_label_real_deliveries() {
     );
 }
 
-/// A discovery plugin's instance is dropped when it traps; the next one is told what the first
-/// was told before it can miss it: the node is up (`started`). Here with a plugin built against
-/// contract 1.0, which must go on loading beside 1.1 plugins.
+/// A discovery plugin's instance is dropped when it traps; the next one is told the state the
+/// first was told, which it can no longer see happen: the node is up (`started`) and where it
+/// listens. Here with a plugin built against contract 1.0, which must go on loading beside 1.1
+/// plugins.
 #[test]
 fn a_discovery_plugin_that_traps_is_replayed_what_it_was_told() {
     let home = TestHome::init("replay");
@@ -97,7 +98,13 @@ fn a_discovery_plugin_that_traps_is_replayed_what_it_was_told() {
         (plugin(&list, "old")["failures"].as_u64() >= Some(1)).then_some(())
     });
     wait_for("the replay", Duration::from_secs(10), || {
-        (home.log().matches("a 1.0 plugin saw started").count() >= 2).then_some(())
+        // The second instance's `started`, then its replayed listen address (the node listens
+        // on one, from its start, and on no other later).
+        let log = home.log();
+        let second = log.match_indices("a 1.0 plugin saw started").nth(1)?.0;
+        log[second..]
+            .contains("a 1.0 plugin saw new-listen-address")
+            .then_some(())
     });
     let list = home.json(&["plugins", "list", "--json"]);
     let old = plugin(&list, "old");
