@@ -582,6 +582,29 @@ async fn dial_contacts(store: Store, net: Net) {
     }
 }
 
+/// Removes the sealed attachment files a crash left behind ([`crate::attachments::remove_orphans`]).
+async fn remove_orphaned_files(home: &Home, store: &Store) {
+    let known = match store.call(|db| db.attachment_ids()).await {
+        Ok(known) => known,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the attachments; no leftover files removed");
+            return;
+        }
+    };
+    let root = home.root().to_owned();
+    let removed = tokio::task::spawn_blocking(move || {
+        crate::attachments::remove_orphans(&root, &known, std::time::SystemTime::now())
+    })
+    .await
+    .unwrap_or(0);
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed sealed attachment files nothing refers to (left by a crash)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -620,28 +643,5 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("finished handlers still count");
-    }
-}
-
-/// Removes the sealed attachment files a crash left behind ([`crate::attachments::remove_orphans`]).
-async fn remove_orphaned_files(home: &Home, store: &Store) {
-    let known = match store.call(|db| db.attachment_ids()).await {
-        Ok(known) => known,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the attachments; no leftover files removed");
-            return;
-        }
-    };
-    let root = home.root().to_owned();
-    let removed = tokio::task::spawn_blocking(move || {
-        crate::attachments::remove_orphans(&root, &known, std::time::SystemTime::now())
-    })
-    .await
-    .unwrap_or(0);
-    if removed > 0 {
-        tracing::info!(
-            removed,
-            "removed sealed attachment files nothing refers to (left by a crash)"
-        );
     }
 }
