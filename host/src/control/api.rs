@@ -263,12 +263,12 @@ impl Ops {
             }
             Request::InboxSearch { query, limit, sort } => {
                 // A malformed query is refused before anything is opened.
-                crate::inbox::query::parse(&query).map_err(SearchError::from)?;
+                let query = crate::inbox::query::parse(&query).map_err(SearchError::from)?;
                 let hits = self
                     .search
                     .get()
                     .await?
-                    .search(&self.store, &query, limit as usize, sort)
+                    .search_parsed(&self.store, &query, limit as usize, sort)
                     .await?;
                 Ok(Response::Hits(hits))
             }

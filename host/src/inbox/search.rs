@@ -353,13 +353,24 @@ impl Search {
         limit: usize,
         sort: Sort,
     ) -> Result<Vec<Hit>, SearchError> {
-        let query = query::parse(text)?;
-        let top = self.top(store, &query, limit, sort, None).await?;
+        self.search_parsed(store, &query::parse(text)?, limit, sort)
+            .await
+    }
+
+    /// [`Search::search`] for a query already parsed.
+    pub async fn search_parsed(
+        &self,
+        store: &Store,
+        query: &query::Query,
+        limit: usize,
+        sort: Sort,
+    ) -> Result<Vec<Hit>, SearchError> {
+        let top = self.top(store, query, limit, sort, None).await?;
         let seqs: Vec<u64> = top.iter().map(|(s, _)| *s).collect();
         let scores: HashMap<u64, f32> = top.into_iter().collect();
         let rows = store.call(move |db| db.search_hits(&seqs)).await?;
         let mut marks = compile::Highlights::default();
-        compile::highlights(&query, &mut marks);
+        compile::highlights(query, &mut marks);
         let text_query = !marks.is_empty();
         Ok(rows
             .into_iter()
