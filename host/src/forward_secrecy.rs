@@ -1,5 +1,5 @@
 //! Forward secrecy's traffic in one-time keys: handing fresh ones to a contact that asks
-//! (`/pigeon/otk/1`), and asking a contact for more when this node's pool of its keys runs low.
+//! (`/pigeon/otk/2`, or `/1` with older nodes), and asking a contact for more when this node's pool of its keys runs low.
 //!
 //! The keys themselves are [`crate::keys::one_time`]; where they are kept, [`crate::store`]
 //! (`store/one_time.rs`). A secret is stored durably before its key is handed out, so that a
@@ -213,7 +213,11 @@ pub async fn replenish(keys: &Arc<Keys>, store: &Store, net: &Net, peer: PeerId)
         .await
     {
         Ok(Some(n)) => n,
-        Ok(None) | Err(_) => return 0,
+        Ok(None) => return 0,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot count the one-time keys held; none asked for");
+            return 0;
+        }
     };
     let want = ONE_TIME_KEYS_PER_CONTACT
         .saturating_sub(unused)

@@ -41,7 +41,7 @@ const MSG_STREAMS_PER_CONNECTION: usize = 8;
 pub(crate) const EVENT_QUEUE: usize = 1024;
 use protocol::{
     Batch, BatchResponse, CHUNK_PROTOCOL, ChunkCodec, ChunkRequest, ChunkResponse, MSG_PROTOCOL,
-    MsgCodec, OTK_PROTOCOL, OtkCodec, OtkId, OtkRequest, OtkResponse,
+    MsgCodec, OTK_PROTOCOL, OTK_PROTOCOL_V1, OtkCodec, OtkId, OtkRequest, OtkResponse,
 };
 
 /// Errors starting or using the network.
@@ -497,7 +497,10 @@ fn build_swarm(
             ),
             otk: Gated::new(
                 request_response::Behaviour::new(
-                    [(OTK_PROTOCOL, ProtocolSupport::Full)],
+                    [
+                        (OTK_PROTOCOL, ProtocolSupport::Full),
+                        (OTK_PROTOCOL_V1, ProtocolSupport::Full),
+                    ],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(30))
                         .with_max_concurrent_streams(2),

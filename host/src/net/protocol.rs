@@ -1,6 +1,8 @@
 //! `/pigeon/msg/1`: a batch of sealed envelopes, answered with one outcome per envelope, in order.
 //! `/pigeon/chunk/1`: one sealed attachment chunk per request, pulled by the receiver.
-//! `/pigeon/otk/1`: one-time keys (forward secrecy), pulled by the contact that seals to them.
+//! `/pigeon/otk/2`: one-time keys (forward secrecy), pulled by the contact that seals to them;
+//! its request may list the keys the asker holds. `/pigeon/otk/1`, the same without that list
+//! (requests of at most 64 bytes), is still spoken with nodes that know no other.
 //!
 //! The receiver answers only after the batch's durable commit; `Stored` and `Duplicate` both mean
 //! "acked: forget it". A refused envelope says why, and whether trying again may help.
@@ -133,7 +135,10 @@ pub enum ChunkResponse {
 
 /// `/pigeon/otk/1`: a contact asks for one-time keys, to seal forward-secret messages to this
 /// node; the answer holds fresh keys signed for it (at most [`MAX_ONE_TIME_KEYS`]).
-pub const OTK_PROTOCOL: StreamProtocol = StreamProtocol::new("/pigeon/otk/1");
+pub const OTK_PROTOCOL: StreamProtocol = StreamProtocol::new("/pigeon/otk/2");
+/// `/pigeon/otk/1`: [`OTK_PROTOCOL`] as older nodes speak it, whose requests carry no ids
+/// (they refuse a request over 64 bytes). Offered second: a node that knows both uses the first.
+pub const OTK_PROTOCOL_V1: StreamProtocol = StreamProtocol::new("/pigeon/otk/1");
 /// Most one-time keys asked for or handed out in one exchange.
 pub const MAX_ONE_TIME_KEYS: u16 = 32;
 /// Most key ids a request may list as held (what a contact may hold unused of this node's keys).
@@ -190,6 +195,11 @@ pub trait Frame: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
     fn validate(&self) -> io::Result<()> {
         Ok(())
     }
+    /// The frame as it goes out on `protocol` (an older version of the protocol may not take
+    /// all of it).
+    fn for_protocol(self, _protocol: &StreamProtocol) -> Self {
+        self
+    }
 }
 
 impl Frame for Batch {
@@ -226,6 +236,16 @@ impl Frame for ChunkResponse {
 impl Frame for OtkRequest {
     // An id is 17 bytes encoded: 64 of them, the count and the field names fit well within.
     const MAX: usize = 1536;
+    fn for_protocol(self, protocol: &StreamProtocol) -> Self {
+        if *protocol == OTK_PROTOCOL_V1 {
+            OtkRequest {
+                held_ids: None,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
     fn validate(&self) -> io::Result<()> {
         if self.want > MAX_ONE_TIME_KEYS {
             return Err(io::Error::new(
@@ -278,7 +298,7 @@ impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
 pub type MsgCodec = FrameCodec<Batch, BatchResponse>;
 /// The codec of `/pigeon/chunk/1`.
 pub type ChunkCodec = FrameCodec<ChunkRequest, ChunkResponse>;
-/// The codec of `/pigeon/otk/1`.
+/// The codec of `/pigeon/otk/2` and `/pigeon/otk/1`.
 pub type OtkCodec = FrameCodec<OtkRequest, OtkResponse>;
 
 /// Reads one frame of type `F`, its bulk bytes straight into their buffer where it has them.
@@ -325,11 +345,16 @@ impl<Req: Frame, Resp: Frame> libp2p::request_response::Codec for FrameCodec<Req
         Ok(frame)
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+        req: Req,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req).await
+        write_frame(io, &req.for_protocol(protocol)).await
     }
 
     async fn write_response<T>(
@@ -377,5 +402,33 @@ mod tests {
         .expect("encode");
         let back: OtkRequest = codec::decode(&old, OtkRequest::MAX).expect("decodes");
         assert_eq!(back.held_ids, None);
+    }
+
+    #[test]
+    fn a_request_to_an_older_node_goes_without_ids_and_within_its_bound() {
+        use libp2p::request_response::Codec;
+        let full = OtkRequest {
+            want: MAX_ONE_TIME_KEYS,
+            held: Some(u16::MAX),
+            held_ids: Some(vec![OtkId([0xff; 16]); MAX_HELD_IDS]),
+        };
+        let write = |protocol: &StreamProtocol| {
+            let mut out = Vec::new();
+            futures::executor::block_on(OtkCodec::default().write_request(
+                protocol,
+                &mut out,
+                full.clone(),
+            ))
+            .expect("write");
+            out
+        };
+        let v1 = write(&OTK_PROTOCOL_V1);
+        // What a node that speaks only /pigeon/otk/1 accepts: 64 bytes at most, no ids.
+        let back: OtkRequest = codec::decode(&v1, 64).expect("fits the old bound");
+        assert_eq!(back.held_ids, None);
+        assert_eq!((back.want, back.held), (full.want, full.held));
+        let v2 = write(&OTK_PROTOCOL);
+        let back: OtkRequest = codec::decode(&v2, OtkRequest::MAX).expect("decodes");
+        assert_eq!(back, full);
     }
 }

@@ -10,7 +10,7 @@ use rusqlite_migration::{M, Migrations};
 /// older rows once, when it migrates past it).
 pub(super) const SEALED_ROWS: usize = 5;
 /// The schema version of the last migration below (a database past it is from a newer pigeon).
-pub(super) const LATEST: usize = 11;
+pub(super) const LATEST: usize = 12;
 
 pub(super) static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
@@ -252,6 +252,14 @@ CREATE TABLE sent (
 );
 CREATE INDEX sent_at ON sent (sent_at);
 CREATE INDEX sent_peer ON sent (peer_id, sent_at);
+"#,
+        ),
+        M::up(
+            r#"
+-- The id of the one-time key a queued message's envelope is sealed to (NULL: none, or a row
+-- sealed before this column): what the node lists as held when it asks the recipient for more,
+-- without opening every envelope. The id travels in clear in the envelope, as otk_pool keeps it.
+ALTER TABLE outbox ADD COLUMN otk_id BLOB;
 "#,
         ),
     ])

@@ -17,9 +17,11 @@ pub(super) const POOL: &str = "otk_pool";
 
 /// Most unused keys this node keeps handed out to one contact, and most it keeps from one.
 pub const MAX_PER_CONTACT: u64 = 64;
-/// The outbox rows to `?1` sealed to one of its one-time keys and not yet delivered.
+/// The outbox rows to `?1` queued sealed to one of its one-time keys. A failed one is not
+/// counted: if it is retried after its key was forgotten, the refusal has it sealed again from
+/// its kept payload.
 const SEALED_TO_A_KEY: &str = "peer_id = ?1 AND forward_secret = 1 AND envelope IS NOT NULL
-     AND state IN ('queued', 'failed')";
+     AND state = 'queued'";
 
 /// The keys of a contact's that this node holds ([`Db::one_time_keys_held`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,21 +112,32 @@ impl Db {
             );
         }
         let mut sealed = self.conn.prepare(&format!(
-            "SELECT id, envelope, key_id FROM outbox WHERE {SEALED_TO_A_KEY}"
+            "SELECT id, otk_id, envelope, key_id FROM outbox WHERE {SEALED_TO_A_KEY}"
         ))?;
         let mut rows = sealed.query([&owner_text])?;
         while let Some(r) = rows.next()? {
-            let row: String = r.get(0)?;
-            let blob: Vec<u8> = r.get(1)?;
-            let plain = self.open_sealed(super::outbox::TABLE, &row, r.get(2)?, &blob)?;
-            let envelope: crate::envelope::Envelope = ciborium::from_reader(plain.as_slice())
-                .map_err(|_| StoreError::Corrupt("outbox envelope"))?;
-            match crate::envelope::one_time_key(&envelope) {
-                Ok(Some(id)) => ids.push(id),
+            let kept: Option<Vec<u8>> = r.get(1)?;
+            let id = match kept.as_deref().map(<[u8; 16]>::try_from) {
+                Some(Ok(id)) => Some(id),
+                // Sealed before the column was: the id is in the envelope.
                 _ => {
-                    return Err(StoreError::Corrupt(
-                        "forward-secret envelope without its key",
-                    ));
+                    let row: String = r.get(0)?;
+                    let blob: Vec<u8> = r.get(2)?;
+                    self.open_sealed(super::outbox::TABLE, &row, r.get(3)?, &blob)
+                        .ok()
+                        .and_then(|plain| {
+                            ciborium::from_reader::<crate::envelope::Envelope, _>(plain.as_slice())
+                                .ok()
+                        })
+                        .and_then(|env| crate::envelope::one_time_key(&env).ok().flatten())
+                }
+            };
+            match id {
+                Some(id) => ids.push(id),
+                None => {
+                    // The count alone, then: the contact forgets the oldest it handed out.
+                    tracing::warn!(%owner, "a queued forward-secret message does not say its one-time key");
+                    return Ok(HeldKeys { count, ids: None });
                 }
             }
         }
@@ -552,6 +565,22 @@ mod tests {
         )
         .expect("envelope")
         .expect("forward secret");
+        // The id is kept in clear beside the sealed envelope; a row sealed before that column
+        // was (NULL) has it read from the envelope.
+        let kept: Vec<u8> = db
+            .conn
+            .query_row("SELECT otk_id FROM outbox", [], |r| r.get(0))
+            .expect("otk_id");
+        assert_eq!(kept, sealed_to.to_vec());
+        db.conn
+            .execute("UPDATE outbox SET otk_id = NULL", [])
+            .expect("as an older row");
+        let again = db.one_time_keys_held(&bob.peer_id(), 30).expect("held");
+        assert_eq!(again.count, 3);
+        assert_eq!(
+            sorted(again.ids.expect("ids")),
+            sorted(signed.iter().map(|k| k.id).collect())
+        );
         db.mark_delivered(&[payload.id], 40).expect("delivered");
         let held = db.one_time_keys_held(&bob.peer_id(), 30).expect("held");
         assert_eq!(held.count, 2);

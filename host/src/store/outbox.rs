@@ -305,7 +305,7 @@ impl Db {
                     )?,
                     None => {
                         tx.execute(
-                            "UPDATE outbox SET state = 'waiting', envelope = NULL, forward_secret = 0,
+                            "UPDATE outbox SET state = 'waiting', envelope = NULL, forward_secret = 0, otk_id = NULL,
                              attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
                             params![row, note],
                         )?;
@@ -527,7 +527,7 @@ impl Db {
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE outbox SET state = 'delivered', delivered_at = ?2, attempts = attempts + 1,
-                 envelope = NULL, payload = NULL, key_id = NULL, last_error = NULL
+                 envelope = NULL, payload = NULL, key_id = NULL, last_error = NULL, otk_id = NULL
                  WHERE id = ?1 AND state != 'delivered'",
             )?;
             for id in ids {
@@ -640,7 +640,7 @@ impl Db {
         }
         self.conn.execute(
             "UPDATE outbox SET state = 'failed', last_error = 'cancelled by the user', envelope = NULL,
-             payload = NULL, key_id = NULL WHERE id = ?1",
+             payload = NULL, key_id = NULL, otk_id = NULL WHERE id = ?1",
             [&id],
         )?;
         Ok(id)
@@ -708,8 +708,8 @@ fn insert_message(
     let sealed = seal_pair(at_rest, &id, envelope.as_deref(), payload.as_deref())?;
     tx.prepare_cached(
         "INSERT INTO outbox (id, peer_id, created_at, state, next_attempt_at, size, envelope,
-                             key_id, forward_secret, payload, fs_policy)
-         VALUES (?1, ?2, ?3, ?4, ?3, ?5, ?6, ?7, ?8, ?9, ?10)",
+                             key_id, forward_secret, payload, fs_policy, otk_id)
+         VALUES (?1, ?2, ?3, ?4, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         id,
@@ -726,6 +726,7 @@ fn insert_message(
         row.envelope.is_some_and(|e| e.otk.is_some()),
         sealed.payload,
         row.policy.as_str(),
+        row.envelope.and_then(one_time_key_id),
     ])?;
     Ok(())
 }
@@ -767,7 +768,7 @@ fn requeue(
     tx.execute(
         "UPDATE outbox SET state = 'queued', envelope = ?2, payload = ?3, key_id = ?4, size = ?5,
                 forward_secret = ?6, next_attempt_at = ?7, last_error = ?8,
-                attempts = attempts + ?9
+                attempts = attempts + ?9, otk_id = ?10
          WHERE id = ?1",
         params![
             id,
@@ -778,10 +779,19 @@ fn requeue(
             envelope.otk.is_some(),
             now as i64,
             note,
-            attempts_up
+            attempts_up,
+            one_time_key_id(envelope)
         ],
     )?;
     Ok(())
+}
+
+/// The id of the one-time key `envelope` is sealed to, as `outbox.otk_id` keeps it.
+fn one_time_key_id(envelope: &Envelope) -> Option<Vec<u8>> {
+    crate::envelope::one_time_key(envelope)
+        .ok()
+        .flatten()
+        .map(|id| id.to_vec())
 }
 
 /// A row's envelope and payload sealed at rest under one key.

@@ -41,14 +41,14 @@ fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_and_seals_to_them()
     assert_eq!(contact(&alice, "bob")["one_time_keys_handed_out"], 0);
 
     // Holding too few (20 of the 32 dropped here by hand while her node is stopped, as a restore
-    // or a stale pool would), she asks again at the next connection, listing the 12 she holds:
-    // bob forgets the 20 others as lost and hands out 32 more. The message she sends meanwhile
-    // is sealed to one of the 12 she had left.
+    // or a stale pool would; the newest, which a count alone would have bob keep), she asks
+    // again at the next connection, listing the 12 she holds: bob forgets exactly the 20 others
+    // and hands out 32 more. The message she sends meanwhile is sealed to one of the 12.
     let listen = alice_node.listen_addr();
     alice_node.stop();
     let db = rusqlite::Connection::open(alice.path().join("pigeon.db")).expect("alice's db");
     db.execute(
-        "DELETE FROM otk_pool WHERE rowid IN (SELECT rowid FROM otk_pool LIMIT 20)",
+        "DELETE FROM otk_pool WHERE rowid IN (SELECT rowid FROM otk_pool ORDER BY rowid DESC LIMIT 20)",
         [],
     )
     .expect("drop 20 keys");
@@ -61,8 +61,25 @@ fn a_node_that_prefers_forward_secrecy_fetches_one_time_keys_and_seals_to_them()
         (contact(&alice, "bob")["one_time_keys_held"] == 43).then_some(())
     });
     // Exactly what she holds, though her list may name the key of "again", on its way while she
-    // asked, which bob may have stored (and spent) before he answered.
+    // asked, which bob may have stored (and spent) before he answered: the same keys on both
+    // sides.
     assert_eq!(contact(&bob, "alice")["one_time_keys_handed_out"], 43);
+    let ids = |home: &TestHome, sql: &str| -> Vec<Vec<u8>> {
+        let db = rusqlite::Connection::open(home.path().join("pigeon.db")).expect("db");
+        let mut stmt = db.prepare(sql).expect("prepare");
+        let mut ids: Vec<Vec<u8>> = stmt
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("ids");
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(&alice, "SELECT id FROM otk_pool"),
+        ids(&bob, "SELECT id FROM otk_secrets"),
+        "bob forgot exactly the keys alice lost"
+    );
 
     // A message is now sealed to one of them: it arrives and reads back, the key is gone from
     // both sides, and bob keeps only the tombstone of its use.
