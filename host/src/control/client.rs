@@ -49,18 +49,28 @@ pub async fn call_with(home: &Home, unlock: Unlock<'_>, request: Request) -> Res
         return reply;
     }
     let op = op_name(&request);
-    // The passphrase is asked for before the home is locked: a prompt may wait on its owner for
-    // as long as they like, and would keep a node from starting and other commands from running
-    // all that time.
-    let pass = match unlock {
-        Unlock::Obtain(file) => passphrase::obtain(file, Confirm::Once)?,
-        Unlock::Given(pass) => zeroize::Zeroizing::new(pass.to_owned()),
+    let (mut pass, file) = match unlock {
+        Unlock::Obtain(file) => (None, file),
+        Unlock::Given(pass) => (Some(zeroize::Zeroizing::new(pass.to_owned())), None),
     };
-    let deadline = tokio::time::Instant::now() + BUSY_GRACE;
+    let mut deadline = tokio::time::Instant::now() + BUSY_GRACE;
     loop {
         match home.try_lock(Role::Command(&op)) {
             Ok(lock) => {
-                let reply = run_here(home, &pass, request).await;
+                let Some(given) = pass.as_deref() else {
+                    // The home is free and the request runs here: the passphrase is asked for
+                    // now (only now: while a node starts, it answers instead), with the home let
+                    // go meanwhile. A prompt waits on its owner as long as they like, and would
+                    // keep a node from starting and other commands from running all that time.
+                    drop(lock);
+                    pass = Some(passphrase::obtain(file, Confirm::Once)?);
+                    deadline = tokio::time::Instant::now() + BUSY_GRACE;
+                    if let Some(reply) = try_node(home, &request).await? {
+                        return reply;
+                    }
+                    continue;
+                };
+                let reply = run_here(home, given, request).await;
                 drop(lock);
                 return reply;
             }
