@@ -170,8 +170,10 @@ pub fn sealed_len(index: u32, size: u64, chunk_size: u32) -> u64 {
 /// How long a sealed file in `attachments/` that no attachment owns is left before a starting
 /// node removes it ([`remove_orphans`]). A crash left it: between the commit of a `rm` or
 /// `redact` and the removal of its files, or between a `send --attach` staging its files and
-/// the node queueing the message. A younger one may be a send staging right now.
-pub const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// the node queueing the message. A younger one may be a send staging right now, or one whose
+/// files are staged and that waits at the passphrase prompt (a node that starts meanwhile then
+/// queues it): a day leaves the owner all the time a prompt may take.
+pub const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Removes the sealed files in `home_root`'s `attachments/` that none of the attachment ids
 /// `known` owns and that were last written at least [`ORPHAN_AGE`] before `now`; returns how

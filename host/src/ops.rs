@@ -597,7 +597,7 @@ fn attachment_files(home: &Home) -> Vec<Check> {
             if orphans.len() > 5 { ", ..." } else { "" }
         ),
         Some(
-            "a node removes the sealed ones an hour old or more when it starts; or, with no node running, remove them (rm)",
+            "a node removes the sealed ones a day old or more when it starts; or, with no node running, remove them (rm)",
         ),
     )]
 }

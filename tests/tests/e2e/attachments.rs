@@ -590,29 +590,42 @@ fn redaction_leaves_nothing_of_the_message_behind() {
 
 /// Sealed files a crash left in `attachments/` (a `redact` or `rm` killed after its commit and
 /// before it removed them, a `send --attach` killed after staging): a node removes the old ones
-/// when it starts, and keeps a young one, which a send may be staging right now.
+/// when it starts, and keeps a young one, which a send may be staging right now, and the file
+/// of a real attachment however old.
 #[test]
 fn a_starting_node_removes_the_sealed_files_a_crash_left() {
     use std::os::unix::fs::PermissionsExt;
-    let home = TestHome::init("alice");
+    let (home, bob) = (TestHome::init("alice"), TestHome::init("bob"));
+    home.add_contact("bob", &bob, &[]);
+    let plan = home.path().join("plan.txt");
+    std::fs::write(&plan, b"a file for bob, who is offline").expect("write");
+    home.send_attached("bob", "the plan", &plan);
     let dir = home.path().join("attachments");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    let leave = |name: &str, age: Duration| {
+    let queued = files_under(&dir);
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let age = |path: &Path, age: Duration| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_modified(std::time::SystemTime::now() - age)
+            .expect("mtime");
+    };
+    let leave = |name: &str, old: Duration| {
         let path = dir.join(name);
         std::fs::write(&path, b"sealed bytes nothing refers to").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let file = std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        file.set_modified(std::time::SystemTime::now() - age)
-            .expect("mtime");
+        age(&path, old);
         path
     };
-    let old = leave("00ff.sealed", Duration::from_secs(2 * 3600));
+    let old = leave("00ff.sealed", Duration::from_secs(25 * 3600));
     let young = leave("11ee.sealed", Duration::from_secs(60));
+    age(&queued[0], Duration::from_secs(25 * 3600));
     let _node = home.start_node("/ip4/127.0.0.1/tcp/0");
     assert!(!old.exists(), "an old leftover is removed");
     assert!(young.exists(), "a young one may be a send staging");
+    assert!(
+        queued[0].exists(),
+        "a queued message's file stays, however old"
+    );
 }
