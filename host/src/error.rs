@@ -75,6 +75,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file the user named to read (`--body-file`) does not exist: exit code 4, as a missing
+    /// `--attach` file.
+    #[error("cannot read {}: no such file", .0.display())]
+    NoSuchFile(std::path::PathBuf),
     /// Work handed to a blocking thread panicked or was cancelled before it answered.
     #[error("{what}: {source}")]
     Task {
@@ -138,10 +142,7 @@ impl Error {
             Error::Search(e) => e.kind(),
             Error::Scaffold(e) => e.kind(),
             Error::Backup(e) => e.kind(),
-            // A file the user named that does not exist (`--body-file`), as for `--attach`.
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                ErrorKind::NotFound
-            }
+            Error::NoSuchFile(_) => ErrorKind::NotFound,
             Error::Net(_)
             | Error::Control(_)
             | Error::Io { .. }
@@ -215,9 +216,12 @@ mod tests {
         assert_eq!(e.kind().exit_code(), 1);
         assert!(std::error::Error::source(&e).is_some());
         assert_eq!(e.to_string(), "bench: denied");
-        // A file that does not exist is "not found", exit 4, as a missing attachment is.
-        let missing = Error::io("cannot read body.txt")(std::io::ErrorKind::NotFound.into());
+        // A file the user named that does not exist is "not found", exit 4, as a missing
+        // attachment is; any other I/O error stays 1, a missing file included.
+        let missing = Error::NoSuchFile("body.txt".into());
         assert_eq!(missing.kind().exit_code(), 4);
+        let temp = Error::io("bench")(std::io::ErrorKind::NotFound.into());
+        assert_eq!(temp.kind().exit_code(), 1);
     }
 
     #[test]

@@ -180,7 +180,10 @@ fn read_body(path: &std::path::Path) -> Result<String> {
     } else {
         std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut bytes))
     };
-    read.map_err(Error::io(format!("cannot read {}", path.display())))?;
+    read.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NoSuchFile(path.to_owned()),
+        _ => Error::io(format!("cannot read {}", path.display()))(e),
+    })?;
     String::from_utf8(bytes).map_err(|_| UsageError::NotText(path.to_owned()).into())
 }
 
@@ -193,9 +196,12 @@ mod tests {
     fn a_missing_body_file_is_not_found_and_one_that_is_not_text_is_usage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = read_body(&dir.path().join("missing.txt")).expect_err("missing");
-        assert!(matches!(missing, Error::Io { .. }), "{missing:?}");
+        assert!(matches!(missing, Error::NoSuchFile(_)), "{missing:?}");
         assert_eq!(missing.kind().exit_code(), 4, "as a missing --attach file");
         assert!(missing.to_string().starts_with("cannot read "), "{missing}");
+        let unreadable = read_body(dir.path()).expect_err("a directory");
+        assert!(matches!(unreadable, Error::Io { .. }), "{unreadable:?}");
+        assert_eq!(unreadable.kind().exit_code(), 1);
 
         let binary = dir.path().join("bin.dat");
         std::fs::write(&binary, [0xff, 0xfe, 0x00]).expect("write");
