@@ -262,10 +262,22 @@ fn mark_read(home: &Home, chat: &Chat, ids: Vec<String>) {
     }
     let home = home.clone();
     tokio::spawn(async move {
-        // One request and one transaction, however many (the history shows at most 500).
+        // One request and one transaction, however many (the history shows at most 500); if
+        // that fails (one was deleted meanwhile), each on its own.
         for ids in unread.chunks(crate::control::api::MAX_MARKED) {
-            let ids = ids.to_vec();
-            let _ = ask(&home, Request::InboxMarkMany { ids, read: true }).await;
+            let request = Request::InboxMarkMany {
+                ids: ids.to_vec(),
+                read: true,
+            };
+            if ask(&home, request).await.is_err() {
+                for id in ids {
+                    let request = Request::InboxMark {
+                        id: id.clone(),
+                        read: true,
+                    };
+                    let _ = ask(&home, request).await;
+                }
+            }
         }
     });
 }
