@@ -36,7 +36,11 @@ impl Replay {
             NodeEvent::ReservationAccepted(relay) => {
                 keep_newest(&mut self.relays, *relay, |r| r == relay, MAX_RELAYS)
             }
-            NodeEvent::ReservationLost { relay, .. } => self.relays.retain(|r| r != relay),
+            NodeEvent::ReservationLost { relay, .. } => {
+                self.relays.retain(|r| r != relay);
+                // Its circuit address goes with it.
+                self.listening.retain(|a| !through(a, relay));
+            }
             NodeEvent::PeerConnected { peer, address } => keep_newest(
                 &mut self.connected,
                 (*peer, address.clone()),
@@ -48,8 +52,8 @@ impl Replay {
         }
     }
 
-    /// The events that tell a fresh instance the state, in the order the node would have sent
-    /// them: `started` first.
+    /// The events that tell a fresh instance the state: `started` first, a relay's reservation
+    /// before the circuit address it brought.
     pub(super) fn events(&self) -> Vec<NodeEvent> {
         let started = self.started.then_some(NodeEvent::Started);
         let listening = self
@@ -72,12 +76,24 @@ impl Replay {
             });
         started
             .into_iter()
-            .chain(listening)
             .chain(nat)
             .chain(relays)
+            .chain(listening)
             .chain(connected)
             .collect()
     }
+}
+
+/// Whether `address` is a circuit address through `relay` (`.../p2p/RELAY/p2p-circuit...`).
+fn through(address: &Multiaddr, relay: &PeerId) -> bool {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = address.iter().peekable();
+    while let Some(part) = parts.next() {
+        if part == Protocol::P2p(*relay) && parts.peek() == Some(&Protocol::P2pCircuit) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Puts `item` last in `list`, dropping any entry `same` matches, then the oldest past `max`.
@@ -143,17 +159,31 @@ mod tests {
             kinds(&replay),
             [
                 "started".to_owned(),
-                format!("listen {addr}"),
                 "nat Private".to_owned(),
                 format!("relay {relay}"),
+                format!("listen {addr}"),
                 format!("peer {b}"),
             ]
         );
+        let circuit: Multiaddr = format!("/ip4/127.0.0.9/tcp/7717/p2p/{relay}/p2p-circuit")
+            .parse()
+            .expect("circuit");
+        replay.note(&NodeEvent::NewListenAddress(circuit.clone()));
+        assert!(kinds(&replay).contains(&format!("listen {circuit}")));
         replay.note(&NodeEvent::ReservationLost {
             relay,
             reason: "gone".into(),
         });
-        assert!(!kinds(&replay).contains(&format!("relay {relay}")));
+        let left = kinds(&replay);
+        assert!(!left.contains(&format!("relay {relay}")), "{left:?}");
+        assert!(
+            !left.contains(&format!("listen {circuit}")),
+            "its circuit address goes too"
+        );
+        assert!(
+            left.contains(&format!("listen {addr}")),
+            "the direct one stays"
+        );
     }
 
     #[test]
