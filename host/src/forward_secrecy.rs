@@ -1,5 +1,6 @@
 //! Forward secrecy's traffic in one-time keys: handing fresh ones to a contact that asks
-//! (`/pigeon/otk/2`, or `/1` with older nodes), and asking a contact for more when this node's pool of its keys runs low.
+//! (`/pigeon/otk/2`, or `/1` with older nodes), and asking a contact for more when this node's
+//! pool of its keys runs low.
 //!
 //! The keys themselves are [`crate::keys::one_time`]; where they are kept, [`crate::store`]
 //! (`store/one_time.rs`). A secret is stored durably before its key is handed out, so that a

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::control::api::{Request, Response};
 use crate::control::{ControlError, client};
 use crate::error::{Error, Result, UsageError};
+use crate::exit::ErrorKind;
 use crate::home::Home;
 use crate::inbox::watch::WatchSpec;
 use crate::store::Said;
@@ -269,7 +270,12 @@ fn mark_read(home: &Home, chat: &Chat, ids: Vec<String>) {
                 ids: ids.to_vec(),
                 read: true,
             };
-            if ask(&home, request).await.is_err() {
+            // Only an unknown id is worth a retry one by one (a node gone or stuck is not).
+            if let Err(Error::Remote {
+                kind: ErrorKind::NotFound,
+                ..
+            }) = ask(&home, request).await
+            {
                 for id in ids {
                     let request = Request::InboxMark {
                         id: id.clone(),

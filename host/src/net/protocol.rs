@@ -133,7 +133,7 @@ pub enum ChunkResponse {
     Released,
 }
 
-/// `/pigeon/otk/1`: a contact asks for one-time keys, to seal forward-secret messages to this
+/// `/pigeon/otk/2`: a contact asks for one-time keys, to seal forward-secret messages to this
 /// node; the answer holds fresh keys signed for it (at most [`MAX_ONE_TIME_KEYS`]).
 pub const OTK_PROTOCOL: StreamProtocol = StreamProtocol::new("/pigeon/otk/2");
 /// `/pigeon/otk/1`: [`OTK_PROTOCOL`] as older nodes speak it, whose requests carry no ids

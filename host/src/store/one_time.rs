@@ -17,11 +17,10 @@ pub(super) const POOL: &str = "otk_pool";
 
 /// Most unused keys this node keeps handed out to one contact, and most it keeps from one.
 pub const MAX_PER_CONTACT: u64 = 64;
-/// The outbox rows to `?1` queued sealed to one of its one-time keys. A failed one is not
-/// counted: if it is retried after its key was forgotten, the refusal has it sealed again from
-/// its kept payload.
+/// The outbox rows to `?1` sealed to one of its one-time keys and not yet delivered: queued, or
+/// failed (`outbox retry` sends the same envelope again, which its key must still open).
 const SEALED_TO_A_KEY: &str = "peer_id = ?1 AND forward_secret = 1 AND envelope IS NOT NULL
-     AND state = 'queued'";
+     AND state IN ('queued', 'failed')";
 
 /// The keys of a contact's that this node holds ([`Db::one_time_keys_held`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
