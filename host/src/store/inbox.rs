@@ -419,13 +419,9 @@ impl Db {
 
     /// Marks message `id` (or a unique prefix) read or unread; returns its full id.
     pub fn set_read(&mut self, id: &str, read: bool) -> Result<String, StoreError> {
-        let id = self.resolve_id(id)?;
-        self.conn.execute(
-            "UPDATE inbox SET read = ?2 WHERE id = ?1",
-            params![id, read],
-        )?;
-        self.refresh_states(&[&id])?;
-        Ok(id)
+        let mut ids = self.set_read_many(&[id.to_owned()], read)?;
+        ids.pop()
+            .ok_or(StoreError::Corrupt("a marked message without its id"))
     }
 
     /// Marks messages `ids` (or unique prefixes) read or unread, in one transaction: all of them,
